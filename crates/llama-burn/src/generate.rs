@@ -1,0 +1,139 @@
+//! Batched greedy generation with a KV cache and left padding, as `transformers`' `generate`
+//! with `do_sample=False`.
+//!
+//! Prompts of different lengths are left-padded so every row's next token sits in the last
+//! column; positions count real tokens only (HF: `cumsum(attention_mask) - 1`), so a padded row
+//! produces exactly what it would alone.
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+
+use crate::error::{LlamaError, Result};
+use crate::model::LlamaForCausalLM;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    /// Upper bound on new tokens per row.
+    pub max_new_tokens: usize,
+    /// A row stops after producing any of these (not included in its output).
+    pub eos_ids: Vec<u32>,
+    /// Fills the left padding and the rows that already stopped.
+    pub pad_id: u32,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of up to `max_new_tokens`.
+    pub fn new(max_new_tokens: usize, eos_ids: Vec<u32>, pad_id: u32) -> Self {
+        Self {
+            max_new_tokens,
+            eos_ids,
+            pad_id,
+        }
+    }
+}
+
+/// Greedily continues every prompt; returns each row's new tokens (without the EOS).
+pub fn generate_greedy<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let batch = prompts.len();
+    if batch == 0 || config.max_new_tokens == 0 {
+        return Ok(vec![Vec::new(); batch]);
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(LlamaError::InvalidInput(format!("prompt {i} is empty")));
+    }
+    let vocab = model.config.vocab_size as u32;
+    if let Some(id) = prompts.iter().flatten().find(|&&id| id >= vocab) {
+        return Err(LlamaError::InvalidInput(format!(
+            "token id {id} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let device = model.device();
+    let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let capacity = prompt_len + config.max_new_tokens;
+    if capacity > model.config.max_position_embeddings {
+        return Err(LlamaError::InvalidInput(format!(
+            "prompt ({prompt_len}) + new tokens ({}) exceed max_position_embeddings {}",
+            config.max_new_tokens, model.config.max_position_embeddings
+        )));
+    }
+
+    // Left padding: row i starts with `prompt_len - len_i` pads.
+    let mut ids = Vec::with_capacity(batch * prompt_len);
+    let mut valid = Vec::with_capacity(batch * capacity);
+    let mut positions = Vec::with_capacity(batch * prompt_len);
+    for prompt in prompts {
+        let pad = prompt_len - prompt.len();
+        ids.extend(std::iter::repeat_n(config.pad_id as i64, pad));
+        ids.extend(prompt.iter().map(|&t| t as i64));
+        // HF gives padding position 1; it never matters since padded keys are masked.
+        positions.extend(std::iter::repeat_n(1, pad));
+        positions.extend(0..prompt.len() as i64);
+    }
+    for prompt in prompts {
+        let pad = prompt_len - prompt.len();
+        valid.push((0..prompt_len).map(|j| j >= pad).collect::<Vec<_>>());
+    }
+    let mut next_position: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+
+    let mut cache = model.new_cache(batch, capacity);
+    let mut input = int_tensor::<B>(ids, [batch, prompt_len], &device);
+    let mut pos = int_tensor::<B>(positions, [batch, prompt_len], &device);
+    let mut outputs = vec![Vec::new(); batch];
+    let mut finished = vec![false; batch];
+    for step in 0..config.max_new_tokens {
+        let mask = bool_tensor::<B>(&valid, &device);
+        let logits = model.forward_cached(input, pos, mask, &mut cache); // [b, vocab]
+        let next = logits.argmax(1).into_data(); // [b, 1]
+        let next: Vec<i64> = next
+            .convert::<i64>()
+            .into_vec()
+            .map_err(|e| LlamaError::InvalidInput(format!("argmax readback: {e:?}")))?;
+        for (row, &token) in next.iter().enumerate() {
+            if finished[row] {
+                continue;
+            }
+            let token = token as u32;
+            if config.eos_ids.contains(&token) {
+                finished[row] = true;
+            } else {
+                outputs[row].push(token);
+            }
+        }
+        if finished.iter().all(|&f| f) || step + 1 == config.max_new_tokens {
+            break;
+        }
+        // Feed each row's choice (pads for finished rows: their output no longer matters).
+        let fed: Vec<i64> = next
+            .iter()
+            .zip(&finished)
+            .map(|(&t, &done)| if done { config.pad_id as i64 } else { t })
+            .collect();
+        for row in valid.iter_mut() {
+            row.push(true);
+        }
+        input = int_tensor::<B>(fed, [batch, 1], &device);
+        pos = int_tensor::<B>(next_position.clone(), [batch, 1], &device);
+        for p in next_position.iter_mut() {
+            *p += 1;
+        }
+    }
+    Ok(outputs)
+}
+
+fn int_tensor<B: Backend>(
+    values: Vec<i64>,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn bool_tensor<B: Backend>(rows: &[Vec<bool>], device: &B::Device) -> Tensor<B, 2, Bool> {
+    let width = rows.first().map_or(0, Vec::len);
+    let flat: Vec<bool> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), width]), device)
+}

