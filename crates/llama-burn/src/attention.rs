@@ -49,7 +49,7 @@ impl<B: Backend> LlamaAttention<B> {
     /// - `x`: `[batch, seq, d_model]` (already normalised)
     /// - `rope`: cos/sin `[batch, 1, seq, head_dim]` of the query positions
     /// - `mask`: additive f32 `[batch, 1, seq, kv_len]`, `kv_len = seq` without a cache, or the
-    ///   cache length after appending this chunk
+    ///   cache capacity with one
     /// - output: `[batch, seq, d_model]`
     pub fn forward(
         &self,

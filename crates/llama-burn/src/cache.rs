@@ -1,5 +1,9 @@
 //! Key/value cache for incremental decoding, preallocated to the longest sequence a generation
 //! call can reach so each step writes in place instead of concatenating.
+//!
+//! Attention always reads the whole buffer (unfilled slots are later positions, which the causal
+//! mask hides): every decoding step then has the same shapes, so JIT backends (CUDA, wgpu)
+//! compile and autotune their kernels once instead of once per step.
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -31,7 +35,13 @@ impl<B: Backend> LayerKvCache<B> {
         self.len == 0
     }
 
-    /// Appends `[b, n_kv, t, hd]` keys/values; returns everything cached so far, `[b, n_kv, len, hd]`.
+    /// Positions the buffers can hold.
+    pub fn capacity(&self) -> usize {
+        self.keys.dims()[2]
+    }
+
+    /// Appends `[b, n_kv, t, hd]` keys/values; returns the whole buffers, `[b, n_kv, capacity, hd]`
+    /// (slots past the new length hold zeros and must be masked by the caller).
     ///
     /// # Panics
     /// When the chunk does not fit: the caller sized the cache for the whole generation.
@@ -44,11 +54,7 @@ impl<B: Backend> LayerKvCache<B> {
         self.keys = self.keys.clone().slice_assign(range.clone(), k);
         self.values = self.values.clone().slice_assign(range, v);
         self.len = end;
-        let held = [0..b, 0..h, 0..end, 0..d];
-        (
-            self.keys.clone().slice(held.clone()),
-            self.values.clone().slice(held),
-        )
+        (self.keys.clone(), self.values.clone())
     }
 }
 
@@ -68,5 +74,10 @@ impl<B: Backend> KvCache<B> {
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Positions each layer can hold.
+    pub fn capacity(&self) -> usize {
+        self.layers.first().map_or(0, LayerKvCache::capacity)
     }
 }

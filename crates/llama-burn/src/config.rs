@@ -312,14 +312,14 @@ impl LlamaConfig {
         if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
             return unsupported(format!("{name} is 0"));
         }
-        if self.num_attention_heads % self.n_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.n_kv_heads()) {
             return unsupported(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.n_kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return unsupported(format!("odd head_dim {}", self.head_dim()));
         }
         Ok(())

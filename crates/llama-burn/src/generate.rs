@@ -73,10 +73,13 @@ pub fn generate_greedy<B: Backend>(
         positions.extend(std::iter::repeat_n(1, pad));
         positions.extend(0..prompt.len() as i64);
     }
+    // The mask spans the whole cache and never changes: slots after the current position are
+    // hidden by causality, so generated tokens become visible as they are written.
     for prompt in prompts {
         let pad = prompt_len - prompt.len();
-        valid.push((0..prompt_len).map(|j| j >= pad).collect::<Vec<_>>());
+        valid.push((0..capacity).map(|j| j >= pad).collect::<Vec<_>>());
     }
+    let mask = bool_tensor::<B>(&valid, &device);
     let mut next_position: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
 
     let mut cache = model.new_cache(batch, capacity);
@@ -85,8 +88,7 @@ pub fn generate_greedy<B: Backend>(
     let mut outputs = vec![Vec::new(); batch];
     let mut finished = vec![false; batch];
     for step in 0..config.max_new_tokens {
-        let mask = bool_tensor::<B>(&valid, &device);
-        let logits = model.forward_cached(input, pos, mask, &mut cache); // [b, vocab]
+        let logits = model.forward_cached(input, pos, mask.clone(), &mut cache); // [b, vocab]
         let next = logits.argmax(1).into_data(); // [b, 1]
         let next: Vec<i64> = next
             .convert::<i64>()
@@ -112,9 +114,6 @@ pub fn generate_greedy<B: Backend>(
             .zip(&finished)
             .map(|(&t, &done)| if done { config.pad_id as i64 } else { t })
             .collect();
-        for row in valid.iter_mut() {
-            row.push(true);
-        }
         input = int_tensor::<B>(fed, [batch, 1], &device);
         pos = int_tensor::<B>(next_position.clone(), [batch, 1], &device);
         for p in next_position.iter_mut() {

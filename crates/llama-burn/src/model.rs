@@ -201,7 +201,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
     ///
     /// # Shapes
     /// - `input_ids`, `positions`: `[batch, chunk]`
-    /// - `attention_mask`: `[batch, cache.len() + chunk]`, false for (left) padding
+    /// - `attention_mask`: `[batch, cache.capacity()]`, false for (left) padding; slots not
+    ///   written yet are hidden by causality whatever their value
     /// - output: `[batch, vocab]`
     pub fn forward_cached(
         &self,
@@ -210,6 +211,12 @@ impl<B: Backend> LlamaForCausalLM<B> {
         attention_mask: Tensor<B, 2, Bool>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 2> {
+        let [_, width] = attention_mask.dims();
+        assert_eq!(
+            width,
+            cache.capacity(),
+            "decoding mask must span the whole KV cache"
+        );
         let hidden = self.run(input_ids, positions, attention_mask, Some(cache), None);
         let [b, s, d] = hidden.dims();
         let last = hidden.slice([0..b, s - 1..s, 0..d]);
@@ -269,14 +276,15 @@ impl<B: Backend> LlamaForCausalLM<B> {
 }
 
 /// The additive attention mask: 0 where query `past + i` may read key `j` (`j <= past + i` and key
-/// `j` is not padding), the most negative f32 elsewhere.
+/// `j` is not padding), the most negative f32 elsewhere. Keys run over the whole of `key_valid`
+/// (with a KV cache: its capacity).
 ///
 /// Using the finite minimum rather than -inf is what `transformers`' eager attention does: a row
 /// with every key masked (a left-padding query) then softmaxes to a uniform row instead of NaN.
 ///
 /// # Shapes
-/// - `key_valid`: `[batch, past + seq]`
-/// - output: `[batch, 1, seq, past + seq]`, f32
+/// - `key_valid`: `[batch, kv_len]`, `kv_len >= past + seq`
+/// - output: `[batch, 1, seq, kv_len]`, f32
 pub fn additive_causal_mask<B: Backend>(
     key_valid: Tensor<B, 2, Bool>,
     past: usize,
