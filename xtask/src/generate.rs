@@ -85,7 +85,12 @@ impl BackendJob for GenerateJob {
         let elapsed = start.elapsed().as_secs_f64();
         let total: usize = outputs.iter().map(Vec::len).sum();
         for (prompt, ids) in self.args.prompt.iter().zip(&outputs) {
-            println!("{prompt}{}", tokenizer.decode(ids, true)?);
+            let text = tokenizer.decode(ids, true)?;
+            if self.args.chat {
+                println!("> {prompt}\n{text}\n");
+            } else {
+                println!("{prompt}{text}");
+            }
         }
         eprintln!(
             "{total} tokens in {elapsed:.2} s ({:.1} tokens/s)",
