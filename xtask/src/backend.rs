@@ -24,6 +24,16 @@ pub trait BackendJob {
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<Self::Output>;
 }
 
+/// Work that trains, on the autodiff version of whichever backend the user chose.
+pub trait TrainJob {
+    /// Runs on autodiff backend `B`, with base weights in `dtype`.
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+        dtype: DType,
+    ) -> anyhow::Result<()>;
+}
+
 impl BackendKind {
     /// The default weight dtype: bf16 on CUDA, f32 elsewhere (lavapipe and the CPU have no bf16 matmul).
     pub fn default_dtype(self) -> DType {
@@ -47,6 +57,29 @@ impl BackendKind {
             BackendKind::Wgpu => job.run::<burn::backend::Wgpu>(Default::default(), dtype),
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => job.run::<burn::backend::Cuda>(Default::default(), dtype),
+        }
+    }
+}
+
+impl BackendKind {
+    /// Runs `job` on the autodiff wrapper of this backend.
+    pub fn dispatch_autodiff<J: TrainJob>(
+        self,
+        dtype: Option<DType>,
+        job: J,
+    ) -> anyhow::Result<()> {
+        use burn::backend::Autodiff;
+        let dtype = dtype.unwrap_or(self.default_dtype());
+        match self {
+            BackendKind::Cpu => job.run::<Autodiff<burn::backend::Flex>>(Default::default(), dtype),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => {
+                job.run::<Autodiff<burn::backend::Wgpu>>(Default::default(), dtype)
+            }
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                job.run::<Autodiff<burn::backend::Cuda>>(Default::default(), dtype)
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! its own file and calls into the library crates.
 
 mod backend;
+mod eval;
 mod fetch_model;
+mod finetune;
 mod generate;
 mod model_source;
 mod verify;
@@ -23,6 +25,10 @@ enum Command {
     FetchModel(fetch_model::FetchModel),
     /// Greedy generation from a prompt.
     Generate(generate::Generate),
+    /// LoRA fine-tuning (no arguments: the tiny embedded default on the CPU).
+    Finetune(Box<finetune::Finetune>),
+    /// Task accuracy of a model, optionally with a PEFT adapter.
+    Eval(Box<eval::Eval>),
     /// Compare the model's numerics with the recorded references (HF fixtures, SmolLM2 golden).
     Verify(verify::Verify),
 }
@@ -32,5 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::FetchModel(cmd) => cmd.run(),
         Command::Generate(cmd) => cmd.run(),
         Command::Verify(cmd) => cmd.run(),
+        Command::Finetune(cmd) => cmd.run(),
+        Command::Eval(cmd) => cmd.run(),
     }
 }

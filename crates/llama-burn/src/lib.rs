@@ -1,6 +1,9 @@
 //! LLaMA-family causal language models in burn, computing what HF `transformers`'
 //! `LlamaForCausalLM` computes: HF-folder (safetensors) and GGUF loading, the `tokenizers`
 //! tokenizer, a padded training forward and batched greedy generation with a KV cache.
+//! LoRA adapters (the `lora` crate) attach to its projections (`LlamaForCausalLM::with_lora`,
+//! `load_peft_adapter`, `merge_lora`, see [`adapters`]), and [`causal_lm_loss`] is HF's training
+//! loss.
 //!
 //! ```no_run
 //! # use burn::backend::Flex;
@@ -11,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adapters;
 pub mod attention;
 pub mod cache;
 pub mod config;
@@ -21,6 +25,7 @@ pub mod gguf_load;
 pub mod gguf_tokenizer;
 pub mod golden;
 pub mod hf_load;
+pub mod loss;
 pub mod mlp;
 pub mod model;
 pub mod norm;
@@ -32,6 +37,7 @@ pub use config::{LlamaConfig, PRESETS};
 pub use error::{LlamaError, Result};
 pub use gguf_load::load_gguf;
 pub use hf_load::load_hf_folder;
+pub use loss::causal_lm_loss;
 pub use model::{ForwardOutput, LayerInputs, LlamaForCausalLM};
 pub use tokenizer::LlamaTokenizer;
 

@@ -7,6 +7,9 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
+use lora::LoraConfig;
+
+use crate::adapters::AdapterDepth;
 use crate::attention::LlamaAttention;
 use crate::cache::{KvCache, LayerKvCache};
 use crate::config::LlamaConfig;
@@ -96,6 +99,9 @@ pub struct LlamaForCausalLM<B: Backend> {
     pub config: LlamaConfig,
     #[module(skip)]
     rope: RotaryEmbedding,
+    /// The LoRA hyper-parameters of the attached adapters (see `adapters.rs`).
+    #[module(skip)]
+    pub(crate) lora_config: Option<LoraConfig>,
 }
 
 /// Everything one forward pass can return.
@@ -125,6 +131,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             lm_head,
             config: config.clone(),
             rope: RotaryEmbedding::new(config),
+            lora_config: None,
         }
     }
 
@@ -138,19 +145,13 @@ impl<B: Backend> LlamaForCausalLM<B> {
         self.model.embed_tokens.weight.device()
     }
 
-    /// Casts every weight to `dtype` (e.g. bf16 on a GPU, f32 on CPU).
+    /// Casts every base weight to `dtype` (e.g. bf16 on a GPU, f32 on CPU); LoRA adapters stay
+    /// f32.
     pub fn with_dtype(self, dtype: DType) -> Self {
-        struct Cast(DType);
-        impl<B: Backend> ModuleMapper<B> for Cast {
-            fn map_float<const D: usize>(
-                &mut self,
-                param: Param<Tensor<B, D>>,
-            ) -> Param<Tensor<B, D>> {
-                let dtype = self.0;
-                param.map(|t| t.cast(dtype))
-            }
-        }
-        self.map(&mut Cast(dtype))
+        self.map(&mut CastBase {
+            dtype,
+            inside: AdapterDepth::default(),
+        })
     }
 
     /// The training/scoring forward over a padded batch.
@@ -193,6 +194,30 @@ impl<B: Backend> LlamaForCausalLM<B> {
         ForwardOutput {
             logits: self.lm_head_forward(hidden),
             layer_inputs,
+        }
+    }
+
+    /// The training forward without the LM head: final-normed hidden states `[batch, seq, d_model]`.
+    ///
+    /// With [`Self::lm_head_rows`] this lets a loss compute logits only where it needs them (the
+    /// answer tokens), which on a 128k vocabulary is most of a step's memory and much of its time.
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &input_ids.device())
+            .unsqueeze::<2>()
+            .expand([batch, seq]);
+        self.run(input_ids, positions, attention_mask, None, None)
+    }
+
+    /// The LM head on rows of hidden states: `[n, d_model]` -> logits `[n, vocab]`.
+    pub fn lm_head_rows(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => sparse_ops::linear(hidden, self.model.embed_tokens.weight.val()),
         }
     }
 
@@ -272,6 +297,30 @@ impl<B: Backend> LlamaForCausalLM<B> {
             Some(head) => head.forward(hidden),
             None => sparse_ops::linear(hidden, self.model.embed_tokens.weight.val()),
         }
+    }
+}
+
+/// Casts every float parameter outside LoRA adapters.
+struct CastBase {
+    dtype: DType,
+    inside: AdapterDepth,
+}
+
+impl<B: Backend> ModuleMapper<B> for CastBase {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        self.inside.enter(container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.inside.exit(container_type);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.inside.get() {
+            return param;
+        }
+        let dtype = self.dtype;
+        param.map(|t| t.cast(dtype))
     }
 }
 

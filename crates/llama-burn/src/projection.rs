@@ -1,21 +1,27 @@
-//! A frozen, bias-free projection with the weight in PyTorch layout `[out, in]`.
+//! A frozen, bias-free projection with the weight in PyTorch layout `[out, in]`, optionally
+//! carrying a trainable LoRA adapter (PEFT's `lora.Linear` around `base_layer`).
 //!
 //! The `[out, in]` layout makes output-channel slicing (gate/up/q/k/v under SparseLoRA) a
 //! contiguous row gather, and lets HF weights load without a transpose.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::cast::ToElement;
+use burn::tensor::{backend::Backend, DType, Tensor};
+use lora::{LoraAdapter, LoraError};
 
-/// `y = x W^T`, `W: [out, in]`.
+/// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
 #[derive(Module, Debug)]
 pub struct Projection<B: Backend> {
     /// `[out, in]`
     pub weight: Param<Tensor<B, 2>>,
+    /// The LoRA adapter, when one is attached (f32 whatever the weight's dtype).
+    pub lora: Option<LoraAdapter<B>>,
 }
 
 impl<B: Backend> Projection<B> {
-    /// A projection with weights drawn like PyTorch's `nn.Linear` (uniform +-1/sqrt(in)).
+    /// A projection with weights drawn like PyTorch's `nn.Linear` (uniform +-1/sqrt(in)), no
+    /// adapter.
     pub fn new(d_in: usize, d_out: usize, device: &B::Device) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
         // Lazy: a loader that overwrites the weight never pays for the random draw.
@@ -24,18 +30,141 @@ impl<B: Backend> Projection<B> {
             max: bound,
         }
         .init([d_out, d_in], device);
-        Self { weight }
+        Self { weight, lora: None }
     }
 
+    /// With an adapter, the base output and the f32 adapter update are summed in f32 and cast
+    /// back to the base dtype, as PEFT does (`(result + lora_B(lora_A(x)) * scaling).to(dtype)`).
+    ///
     /// # Shapes
     /// - `x`: `[..., in]`, output `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        sparse_ops::linear(x, self.weight.val())
+        let Some(lora) = &self.lora else {
+            return sparse_ops::linear(x, self.weight.val());
+        };
+        let base = sparse_ops::linear(x.clone(), self.weight.val());
+        let update = lora.forward(x);
+        let dtype = base.dtype();
+        if dtype == update.dtype() {
+            base + update
+        } else {
+            (base.cast(update.dtype()) + update).cast(dtype)
+        }
     }
 
     /// `(out, in)`.
     pub fn dims(&self) -> (usize, usize) {
         let [out, d_in] = self.weight.dims();
         (out, d_in)
+    }
+
+    /// Folds the adapter into the weight, `W += scaling * B A` computed in f32 and cast back to
+    /// `W`'s dtype, and removes it. Without an adapter this does nothing.
+    ///
+    /// # Errors
+    /// [`LoraError::NonFinite`] naming `module` when the merged weight would hold a NaN or an
+    /// infinity; the projection is then left as it was, adapter included.
+    pub fn merge_lora(&mut self, module: &str) -> Result<(), LoraError> {
+        let Some(lora) = &self.lora else {
+            return Ok(());
+        };
+        let weight = self.weight.val();
+        let dtype = weight.dtype();
+        let merged = weight.cast(DType::F32) + lora.delta_weight();
+        let merged = merged.cast(dtype).detach();
+        let finite = merged.clone().is_finite().all().into_scalar().to_bool();
+        if !finite {
+            return Err(LoraError::NonFinite {
+                module: module.to_owned(),
+            });
+        }
+        let require_grad = self.weight.is_require_grad();
+        self.weight = self
+            .weight
+            .clone()
+            .map(|_| merged.set_require_grad(require_grad));
+        self.lora = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
+    use lora::LoraConfig;
+
+    type TestBackend = burn::backend::Flex;
+
+    fn adapted(device: &burn::tensor::Device<TestBackend>) -> Projection<TestBackend> {
+        let config = LoraConfig::new().with_r(2).with_alpha(4.0);
+        let mut proj = Projection::<TestBackend>::new(8, 6, device);
+        let a = Tensor::<TestBackend, 2>::random([2, 8], Distribution::Default, device);
+        let b = Tensor::<TestBackend, 2>::random([6, 2], Distribution::Default, device);
+        proj.lora = Some(LoraAdapter::from_weights(
+            &config,
+            a.into_data(),
+            b.into_data(),
+            device,
+        ));
+        proj
+    }
+
+    #[test]
+    fn adapter_adds_scaled_low_rank_update() {
+        let device = Default::default();
+        let proj = adapted(&device);
+        let x = Tensor::<TestBackend, 3>::random([2, 3, 8], Distribution::Default, &device);
+        let lora = proj.lora.as_ref().unwrap();
+        let w = proj.weight.val() + lora.delta_weight();
+        let expected = sparse_ops::linear(x.clone(), w);
+        proj.forward(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn half_precision_base_keeps_an_f32_adapter() {
+        let device = Default::default();
+        let mut proj = adapted(&device);
+        proj.weight = proj.weight.map(|w| w.cast(DType::F16));
+        let x = Tensor::<TestBackend, 2>::random([4, 8], Distribution::Default, &device);
+        let y = proj.forward(x.clone().cast(DType::F16));
+        assert_eq!(y.dtype(), DType::F16);
+        let lora = proj.lora.as_ref().unwrap();
+        assert_eq!(lora.lora_a.val().dtype(), DType::F32);
+        let w = proj.weight.val().cast(DType::F32) + lora.delta_weight();
+        let expected = sparse_ops::linear(x.cast(DType::F16).cast(DType::F32), w);
+        y.cast(DType::F32)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(2e-2));
+    }
+
+    #[test]
+    fn merge_folds_the_update_in_and_drops_the_adapter() {
+        let device = Default::default();
+        let mut proj = adapted(&device);
+        let x = Tensor::<TestBackend, 2>::random([4, 8], Distribution::Default, &device);
+        let before = proj.forward(x.clone());
+        proj.merge_lora("p").unwrap();
+        assert!(proj.lora.is_none());
+        proj.forward(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&before.into_data(), Tolerance::default());
+
+        let mut bad = adapted(&device);
+        let config = LoraConfig::new().with_r(1);
+        bad.lora = Some(LoraAdapter::from_weights(
+            &config,
+            TensorData::new(vec![f32::NAN; 8], [1, 8]),
+            TensorData::new(vec![1.0f32; 6], [6, 1]),
+            &device,
+        ));
+        let err = bad.merge_lora("model.layers.3.mlp.up_proj").unwrap_err();
+        assert!(err.to_string().contains("model.layers.3.mlp.up_proj"));
+        assert!(
+            bad.lora.is_some(),
+            "a refused merge leaves the adapter in place"
+        );
     }
 }

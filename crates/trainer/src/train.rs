@@ -1,0 +1,285 @@
+//! The fine-tuning loop: micro-batches, forward and loss, backward, accumulate, clip, AdamW step,
+//! log, checkpoint. Generic over the backend; dense LoRA and (later) SparseLoRA share it.
+//!
+//! Resuming is exact: the schedule is a pure function of the step, the data order a pure function
+//! of (seed, epoch), dropout is reseeded from (seed, micro-step), adapter parameters carry ids
+//! derived from their names so the saved optimizer state finds them again, and checkpoints hold
+//! the adapter in f32.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor};
+use llama_burn::LlamaForCausalLM;
+
+use crate::batch::TrainBatch;
+use crate::checkpoint::{latest_checkpoint, save_checkpoint, TrainState};
+use crate::grad_norm::clip_global_norm;
+use crate::metrics::{MetricsLog, StepMetrics};
+use crate::schedule::CosineSchedule;
+use crate::train_config::TrainConfig;
+
+/// Training data as the loop sees it: an epoch-indexed, deterministic sequence of micro-batches.
+pub trait MicroBatches<B: Backend> {
+    /// Micro-batches in one epoch.
+    fn batches_per_epoch(&self) -> usize;
+    /// Micro-batch `index` of epoch `epoch` (shuffled by the source's seed and `epoch`), with
+    /// its number of real (non-padding) tokens.
+    fn batch(&self, epoch: usize, index: usize, device: &B::Device) -> (TrainBatch<B>, usize);
+}
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error("loss is {loss} at step {step} (epoch {epoch}, batch {batch}); stopping. The last good checkpoint in {out} is kept: lower the learning rate or check the data, then --resume")]
+    NonFiniteLoss {
+        /// Optimizer step being computed.
+        step: usize,
+        /// Epoch of the bad micro-batch.
+        epoch: usize,
+        /// Index of the bad micro-batch within its epoch.
+        batch: usize,
+        /// The value.
+        loss: f64,
+        /// The output folder.
+        out: PathBuf,
+    },
+    /// The data yields no batch.
+    #[error("the training data is empty")]
+    NoData,
+    /// Checkpoint I/O failed.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// Loading or saving the adapter failed.
+    #[error(transparent)]
+    Adapter(#[from] lora::LoraError),
+    /// Anything else on disk (metrics, optimizer state).
+    #[error("{context}: {message}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+fn io_error(context: &str, message: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        context: context.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Where and how a run happens, beyond the hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output folder (checkpoints, metrics, final adapter).
+    pub out: PathBuf,
+    /// Continue from the newest checkpoint in `out`.
+    pub resume: bool,
+    /// Stop (as if killed) after this many optimizer steps of this invocation, right after
+    /// checkpointing; used to test resumption.
+    pub stop_after: Option<usize>,
+    /// Name recorded as `base_model_name_or_path` in the saved adapters.
+    pub base_model_name: String,
+}
+
+/// Called after each optimizer step (progress bars, live logs).
+pub trait StepObserver {
+    /// A step finished.
+    fn on_step(&mut self, metrics: &StepMetrics, total_steps: usize);
+}
+
+impl StepObserver for () {
+    fn on_step(&mut self, _: &StepMetrics, _: usize) {}
+}
+
+/// FNV-1a: a hash that is stable across Rust versions, for parameter ids stored in checkpoints.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Gives every adapter parameter (`...lora_a`, `...lora_b`) an id derived from its module path,
+/// so optimizer state saved by one process is found by the next.
+pub fn assign_stable_adapter_ids<B: Backend>(model: LlamaForCausalLM<B>) -> LlamaForCausalLM<B> {
+    struct StableIds {
+        path: Vec<String>,
+    }
+    impl<B: Backend> ModuleMapper<B> for StableIds {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let path = self.path.join(".");
+            if !path.contains("lora") {
+                return param;
+            }
+            let (_, tensor, mapper) = param.consume();
+            Param::from_mapped_value(ParamId::from(stable_hash(&path)), tensor, mapper)
+        }
+    }
+    model.map(&mut StableIds { path: Vec::new() })
+}
+
+/// Runs (or resumes) fine-tuning; returns the trained model and the final state.
+pub fn train<B, D, O>(
+    model: LlamaForCausalLM<B>,
+    data: &D,
+    config: &TrainConfig,
+    run: &RunOptions,
+    observer: &mut O,
+    device: &B::Device,
+) -> Result<(LlamaForCausalLM<B>, TrainState), TrainError>
+where
+    B: AutodiffBackend,
+    D: MicroBatches<B>,
+    O: StepObserver,
+{
+    let per_epoch = data.batches_per_epoch();
+    if per_epoch == 0 {
+        return Err(TrainError::NoData);
+    }
+    let accum = config.grad_accum();
+    let steps_per_epoch = per_epoch.div_ceil(accum);
+    let mut total_steps = steps_per_epoch * config.epochs;
+    if let Some(max) = config.max_steps {
+        total_steps = if config.epochs == 0 {
+            max
+        } else {
+            total_steps.min(max)
+        };
+    }
+    let schedule = CosineSchedule::new(config.learning_rate, config.warmup_ratio, total_steps);
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(config.adam_epsilon as f32)
+        .with_weight_decay(config.weight_decay as f32)
+        .init::<B, LlamaForCausalLM<B>>();
+
+    std::fs::create_dir_all(&run.out).map_err(|e| {
+        io_error(
+            "creating the output folder",
+            format!("{}: {e}", run.out.display()),
+        )
+    })?;
+    let mut model = assign_stable_adapter_ids(model);
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        seed: config.seed,
+        total_steps,
+        last_loss: f64::NAN,
+    };
+    if run.resume {
+        if let Some((dir, saved)) = latest_checkpoint(&run.out)? {
+            model = assign_stable_adapter_ids(model.load_peft_adapter(&dir, device)?);
+            let record = recorder.load(dir.join("optimizer"), device).map_err(|e| {
+                io_error("loading optimizer state", format!("{}: {e}", dir.display()))
+            })?;
+            optim = optim.load_record(record);
+            state = TrainState {
+                total_steps,
+                ..saved
+            };
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
+        }
+    }
+
+    let mut metrics =
+        MetricsLog::open(&run.out).map_err(|e| io_error("opening metrics.jsonl", e))?;
+    let started_at = state.step;
+    while state.step < total_steps {
+        let start = Instant::now();
+        let mut accumulator = GradientsAccumulator::<LlamaForCausalLM<B>>::new();
+        let (mut loss_sum, mut tokens) = (0.0, 0);
+        for micro in 0..accum {
+            let (epoch, index) = (state.epoch, state.batch_in_epoch);
+            let (batch, batch_tokens) = data.batch(epoch, index, device);
+            state.batch_in_epoch += 1;
+            if state.batch_in_epoch == per_epoch {
+                state.batch_in_epoch = 0;
+                state.epoch += 1;
+            }
+            // Dropout masks depend only on (seed, micro-step): a resumed run draws the same ones.
+            B::seed(
+                device,
+                config.seed ^ ((state.step * accum + micro) as u64).wrapping_mul(0x9E37_79B9),
+            );
+            tokens += batch_tokens;
+            // Logits only where an answer token is predicted: same loss as HF's, far less work.
+            let hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
+            let loss =
+                llama_burn::loss::causal_lm_loss_at_targets(&model, hidden, &batch.loss_targets);
+            let value: f64 = loss.clone().into_scalar().elem();
+            if !value.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    step: state.step,
+                    epoch,
+                    batch: index,
+                    loss: value,
+                    out: run.out.clone(),
+                });
+            }
+            loss_sum += value;
+            let grads = (loss / accum as f64).backward();
+            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = clip_global_norm(&model, &mut grads, config.max_grad_norm);
+        let lr = schedule.lr(state.step);
+        model = optim.step(lr, model, grads);
+        state.step += 1;
+        state.last_loss = loss_sum / accum as f64;
+
+        let elapsed = start.elapsed().as_secs_f64();
+        let m = StepMetrics {
+            step: state.step,
+            epoch: state.epoch,
+            loss: state.last_loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / elapsed.max(1e-9),
+            step_time_s: elapsed,
+        };
+        metrics
+            .write(&m)
+            .map_err(|e| io_error("writing metrics.jsonl", e))?;
+        observer.on_step(&m, total_steps);
+
+        let killed = run.stop_after.is_some_and(|n| state.step - started_at >= n);
+        if state.step.is_multiple_of(config.save_every) || state.step == total_steps || killed {
+            save_checkpoint(&run.out, &state, config.keep_checkpoints, |dir: &Path| {
+                model
+                    .save_peft_adapter(dir, &run.base_model_name)
+                    .map_err(|e| e.to_string())?;
+                recorder
+                    .record(optim.to_record(), dir.join("optimizer"))
+                    .map_err(|e| format!("optimizer state: {e}"))
+            })?;
+        }
+        if killed {
+            break;
+        }
+    }
+    Ok((model, state))
+}
+
+/// The inner-backend (no autodiff) view of a trained model, for evaluation.
+pub fn for_inference<B: AutodiffBackend>(
+    model: LlamaForCausalLM<B>,
+) -> LlamaForCausalLM<B::InnerBackend> {
+    model.valid()
+}

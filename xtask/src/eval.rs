@@ -1,0 +1,150 @@
+//! `cargo xtask eval`: task accuracy of a model, optionally with a PEFT adapter.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use clap::Args;
+use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
+use trainer::{evaluate, load_records, Task, TaskAccuracy};
+
+use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::model_source::ModelSource;
+
+/// Which records to evaluate on.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Tasks, comma-separated (boolq, piqa, social_i_qa, winogrande, ARC-Easy, ARC-Challenge,
+    /// openbookqa, gsm8k, SVAMP, mawps, ...).
+    #[arg(
+        long = "task",
+        default_value = "boolq,piqa,social_i_qa,winogrande,ARC-Easy,ARC-Challenge,openbookqa"
+    )]
+    pub tasks: String,
+    /// Evaluate only the first N records of each task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// LLM-Adapters data root (holding `dataset/<task>/test.json`); default: the shipped samples.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Prompts generated together.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+/// Evaluate a model (and adapter) on downstream tasks.
+#[derive(Args, Debug, Clone)]
+pub struct Eval {
+    /// Preset name, HF folder or `.gguf`.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Folder holding HF checkpoints by preset name.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// A PEFT adapter folder to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    select: EvalArgs,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// Weight dtype; default bf16 on CUDA, f32 elsewhere.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+}
+
+impl Eval {
+    pub fn run(self) -> anyhow::Result<()> {
+        let (backend, dtype) = (self.backend, self.dtype);
+        backend.dispatch(dtype, self)
+    }
+}
+
+impl BackendJob for Eval {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
+        let source = ModelSource::resolve(&self.model, self.model_dir.as_deref())?;
+        let tokenizer = source.tokenizer()?;
+        let mut model = source.load::<B>(dtype, &device)?;
+        if let Some(adapter) = &self.adapter {
+            model = model
+                .load_peft_adapter(adapter, &device)
+                .with_context(|| format!("loading adapter {}", adapter.display()))?;
+        }
+        let results = run_eval(&model, &tokenizer, &self.select)?;
+        print_table(&results);
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_string_pretty(&results)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The records of `task`: from `data_dir/<task>/test.json` or the shipped sample.
+fn task_records(task: Task, data_dir: Option<&Path>) -> anyhow::Result<Vec<trainer::Record>> {
+    let path = match data_dir {
+        Some(dir) => dir.join(task.data_file()),
+        None => Path::new("datasets").join(task.sample_file().context("no shipped sample")?),
+    };
+    load_records(&path).with_context(|| format!("evaluation data of {task}"))
+}
+
+/// Evaluates every selected task.
+pub fn run_eval<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    tokenizer: &LlamaTokenizer,
+    args: &EvalArgs,
+) -> anyhow::Result<Vec<TaskAccuracy>> {
+    let mut results = Vec::new();
+    for name in args
+        .tasks
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let task: Task = name
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--task {name}: {e}"))?;
+        let mut records = task_records(task, args.data_dir.as_deref())?;
+        if let Some(limit) = args.limit {
+            records.truncate(limit);
+        }
+        let start = std::time::Instant::now();
+        let result = evaluate(model, tokenizer, task, &records, args.batch_size)?;
+        eprintln!(
+            "{:<14} {:>5}/{:<5} {:6.1}%  ({:.1} s)",
+            result.task,
+            result.correct,
+            result.total,
+            100.0 * result.accuracy,
+            start.elapsed().as_secs_f64()
+        );
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// Prints the accuracy table with the macro average.
+pub fn print_table(results: &[TaskAccuracy]) {
+    println!("| task | correct | total | accuracy |\n|---|---|---|---|");
+    for r in results {
+        println!(
+            "| {} | {} | {} | {:.1}% |",
+            r.task,
+            r.correct,
+            r.total,
+            100.0 * r.accuracy
+        );
+    }
+    if !results.is_empty() {
+        let avg = results.iter().map(|r| r.accuracy).sum::<f64>() / results.len() as f64;
+        println!("| average | | | {:.1}% |", 100.0 * avg);
+    }
+}

@@ -1,0 +1,267 @@
+//! `cargo xtask finetune`: LoRA fine-tuning. With no arguments it runs the embedded default: the
+//! `tiny` model on the shipped commonsense sample, on the CPU, then evaluates the adapter.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::DType;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
+use lora::{LoraConfig, LoraTarget};
+use trainer::metrics::StepMetrics;
+use trainer::{
+    load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions, StepObserver, Task,
+    TokenizeConfig, TrainConfig,
+};
+
+use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::eval::{print_table, run_eval, EvalArgs};
+use crate::model_source::ModelSource;
+
+/// Fine-tune with LoRA (SparseLoRA arrives with `--sparsity`).
+#[derive(Args, Debug, Clone)]
+pub struct Finetune {
+    /// `tiny` (random weights, SmolLM2 tokenizer), `smollm2-135m`, a LLaMA preset, an HF folder or a `.gguf`.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Folder holding HF checkpoints by preset name.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Training task: `csr170k` (response = answer) or `math10k` (response = output).
+    #[arg(long, default_value = "csr170k")]
+    pub task: String,
+    /// Training data (LLM-Adapters JSON or JSONL); default: the shipped sample of the task.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training hyper-parameters (TOML, see configs/train/).
+    #[arg(long, default_value = "configs/train/tiny-default.toml")]
+    pub config: PathBuf,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Base-weight dtype (adapters are always f32); default bf16 on CUDA, f32 elsewhere.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Override the config's step count.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Sequences per forward pass (the config's batch is reached by accumulation).
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
+    /// Output folder: checkpoints, metrics.jsonl, the final adapter, eval results.
+    #[arg(long, default_value = "runs/tiny-csr170k")]
+    pub output: PathBuf,
+    /// Continue from the newest checkpoint in --output.
+    #[arg(long)]
+    pub resume: bool,
+    /// Plain LoRA (the only mode until SparseLoRA lands).
+    #[arg(long)]
+    pub dense: bool,
+    /// LoRA targets, comma-separated (q,k,v,o,gate,up,down).
+    #[arg(long, default_value = "q,k,v,o")]
+    pub lora_targets: String,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 32)]
+    pub lora_rank: usize,
+    /// LoRA alpha (scale = alpha / rank).
+    #[arg(long, default_value_t = 64.0)]
+    pub lora_alpha: f64,
+    /// Evaluate after training on these tasks (comma-separated; `none` to skip).
+    #[arg(long, default_value = "boolq,ARC-Easy")]
+    pub eval_tasks: String,
+    /// Records per evaluation task (from the shipped samples unless --eval-data-dir).
+    #[arg(long, default_value_t = 20)]
+    pub eval_limit: usize,
+    /// LLM-Adapters data root with the full evaluation sets; default: the shipped samples.
+    #[arg(long)]
+    pub eval_data_dir: Option<PathBuf>,
+    /// Stop after this many steps as if killed (testing resumption).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+impl Finetune {
+    pub fn run(self) -> anyhow::Result<()> {
+        let (backend, dtype) = (self.backend, self.dtype);
+        backend.dispatch_autodiff(dtype, FinetuneJob(self))
+    }
+
+    fn lora_config(&self) -> anyhow::Result<LoraConfig> {
+        let targets = self
+            .lora_targets
+            .split(',')
+            .map(|t| t.trim().parse::<LoraTarget>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
+        let config = LoraConfig {
+            r: self.lora_rank,
+            alpha: self.lora_alpha,
+            targets,
+            ..LoraConfig::default()
+        };
+        config.validate().context("LoRA config")?;
+        Ok(config)
+    }
+}
+
+struct FinetuneJob(Finetune);
+
+/// Loads the base model: a checkpoint, or for `tiny` a seeded random model with the tokenizer's vocabulary.
+fn base_model<B: Backend>(
+    args: &Finetune,
+    tokenizer_vocab: usize,
+    dtype: DType,
+    seed: u64,
+    device: &B::Device,
+) -> anyhow::Result<(LlamaForCausalLM<B>, String)> {
+    if args.model == "tiny" {
+        B::seed(device, seed);
+        let config = LlamaConfig {
+            vocab_size: tokenizer_vocab,
+            ..LlamaConfig::preset("tiny")?
+        };
+        return Ok((
+            config.init_random::<B>(device).with_dtype(dtype),
+            "tiny".into(),
+        ));
+    }
+    let source = ModelSource::resolve(&args.model, args.model_dir.as_deref())?;
+    Ok((source.load::<B>(dtype, device)?, args.model.clone()))
+}
+
+/// The tokenizer of `--model` (`tiny` borrows SmolLM2's).
+fn tokenizer_for(args: &Finetune) -> anyhow::Result<LlamaTokenizer> {
+    let name = if args.model == "tiny" {
+        "smollm2-135m"
+    } else {
+        &args.model
+    };
+    ModelSource::resolve(name, args.model_dir.as_deref())?.tokenizer()
+}
+
+struct Progress(ProgressBar);
+
+impl StepObserver for Progress {
+    fn on_step(&mut self, m: &StepMetrics, total: usize) {
+        self.0.set_length(total as u64);
+        self.0.set_position(m.step as u64);
+        self.0.set_message(format!(
+            "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s",
+            m.loss, m.lr, m.grad_norm, m.tokens_per_s
+        ));
+        if m.step == 1 || m.step.is_multiple_of(10) || m.step == total {
+            self.0.println(format!(
+                "step {:>6}/{total}  loss {:.4}  lr {:.3e}  grad-norm {:.3}  {:.0} tok/s  {:.2} s",
+                m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.step_time_s
+            ));
+        }
+    }
+}
+
+impl TrainJob for FinetuneJob {
+    fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
+        let args = self.0;
+        let task: Task = args
+            .task
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+        if !task.is_training() {
+            bail!("--task {task} is an evaluation set; train on csr170k or math10k");
+        }
+        let mut config = TrainConfig::from_toml_file(&args.config)?;
+        if let Some(steps) = args.max_steps {
+            config.max_steps = Some(steps);
+        }
+        if let Some(mb) = args.micro_batch_size {
+            config.micro_batch_size = Some(mb);
+            config.validate()?;
+        }
+        let lora_config = args.lora_config()?;
+        let data_path = match &args.data {
+            Some(p) => p.clone(),
+            None => PathBuf::from("datasets")
+                .join(task.sample_file().context("task has no shipped sample")?),
+        };
+        let tokenizer = tokenizer_for(&args)?;
+        let (base, base_name) =
+            base_model::<B>(&args, tokenizer.vocab_size(), dtype, config.seed, &device)?;
+        let eos = base.config.eos_ids().first().copied().unwrap_or(0);
+        let pad = base.config.pad_token_id.unwrap_or(eos);
+
+        let records = load_records(&data_path)?;
+        let tokenize = TokenizeConfig::new(eos).with_cutoff_len(config.max_seq_len.min(256));
+        let examples = tokenize_records(&tokenizer, &records, task.response_field(), &tokenize)?;
+        eprintln!(
+            "{} examples from {} | model {base_name} ({:?}, {:?}) | LoRA r={} alpha={} on {} | {} mode",
+            examples.len(),
+            data_path.display(),
+            args.backend,
+            dtype,
+            lora_config.r,
+            lora_config.alpha,
+            args.lora_targets,
+            if args.dense { "dense" } else { "dense (SparseLoRA not yet available)" },
+        );
+        let data = ExampleBatches::new(
+            examples,
+            config.micro_batch(),
+            config.seed,
+            CollateConfig::new(pad),
+        );
+
+        B::seed(&device, config.seed);
+        let model = base.with_lora(&lora_config, &device);
+        let run = RunOptions {
+            out: args.output.clone(),
+            resume: args.resume,
+            stop_after: args.stop_after,
+            base_model_name: base_name,
+        };
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        let start = std::time::Instant::now();
+        let (model, state) = trainer::train(
+            model,
+            &data,
+            &config,
+            &run,
+            &mut Progress(bar.clone()),
+            &device,
+        )?;
+        bar.finish_and_clear();
+        let adapter_dir = args.output.join("adapter");
+        model.save_peft_adapter(&adapter_dir, &run.base_model_name)?;
+        eprintln!(
+            "trained {} steps in {:.1} s; final loss {:.4}; adapter saved to {}",
+            state.step,
+            start.elapsed().as_secs_f64(),
+            state.last_loss,
+            adapter_dir.display()
+        );
+        if args.stop_after.is_some() && state.step < state.total_steps {
+            eprintln!("stopped early (--stop-after); continue with --resume");
+            return Ok(());
+        }
+        if args.eval_tasks != "none" {
+            let eval = EvalArgs {
+                tasks: args.eval_tasks.clone(),
+                limit: Some(args.eval_limit),
+                data_dir: args.eval_data_dir.clone(),
+                batch_size: 8,
+            };
+            let model = model.valid();
+            let results = run_eval(&model, &tokenizer, &eval)?;
+            print_table(&results);
+            let json = serde_json::to_string_pretty(&results)?;
+            std::fs::write(args.output.join("eval.json"), json)?;
+        }
+        Ok(())
+    }
+}
