@@ -78,6 +78,15 @@ pub struct Finetune {
     /// LLM-Adapters data root with the full evaluation sets; default: the shipped samples.
     #[arg(long)]
     pub eval_data_dir: Option<PathBuf>,
+    /// Pad each batch's length up to a multiple of this (fewer distinct shapes for JIT backends).
+    #[arg(long, default_value_t = 1)]
+    pub pad_to_multiple_of: usize,
+    /// Prompts generated together during evaluation.
+    #[arg(long, default_value_t = 16)]
+    pub eval_batch_size: usize,
+    /// Evaluate the base model too, before training (for a before/after table).
+    #[arg(long)]
+    pub eval_before: bool,
     /// Stop after this many steps as if killed (testing resumption).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -205,12 +214,23 @@ impl TrainJob for FinetuneJob {
             args.lora_targets,
             if args.dense { "dense" } else { "dense (SparseLoRA not yet available)" },
         );
-        let data = ExampleBatches::new(
-            examples,
-            config.micro_batch(),
-            config.seed,
-            CollateConfig::new(pad),
-        );
+        let collate =
+            CollateConfig::new(pad).with_pad_to_multiple_of(args.pad_to_multiple_of.max(1));
+        let data = ExampleBatches::new(examples, config.micro_batch(), config.seed, collate);
+        let eval = EvalArgs {
+            tasks: args.eval_tasks.clone(),
+            limit: Some(args.eval_limit),
+            data_dir: args.eval_data_dir.clone(),
+            batch_size: args.eval_batch_size,
+        };
+        if args.eval_before && args.eval_tasks != "none" {
+            eprintln!("evaluating the base model before training");
+            let results = run_eval(&base.valid(), &tokenizer, &eval)?;
+            print_table(&results);
+            std::fs::create_dir_all(&args.output)?;
+            let json = serde_json::to_string_pretty(&results)?;
+            std::fs::write(args.output.join("eval-before.json"), json)?;
+        }
 
         B::seed(&device, config.seed);
         let model = base.with_lora(&lora_config, &device);
@@ -245,17 +265,16 @@ impl TrainJob for FinetuneJob {
             state.last_loss,
             adapter_dir.display()
         );
+        let metrics = trainer::metrics::MetricsLog::read(&args.output.join("metrics.jsonl"))?;
+        let plot = args.output.join("loss.png");
+        let title = format!("LoRA on {} ({})", args.model, task.name());
+        crate::plot::plot_loss(&metrics, &title, &plot)?;
+        eprintln!("loss curve: {}", plot.display());
         if args.stop_after.is_some() && state.step < state.total_steps {
             eprintln!("stopped early (--stop-after); continue with --resume");
             return Ok(());
         }
         if args.eval_tasks != "none" {
-            let eval = EvalArgs {
-                tasks: args.eval_tasks.clone(),
-                limit: Some(args.eval_limit),
-                data_dir: args.eval_data_dir.clone(),
-                batch_size: 8,
-            };
             let model = model.valid();
             let results = run_eval(&model, &tokenizer, &eval)?;
             print_table(&results);

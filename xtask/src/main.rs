@@ -7,6 +7,7 @@ mod fetch_model;
 mod finetune;
 mod generate;
 mod model_source;
+mod plot;
 mod verify;
 
 use clap::{Parser, Subcommand};

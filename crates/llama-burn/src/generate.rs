@@ -19,6 +19,10 @@ pub struct GenerationConfig {
     pub eos_ids: Vec<u32>,
     /// Fills the left padding and the rows that already stopped.
     pub pad_id: u32,
+    /// Left-pad prompts to a multiple of this length (1: to the longest prompt). JIT backends
+    /// compile and autotune kernels per shape; rounding lengths up keeps the shapes few across
+    /// batches at the cost of some masked padding.
+    pub pad_to_multiple_of: usize,
 }
 
 impl GenerationConfig {
@@ -28,7 +32,14 @@ impl GenerationConfig {
             max_new_tokens,
             eos_ids,
             pad_id,
+            pad_to_multiple_of: 1,
         }
+    }
+
+    /// Rounds prompt lengths up to a multiple of `multiple` (see the field).
+    pub fn with_pad_to_multiple_of(mut self, multiple: usize) -> Self {
+        self.pad_to_multiple_of = multiple.max(1);
+        self
     }
 }
 
@@ -52,14 +63,16 @@ pub fn generate_greedy<B: Backend>(
         )));
     }
     let device = model.device();
-    let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let capacity = prompt_len + config.max_new_tokens;
-    if capacity > model.config.max_position_embeddings {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + config.max_new_tokens > model.config.max_position_embeddings {
         return Err(LlamaError::InvalidInput(format!(
-            "prompt ({prompt_len}) + new tokens ({}) exceed max_position_embeddings {}",
+            "prompt ({longest}) + new tokens ({}) exceed max_position_embeddings {}",
             config.max_new_tokens, model.config.max_position_embeddings
         )));
     }
+    // Padding adds masked slots only; positions still count real tokens.
+    let prompt_len = longest.next_multiple_of(config.pad_to_multiple_of.max(1));
+    let capacity = prompt_len + config.max_new_tokens;
 
     // Left padding: row i starts with `prompt_len - len_i` pads.
     let mut ids = Vec::with_capacity(batch * prompt_len);

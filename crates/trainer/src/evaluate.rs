@@ -47,7 +47,9 @@ pub fn evaluate<B: Backend>(
         .pad_token_id
         .or(eos.first().copied())
         .unwrap_or(0);
-    let config = GenerationConfig::new(task.max_new_tokens(), eos, pad);
+    // Prompt lengths rounded up to 32 keep the number of distinct shapes (and so of kernel
+    // compilations on JIT backends) small over a whole test set.
+    let config = GenerationConfig::new(task.max_new_tokens(), eos, pad).with_pad_to_multiple_of(32);
     let (mut correct, mut samples) = (0, Vec::new());
     for chunk in records.chunks(batch_size.max(1)) {
         let prompts: Vec<String> = chunk
