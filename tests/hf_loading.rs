@@ -5,56 +5,20 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Tensor};
 use half::{bf16, f16};
-use integration_tests::{fixture, scratch, TestBackend};
+use integration_tests::{
+    fixture, read_safetensors, scratch, write_safetensors, RawTensor, TestBackend,
+};
 use llama_burn::{load_hf_folder, LlamaError};
-use safetensors::{Dtype, SafeTensors};
-
-/// One tensor of a checkpoint, owned.
-#[derive(Clone)]
-struct Entry {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-fn read_entries(path: &Path) -> Vec<Entry> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<Entry> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| Entry {
-            name,
-            dtype: v.dtype(),
-            shape: v.shape().to_vec(),
-            bytes: v.data().to_vec(),
-        })
-        .collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    entries
-}
-
-fn write_entries(path: &Path, entries: &[Entry]) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = entries
-        .iter()
-        .map(|e| {
-            let view =
-                safetensors::tensor::TensorView::new(e.dtype, e.shape.clone(), &e.bytes).unwrap();
-            (e.name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
+use safetensors::Dtype;
 
 /// A copy of `tests/fixtures/tiny-llama` in a scratch folder, with its tensors passed through `edit`.
-fn edited_copy(test: &str, edit: impl FnOnce(&mut Vec<Entry>)) -> PathBuf {
+fn edited_copy(test: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> PathBuf {
     let src = fixture("tiny-llama");
     let dir = scratch(test);
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let mut entries = read_entries(&src.join("model.safetensors"));
+    let mut entries = read_safetensors(&src.join("model.safetensors"));
     edit(&mut entries);
-    write_entries(&dir.join("model.safetensors"), &entries);
+    write_safetensors(&dir.join("model.safetensors"), &entries);
     dir
 }
 
@@ -72,7 +36,7 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-fn to_half(entries: &mut [Entry], dtype: Dtype) {
+fn to_half(entries: &mut [RawTensor], dtype: Dtype) {
     for e in entries.iter_mut() {
         let values: Vec<f32> = e
             .bytes
@@ -109,14 +73,14 @@ fn sharded_checkpoint_loads_identically() {
     let src = fixture("tiny-llama");
     let dir = scratch("sharded");
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let entries = read_entries(&src.join("model.safetensors"));
+    let entries = read_safetensors(&src.join("model.safetensors"));
     let (first, second) = entries.split_at(entries.len() / 2);
     let names = [
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
     ];
-    write_entries(&dir.join(names[0]), first);
-    write_entries(&dir.join(names[1]), second);
+    write_safetensors(&dir.join(names[0]), first);
+    write_safetensors(&dir.join(names[1]), second);
     let weight_map: serde_json::Map<String, serde_json::Value> = first
         .iter()
         .map(|e| (e.name.clone(), names[0].into()))
@@ -183,7 +147,7 @@ fn missing_tensor_is_named() {
 fn unexpected_tensor_is_named() {
     let extra = "model.layers.0.self_attn.q_norm.weight";
     let dir = edited_copy("unexpected-tensor", |e| {
-        e.push(Entry {
+        e.push(RawTensor {
             name: extra.into(),
             dtype: Dtype::F32,
             shape: vec![16],

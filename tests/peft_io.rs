@@ -6,13 +6,12 @@ mod peft_support;
 use std::path::Path;
 
 use burn::tensor::{DType, Distribution, Tensor};
-use integration_tests::{fixture, scratch, TestBackend};
+use integration_tests::{
+    fixture, read_safetensors, scratch, write_safetensors, RawTensor, TestBackend,
+};
 use llama_burn::{load_hf_folder, LlamaForCausalLM};
 use lora::{load_peft, LoraAdapter, LoraConfig, LoraError, LoraTarget};
-use peft_support::{
-    batch, expected, read_safetensors, scratch_copy_of_fixture_adapter, values, write_safetensors,
-    RawTensor,
-};
+use peft_support::{batch, expected, scratch_copy_of_fixture_adapter, values};
 use serde_json::Value;
 
 const Q0: &str = "base_model.model.model.layers.0.self_attn.q_proj";

@@ -1,9 +1,7 @@
 //! Shared by the PEFT tests: the fixture batch of `tests/fixtures/peft-tiny/expected.json`
-//! (scripts/make_peft_fixture.py), tensor <-> vector helpers and safetensors rewriting.
+//! (scripts/make_peft_fixture.py), and tensor <-> vector helpers.
 
 #![allow(dead_code)] // each test binary uses a different subset
-
-use std::path::Path;
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
 use serde_json::Value;
@@ -57,57 +55,6 @@ pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .convert::<f32>()
         .into_vec()
         .unwrap()
-}
-
-/// One tensor of a safetensors file, owned.
-pub struct RawTensor {
-    pub name: String,
-    pub dtype: safetensors::Dtype,
-    pub shape: Vec<usize>,
-    pub bytes: Vec<u8>,
-}
-
-impl RawTensor {
-    /// An f32 tensor.
-    pub fn f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
-        Self {
-            name: name.to_owned(),
-            dtype: safetensors::Dtype::F32,
-            shape,
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
-    }
-}
-
-/// Every tensor of a safetensors file, sorted by name.
-pub fn read_safetensors(path: &Path) -> Vec<RawTensor> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<RawTensor> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| RawTensor {
-            name,
-            dtype: view.dtype(),
-            shape: view.shape().to_vec(),
-            bytes: view.data().to_vec(),
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-/// Writes `tensors` as a safetensors file.
-pub fn write_safetensors(path: &Path, tensors: &[RawTensor]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|t| {
-            let view =
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap();
-            (t.name.clone(), view)
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
 /// Copies the PEFT-made fixture adapter into a fresh scratch folder and returns it.

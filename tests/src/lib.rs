@@ -54,3 +54,59 @@ pub fn smollm2_files() -> Option<(PathBuf, PathBuf)> {
         }
     }
 }
+
+/// One tensor of a safetensors file, owned.
+#[derive(Clone)]
+pub struct RawTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: safetensors::Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian element bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// An f32 tensor.
+    pub fn f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
+        Self {
+            name: name.to_owned(),
+            dtype: safetensors::Dtype::F32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Every tensor of a safetensors file, sorted by name.
+pub fn read_safetensors(path: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<RawTensor> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| RawTensor {
+            name,
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            bytes: view.data().to_vec(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Writes `tensors` as a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[RawTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            let view =
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap();
+            (t.name.clone(), view)
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}

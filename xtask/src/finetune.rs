@@ -198,7 +198,7 @@ impl TrainJob for FinetuneJob {
         let (base, base_name) =
             base_model::<B>(&args, tokenizer.vocab_size(), dtype, config.seed, &device)?;
         let eos = base.config.eos_ids().first().copied().unwrap_or(0);
-        let pad = base.config.pad_token_id.unwrap_or(eos);
+        let pad = base.config.pad_id();
 
         let records = load_records(&data_path)?;
         let tokenize = TokenizeConfig::new(eos).with_cutoff_len(config.max_seq_len.min(256));

@@ -71,11 +71,7 @@ impl BackendJob for GenerateJob {
             .map(|t| tokenizer.encode(t, false))
             .collect::<Result<Vec<_>, _>>()?;
         let eos = model.config.eos_ids();
-        let pad = model
-            .config
-            .pad_token_id
-            .or(eos.first().copied())
-            .unwrap_or(0);
+        let pad = model.config.pad_id();
         let start = std::time::Instant::now();
         let outputs = generate_greedy(
             &model,

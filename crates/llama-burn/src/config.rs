@@ -344,6 +344,15 @@ impl LlamaConfig {
             .unwrap_or_default()
     }
 
+    /// The id that fills padding: `pad_token_id`, else the first EOS id (what most LLaMA
+    /// fine-tuning code does for checkpoints without a pad token), else 0. Padding is always
+    /// masked, so the choice never changes results.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token_id
+            .or(self.eos_ids().first().copied())
+            .unwrap_or(0)
+    }
+
     /// Builds a model whose weights are initialised lazily, on first use: loaders overwrite them
     /// without ever drawing random numbers.
     pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {

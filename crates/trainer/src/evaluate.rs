@@ -42,11 +42,7 @@ pub fn evaluate<B: Backend>(
         ))
     })?;
     let eos = model.config.eos_ids();
-    let pad = model
-        .config
-        .pad_token_id
-        .or(eos.first().copied())
-        .unwrap_or(0);
+    let pad = model.config.pad_id();
     // Prompt lengths rounded up to 32 keep the number of distinct shapes (and so of kernel
     // compilations on JIT backends) small over a whole test set.
     let config = GenerationConfig::new(task.max_new_tokens(), eos, pad).with_pad_to_multiple_of(32);
