@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 mod linear;
+mod sliced;
 
 pub use linear::linear;
+pub use sliced::{linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels};

@@ -1,0 +1,177 @@
+//! Channel-sliced projections of SparseLoRA (SPEC section 5), as burn tensor ops: the reference
+//! that fast kernels must match, and the portable path on every backend.
+//!
+//! - Output slicing (gate/up/q/k/v): `y_kept = x W[idx, :]^T`, only the kept output channels.
+//! - Input slicing (down/o): `y = x[:, idx] W[:, idx]^T`, reading only the kept input channels.
+//!
+//! Built from `select` and `matmul`, so under an autodiff backend the input gradient is exact:
+//! `dX = dY_kept W[idx, :]` for output slicing and `dX[:, idx] = dY W[:, idx]` (zero elsewhere)
+//! for input slicing. The frozen weight receives no gradient as long as it does not require one.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::linear;
+
+/// `x W[idx, :]^T`: the kept output channels only.
+///
+/// # Shapes
+/// - `x`: `[..., in]`, `weight`: `[out, in]`, `idx`: `[k]` (indices into `0..out`)
+/// - output: `[..., k]`
+pub fn linear_out_sliced<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+) -> Tensor<B, D> {
+    linear(x, weight.select(0, idx))
+}
+
+/// `x[..., idx] W[:, idx]^T`: a projection that reads only the kept input channels.
+///
+/// # Shapes
+/// - `x`: `[..., in]` (full width), `weight`: `[out, in]`, `idx`: `[k]` (indices into `0..in`)
+/// - output: `[..., out]`
+pub fn linear_in_sliced<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+) -> Tensor<B, D> {
+    linear(x.select(D - 1, idx.clone()), weight.select(1, idx))
+}
+
+/// [`linear_in_sliced`] when the input is already compact (`x_kept = x[..., idx]`), as in the
+/// compact MLP where gate/up produce only the kept channels.
+///
+/// # Shapes
+/// - `x_kept`: `[..., k]`, `weight`: `[out, in]`, `idx`: `[k]`
+/// - output: `[..., out]`
+pub fn linear_in_compact<B: Backend, const D: usize>(
+    x_kept: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+) -> Tensor<B, D> {
+    linear(x_kept, weight.select(1, idx))
+}
+
+/// Writes `kept` (`[..., k]`) into the channels `idx` of a zero tensor of width `width`
+/// (`[..., width]`): the sliced output in place, e.g. to add a full-width LoRA output to it.
+pub fn scatter_channels<B: Backend, const D: usize>(
+    kept: Tensor<B, D>,
+    idx: Tensor<B, 1, Int>,
+    width: usize,
+) -> Tensor<B, D> {
+    let mut dims = kept.dims();
+    let k = dims[D - 1];
+    dims[D - 1] = width;
+    let rows: usize = dims[..D - 1].iter().product();
+    let zeros = Tensor::<B, 2>::zeros([rows, width], (&kept.device(), kept.dtype()));
+    let index = idx.reshape([1, k]).expand([rows, k]);
+    zeros
+        .scatter(
+            1,
+            index,
+            kept.reshape([rows, k]),
+            burn::tensor::IndexingUpdateOp::Add,
+        )
+        .reshape(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
+
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn idx(values: &[i64]) -> Tensor<B, 1, Int> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &Default::default(),
+        )
+    }
+
+    /// A 0/1 mask over `width` channels with ones at `kept`.
+    fn mask(kept: &[i64], width: usize) -> Tensor<B, 1> {
+        let mut m = vec![0f32; width];
+        for &i in kept {
+            m[i as usize] = 1.0;
+        }
+        Tensor::from_data(TensorData::new(m, [width]), &Default::default())
+    }
+
+    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    #[test]
+    fn output_slicing_matches_masked_dense_forward_and_input_gradient() {
+        let (x, w) = (random([2, 3, 6]).require_grad(), random([5, 6]));
+        let kept = [4i64, 0, 2];
+        let y = linear_out_sliced(x.clone(), w.clone(), idx(&kept));
+        let dy = random([2, 3, 3]);
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+
+        // Masked dense: all outputs, then keep the chosen columns in the chosen order.
+        let x2 = x.detach().require_grad();
+        let dense = linear(x2.clone(), w.clone());
+        let y_ref = dense.select(2, idx(&kept));
+        y.into_data()
+            .assert_approx_eq::<f32>(&y_ref.clone().into_data(), Tolerance::default());
+        let grads = (y_ref * dy).sum().backward();
+        dx.into_data()
+            .assert_approx_eq::<f32>(&x2.grad(&grads).unwrap().into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn input_slicing_matches_masked_dense_forward_and_input_gradient() {
+        let (x, w) = (random([2, 3, 6]).require_grad(), random([4, 6]));
+        let kept = [1i64, 5, 3];
+        let y = linear_in_sliced(x.clone(), w.clone(), idx(&kept));
+        let dy = random([2, 3, 4]);
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+
+        let x2 = x.detach().require_grad();
+        let masked = x2.clone() * mask(&kept, 6).reshape([1, 1, 6]);
+        let y_ref = linear(masked, w.clone());
+        y.into_data()
+            .assert_approx_eq::<f32>(&y_ref.clone().into_data(), Tolerance::default());
+        let grads = (y_ref * dy).sum().backward();
+        let dx_ref = x2.grad(&grads).unwrap();
+        dx.into_data()
+            .assert_approx_eq::<f32>(&dx_ref.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn keeping_every_channel_is_the_dense_projection() {
+        let (x, w) = (random([2, 4, 6]), random([5, 6]));
+        let all_out: Vec<i64> = (0..5).collect();
+        let all_in: Vec<i64> = (0..6).collect();
+        let dense = linear(x.clone(), w.clone()).into_data();
+        linear_out_sliced(x.clone(), w.clone(), idx(&all_out))
+            .into_data()
+            .assert_approx_eq::<f32>(&dense, Tolerance::default());
+        linear_in_sliced(x, w, idx(&all_in))
+            .into_data()
+            .assert_approx_eq::<f32>(&dense, Tolerance::default());
+    }
+
+    #[test]
+    fn compact_input_and_scatter_agree_with_full_width_forms() {
+        let (x, w) = (random([2, 3, 6]), random([4, 6]));
+        let kept = [5i64, 2];
+        let compact = x.clone().select(2, idx(&kept));
+        linear_in_compact(compact.clone(), w.clone(), idx(&kept))
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &linear_in_sliced(x.clone(), w, idx(&kept)).into_data(),
+                Tolerance::default(),
+            );
+        // Scattering the compact channels back equals masking the full tensor.
+        let scattered = scatter_channels(compact, idx(&kept), 6);
+        let masked = x * mask(&kept, 6).reshape([1, 1, 6]);
+        scattered
+            .into_data()
+            .assert_approx_eq::<f32>(&masked.into_data(), Tolerance::default());
+    }
+}
