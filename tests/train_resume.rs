@@ -26,12 +26,7 @@ fn examples() -> Vec<TrainExample> {
             let input_ids: Vec<u32> = (0..len)
                 .map(|t| ((i * 31 + t * 17) % VOCAB) as u32)
                 .collect();
-            let labels = input_ids
-                .iter()
-                .enumerate()
-                .map(|(t, &id)| if t < 3 { -100 } else { id as i64 })
-                .collect();
-            TrainExample { input_ids, labels }
+            TrainExample::with_prompt_len(input_ids, 3)
         })
         .collect()
 }

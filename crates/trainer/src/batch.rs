@@ -161,20 +161,7 @@ mod tests {
     type TestBackend = burn::backend::Flex;
 
     fn example(ids: &[u32], prompt_len: usize) -> TrainExample {
-        TrainExample {
-            input_ids: ids.to_vec(),
-            labels: ids
-                .iter()
-                .enumerate()
-                .map(|(i, &id)| {
-                    if i < prompt_len {
-                        IGNORE_INDEX
-                    } else {
-                        i64::from(id)
-                    }
-                })
-                .collect(),
-        }
+        TrainExample::with_prompt_len(ids.to_vec(), prompt_len)
     }
 
     #[test]

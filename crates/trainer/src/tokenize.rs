@@ -71,6 +71,22 @@ pub struct TrainExample {
 }
 
 impl TrainExample {
+    /// An example whose first `prompt_len` tokens are prompt (no loss) and the rest response.
+    pub fn with_prompt_len(input_ids: Vec<u32>, prompt_len: usize) -> Self {
+        let labels = input_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                if i < prompt_len {
+                    IGNORE_INDEX
+                } else {
+                    i64::from(id)
+                }
+            })
+            .collect();
+        Self { input_ids, labels }
+    }
+
     /// The number of tokens.
     pub fn len(&self) -> usize {
         self.input_ids.len()
@@ -108,18 +124,7 @@ pub fn tokenize_pair(
         .encode(prompt, config.add_special_tokens)?
         .len()
         .min(input_ids.len());
-    let labels = input_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            if i < prompt_len {
-                IGNORE_INDEX
-            } else {
-                i64::from(id)
-            }
-        })
-        .collect();
-    Ok(TrainExample { input_ids, labels })
+    Ok(TrainExample::with_prompt_len(input_ids, prompt_len))
 }
 
 /// Tokenises one record: [`training_text`] with `field` as the response.
