@@ -1,6 +1,13 @@
 //! SparseLoRA's training-free sparsity estimator: offline truncated SVD of the frozen weights and
-//! online per-batch channel selection (paper section 3, SPEC.md section 4).
+//! (to come, issue #4) online per-batch channel selection (paper section 3, SPEC.md section 4).
 //!
-//! Not implemented yet: this crate is filled by the SparseLoRA issue (#4). It exports nothing so
-//! that nothing can be mistaken for a working estimator.
+//! Done so far: [`truncated_svd`] (randomized subspace iteration on any burn backend) and
+//! [`estimator_factors`], which turns a frozen `[out, in]` weight into the `w1`/`w2` factors the
+//! estimator multiplies by. Caching, channel selection and model integration are not written yet.
 #![warn(missing_docs)]
+
+mod jacobi;
+mod svd;
+
+pub use jacobi::symmetric_eigen;
+pub use svd::{estimator_factors, truncated_svd, TruncatedSvd};
