@@ -8,6 +8,7 @@ mod finetune;
 mod generate;
 mod model_source;
 mod plot;
+mod svd;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Finetune(Box<finetune::Finetune>),
     /// Task accuracy of a model, optionally with a PEFT adapter.
     Eval(Box<eval::Eval>),
+    /// Precompute SparseLoRA's SVD estimator factors and cache them next to the weights.
+    Svd(svd::Svd),
     /// Compare the model's numerics with the recorded references (HF fixtures, SmolLM2 golden).
     Verify(verify::Verify),
 }
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Verify(cmd) => cmd.run(),
         Command::Finetune(cmd) => cmd.run(),
         Command::Eval(cmd) => cmd.run(),
+        Command::Svd(cmd) => cmd.run(),
     }
 }

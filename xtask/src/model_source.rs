@@ -84,6 +84,40 @@ impl ModelSource {
         Ok(LlamaTokenizer::from_file(&self.tokenizer)?)
     }
 
+    /// A string that changes when the weights do: each weight file's name and size (cheap to
+    /// compute for multi-GB checkpoints; a re-downloaded identical file keeps its identity).
+    pub fn identity(&self) -> anyhow::Result<String> {
+        let files: Vec<PathBuf> = if self.weights.is_dir() {
+            llama_burn::hf_load::checkpoint_files(&self.weights)?
+        } else {
+            vec![self.weights.clone()]
+        };
+        let parts = files
+            .iter()
+            .map(|f| {
+                let size = std::fs::metadata(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .len();
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok(format!("{name}:{size}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(parts.join(","))
+    }
+
+    /// Where the SVD estimator cache of rank `rank` lives: next to the weights.
+    pub fn svd_cache_path(&self, rank: usize) -> PathBuf {
+        let name = format!("sparselora-svd-r{rank}.safetensors");
+        if self.weights.is_dir() {
+            self.weights.join(name)
+        } else {
+            self.weights.with_file_name(name)
+        }
+    }
+
     /// The architecture, without loading weights.
     #[allow(dead_code)]
     pub fn config(&self) -> anyhow::Result<LlamaConfig> {
