@@ -49,6 +49,20 @@ struct GradsPresent<'a, B: AutodiffBackend> {
     without_grad: Vec<String>,
 }
 
+impl<'a, B: AutodiffBackend> GradsPresent<'a, B> {
+    /// Visits `model` and sorts its float parameters by whether `grads` holds a gradient for them.
+    fn of<M: burn::module::Module<B>>(model: &M, grads: &'a B::Gradients) -> Self {
+        let mut visitor = Self {
+            grads,
+            path: Vec::new(),
+            with_grad: Vec::new(),
+            without_grad: Vec::new(),
+        };
+        model.visit(&mut visitor);
+        visitor
+    }
+}
+
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradsPresent<'_, B> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_owned());
@@ -111,13 +125,7 @@ fn peft_logits_loss_and_adapter_gradients_match() {
     assert!(layer0.self_attn.q_proj.weight.grad(&grads).is_none());
     assert!(layer0.mlp.down_proj.weight.grad(&grads).is_none());
     assert!(model.model.embed_tokens.weight.grad(&grads).is_none());
-    let mut visitor = GradsPresent::<Ad> {
-        grads: &grads,
-        path: Vec::new(),
-        with_grad: Vec::new(),
-        without_grad: Vec::new(),
-    };
-    burn::module::Module::visit(&model, &mut visitor);
+    let visitor = GradsPresent::<Ad>::of(&model, &grads);
     assert_eq!(visitor.with_grad.len(), 2 * 14, "{:?}", visitor.with_grad);
     assert!(
         visitor.with_grad.iter().all(|p| p.contains(".lora.lora_")),
@@ -204,13 +212,7 @@ fn fresh_lora_leaves_outputs_unchanged_and_trains_only_adapters() {
     );
 
     let grads = causal_lm_loss(logits, labels).backward();
-    let mut visitor = GradsPresent::<Ad> {
-        grads: &grads,
-        path: Vec::new(),
-        with_grad: Vec::new(),
-        without_grad: Vec::new(),
-    };
-    burn::module::Module::visit(&model, &mut visitor);
+    let visitor = GradsPresent::<Ad>::of(&model, &grads);
     assert_eq!(visitor.with_grad.len(), 2 * 4, "{:?}", visitor.with_grad);
     assert!(visitor.with_grad.iter().all(|p| p.contains(".lora.lora_")));
     // With B = 0 the gradient reaches B only: dL/dA = B^T (...) = 0.

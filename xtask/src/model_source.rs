@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, DType};
-use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
+use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
 
 use crate::fetch_model;
 
@@ -116,11 +116,5 @@ impl ModelSource {
         } else {
             self.weights.with_file_name(name)
         }
-    }
-
-    /// The architecture, without loading weights.
-    #[allow(dead_code)]
-    pub fn config(&self) -> anyhow::Result<LlamaConfig> {
-        Ok(llama_burn::checkpoint_config(&self.weights)?)
     }
 }

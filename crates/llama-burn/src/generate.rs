@@ -76,7 +76,7 @@ pub fn generate_greedy<B: Backend>(
 
     // Left padding: row i starts with `prompt_len - len_i` pads.
     let mut ids = Vec::with_capacity(batch * prompt_len);
-    let mut valid = Vec::with_capacity(batch * capacity);
+    let mut valid = Vec::with_capacity(batch);
     let mut positions = Vec::with_capacity(batch * prompt_len);
     for prompt in prompts {
         let pad = prompt_len - prompt.len();

@@ -108,7 +108,7 @@ pub fn causal_lm_loss_at_targets<B: Backend>(
     let rows = hidden
         .reshape([b * s, d])
         .select(0, targets.predict_at.clone()); // [n, d]
-    let logp = log_softmax(model.lm_head_rows(rows).cast(DType::F32), 1); // [n, vocab]
+    let logp = log_softmax(model.lm_head(rows).cast(DType::F32), 1); // [n, vocab]
     let picked = logp.gather(1, targets.targets.clone().unsqueeze_dim::<2>(1)); // [n, 1]
     picked.neg().sum() / targets.count as f64
 }

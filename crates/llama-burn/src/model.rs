@@ -178,11 +178,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         attention_mask: Tensor<B, 2, Bool>,
         collect_layer_inputs: bool,
     ) -> ForwardOutput<B> {
-        let [batch, seq] = input_ids.dims();
-        let device = input_ids.device();
-        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
-            .unsqueeze::<2>()
-            .expand([batch, seq]);
+        let positions = training_positions(&input_ids);
         let mut layer_inputs = Vec::new();
         let hidden = self.run(
             input_ids,
@@ -192,29 +188,30 @@ impl<B: Backend> LlamaForCausalLM<B> {
             collect_layer_inputs.then_some(&mut layer_inputs),
         );
         ForwardOutput {
-            logits: self.lm_head_forward(hidden),
+            logits: self.lm_head(hidden),
             layer_inputs,
         }
     }
 
     /// The training forward without the LM head: final-normed hidden states `[batch, seq, d_model]`.
     ///
-    /// With [`Self::lm_head_rows`] this lets a loss compute logits only where it needs them (the
+    /// With [`Self::lm_head`] on gathered rows this lets a loss compute logits only where it needs them (the
     /// answer tokens), which on a 128k vocabulary is most of a step's memory and much of its time.
     pub fn forward_hidden(
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Bool>,
     ) -> Tensor<B, 3> {
-        let [batch, seq] = input_ids.dims();
-        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &input_ids.device())
-            .unsqueeze::<2>()
-            .expand([batch, seq]);
+        let positions = training_positions(&input_ids);
         self.run(input_ids, positions, attention_mask, None, None)
     }
 
-    /// The LM head on rows of hidden states: `[n, d_model]` -> logits `[n, vocab]`.
-    pub fn lm_head_rows(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// The LM head (tied to the embedding when the config says so).
+    ///
+    /// # Shapes
+    /// - `hidden`: `[..., d_model]` (e.g. `[batch, seq, d]`, or `[n, d]` gathered rows)
+    /// - output: `[..., vocab]`
+    pub fn lm_head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => sparse_ops::linear(hidden, self.model.embed_tokens.weight.val()),
@@ -245,8 +242,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let hidden = self.run(input_ids, positions, attention_mask, Some(cache), None);
         let [b, s, d] = hidden.dims();
         let last = hidden.slice([0..b, s - 1..s, 0..d]);
-        self.lm_head_forward(last)
-            .reshape([b, self.config.vocab_size])
+        self.lm_head(last).reshape([b, self.config.vocab_size])
     }
 
     /// An empty KV cache able to hold `capacity` positions for `batch` rows.
@@ -291,13 +287,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
         }
         self.model.norm.forward(x)
     }
+}
 
-    fn lm_head_forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => sparse_ops::linear(hidden, self.model.embed_tokens.weight.val()),
-        }
-    }
+/// Positions `0..seq` in every row, as `transformers` uses when no `position_ids` are given.
+fn training_positions<B: Backend>(input_ids: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
+    let [batch, seq] = input_ids.dims();
+    Tensor::<B, 1, Int>::arange(0..seq as i64, &input_ids.device())
+        .unsqueeze::<2>()
+        .expand([batch, seq])
 }
 
 /// Casts every float parameter outside LoRA adapters.

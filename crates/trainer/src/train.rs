@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor};
@@ -275,11 +275,4 @@ where
         }
     }
     Ok((model, state))
-}
-
-/// The inner-backend (no autodiff) view of a trained model, for evaluation.
-pub fn for_inference<B: AutodiffBackend>(
-    model: LlamaForCausalLM<B>,
-) -> LlamaForCausalLM<B::InnerBackend> {
-    model.valid()
 }
