@@ -3,12 +3,13 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
 use crate::projection::Projection;
 use crate::rope::RopeAngles;
+use crate::sparsity::{AttnChannels, SparseForward};
 
 /// The attention block of one decoder layer.
 #[derive(Module, Debug)]
@@ -58,12 +59,72 @@ impl<B: Backend> LlamaAttention<B> {
         mask: Tensor<B, 4>,
         cache: Option<&mut LayerKvCache<B>>,
     ) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let out = self.attend(q, k, v, rope, mask, cache); // [b, s, nq * hd]
+        self.o_proj.forward(out)
+    }
+
+    /// The block on the channels `channels` only (SPEC 5): q/k/v computed on their kept output
+    /// channels (zeros elsewhere, so RoPE and the scores see the dropped channels as zero), o_proj
+    /// reading only its kept input channels; adapters add their dense outputs on top. Token rows
+    /// on the dense path of `sparse.split` use the full projections. No KV cache (training only).
+    ///
+    /// # Shapes
+    /// - as [`Self::forward`]
+    pub fn forward_sparse(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 4>,
+        channels: &AttnChannels<B>,
+        sparse: &SparseForward<'_, B>,
+    ) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let rows = x.reshape([b * s, d]);
+        let drop = sparse.drop_sliced_input_grad;
+        let sliced = |p: &Projection<B>, idx: &Tensor<B, 1, Int>| {
+            let width = p.dims().0;
+            sparse
+                .rows(
+                    rows.clone(),
+                    |x| p.forward_out_sliced(x, idx, drop),
+                    |x| p.forward(x),
+                )
+                .reshape([b, s, width])
+        };
+        let q = sliced(&self.q_proj, &channels.q);
+        let k = sliced(&self.k_proj, &channels.k);
+        let v = sliced(&self.v_proj, &channels.v);
+        let out = self.attend(q, k, v, rope, mask, None);
+        let width = out.dims()[2];
+        sparse
+            .rows(
+                out.reshape([b * s, width]),
+                |x| self.o_proj.forward_in_sliced(x, &channels.o, drop),
+                |x| self.o_proj.forward(x),
+            )
+            .reshape([b, s, self.o_proj.dims().0])
+    }
+
+    /// Scaled dot-product attention of projected q/k/v (`[b, s, heads * hd]`), RoPE applied
+    /// here; returns the heads concatenated, `[b, s, n_heads * head_dim]`.
+    fn attend(
+        &self,
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<&mut LayerKvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = q.dims();
         let (nq, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), nq)); // [b, nq, s, hd]
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), nkv)); // [b, nkv, s, hd]
-        let v = heads(self.v_proj.forward(x), nkv); // [b, nkv, s, hd]
+        let q = rope.apply(heads(q, nq)); // [b, nq, s, hd]
+        let k = rope.apply(heads(k, nkv)); // [b, nkv, s, hd]
+        let v = heads(v, nkv); // [b, nkv, s, hd]
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v), // [b, nkv, kv_len, hd]
             None => (k, v),
@@ -75,8 +136,7 @@ impl<B: Backend> LlamaAttention<B> {
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()); // [b, nq, s, kv_len]
         let probs = softmax(scores.cast(DType::F32) + mask, 3).cast(dtype);
         let out = probs.matmul(v); // [b, nq, s, hd]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, nq * hd]))
+        out.swap_dims(1, 2).reshape([b, s, nq * hd])
     }
 }
 

@@ -31,6 +31,7 @@ pub mod model;
 pub mod norm;
 pub mod projection;
 pub mod rope;
+pub mod sparsity;
 pub mod tokenizer;
 
 pub use config::{LlamaConfig, PRESETS};
@@ -39,6 +40,9 @@ pub use gguf_load::load_gguf;
 pub use hf_load::load_hf_folder;
 pub use loss::causal_lm_loss;
 pub use model::{ForwardOutput, LayerInputs, LlamaForCausalLM};
+pub use sparsity::{
+    AttnChannels, Block, ChannelSelector, LayerSparsity, SparseForward, SparsityPlan, TokenSplit,
+};
 pub use tokenizer::LlamaTokenizer;
 
 use std::path::Path;

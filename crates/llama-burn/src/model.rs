@@ -17,6 +17,7 @@ use crate::mlp::LlamaMlp;
 use crate::norm::RmsNorm;
 use crate::projection::Projection;
 use crate::rope::{RopeAngles, RotaryEmbedding};
+use crate::sparsity::SparseForward;
 
 /// One pre-norm decoder block: two residual lines.
 #[derive(Module, Debug)]
@@ -60,11 +61,25 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         mask: Tensor<B, 4>,
         cache: Option<&mut LayerKvCache<B>>,
         inputs: Option<&mut Vec<LayerInputs<B>>>,
+        sparse: Option<LayerSparseStep<'_, B>>,
     ) -> Tensor<B, 3> {
         let attn_input = self.input_layernorm.forward(x.clone());
-        let h = x + self
-            .self_attn
-            .forward(attn_input.clone(), rope, mask, cache);
+        let channels = sparse.as_ref().and_then(|s| {
+            let x = attn_input.clone().detach();
+            s.forward
+                .selector
+                .attention(s.layer, &self.self_attn, x, s.tokens.clone())
+        });
+        let attn = match (&sparse, channels) {
+            (Some(s), Some(channels)) => {
+                self.self_attn
+                    .forward_sparse(attn_input.clone(), rope, mask, &channels, s.forward)
+            }
+            _ => self
+                .self_attn
+                .forward(attn_input.clone(), rope, mask, cache),
+        };
+        let h = x + attn;
         let mlp_input = self.post_attention_layernorm.forward(h.clone());
         if let Some(inputs) = inputs {
             inputs.push(LayerInputs {
@@ -72,8 +87,26 @@ impl<B: Backend> LlamaDecoderLayer<B> {
                 mlp_input: mlp_input.clone(),
             });
         }
-        h + self.mlp.forward(mlp_input)
+        let channels = sparse.as_ref().and_then(|s| {
+            let x = mlp_input.clone().detach();
+            s.forward
+                .selector
+                .mlp(s.layer, &self.mlp, x, s.tokens.clone())
+        });
+        let mlp = match (&sparse, channels) {
+            (Some(s), Some(idx)) => self.mlp.forward_sparse(mlp_input, &idx, s.forward),
+            _ => self.mlp.forward(mlp_input),
+        };
+        h + mlp
     }
+}
+
+/// One layer's view of a sparse forward pass.
+struct LayerSparseStep<'a, B: Backend> {
+    forward: &'a SparseForward<'a, B>,
+    layer: usize,
+    /// `[batch, seq]`, true for real tokens.
+    tokens: Tensor<B, 2, Bool>,
 }
 
 /// The decoder stack (HF `LlamaModel`).
@@ -186,6 +219,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             attention_mask,
             None,
             collect_layer_inputs.then_some(&mut layer_inputs),
+            None,
         );
         ForwardOutput {
             logits: self.lm_head(hidden),
@@ -203,7 +237,30 @@ impl<B: Backend> LlamaForCausalLM<B> {
         attention_mask: Tensor<B, 2, Bool>,
     ) -> Tensor<B, 3> {
         let positions = training_positions(&input_ids);
-        self.run(input_ids, positions, attention_mask, None, None)
+        self.run(input_ids, positions, attention_mask, None, None, None)
+    }
+
+    /// [`Self::forward_hidden`] under SparseLoRA: every layer asks `sparse.selector` for its
+    /// channels and computes its blocks on them (dense where the selector says `None`), with the
+    /// token rows of `sparse.split`'s dense path kept dense.
+    ///
+    /// # Shapes
+    /// - as [`Self::forward_hidden`]; `sparse.split` covers `batch * seq` rows, row-major
+    pub fn forward_hidden_sparse(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        sparse: &SparseForward<'_, B>,
+    ) -> Tensor<B, 3> {
+        let positions = training_positions(&input_ids);
+        self.run(
+            input_ids,
+            positions,
+            attention_mask,
+            None,
+            None,
+            Some(sparse),
+        )
     }
 
     /// The LM head (tied to the embedding when the config says so).
@@ -239,7 +296,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
             cache.capacity(),
             "decoding mask must span the whole KV cache"
         );
-        let hidden = self.run(input_ids, positions, attention_mask, Some(cache), None);
+        let hidden = self.run(
+            input_ids,
+            positions,
+            attention_mask,
+            Some(cache),
+            None,
+            None,
+        );
         let [b, s, d] = hidden.dims();
         let last = hidden.slice([0..b, s - 1..s, 0..d]);
         self.lm_head(last).reshape([b, self.config.vocab_size])
@@ -269,7 +333,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
         attention_mask: Tensor<B, 2, Bool>,
         mut cache: Option<&mut KvCache<B>>,
         mut layer_inputs: Option<&mut Vec<LayerInputs<B>>>,
+        sparse: Option<&SparseForward<'_, B>>,
     ) -> Tensor<B, 3> {
+        let sparse = sparse.map(|forward| (forward, attention_mask.clone()));
         let [_, seq] = input_ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mask = additive_causal_mask(attention_mask, past, seq);
@@ -283,6 +349,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 mask.clone(),
                 layer_cache,
                 layer_inputs.as_deref_mut(),
+                sparse.as_ref().map(|(forward, tokens)| LayerSparseStep {
+                    forward,
+                    layer: i,
+                    tokens: tokens.clone(),
+                }),
             );
         }
         self.model.norm.forward(x)

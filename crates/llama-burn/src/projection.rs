@@ -7,7 +7,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::cast::ToElement;
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use lora::{LoraAdapter, LoraError};
 
 /// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
@@ -39,10 +39,63 @@ impl<B: Backend> Projection<B> {
     /// # Shapes
     /// - `x`: `[..., in]`, output `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let Some(lora) = &self.lora else {
+        if self.lora.is_none() {
             return sparse_ops::linear(x, self.weight.val());
-        };
+        }
         let base = sparse_ops::linear(x.clone(), self.weight.val());
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
+    /// written into a full-width output (zeros elsewhere), plus the dense adapter output.
+    ///
+    /// With `drop_base_input_grad` and an adapter, no gradient flows to `x` through the frozen
+    /// slice (the reference code's behaviour; see [`crate::sparsity::SparseForward`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..out`, output `[n, out]`
+    pub fn forward_out_sliced(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let (out, _) = self.dims();
+        let base_input = self.base_input(x.clone(), drop_base_input_grad);
+        let kept = sparse_ops::linear_out_sliced(base_input, self.weight.val(), idx.clone());
+        let base = sparse_ops::scatter_channels(kept, idx.clone(), out);
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA input slicing (o/down): the base reads only the input channels `idx`; the
+    /// adapter reads all of `x`.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..in`, output `[n, out]`
+    pub fn forward_in_sliced(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x.clone(), drop_base_input_grad);
+        let base = sparse_ops::linear_in_sliced(base_input, self.weight.val(), idx.clone());
+        self.add_adapter(base, x)
+    }
+
+    fn base_input<const D: usize>(&self, x: Tensor<B, D>, drop_grad: bool) -> Tensor<B, D> {
+        if drop_grad && self.lora.is_some() {
+            x.detach()
+        } else {
+            x
+        }
+    }
+
+    /// `base + adapter(x)`, summed in f32 when the base is not.
+    fn add_adapter<const D: usize>(&self, base: Tensor<B, D>, x: Tensor<B, D>) -> Tensor<B, D> {
+        let Some(lora) = &self.lora else {
+            return base;
+        };
         let update = lora.forward(x);
         let dtype = base.dtype();
         if dtype == update.dtype() {
