@@ -76,7 +76,15 @@ fn run(
         stop_after,
         base_model_name: "tiny".into(),
     };
-    trainer::train(model(&device), &data, config, &options, &mut (), &device)
+    trainer::train(
+        model(&device),
+        &data,
+        config,
+        &options,
+        None,
+        &mut (),
+        &device,
+    )
 }
 
 fn adapter_values(model: &LlamaForCausalLM<B>) -> Vec<f32> {

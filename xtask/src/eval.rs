@@ -131,20 +131,39 @@ pub fn run_eval<B: Backend>(
     Ok(results)
 }
 
-/// Prints the accuracy table with the macro average.
+/// Prints the accuracy table with the macro average, each task's majority-class baseline and its
+/// most frequent prediction (a model that answers one label everywhere scores the baseline).
 pub fn print_table(results: &[TaskAccuracy]) {
-    println!("| task | correct | total | accuracy |\n|---|---|---|---|");
+    println!(
+        "| task | correct | total | accuracy | majority class | most predicted |\n|---|---|---|---|---|---|"
+    );
     for r in results {
+        let top = r
+            .predictions
+            .iter()
+            .max_by_key(|(_, &n)| n)
+            .map(|(label, &n)| {
+                format!("{label} ({:.0}%)", 100.0 * n as f64 / r.total.max(1) as f64)
+            })
+            .unwrap_or_default();
         println!(
-            "| {} | {} | {} | {:.1}% |",
+            "| {} | {} | {} | {:.1}% | {:.1}% | {} |",
             r.task,
             r.correct,
             r.total,
-            100.0 * r.accuracy
+            100.0 * r.accuracy,
+            100.0 * r.majority_baseline,
+            top
         );
     }
     if !results.is_empty() {
-        let avg = results.iter().map(|r| r.accuracy).sum::<f64>() / results.len() as f64;
-        println!("| average | | | {:.1}% |", 100.0 * avg);
+        let n = results.len() as f64;
+        let avg = results.iter().map(|r| r.accuracy).sum::<f64>() / n;
+        let base = results.iter().map(|r| r.majority_baseline).sum::<f64>() / n;
+        println!(
+            "| average | | | {:.1}% | {:.1}% | |",
+            100.0 * avg,
+            100.0 * base
+        );
     }
 }

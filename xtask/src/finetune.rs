@@ -252,6 +252,7 @@ impl TrainJob for FinetuneJob {
             &data,
             &config,
             &run,
+            None,
             &mut Progress(bar.clone()),
             &device,
         )?;

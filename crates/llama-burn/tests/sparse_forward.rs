@@ -193,7 +193,8 @@ fn assert_same(
     got: &(TensorData, Vec<(TensorData, TensorData)>),
     want: &(TensorData, Vec<(TensorData, TensorData)>),
 ) {
-    let tol = Tolerance::<f32>::absolute(2e-4).set_relative(2e-4);
+    // f32 sums in a different order; a wrong channel is off by O(1).
+    let tol = Tolerance::<f32>::absolute(1e-3).set_relative(1e-3);
     got.0.assert_approx_eq::<f32>(&want.0, tol);
     assert_eq!(got.1.len(), want.1.len());
     for ((ga, gb), (wa, wb)) in got.1.iter().zip(&want.1) {

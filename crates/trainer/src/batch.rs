@@ -69,6 +69,9 @@ pub struct TrainBatch<B: Backend> {
     /// The same labels as the positions that predict a target, so the loss computes logits only
     /// there (see [`llama_burn::loss::causal_lm_loss_at_targets`]).
     pub loss_targets: llama_burn::loss::LossTargets<B>,
+    /// Row-major `[batch * seq]`, true for answer tokens (label not ignored): the tokens
+    /// SparseLoRA keeps on the dense path (SPEC 6).
+    pub answer_tokens: Vec<bool>,
 }
 
 /// Pads `examples` on the left (see the module documentation).
@@ -138,6 +141,7 @@ impl PaddedBatch {
                 self.seq,
                 device,
             ),
+            answer_tokens: self.labels.iter().map(|&l| l != IGNORE_INDEX).collect(),
         }
     }
 }

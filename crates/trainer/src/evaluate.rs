@@ -2,6 +2,8 @@
 //! continued greedily with the KV cache, the answer is extracted from the text after
 //! "### Response:" by the task's rule, and compared with the record's `answer`.
 
+use std::collections::BTreeMap;
+
 use burn::tensor::backend::Backend;
 use llama_burn::generate::{generate_greedy, GenerationConfig};
 use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
@@ -9,6 +11,7 @@ use serde::Serialize;
 
 use crate::data::Record;
 use crate::error::{DataError, Result};
+use crate::eval_extract::Prediction;
 use crate::task::Task;
 use crate::template::eval_prompt;
 
@@ -25,6 +28,12 @@ pub struct TaskAccuracy {
     pub accuracy: f64,
     /// The first few generations with their gold answers, for inspection.
     pub samples: Vec<(String, String)>,
+    /// How often each answer was predicted (`none` when nothing could be extracted). A model that
+    /// learnt the answer format but not the task predicts one label for everything.
+    pub predictions: BTreeMap<String, usize>,
+    /// The accuracy of always answering the most frequent gold answer (commonsense tasks; 0 for
+    /// math): the bar a classifier must clear to have learnt more than the label prior.
+    pub majority_baseline: f64,
 }
 
 /// Evaluates `model` on `records` of `task`, `batch_size` prompts at a time.
@@ -47,6 +56,7 @@ pub fn evaluate<B: Backend>(
     // compilations on JIT backends) small over a whole test set.
     let config = GenerationConfig::new(task.max_new_tokens(), eos, pad).with_pad_to_multiple_of(32);
     let (mut correct, mut samples) = (0, Vec::new());
+    let mut predictions = BTreeMap::new();
     for chunk in records.chunks(batch_size.max(1)) {
         let prompts: Vec<String> = chunk
             .iter()
@@ -60,8 +70,16 @@ pub fn evaluate<B: Backend>(
         for ((prompt, out), record) in prompts.iter().zip(outputs).zip(chunk) {
             // Extraction reads the text after "### Response:", so score prompt + continuation.
             let generated = format!("{prompt}{}", tokenizer.decode(&out, true)?);
-            if extraction.score(&generated, &record.answer) {
+            let prediction = extraction.extract(&generated);
+            if extraction.is_correct(&prediction, &record.answer) {
                 correct += 1;
+            }
+            if !matches!(prediction, Prediction::Number(_)) {
+                let label = match prediction {
+                    Prediction::Label(label) => label,
+                    _ => "none".to_owned(),
+                };
+                *predictions.entry(label).or_insert(0) += 1;
             }
             if samples.len() < 5 {
                 samples.push((
@@ -80,5 +98,20 @@ pub fn evaluate<B: Backend>(
         total,
         accuracy: correct as f64 / total.max(1) as f64,
         samples,
+        predictions,
+        majority_baseline: majority_baseline(task, records),
     })
+}
+
+/// The share of the most frequent gold answer among `records` (0 for math tasks, whose answers
+/// are numbers, not classes).
+pub fn majority_baseline(task: Task, records: &[Record]) -> f64 {
+    if task.is_math() || records.is_empty() {
+        return 0.0;
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in records {
+        *counts.entry(r.answer.as_str()).or_insert(0) += 1;
+    }
+    counts.values().copied().max().unwrap_or(0) as f64 / records.len() as f64
 }

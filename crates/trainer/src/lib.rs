@@ -29,6 +29,7 @@ pub mod grad_norm;
 pub mod metrics;
 pub mod sampler;
 pub mod schedule;
+pub mod sparse_step;
 pub mod task;
 pub mod template;
 pub mod tokenize;
@@ -42,6 +43,7 @@ pub use eval_extract::{response_text, Extraction, Prediction};
 pub use evaluate::{evaluate, TaskAccuracy};
 pub use example_batches::ExampleBatches;
 pub use sampler::{Sampler, SamplerState};
+pub use sparse_step::{SparseTraining, TimedSelector};
 pub use task::Task;
 pub use template::{eval_prompt, training_prompt, training_text};
 pub use tokenize::{

@@ -26,6 +26,16 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     /// Wall-clock time of the step, seconds.
     pub step_time_s: f64,
+    /// Whether the step ran the SparseLoRA path.
+    #[serde(default)]
+    pub sparse: bool,
+    /// Seconds of the step spent choosing channels (the estimator's share of `step_time_s`).
+    #[serde(default)]
+    pub estimator_s: f64,
+    /// Analytic FLOPs of the step relative to the same step under dense LoRA (SPEC 9); `None`
+    /// for dense runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops_ratio: Option<f64>,
 }
 
 /// Appends [`StepMetrics`] to a JSONL file.

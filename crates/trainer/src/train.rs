@@ -1,5 +1,5 @@
 //! The fine-tuning loop: micro-batches, forward and loss, backward, accumulate, clip, AdamW step,
-//! log, checkpoint. Generic over the backend; dense LoRA and (later) SparseLoRA share it.
+//! log, checkpoint. Generic over the backend; dense LoRA and SparseLoRA share it.
 //!
 //! Resuming is exact: the schedule is a pure function of the step, the data order a pure function
 //! of (seed, epoch), dropout is reseeded from (seed, micro-step), adapter parameters carry ids
@@ -20,6 +20,7 @@ use crate::checkpoint::{latest_checkpoint, save_checkpoint, TrainState};
 use crate::grad_norm::clip_global_norm;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::schedule::CosineSchedule;
+use crate::sparse_step::{SparseTraining, TimedSelector};
 use crate::train_config::TrainConfig;
 
 /// Training data as the loop sees it: an epoch-indexed, deterministic sequence of micro-batches.
@@ -130,12 +131,14 @@ pub fn assign_stable_adapter_ids<B: Backend>(model: LlamaForCausalLM<B>) -> Llam
     model.map(&mut StableIds { path: Vec::new() })
 }
 
-/// Runs (or resumes) fine-tuning; returns the trained model and the final state.
+/// Runs (or resumes) fine-tuning; returns the trained model and the final state. With `sparse`,
+/// steps from its `dense_steps` on take the SparseLoRA path.
 pub fn train<B, D, O>(
     model: LlamaForCausalLM<B>,
     data: &D,
     config: &TrainConfig,
     run: &RunOptions,
+    sparse: Option<&SparseTraining<'_, B>>,
     observer: &mut O,
     device: &B::Device,
 ) -> Result<(LlamaForCausalLM<B>, TrainState), TrainError>
@@ -200,8 +203,11 @@ where
     let mut metrics =
         MetricsLog::open(&run.out).map_err(|e| io_error("opening metrics.jsonl", e))?;
     let started_at = state.step;
+    let timed = sparse.map(|s| TimedSelector::new(s.selector, device));
     while state.step < total_steps {
         let start = Instant::now();
+        let sparse_now = sparse.filter(|s| s.is_sparse_at(state.step));
+        let mut flops = (0.0, 0.0); // (this step, the same step dense)
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM<B>>::new();
         let (mut loss_sum, mut tokens) = (0.0, 0);
         for micro in 0..accum {
@@ -212,14 +218,24 @@ where
                 state.batch_in_epoch = 0;
                 state.epoch += 1;
             }
-            // Dropout masks depend only on (seed, micro-step): a resumed run draws the same ones.
-            B::seed(
-                device,
-                config.seed ^ ((state.step * accum + micro) as u64).wrapping_mul(0x9E37_79B9),
-            );
+            // Dropout masks (and the answer tokens sent sparse) depend only on (seed,
+            // micro-step): a resumed run draws the same ones.
+            let draw =
+                config.seed ^ ((state.step * accum + micro) as u64).wrapping_mul(0x9E37_79B9);
+            B::seed(device, draw);
             tokens += batch_tokens;
             // Logits only where an answer token is predicted: same loss as HF's, far less work.
-            let hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
+            let hidden = match (sparse_now, &timed) {
+                (Some(s), Some(timed)) => {
+                    let forward = s.forward_for(timed, &batch.answer_tokens, draw, device);
+                    if let Some(count) = &s.flops {
+                        let (step, dense) = count(&batch, &forward);
+                        flops = (flops.0 + step, flops.1 + dense);
+                    }
+                    model.forward_hidden_sparse(batch.input_ids, batch.attention_mask, &forward)
+                }
+                _ => model.forward_hidden(batch.input_ids, batch.attention_mask),
+            };
             let loss =
                 llama_burn::loss::causal_lm_loss_at_targets(&model, hidden, &batch.loss_targets);
             let value: f64 = loss.clone().into_scalar().elem();
@@ -253,6 +269,17 @@ where
             tokens,
             tokens_per_s: tokens as f64 / elapsed.max(1e-9),
             step_time_s: elapsed,
+            sparse: sparse_now.is_some(),
+            estimator_s: timed
+                .as_ref()
+                .map_or(0.0, |t| t.take_elapsed().as_secs_f64()),
+            flops_ratio: sparse.map(|_| {
+                if flops.1 > 0.0 {
+                    flops.0 / flops.1
+                } else {
+                    1.0
+                }
+            }),
         };
         metrics
             .write(&m)

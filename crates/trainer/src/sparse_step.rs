@@ -1,0 +1,150 @@
+//! SparseLoRA's place in the training loop (SPEC 6): which steps are sparse, which tokens stay
+//! dense, and how long the channel selection takes.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use llama_burn::attention::LlamaAttention;
+use llama_burn::mlp::LlamaMlp;
+use llama_burn::{AttnChannels, ChannelSelector, SparseForward, TokenSplit};
+
+use crate::batch::TrainBatch;
+
+/// How a run uses SparseLoRA.
+pub struct SparseTraining<'a, B: Backend> {
+    /// Chooses each layer's channels (the SVD estimator, its oracle, or random).
+    pub selector: &'a dyn ChannelSelector<B>,
+    /// Optimizer steps trained dense before the sparse path starts (`start_step`).
+    pub dense_steps: usize,
+    /// Answer tokens (label not ignored) take the dense path; false sends every token sparse.
+    pub dense_answer_tokens: bool,
+    /// Fraction of answer tokens sent through the sparse path anyway, drawn per micro-batch.
+    pub sparse_answer_fraction: f64,
+    /// Reference-compat: no input gradient through sliced frozen bases that carry adapters.
+    pub drop_sliced_input_grad: bool,
+    /// Counts a sparse micro-batch's analytic FLOPs: `(as computed, as dense LoRA)`; the step
+    /// log reports their ratio.
+    pub flops: Option<FlopsCounter<'a, B>>,
+}
+
+/// See [`SparseTraining::flops`].
+pub type FlopsCounter<'a, B> =
+    Box<dyn Fn(&TrainBatch<B>, &SparseForward<'_, B>) -> (f64, f64) + 'a>;
+
+impl<B: Backend> SparseTraining<'_, B> {
+    /// Whether optimizer step `step` (0-based) runs sparse.
+    pub fn is_sparse_at(&self, step: usize) -> bool {
+        step >= self.dense_steps
+    }
+
+    /// The sparse forward of one micro-batch: `answer_tokens` is the batch's row-major answer
+    /// mask; `draw` seeds the choice of answer tokens sent sparse (same draw on a resumed run).
+    pub fn forward_for<'s>(
+        &'s self,
+        selector: &'s dyn ChannelSelector<B>,
+        answer_tokens: &[bool],
+        draw: u64,
+        device: &B::Device,
+    ) -> SparseForward<'s, B> {
+        let split = self.dense_answer_tokens.then(|| {
+            let dense: Vec<bool> = answer_tokens
+                .iter()
+                .enumerate()
+                .map(|(row, &answer)| {
+                    answer && unit_interval(draw, row as u64) >= self.sparse_answer_fraction
+                })
+                .collect();
+            TokenSplit::from_dense_mask(&dense, device)
+        });
+        SparseForward {
+            selector,
+            split,
+            drop_sliced_input_grad: self.drop_sliced_input_grad,
+        }
+    }
+}
+
+/// A deterministic draw in `[0, 1)` from `(seed, index)` (SplitMix64).
+fn unit_interval(seed: u64, index: u64) -> f64 {
+    let mut z = seed
+        .wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Wraps a selector and adds up the wall-clock time of its calls. The device is synchronised
+/// before and after each call, so on asynchronous backends (CUDA, wgpu) the time is the
+/// selection's own work, not the queue in front of it.
+pub struct TimedSelector<'a, B: Backend> {
+    inner: &'a dyn ChannelSelector<B>,
+    device: B::Device,
+    elapsed: Cell<Duration>,
+}
+
+impl<'a, B: Backend> TimedSelector<'a, B> {
+    /// Times `inner` on `device`.
+    pub fn new(inner: &'a dyn ChannelSelector<B>, device: &B::Device) -> Self {
+        Self {
+            inner,
+            device: device.clone(),
+            elapsed: Cell::new(Duration::ZERO),
+        }
+    }
+
+    /// Time spent in selections since the last call, and resets it.
+    pub fn take_elapsed(&self) -> Duration {
+        self.elapsed.replace(Duration::ZERO)
+    }
+
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        // A failed sync only makes the timing less precise; the training step reports the error
+        // itself at its next read of a tensor.
+        let _ = B::sync(&self.device);
+        let start = Instant::now();
+        let out = f();
+        let _ = B::sync(&self.device);
+        self.elapsed.set(self.elapsed.get() + start.elapsed());
+        out
+    }
+}
+
+impl<B: Backend> ChannelSelector<B> for TimedSelector<'_, B> {
+    fn attention(
+        &self,
+        layer: usize,
+        attn: &LlamaAttention<B>,
+        x: Tensor<B, 3>,
+        tokens: Tensor<B, 2, Bool>,
+    ) -> Option<AttnChannels<B>> {
+        self.timed(|| self.inner.attention(layer, attn, x, tokens))
+    }
+
+    fn mlp(
+        &self,
+        layer: usize,
+        mlp: &LlamaMlp<B>,
+        x: Tensor<B, 3>,
+        tokens: Tensor<B, 2, Bool>,
+    ) -> Option<Tensor<B, 1, Int>> {
+        self.timed(|| self.inner.mlp(layer, mlp, x, tokens))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_interval_is_uniform_enough_and_deterministic() {
+        let draws: Vec<f64> = (0..10_000).map(|i| unit_interval(42, i)).collect();
+        assert!(draws.iter().all(|&d| (0.0..1.0).contains(&d)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        assert_eq!(unit_interval(42, 7), unit_interval(42, 7));
+        assert_ne!(unit_interval(42, 7), unit_interval(43, 7));
+    }
+}
