@@ -10,13 +10,14 @@ use llama_burn::mlp::LlamaMlp;
 use llama_burn::{AttnChannels, ChannelSelector, SparseForward, TokenSplit};
 
 use crate::batch::TrainBatch;
+use crate::sparsity_config::StartStep;
 
 /// How a run uses SparseLoRA.
 pub struct SparseTraining<'a, B: Backend> {
     /// Chooses each layer's channels (the SVD estimator, its oracle, or random).
     pub selector: &'a dyn ChannelSelector<B>,
-    /// Optimizer steps trained dense before the sparse path starts (`start_step`).
-    pub dense_steps: usize,
+    /// When the sparse path starts; steps before it train dense.
+    pub start_step: StartStep,
     /// Answer tokens (label not ignored) take the dense path; false sends every token sparse.
     pub dense_answer_tokens: bool,
     /// Fraction of answer tokens sent through the sparse path anyway, drawn per micro-batch.
@@ -25,17 +26,16 @@ pub struct SparseTraining<'a, B: Backend> {
     pub drop_sliced_input_grad: bool,
     /// Counts a sparse micro-batch's analytic FLOPs: `(as computed, as dense LoRA)`; the step
     /// log reports their ratio.
-    pub flops: Option<FlopsCounter<'a, B>>,
+    pub flops: Option<BatchFlops<'a, B>>,
 }
 
 /// See [`SparseTraining::flops`].
-pub type FlopsCounter<'a, B> =
-    Box<dyn Fn(&TrainBatch<B>, &SparseForward<'_, B>) -> (f64, f64) + 'a>;
+pub type BatchFlops<'a, B> = Box<dyn Fn(&TrainBatch<B>, &SparseForward<'_, B>) -> (f64, f64) + 'a>;
 
 impl<B: Backend> SparseTraining<'_, B> {
-    /// Whether optimizer step `step` (0-based) runs sparse.
-    pub fn is_sparse_at(&self, step: usize) -> bool {
-        step >= self.dense_steps
+    /// Whether optimizer step `step` (0-based) of a run of `total_steps` runs sparse.
+    pub fn is_sparse_at(&self, step: usize, total_steps: usize) -> bool {
+        step >= self.start_step.dense_steps(total_steps)
     }
 
     /// The sparse forward of one micro-batch: `answer_tokens` is the batch's row-major answer

@@ -206,7 +206,7 @@ where
     let timed = sparse.map(|s| TimedSelector::new(s.selector, device));
     while state.step < total_steps {
         let start = Instant::now();
-        let sparse_now = sparse.filter(|s| s.is_sparse_at(state.step));
+        let sparse_now = sparse.filter(|s| s.is_sparse_at(state.step, total_steps));
         let mut flops = (0.0, 0.0); // (this step, the same step dense)
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM<B>>::new();
         let (mut loss_sum, mut tokens) = (0.0, 0);
