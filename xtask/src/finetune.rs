@@ -9,9 +9,14 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use llama_burn::{Block, SparsityPlan};
 use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
 use lora::{LoraConfig, LoraTarget};
+use svd_estimator::{CacheOrigin, SelectionMode, SelectorOptions, SvdCache, SvdChannelSelector};
+use trainer::flops::{FlopsCounter, StepTokens};
 use trainer::metrics::StepMetrics;
+use trainer::sparse_step::{BatchFlops, SparseTraining};
+use trainer::sparsity_config::{SelectionMode as ConfigMode, SparsityConfig};
 use trainer::{
     load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions, StepObserver, Task,
     TokenizeConfig, TrainConfig,
@@ -21,7 +26,7 @@ use crate::backend::{parse_dtype, BackendKind, TrainJob};
 use crate::eval::{print_table, run_eval, EvalArgs};
 use crate::model_source::ModelSource;
 
-/// Fine-tune with LoRA (SparseLoRA arrives with `--sparsity`).
+/// Fine-tune with LoRA, or with SparseLoRA given `--sparsity`.
 #[derive(Args, Debug, Clone)]
 pub struct Finetune {
     /// `tiny` (random weights, SmolLM2 tokenizer), `smollm2-135m`, a LLaMA preset, an HF folder or a `.gguf`.
@@ -57,9 +62,12 @@ pub struct Finetune {
     /// Continue from the newest checkpoint in --output.
     #[arg(long)]
     pub resume: bool,
-    /// Plain LoRA (the only mode until SparseLoRA lands).
-    #[arg(long)]
+    /// Plain LoRA, the same code path without sparsity (the default when no --sparsity is given).
+    #[arg(long, conflicts_with = "sparsity")]
     pub dense: bool,
+    /// SparseLoRA: a sparsity config (TOML, see configs/sparsity/ and docs/sparsity.md).
+    #[arg(long)]
+    pub sparsity: Option<PathBuf>,
     /// LoRA targets, comma-separated (q,k,v,o,gate,up,down).
     #[arg(long, default_value = "q,k,v,o")]
     pub lora_targets: String,
@@ -162,8 +170,18 @@ impl StepObserver for Progress {
             m.loss, m.lr, m.grad_norm, m.tokens_per_s
         ));
         if m.step == 1 || m.step.is_multiple_of(10) || m.step == total {
+            // Sparse steps: analytic FLOPs relative to dense LoRA, and the channel selection's
+            // share of the step's wall-clock time.
+            let sparse = match m.flops_ratio {
+                Some(ratio) if m.sparse => format!(
+                    "  sparse: FLOPs x{ratio:.2} of dense, estimator {:.1}% of step",
+                    100.0 * m.estimator_s / m.step_time_s.max(1e-9)
+                ),
+                Some(_) => "  dense start".into(),
+                None => String::new(),
+            };
             self.0.println(format!(
-                "step {:>6}/{total}  loss {:.4}  lr {:.3e}  grad-norm {:.3}  {:.0} tok/s  {:.2} s",
+                "step {:>6}/{total}  loss {:.4}  lr {:.3e}  grad-norm {:.3}  {:.0} tok/s  {:.2} s{sparse}",
                 m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.step_time_s
             ));
         }
@@ -212,7 +230,10 @@ impl TrainJob for FinetuneJob {
             lora_config.r,
             lora_config.alpha,
             args.lora_targets,
-            if args.dense { "dense" } else { "dense (SparseLoRA not yet available)" },
+            match &args.sparsity {
+                Some(path) => format!("SparseLoRA ({})", path.display()),
+                None => "dense LoRA".into(),
+            },
         );
         let collate =
             CollateConfig::new(pad).with_pad_to_multiple_of(args.pad_to_multiple_of.max(1));
@@ -232,8 +253,23 @@ impl TrainJob for FinetuneJob {
             std::fs::write(args.output.join("eval-before.json"), json)?;
         }
 
+        let sparsity = match &args.sparsity {
+            Some(path) => Some(SparseSetup::<B>::new(
+                path,
+                &args,
+                &base,
+                &base_name,
+                config.seed,
+            )?),
+            None => None,
+        };
+
         B::seed(&device, config.seed);
+        let model_config = base.config.clone();
         let model = base.with_lora(&lora_config, &device);
+        let sparse_training = sparsity
+            .as_ref()
+            .map(|setup| setup.training(&model_config, &lora_config));
         let run = RunOptions {
             out: args.output.clone(),
             resume: args.resume,
@@ -252,7 +288,7 @@ impl TrainJob for FinetuneJob {
             &data,
             &config,
             &run,
-            None,
+            sparse_training.as_ref(),
             &mut Progress(bar.clone()),
             &device,
         )?;
@@ -283,5 +319,111 @@ impl TrainJob for FinetuneJob {
             std::fs::write(args.output.join("eval.json"), json)?;
         }
         Ok(())
+    }
+}
+
+/// What a SparseLoRA run needs beside the model: its config, the plan for this model, and the
+/// channel selector (with the SVD factors it reads).
+struct SparseSetup<B: Backend> {
+    config: SparsityConfig,
+    plan: SparsityPlan,
+    selector: SvdChannelSelector<B>,
+}
+
+impl<B: Backend> SparseSetup<B> {
+    /// Reads and checks the config against `base`, loads (or builds and caches) the SVD factors,
+    /// and builds the selector.
+    fn new(
+        path: &std::path::Path,
+        args: &Finetune,
+        base: &LlamaForCausalLM<B>,
+        base_name: &str,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let config = SparsityConfig::from_file(path)?;
+        let plan = config
+            .plan(base.config.num_hidden_layers)
+            .with_context(|| format!("{} does not fit {base_name}", path.display()))?;
+        if let Some(warning) = config.model_warning(base_name) {
+            eprintln!("warning: {warning}");
+        }
+        let rank = config.estimator_rank;
+        let start = std::time::Instant::now();
+        let cache = if config.mode != ConfigMode::Estimated {
+            // Oracle and random selection read no factors.
+            SvdCache::build(base, rank, |_, _| false)
+        } else if args.model == "tiny" {
+            // Random weights drawn per run: nothing worth caching.
+            SvdCache::build(base, rank, |layer, target| {
+                svd_estimator::plan_needs(&plan, layer, target)
+            })
+        } else {
+            let source = ModelSource::resolve(&args.model, args.model_dir.as_deref())?;
+            let cache_path = source.svd_cache_path(rank);
+            let (cache, origin) =
+                SvdCache::load_or_build(&cache_path, &source.identity()?, rank, base, &plan)?;
+            let origin = match origin {
+                CacheOrigin::Reused => "reused".to_owned(),
+                CacheOrigin::Built(reason) => format!("built ({reason}), saved to"),
+            };
+            eprintln!(
+                "SVD factors (rank {rank}): {origin} {}",
+                cache_path.display()
+            );
+            cache
+        };
+        eprintln!(
+            "SparseLoRA: {} sparse MLP and {} sparse attention blocks, {} selection{}, dense start {:?} ({:.1} s to set up)",
+            (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Mlp) > 0.0).count(),
+            (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Attn) > 0.0).count(),
+            config.mode.name(),
+            if config.reference_compat { " (reference-compat)" } else { "" },
+            config.start_step,
+            start.elapsed().as_secs_f64()
+        );
+        let mode = match config.mode {
+            ConfigMode::Estimated => SelectionMode::Estimated,
+            ConfigMode::Oracle => SelectionMode::Oracle,
+            ConfigMode::Random => SelectionMode::Random { seed },
+        };
+        let options = SelectorOptions::default()
+            .with_mode(mode)
+            .with_reference_compat(config.reference_compat);
+        let selector = SvdChannelSelector::new(&cache, plan.clone(), &base.config, options)?;
+        Ok(Self {
+            config,
+            plan,
+            selector,
+        })
+    }
+
+    /// The loop's view of this setup; FLOPs are counted for `model` with `lora`.
+    fn training<'a>(
+        &'a self,
+        model: &'a LlamaConfig,
+        lora: &'a LoraConfig,
+    ) -> SparseTraining<'a, B> {
+        let counter = FlopsCounter::new(model, lora).with_sparsity_config(&self.config);
+        let plan = &self.plan;
+        let flops: BatchFlops<'a, B> = Box::new(move |batch, forward| {
+            let [sequences, seq_len] = batch.input_ids.dims();
+            let tokens = StepTokens {
+                sequences,
+                seq_len,
+                answer_tokens: batch.answer_tokens.iter().filter(|&&a| a).count(),
+                logit_tokens: batch.loss_targets.count,
+                dense_tokens: forward.split.as_ref().map_or(0, |s| s.n_dense()),
+            };
+            let step = counter.step(&tokens, Some(plan));
+            (step.sparse.total() as f64, step.dense.total() as f64)
+        });
+        SparseTraining {
+            selector: &self.selector,
+            start_step: self.config.start_step,
+            dense_answer_tokens: self.config.dense_answer_tokens,
+            sparse_answer_fraction: self.config.sparse_answer_fraction,
+            drop_sliced_input_grad: self.config.reference_compat,
+            flops: Some(flops),
+        }
     }
 }

@@ -5,14 +5,15 @@
 //!
 //! The file records the rank and an identity string of the model it was computed from; loading
 //! checks both, so a cache made for another checkpoint or rank is refused instead of silently
-//! estimating with the wrong weights.
+//! estimating with the wrong weights. [`SvdCache::load_or_build`] is the entry point a run uses:
+//! it reuses a valid cache and rebuilds (and rewrites) a missing, stale, incomplete or corrupt one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use llama_burn::adapters::module_path;
-use llama_burn::LlamaForCausalLM;
+use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, SparsityPlan};
 use lora::LoraTarget;
 
 use crate::svd::estimator_factors;
@@ -57,6 +58,117 @@ pub enum SvdCacheError {
         /// `model=..., rank=...` of this run.
         expected: String,
     },
+    /// The cache had to be rebuilt (missing, stale, incomplete or corrupt) and the new one could
+    /// not be written.
+    #[error("SVD cache {path} {reason}; rebuilding it failed: {source}. Make its folder writable or choose another cache path")]
+    RebuildFailed {
+        /// The cache file.
+        path: PathBuf,
+        /// Why it was rebuilt ([`BuildReason`]'s text).
+        reason: String,
+        /// The error writing the rebuilt cache.
+        source: Box<SvdCacheError>,
+    },
+}
+
+/// What a cache lacks for a model and sparsity plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoverageError {
+    /// A projection the plan makes sparse has no factors.
+    #[error("no estimator factors for `{module}`, which the sparsity plan makes sparse")]
+    Missing {
+        /// HF module path, `model.layers.3.mlp.gate_proj`.
+        module: String,
+    },
+    /// Factors whose shapes do not fit the projection.
+    #[error("estimator factors of `{module}` are w1 {w1:?}, w2 {w2:?}; the model needs w1 [{d_in}, r], w2 [r, {d_out}]")]
+    Shape {
+        /// HF module path.
+        module: String,
+        /// Shape of `w1` found.
+        w1: [usize; 2],
+        /// Shape of `w2` found.
+        w2: [usize; 2],
+        /// The projection's input width.
+        d_in: usize,
+        /// The projection's output width.
+        d_out: usize,
+    },
+}
+
+/// Where the cache [`SvdCache::load_or_build`] returned came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOrigin {
+    /// A valid cache file, reused.
+    Reused,
+    /// Computed now and written to the cache path, for the reason given.
+    Built(BuildReason),
+}
+
+/// Why [`SvdCache::load_or_build`] rebuilt a cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildReason {
+    /// No file at the cache path.
+    Missing,
+    /// Made for another model identity or rank (`found` vs `expected`, as `model=.., rank=..`).
+    Stale {
+        /// Identity and rank recorded in the file.
+        found: String,
+        /// Identity and rank of this run.
+        expected: String,
+    },
+    /// Valid, but lacking or misshaping factors this model and plan need.
+    Incomplete(String),
+    /// Not readable as a cache (truncated, not safetensors, wrong format or tensors).
+    Corrupt(String),
+}
+
+impl std::fmt::Display for BuildReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => write!(f, "is missing"),
+            Self::Stale { found, expected } => {
+                write!(f, "is stale (built for {found}, this run needs {expected})")
+            }
+            Self::Incomplete(what) => write!(f, "is incomplete ({what})"),
+            Self::Corrupt(what) => write!(f, "is corrupt ({what})"),
+        }
+    }
+}
+
+/// Whether a sparsity plan needs factors of `target` in `layer`: gate/up where the MLP is sparse,
+/// q/k/v where attention is.
+pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LoraTarget) -> bool {
+    let block = if target.is_attention() {
+        Block::Attn
+    } else {
+        Block::Mlp
+    };
+    ESTIMATED.contains(&target) && plan.ratio(layer, block) > 0.0
+}
+
+/// `(in, out)` of a projection of `config`.
+fn projection_dims(config: &LlamaConfig, target: LoraTarget) -> (usize, usize) {
+    let (d, ff) = (config.hidden_size, config.intermediate_size);
+    let q = config.num_attention_heads * config.head_dim();
+    let kv = config.n_kv_heads() * config.head_dim();
+    match target {
+        LoraTarget::Gate | LoraTarget::Up => (d, ff),
+        LoraTarget::Down => (ff, d),
+        LoraTarget::Q => (d, q),
+        LoraTarget::O => (q, d),
+        LoraTarget::K | LoraTarget::V => (d, kv),
+    }
+}
+
+/// Where [`SvdCache::save`] writes before renaming into place: unique per process, so two runs
+/// rebuilding the same cache never write into one file.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{name}.{}.partial", std::process::id()))
 }
 
 /// Estimator factors by HF module path (`model.layers.3.mlp.gate_proj`).
@@ -86,7 +198,8 @@ impl<B: Backend> SvdCache<B> {
         Self { rank, factors }
     }
 
-    /// Writes the cache (f32) with its identity and rank, atomically.
+    /// Writes the cache (f32) with its identity and rank, atomically (a temporary file renamed
+    /// into place), creating the folder if needed.
     pub fn save(&self, path: &Path, model_identity: &str) -> Result<(), SvdCacheError> {
         let io = |source| SvdCacheError::Io {
             path: path.to_owned(),
@@ -128,9 +241,97 @@ impl<B: Backend> SvdCache<B> {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(io)?;
+        }
+        let tmp = partial_path(path);
+        let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            // Best effort: a failed write must not leave a half file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(io)
+    }
+
+    /// Checks that the cache holds factors of the right shapes for every projection of `config`
+    /// that `needed` accepts (see [`plan_needs`]).
+    ///
+    /// # Errors
+    /// The first projection missing or misshapen.
+    pub fn check_covers(
+        &self,
+        config: &LlamaConfig,
+        needed: impl Fn(usize, LoraTarget) -> bool,
+    ) -> Result<(), CoverageError> {
+        for layer in 0..config.num_hidden_layers {
+            for target in ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
+                let module = module_path(layer, target);
+                let Some((w1, w2)) = self.factors.get(&module) else {
+                    return Err(CoverageError::Missing { module });
+                };
+                let (d_in, d_out) = projection_dims(config, target);
+                let (s1, s2) = (w1.dims(), w2.dims());
+                if s1[0] != d_in || s2[1] != d_out || s1[1] != s2[0] {
+                    return Err(CoverageError::Shape {
+                        module,
+                        w1: s1,
+                        w2: s2,
+                        d_in,
+                        d_out,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache a run uses: the file at `path` when it was built for `model_identity` at `rank`
+    /// and covers every projection `plan` makes sparse; otherwise the factors of every layer's
+    /// gate/up/q/k/v are computed on the model's device (so one cache serves any plan) and
+    /// written to `path` atomically. A corrupt file is treated like a stale one: it is rebuilt
+    /// and replaced, since nothing in it can be trusted.
+    ///
+    /// The randomized SVD draws from the backend's generator: seed it first for a bit-identical
+    /// rebuild.
+    ///
+    /// # Errors
+    /// [`SvdCacheError::RebuildFailed`] when the cache had to be rebuilt and could not be
+    /// written (read-only folder, disk full), naming why it was rebuilt; [`SvdCacheError::Io`]
+    /// when the file exists but cannot be read.
+    pub fn load_or_build(
+        path: &Path,
+        model_identity: &str,
+        rank: usize,
+        model: &LlamaForCausalLM<B>,
+        plan: &SparsityPlan,
+    ) -> Result<(Self, CacheOrigin), SvdCacheError> {
+        let device = model.device();
+        let needed = |layer, target| plan_needs(plan, layer, target);
+        let reason = match Self::load(path, model_identity, rank, &device) {
+            Ok(cache) => match cache.check_covers(&model.config, needed) {
+                Ok(()) => return Ok((cache, CacheOrigin::Reused)),
+                Err(gap) => BuildReason::Incomplete(gap.to_string()),
+            },
+            Err(SvdCacheError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                BuildReason::Missing
+            }
+            Err(SvdCacheError::Stale {
+                found, expected, ..
+            }) => BuildReason::Stale { found, expected },
+            Err(SvdCacheError::Invalid { message, .. }) => BuildReason::Corrupt(message),
+            Err(other) => return Err(other),
+        };
+        let cache = Self::build(model, rank, |_, _| true);
+        cache
+            .save(path, model_identity)
+            .map_err(|source| SvdCacheError::RebuildFailed {
+                path: path.to_owned(),
+                reason: reason.to_string(),
+                source: Box::new(source),
+            })?;
+        Ok((cache, CacheOrigin::Built(reason)))
     }
 
     /// Loads a cache, refusing one made for another model identity or rank.
@@ -249,5 +450,129 @@ mod tests {
         std::fs::write(&path, b"garbage").unwrap();
         let err = SvdCache::<B>::load(&path, "tiny@seed5", 4, &Default::default()).unwrap_err();
         assert!(matches!(err, SvdCacheError::Invalid { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("svd-cache-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn mlp_sparse_in_layer_1() -> SparsityPlan {
+        let mut plan = SparsityPlan::dense(2);
+        plan.set(1, Block::Mlp, 0.5).unwrap();
+        plan
+    }
+
+    #[test]
+    fn load_or_build_reuses_valid_caches_and_rebuilds_stale_ones() {
+        let model = tiny();
+        let plan = mlp_sparse_in_layer_1();
+        let dir = scratch("reuse");
+        let path = dir.join("svd-r4.safetensors");
+        let load = |identity: &str, rank: usize| {
+            SvdCache::load_or_build(&path, identity, rank, &model, &plan).unwrap()
+        };
+
+        let (built, origin) = load("tiny@seed5", 4);
+        assert_eq!(origin, CacheOrigin::Built(BuildReason::Missing));
+        // Every layer, not only the plan's: one cache serves any plan.
+        assert_eq!(built.factors.len(), 2 * ESTIMATED.len());
+        let (reused, origin) = load("tiny@seed5", 4);
+        assert_eq!(origin, CacheOrigin::Reused);
+        let key = "model.layers.1.mlp.up_proj";
+        reused.factors[key]
+            .1
+            .clone()
+            .into_data()
+            .assert_eq(&built.factors[key].1.clone().into_data(), true);
+
+        let (_, origin) = load("tiny@seed6", 4);
+        assert!(
+            matches!(&origin, CacheOrigin::Built(BuildReason::Stale { found, .. }) if found.contains("tiny@seed5")),
+            "{origin:?}"
+        );
+        let (rank8, origin) = load("tiny@seed6", 8);
+        assert!(
+            matches!(origin, CacheOrigin::Built(BuildReason::Stale { .. })),
+            "{origin:?}"
+        );
+        assert_eq!(rank8.factors[key].0.dims(), [64, 8]);
+        assert_eq!(load("tiny@seed6", 8).1, CacheOrigin::Reused);
+
+        // A valid file lacking a layer the plan needs (built for layer 0 only).
+        SvdCache::build(&model, 8, |layer, _| layer == 0)
+            .save(&path, "tiny@seed6")
+            .unwrap();
+        let (_, origin) = load("tiny@seed6", 8);
+        assert!(
+            matches!(&origin, CacheOrigin::Built(BuildReason::Incomplete(what)) if what.contains("model.layers.1.mlp.gate_proj")),
+            "{origin:?}"
+        );
+        // No temporary file left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["svd-r4.safetensors"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_or_build_replaces_a_corrupt_cache_or_says_why_it_cannot() {
+        let model = tiny();
+        let plan = mlp_sparse_in_layer_1();
+        let dir = scratch("corrupt");
+        let path = dir.join("svd-r4.safetensors");
+        std::fs::write(&path, b"not a safetensors file").unwrap();
+        // A folder that does not exist yet is created.
+        let nested = dir.join("new/folder/svd-r4.safetensors");
+        let (_, origin) = SvdCache::load_or_build(&nested, "tiny", 4, &model, &plan).unwrap();
+        assert_eq!(origin, CacheOrigin::Built(BuildReason::Missing));
+        assert!(nested.is_file());
+        let (_, origin) = SvdCache::load_or_build(&path, "tiny", 4, &model, &plan).unwrap();
+        assert!(
+            matches!(origin, CacheOrigin::Built(BuildReason::Corrupt(_))),
+            "{origin:?}"
+        );
+        SvdCache::<B>::load(&path, "tiny", 4, &Default::default()).unwrap();
+
+        // Unwritable: a folder squats on the temporary name (permissions would not stop root).
+        std::fs::write(&path, b"truncated").unwrap();
+        std::fs::create_dir_all(partial_path(&path)).unwrap();
+        let err = SvdCache::load_or_build(&path, "tiny", 4, &model, &plan).unwrap_err();
+        assert!(matches!(err, SvdCacheError::RebuildFailed { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("is corrupt"), "{message}");
+        assert!(message.contains("svd-r4.safetensors"), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn coverage_names_missing_and_misshapen_factors() {
+        let model = tiny();
+        let config = &model.config;
+        let plan = mlp_sparse_in_layer_1();
+        let needs = |layer, target| plan_needs(&plan, layer, target);
+        let mut cache = SvdCache::build(&model, 4, |layer, _| layer == 1);
+        cache.check_covers(config, needs).unwrap();
+        // Attention of layer 1 is dense: its factors are not needed.
+        cache.factors.remove("model.layers.1.self_attn.q_proj");
+        cache.check_covers(config, needs).unwrap();
+        let (w1, _) = cache.factors["model.layers.1.mlp.gate_proj"].clone();
+        let up = cache.factors.get_mut("model.layers.1.mlp.up_proj").unwrap();
+        up.1 = w1;
+        let err = cache.check_covers(config, needs).unwrap_err();
+        assert!(matches!(err, CoverageError::Shape { .. }), "{err}");
+        cache.factors.remove("model.layers.1.mlp.gate_proj");
+        let err = cache.check_covers(config, needs).unwrap_err();
+        assert_eq!(
+            err,
+            CoverageError::Missing {
+                module: "model.layers.1.mlp.gate_proj".into()
+            }
+        );
     }
 }

@@ -1,16 +1,42 @@
-//! SparseLoRA's training-free sparsity estimator: offline truncated SVD of the frozen weights and
-//! (to come, issue #4) online per-batch channel selection (paper section 3, SPEC.md section 4).
+//! SparseLoRA's training-free sparsity estimator (paper section 3, SPEC.md section 4): offline
+//! truncated SVD of the frozen weights, and online per-batch channel selection.
 //!
-//! Done so far: [`truncated_svd`] (randomized subspace iteration on any burn backend),
-//! [`estimator_factors`], which turns a frozen `[out, in]` weight into the `w1`/`w2` factors the
-//! estimator multiplies by, and [`SvdCache`], their safetensors cache with model-identity and rank
-//! checks. Channel selection and model integration are not written yet.
+//! - Offline: [`truncated_svd`] (randomized subspace iteration on any burn backend) and
+//!   [`estimator_factors`] turn a frozen `[out, in]` weight into the `w1` (`in x r`) / `w2`
+//!   (`r x out`) factors with `x w1 w2 ~ x W^T`; [`SvdCache`] keeps them in a safetensors file
+//!   with model-identity and rank checks, and [`SvdCache::load_or_build`] reuses a valid cache or
+//!   rebuilds a missing, stale or corrupt one.
+//! - Online: [`SvdChannelSelector`] implements the model's [`llama_burn::ChannelSelector`]: per
+//!   layer, block and batch, the top-k channels by the SPEC 4 scores, from the factors
+//!   ([`SelectionMode::Estimated`]), the true projections ([`SelectionMode::Oracle`]) or at
+//!   random ([`SelectionMode::Random`]), with HF-correct GQA mappings or, with
+//!   [`SelectorOptions::reference_compat`], the official code's. The score arithmetic and the GQA
+//!   index mappings are the pure functions of [`scoring`].
+//!
+//! ```no_run
+//! # use burn::backend::Flex;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let model: llama_burn::LlamaForCausalLM<Flex> = todo!();
+//! use llama_burn::{Block, SparsityPlan};
+//! use svd_estimator::{SelectorOptions, SvdCache, SvdChannelSelector};
+//! let mut plan = SparsityPlan::dense(model.config.num_hidden_layers);
+//! plan.set(20, Block::Mlp, 0.9)?;
+//! let path = std::path::Path::new("sparselora-svd-r8.safetensors");
+//! let (cache, _origin) = SvdCache::load_or_build(path, "my-model", 8, &model, &plan)?;
+//! let selector = SvdChannelSelector::new(&cache, plan, &model.config, SelectorOptions::default())?;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod cache;
 mod jacobi;
+pub mod scoring;
+mod select;
 mod svd;
 
-pub use cache::{SvdCache, SvdCacheError, ESTIMATED};
+pub use cache::{
+    plan_needs, BuildReason, CacheOrigin, CoverageError, SvdCache, SvdCacheError, ESTIMATED,
+};
 pub use jacobi::symmetric_eigen;
+pub use select::{SelectionMode, SelectorError, SelectorOptions, SvdChannelSelector};
 pub use svd::{estimator_factors, truncated_svd, TruncatedSvd};

@@ -1,0 +1,571 @@
+//! SparseLoRA's online channel selection (SPEC 4): per layer, block and batch, which channels of
+//! the frozen projections the sparse forward computes. [`SvdChannelSelector`] implements the
+//! model's [`ChannelSelector`] interface from the SVD estimator factors ([`SvdCache`]), from the
+//! true projections (oracle), or at random (a baseline), with the HF-correct GQA mappings or the
+//! reference code's (see [`crate::scoring`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
+use llama_burn::adapters::module_path;
+use llama_burn::attention::LlamaAttention;
+use llama_burn::mlp::LlamaMlp;
+use llama_burn::projection::Projection;
+use llama_burn::sparsity::kept_channels;
+use llama_burn::{AttnChannels, Block, ChannelSelector, LlamaConfig, SparsityPlan};
+use lora::LoraTarget;
+
+use crate::cache::{plan_needs, CoverageError, SvdCache};
+use crate::scoring::{
+    channel_norms, mlp_scores, output_channels, qk_scores, query_channels, sequence_means,
+    token_rows, top_k, AttnShape, GqaMapping,
+};
+
+/// Where the activations that score channels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectionMode {
+    /// The rank-r SVD factors: `x w1 w2 ~ x W^T` (SparseLoRA's estimator).
+    #[default]
+    Estimated,
+    /// The same metrics from the true projections `x W^T`: the best the estimator could do, to
+    /// measure it against. Costs a dense projection per block.
+    Oracle,
+    /// Uniformly random channel sets of the sizes the plan gives, a fresh draw per call
+    /// (deterministic in `seed`, the layer, the block and the call count), mapped through the
+    /// same GQA rules: the baseline an estimator must beat.
+    Random {
+        /// Seed of the draws.
+        seed: u64,
+    },
+}
+
+/// How an [`SvdChannelSelector`] chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SelectorOptions {
+    /// Estimated (default), oracle or random.
+    pub mode: SelectionMode,
+    /// Reproduce the official z-lab/sparselora code instead of the HF-correct rules: its two GQA
+    /// index mappings ([`GqaMapping::ReferenceCompat`]) and its statistics over every position,
+    /// padding included (the MLP's sequence means and the Q/K/V norms).
+    pub reference_compat: bool,
+}
+
+impl SelectorOptions {
+    /// The same options with `mode`.
+    pub fn with_mode(mut self, mode: SelectionMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The same options with reference compatibility on or off.
+    pub fn with_reference_compat(mut self, reference_compat: bool) -> Self {
+        self.reference_compat = reference_compat;
+        self
+    }
+
+    fn mapping(&self) -> GqaMapping {
+        if self.reference_compat {
+            GqaMapping::ReferenceCompat
+        } else {
+            GqaMapping::Hf
+        }
+    }
+}
+
+/// Why a selector cannot be built for a model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SelectorError {
+    /// The plan was made for a model of another depth.
+    #[error("the sparsity plan covers {plan} layers but the model has {model}")]
+    PlanLayers {
+        /// Layers in the plan.
+        plan: usize,
+        /// Layers in the model.
+        model: usize,
+    },
+    /// The SVD cache lacks factors the plan needs (estimated mode).
+    #[error("{0}; rebuild the SVD cache (`cargo xtask svd`)")]
+    Factors(#[from] CoverageError),
+    /// An attention layout the GQA mapping cannot take.
+    #[error("{n_heads} query heads cannot share {n_kv_heads} KV heads evenly")]
+    Heads {
+        /// Query heads.
+        n_heads: usize,
+        /// KV heads.
+        n_kv_heads: usize,
+    },
+}
+
+/// SparseLoRA's channel selector: for each sparse block of the plan, the top-k channels by the
+/// SPEC 4 scores of the current batch (`k = floor(width * (1 - sparsity))`), one set for the
+/// whole batch, computed on the model's device without gradients; `None` (dense) where the plan
+/// says 0.
+///
+/// - MLP: per sequence, the mean of the normalised input over its real tokens; `g`, `u` its gate
+///   and up projections; channel score `||silu(g) * u||` over the batch. One set for gate rows,
+///   up rows and down columns.
+/// - Q/K: per-channel norms of q and k over the real tokens; KV channel score = (query norm
+///   averaged over the channel's GQA group) x key norm; K keeps the top k KV channels, Q their
+///   query channels in every head of the group.
+/// - V/O: per-channel norm of v; V keeps the top k, O the matching channels of every query head
+///   reading them.
+///
+/// Indices come in descending score order (K and V), Q and O grouped by KV channel.
+///
+/// On an autodiff backend the inputs arrive detached and the weights are read detached, so no
+/// graph is recorded.
+#[derive(Debug)]
+pub struct SvdChannelSelector<B: Backend> {
+    plan: SparsityPlan,
+    options: SelectorOptions,
+    /// `(w1 [in, r], w2 [r, out])` by layer and projection, only those the plan needs.
+    factors: BTreeMap<(usize, LoraTarget), (Tensor<B, 2>, Tensor<B, 2>)>,
+    /// Random mode: calls so far, so that every batch draws afresh.
+    draws: AtomicU64,
+}
+
+impl<B: Backend> SvdChannelSelector<B> {
+    /// A selector for a model of `config` under `plan`. The estimated mode takes its factors
+    /// from `cache` (the tensors are shared, not copied); the oracle and random modes ignore it.
+    ///
+    /// # Errors
+    /// A plan of another depth than the model, a GQA layout with uneven groups, or (estimated
+    /// mode) a cache lacking or misshaping a projection the plan makes sparse.
+    pub fn new(
+        cache: &SvdCache<B>,
+        plan: SparsityPlan,
+        config: &LlamaConfig,
+        options: SelectorOptions,
+    ) -> Result<Self, SelectorError> {
+        if plan.num_layers() != config.num_hidden_layers {
+            return Err(SelectorError::PlanLayers {
+                plan: plan.num_layers(),
+                model: config.num_hidden_layers,
+            });
+        }
+        let (n_heads, n_kv_heads) = (config.num_attention_heads, config.n_kv_heads());
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(SelectorError::Heads {
+                n_heads,
+                n_kv_heads,
+            });
+        }
+        let mut factors = BTreeMap::new();
+        if options.mode == SelectionMode::Estimated {
+            let needed = |layer, target| plan_needs(&plan, layer, target);
+            cache.check_covers(config, needed)?;
+            for layer in 0..plan.num_layers() {
+                for target in crate::ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
+                    if let Some(pair) = cache.factors.get(&module_path(layer, target)) {
+                        factors.insert((layer, target), pair.clone());
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            plan,
+            options,
+            factors,
+            draws: AtomicU64::new(0),
+        })
+    }
+
+    /// The plan this selector follows.
+    pub fn plan(&self) -> &SparsityPlan {
+        &self.plan
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> SelectorOptions {
+        self.options
+    }
+
+    /// `rows` (`[n, in]`, f32) through `projection` of `layer`: estimated by the factors or
+    /// exact, `[n, out]` in f32. `None` when the estimated mode lacks the factors (ruled out by
+    /// [`Self::new`]; the block then stays dense rather than panic).
+    fn project(
+        &self,
+        layer: usize,
+        target: LoraTarget,
+        projection: &Projection<B>,
+        rows: Tensor<B, 2>,
+    ) -> Option<Tensor<B, 2>> {
+        match self.options.mode {
+            SelectionMode::Oracle => {
+                let weight = projection.weight.val().detach();
+                let y = rows.cast(weight.dtype()).matmul(weight.transpose());
+                Some(y.cast(DType::F32))
+            }
+            _ => {
+                let (w1, w2) = self.factors.get(&(layer, target))?;
+                Some(rows.matmul(w1.clone()).matmul(w2.clone()))
+            }
+        }
+    }
+
+    /// `k` distinct channels of `0..width`, uniformly at random (random mode).
+    fn random_channels(
+        &self,
+        seed: u64,
+        layer: usize,
+        stream: u64,
+        width: usize,
+        k: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 1, Int> {
+        let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+        let mut rng = SplitMix64::new(seed ^ mix(layer as u64, stream, draw));
+        let channels = random_subset(&mut rng, width, k);
+        let n = channels.len();
+        Tensor::from_data(TensorData::new(channels, [n]), device)
+    }
+}
+
+impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
+    fn attention(
+        &self,
+        layer: usize,
+        attn: &LlamaAttention<B>,
+        x: Tensor<B, 3>,
+        tokens: Tensor<B, 2, Bool>,
+    ) -> Option<AttnChannels<B>> {
+        let ratio = self.plan.ratio(layer, Block::Attn);
+        if ratio <= 0.0 {
+            return None;
+        }
+        let shape = AttnShape {
+            n_heads: attn.n_heads,
+            n_kv_heads: attn.n_kv_heads,
+            head_dim: attn.head_dim,
+        };
+        let k = kept_channels(shape.kv_width(), ratio);
+        let mapping = self.options.mapping();
+        let (k_idx, v_idx) = match self.options.mode {
+            SelectionMode::Random { seed } => {
+                let device = x.device();
+                let width = shape.kv_width();
+                (
+                    self.random_channels(seed, layer, 1, width, k, &device),
+                    self.random_channels(seed, layer, 2, width, k, &device),
+                )
+            }
+            SelectionMode::Estimated | SelectionMode::Oracle => {
+                let rows = token_rows(x, tokens, !self.options.reference_compat);
+                let norms = |target, projection| {
+                    self.project(layer, target, projection, rows.clone())
+                        .map(channel_norms)
+                };
+                let nq = norms(LoraTarget::Q, &attn.q_proj)?;
+                let nk = norms(LoraTarget::K, &attn.k_proj)?;
+                let nv = norms(LoraTarget::V, &attn.v_proj)?;
+                (top_k(qk_scores(nq, nk, shape, mapping), k), top_k(nv, k))
+            }
+        };
+        Some(AttnChannels {
+            q: query_channels(k_idx.clone(), shape, mapping),
+            k: k_idx,
+            o: output_channels(v_idx.clone(), shape, mapping),
+            v: v_idx,
+        })
+    }
+
+    fn mlp(
+        &self,
+        layer: usize,
+        mlp: &LlamaMlp<B>,
+        x: Tensor<B, 3>,
+        tokens: Tensor<B, 2, Bool>,
+    ) -> Option<Tensor<B, 1, Int>> {
+        let ratio = self.plan.ratio(layer, Block::Mlp);
+        if ratio <= 0.0 {
+            return None;
+        }
+        let d_ff = mlp.gate_proj.dims().0;
+        let k = kept_channels(d_ff, ratio);
+        match self.options.mode {
+            SelectionMode::Random { seed } => {
+                Some(self.random_channels(seed, layer, 0, d_ff, k, &x.device()))
+            }
+            SelectionMode::Estimated | SelectionMode::Oracle => {
+                let means = sequence_means(x, tokens, !self.options.reference_compat);
+                let gate = self.project(layer, LoraTarget::Gate, &mlp.gate_proj, means.clone())?;
+                let up = self.project(layer, LoraTarget::Up, &mlp.up_proj, means)?;
+                Some(top_k(mlp_scores(gate, up), k))
+            }
+        }
+    }
+}
+
+/// A small, fast, well-mixed generator (Steele, Lea & Flood's SplitMix64): the random baseline
+/// needs reproducible draws, not cryptographic ones, and must not touch the backend's generator
+/// (training reseeds that for dropout).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (`bound > 0`); the modulo bias is below 2^-40 for the widths here.
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next_u64() % bound as u64) as usize
+    }
+}
+
+/// One seed from a layer, a stream (which projection) and a draw count.
+fn mix(layer: u64, stream: u64, draw: u64) -> u64 {
+    let mut rng = SplitMix64::new(layer.wrapping_mul(0x1000_0000_01B3) ^ (stream << 48) ^ draw);
+    rng.next_u64()
+}
+
+/// `k` distinct values of `0..width` (all of them when `k >= width`), by a partial
+/// Fisher-Yates shuffle.
+fn random_subset(rng: &mut SplitMix64, width: usize, k: usize) -> Vec<i64> {
+    let mut all: Vec<i64> = (0..width as i64).collect();
+    let k = k.min(width);
+    for i in 0..k {
+        let j = i + rng.below(width - i);
+        all.swap(i, j);
+    }
+    all.truncate(k);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Distribution;
+    use llama_burn::LlamaForCausalLM;
+
+    type B = Flex;
+
+    fn tiny<Bk: Backend>(kv_heads: usize) -> LlamaForCausalLM<Bk> {
+        let device = Default::default();
+        Bk::seed(&device, 11);
+        let mut config = llama_burn::LlamaConfig::preset("tiny").unwrap();
+        config.num_key_value_heads = Some(kv_heads);
+        config.init_random::<Bk>(&device)
+    }
+
+    fn plan(layers: usize, mlp: f64, attn: f64) -> SparsityPlan {
+        let mut plan = SparsityPlan::dense(layers);
+        plan.set(1, Block::Mlp, mlp).unwrap();
+        plan.set(1, Block::Attn, attn).unwrap();
+        plan
+    }
+
+    /// A batch of two sequences, the second left-padded by 3.
+    fn batch<Bk: Backend>(seq: usize) -> (Tensor<Bk, 3>, Tensor<Bk, 2, Bool>) {
+        let device = Default::default();
+        let x = Tensor::random([2, seq, 64], Distribution::Normal(0.0, 1.0), &device);
+        let mask: Vec<bool> = (0..2 * seq).map(|i| i < seq || i >= seq + 3).collect();
+        let tokens = Tensor::from_data(TensorData::new(mask, [2, seq]), &device);
+        (x, tokens)
+    }
+
+    fn sorted(t: Tensor<B, 1, Int>) -> Vec<i64> {
+        let mut v: Vec<i64> = t.into_data().convert::<i64>().into_vec().unwrap();
+        v.sort_unstable();
+        v
+    }
+
+    fn selector(
+        model: &LlamaForCausalLM<B>,
+        cache: &SvdCache<B>,
+        mode: SelectionMode,
+        compat: bool,
+    ) -> SvdChannelSelector<B> {
+        let options = SelectorOptions::default()
+            .with_mode(mode)
+            .with_reference_compat(compat);
+        SvdChannelSelector::new(cache, plan(2, 0.75, 0.5), &model.config, options).unwrap()
+    }
+
+    fn channels(
+        selector: &SvdChannelSelector<B>,
+        model: &LlamaForCausalLM<B>,
+        layer: usize,
+        x: &Tensor<B, 3>,
+        tokens: &Tensor<B, 2, Bool>,
+    ) -> Option<[Vec<i64>; 5]> {
+        let l = &model.model.layers[layer];
+        let attn = selector.attention(layer, &l.self_attn, x.clone(), tokens.clone())?;
+        let mlp = selector.mlp(layer, &l.mlp, x.clone(), tokens.clone())?;
+        Some([
+            sorted(attn.q),
+            sorted(attn.k),
+            sorted(attn.v),
+            sorted(attn.o),
+            sorted(mlp),
+        ])
+    }
+
+    #[test]
+    fn full_rank_estimate_selects_what_the_oracle_selects() {
+        // At rank = d_model the factors reproduce W, so the estimate is the truth.
+        let model = tiny::<B>(2);
+        let cache = SvdCache::build(&model, 64, |_, _| true);
+        let (x, tokens) = batch::<B>(7);
+        for compat in [false, true] {
+            let est = selector(&model, &cache, SelectionMode::Estimated, compat);
+            let oracle = selector(&model, &cache, SelectionMode::Oracle, compat);
+            let [q, k, v, o, mlp] = channels(&est, &model, 1, &x, &tokens).unwrap();
+            assert_eq!(
+                [&q, &k, &v, &o, &mlp],
+                channels(&oracle, &model, 1, &x, &tokens)
+                    .unwrap()
+                    .each_ref()
+            );
+            // tiny: 4 query heads over 2 KV heads of 16; d_ff 176.
+            assert_eq!(k.len(), 16);
+            assert_eq!(v.len(), 16);
+            assert_eq!(q.len(), 32);
+            assert_eq!(o.len(), if compat { 16 } else { 32 });
+            assert_eq!(mlp.len(), 44);
+            // Layer 0 is dense.
+            assert!(channels(&est, &model, 0, &x, &tokens).is_none());
+        }
+    }
+
+    #[test]
+    fn hf_mapping_keeps_query_heads_of_the_kept_kv_channels() {
+        let model = tiny::<B>(2);
+        let cache = SvdCache::build(&model, 4, |_, _| true);
+        let (x, tokens) = batch::<B>(5);
+        let est = selector(&model, &cache, SelectionMode::Estimated, false);
+        let [q, k, v, o, _] = channels(&est, &model, 1, &x, &tokens).unwrap();
+        // KV channel (m, d) -> query channels (2m, d), (2m + 1, d) for head_dim 16.
+        let expand = |kv: &[i64]| {
+            let mut out: Vec<i64> = kv
+                .iter()
+                .flat_map(|&c| (0..2).map(move |r| ((c / 16) * 2 + r) * 16 + c % 16))
+                .collect();
+            out.sort_unstable();
+            out
+        };
+        assert_eq!(q, expand(&k));
+        assert_eq!(o, expand(&v));
+    }
+
+    #[test]
+    fn without_gqa_reference_compat_matches_except_for_padding() {
+        let model = tiny::<B>(4);
+        let cache = SvdCache::build(&model, 4, |_, _| true);
+        // No padding: compat differs only in the GQA mappings, which coincide without GQA.
+        let device = Default::default();
+        let x = Tensor::<B, 3>::random([2, 6, 64], Distribution::Normal(0.0, 1.0), &device);
+        let tokens =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; 12], [2, 6]), &device);
+        let hf = selector(&model, &cache, SelectionMode::Estimated, false);
+        let compat = selector(&model, &cache, SelectionMode::Estimated, true);
+        assert_eq!(
+            channels(&hf, &model, 1, &x, &tokens),
+            channels(&compat, &model, 1, &x, &tokens)
+        );
+    }
+
+    #[test]
+    fn random_mode_draws_fresh_sets_of_the_planned_sizes() {
+        let model = tiny::<B>(2);
+        let cache = SvdCache {
+            rank: 0,
+            factors: BTreeMap::new(),
+        };
+        let (x, tokens) = batch::<B>(4);
+        let random = selector(&model, &cache, SelectionMode::Random { seed: 3 }, false);
+        let first = channels(&random, &model, 1, &x, &tokens).unwrap();
+        let second = channels(&random, &model, 1, &x, &tokens).unwrap();
+        assert_ne!(first, second);
+        for set in [&first, &second] {
+            assert_eq!(set.each_ref().map(Vec::len), [32, 16, 16, 32, 44]);
+            for s in set {
+                assert!(s.windows(2).all(|w| w[0] < w[1]), "distinct: {s:?}");
+            }
+        }
+        // Reproducible from the seed.
+        let again = selector(&model, &cache, SelectionMode::Random { seed: 3 }, false);
+        assert_eq!(channels(&again, &model, 1, &x, &tokens).unwrap(), first);
+    }
+
+    #[test]
+    fn construction_checks_plan_depth_and_factors() {
+        let model = tiny::<B>(2);
+        let cache = SvdCache::build(&model, 4, |layer, _| layer == 0);
+        let options = SelectorOptions::default();
+        let err =
+            SvdChannelSelector::new(&cache, plan(3, 0.5, 0.5), &model.config, options).unwrap_err();
+        assert_eq!(err, SelectorError::PlanLayers { plan: 3, model: 2 });
+        // Layer 1 is sparse but the cache only has layer 0.
+        let err =
+            SvdChannelSelector::new(&cache, plan(2, 0.5, 0.0), &model.config, options).unwrap_err();
+        assert!(
+            err.to_string().contains("model.layers.1.mlp.gate_proj"),
+            "{err}"
+        );
+        // The oracle needs no factors.
+        SvdChannelSelector::new(
+            &cache,
+            plan(2, 0.5, 0.5),
+            &model.config,
+            options.with_mode(SelectionMode::Oracle),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn drives_the_sparse_forward_on_an_autodiff_backend() {
+        type Ad = Autodiff<Flex>;
+        let model = tiny::<Ad>(2);
+        let cache = SvdCache::build(&model, 4, |_, _| true);
+        let selector = SvdChannelSelector::new(
+            &cache,
+            plan(2, 0.9, 0.5),
+            &model.config,
+            SelectorOptions::default(),
+        )
+        .unwrap();
+        let device = Default::default();
+        let ids = Tensor::<Ad, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 0, 5, 6, 7, 8, 9, 10], [2, 4]),
+            &device,
+        );
+        let mask = Tensor::<Ad, 2, Bool>::from_data(
+            TensorData::new(
+                vec![false, false, true, true, true, true, true, true],
+                [2, 4],
+            ),
+            &device,
+        );
+        let sparse = llama_burn::SparseForward {
+            selector: &selector,
+            split: None,
+            drop_sliced_input_grad: false,
+        };
+        let hidden = model.forward_hidden_sparse(ids, mask, &sparse);
+        assert_eq!(hidden.dims(), [2, 4, 64]);
+        let values: Vec<f32> = hidden.into_data().convert::<f32>().into_vec().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn random_subsets_are_distinct_and_complete_at_full_width() {
+        let mut rng = SplitMix64::new(7);
+        let mut all = random_subset(&mut rng, 10, 10);
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        let mut some = random_subset(&mut rng, 1000, 100);
+        some.sort_unstable();
+        some.dedup();
+        assert_eq!(some.len(), 100);
+    }
+}
