@@ -2,12 +2,15 @@
 //! its own file and calls into the library crates.
 
 mod backend;
+mod bench;
 mod eval;
 mod fetch_model;
 mod finetune;
 mod generate;
+mod heatmap;
 mod model_source;
 mod plot;
+mod sensitivity;
 mod svd;
 mod verify;
 
@@ -35,6 +38,11 @@ enum Command {
     Svd(svd::Svd),
     /// Compare the model's numerics with the recorded references (HF fixtures, SmolLM2 golden).
     Verify(verify::Verify),
+    /// GPU microbenchmarks (`bench gemm`: the cuBLASLt seam vs burn vs torch).
+    Bench(bench::Bench),
+    /// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat
+    /// map, and a proposed sparsity config for a FLOPs budget.
+    Sensitivity(Box<sensitivity::Sensitivity>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Finetune(cmd) => cmd.run(),
         Command::Eval(cmd) => cmd.run(),
         Command::Svd(cmd) => cmd.run(),
+        Command::Bench(cmd) => cmd.run(),
+        Command::Sensitivity(cmd) => cmd.run(),
     }
 }

@@ -17,7 +17,7 @@ const FONT_CANDIDATES: &[&str] = &[
 ];
 
 /// Registers a system font under "sans-serif" once; false when none was found.
-fn register_system_font() -> bool {
+pub(crate) fn register_system_font() -> bool {
     static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FOUND.get_or_init(|| {
         FONT_CANDIDATES.iter().any(|path| {

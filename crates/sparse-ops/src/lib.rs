@@ -3,9 +3,12 @@
 //!
 //! Frozen base weights are stored PyTorch-style, `W: [out, in]`, so that slicing output channels
 //! (rows) is a contiguous gather. Every function here has a plain burn-tensor implementation; fast
-//! backends (cuBLASLt on CUDA, cubecl kernels) plug in behind the same signatures.
+//! backends plug in behind the same signatures: with the `cuda` feature, [`linear`] runs cuBLASLt
+//! on burn-cuda tensors ([`cublaslt`]).
 #![warn(missing_docs)]
 
+#[cfg(feature = "cuda")]
+pub mod cublaslt;
 mod linear;
 mod sliced;
 

@@ -1,7 +1,8 @@
 //! `y = x W^T` for a weight stored `[out, in]`: the dense projection every layer uses.
 //!
-//! This is the seam where an accelerated GEMM (cuBLASLt on CUDA) will replace burn's matmul; the
-//! body below is the portable reference.
+//! This is the seam where an accelerated GEMM replaces burn's matmul: with the `cuda` feature,
+//! burn-cuda tensors (plain or under `Autodiff`) go through cuBLASLt ([`crate::cublaslt`]);
+//! every other backend, and whatever cuBLASLt does not take, runs the portable body below.
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -22,10 +23,14 @@ pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>)
     let rows: usize = dims[..D - 1].iter().product();
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
+    let x = x.reshape([rows, d_in]);
+    #[cfg(feature = "cuda")]
+    let (x, weight) = match crate::cublaslt::dispatch_linear(x, weight) {
+        Ok(y) => return y.reshape(out_dims),
+        Err(inputs) => inputs,
+    };
     // [rows, in] x [in, out]; the transpose is a stride swap, not a copy, on burn's backends.
-    x.reshape([rows, d_in])
-        .matmul(weight.transpose())
-        .reshape(out_dims)
+    x.matmul(weight.transpose()).reshape(out_dims)
 }
 
 #[cfg(test)]
@@ -34,6 +39,7 @@ mod tests {
     use burn::tensor::{Distribution, Tolerance};
 
     type TestBackend = burn::backend::Flex;
+    type Ad = burn::backend::Autodiff<TestBackend>;
 
     #[test]
     fn matches_explicit_sum_of_products() {
@@ -48,5 +54,56 @@ mod tests {
             &expected.squeeze_dim::<3>(3).into_data(),
             Tolerance::default(),
         );
+    }
+
+    /// The seam on a backend without a fast path is exactly burn's matmul, forward and both
+    /// gradients (what the cuBLASLt path is checked against on the GPU).
+    #[test]
+    fn fallback_matches_plain_matmul_forward_and_backward() {
+        let device = Default::default();
+        let x = Tensor::<Ad, 3>::random([2, 3, 5], Distribution::Default, &device);
+        let w = Tensor::<Ad, 2>::random([4, 5], Distribution::Default, &device);
+        let dy = Tensor::<Ad, 3>::random([2, 3, 4], Distribution::Default, &device);
+        #[cfg(feature = "cuda")]
+        let calls = crate::cublaslt::calls();
+
+        let (x1, w1) = (x.clone().require_grad(), w.clone().require_grad());
+        let grads = (linear(x1.clone(), w1.clone()) * dy.clone())
+            .sum()
+            .backward();
+        let (x2, w2) = (x.require_grad(), w.require_grad());
+        let reference = x2.clone().reshape([6, 5]).matmul(w2.clone().transpose());
+        let ref_grads = (reference.reshape([2, 3, 4]) * dy).sum().backward();
+
+        for (ours, theirs) in [
+            (
+                x1.grad(&grads).unwrap().into_data(),
+                x2.grad(&ref_grads).unwrap().into_data(),
+            ),
+            (
+                w1.grad(&grads).unwrap().into_data(),
+                w2.grad(&ref_grads).unwrap().into_data(),
+            ),
+        ] {
+            ours.assert_approx_eq::<f32>(&theirs, Tolerance::default());
+        }
+        #[cfg(feature = "cuda")]
+        assert_eq!(crate::cublaslt::calls(), calls, "no cuBLASLt call off CUDA");
+    }
+
+    /// A frozen weight (the projections' case) gives the input gradient alone.
+    #[test]
+    fn frozen_weight_gives_the_input_gradient_only() {
+        let device = Default::default();
+        let x = Tensor::<Ad, 2>::random([3, 5], Distribution::Default, &device).require_grad();
+        let w = Tensor::<Ad, 2>::random([4, 5], Distribution::Default, &device);
+        let grads = linear(x.clone(), w.clone()).sum().backward();
+        // d/dx sum(x W^T) = 1 W: every row is the column sums of W.
+        let expected = Tensor::<Ad, 2>::ones([3, 4], &device).matmul(w.clone());
+        x.grad(&grads)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
+        assert!(w.grad(&grads).is_none());
     }
 }

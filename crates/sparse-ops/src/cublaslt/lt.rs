@@ -1,0 +1,431 @@
+//! The cuBLASLt state of each GPU: library handle, stream, workspace and a cache of prepared
+//! problems, and the raw launch on device addresses. All `unsafe` FFI of the crate is here.
+//!
+//! Everything runs in the device's primary context, which cubecl uses too, so the addresses
+//! cubecl hands out are valid here. GEMMs run on a stream of our own; `tensor.rs` orders them
+//! against cubecl's stream.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use burn::tensor::DType;
+use cudarc::cublaslt::{result as lt, sys as lts};
+use cudarc::driver::{result as drv, sys as drvs};
+
+use super::error::GemmError;
+use super::layout::{alignment, Operand, Problem};
+
+/// cuBLASLt's recommended workspace: 32 MiB on Hopper and newer, 4 MiB before.
+const WORKSPACE_HOPPER: usize = 32 << 20;
+const WORKSPACE_OLDER: usize = 4 << 20;
+
+/// The functions we call, checked once so that an incomplete library is an error, not a panic.
+const SYMBOLS: [&str; 13] = [
+    "cublasLtCreate",
+    "cublasLtGetVersion",
+    "cublasLtMatmul",
+    "cublasLtMatmulAlgoGetHeuristic",
+    "cublasLtMatmulDescCreate",
+    "cublasLtMatmulDescDestroy",
+    "cublasLtMatmulDescSetAttribute",
+    "cublasLtMatmulPreferenceCreate",
+    "cublasLtMatmulPreferenceDestroy",
+    "cublasLtMatmulPreferenceSetAttribute",
+    "cublasLtMatrixLayoutCreate",
+    "cublasLtMatrixLayoutDestroy",
+    "cublasLtMatrixLayoutSetAttribute",
+];
+
+/// Per device ordinal: the ready state, or why it could not be made (not retried).
+static DEVICES: Mutex<Vec<Option<Result<DeviceGemm, GemmError>>>> = Mutex::new(Vec::new());
+
+/// Runs `f` with device `ordinal`'s cuBLASLt state, creating it on first use.
+pub(crate) fn with_device<T>(
+    ordinal: usize,
+    f: impl FnOnce(&mut DeviceGemm) -> Result<T, GemmError>,
+) -> Result<T, GemmError> {
+    let mut devices = DEVICES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if devices.len() <= ordinal {
+        devices.resize_with(ordinal + 1, || None);
+    }
+    let slot = devices[ordinal].get_or_insert_with(|| DeviceGemm::new(ordinal));
+    let gemm = slot.as_mut().map_err(|e| e.clone())?;
+    gemm.make_current()?;
+    f(gemm)
+}
+
+/// The device's name and the loaded cuBLASLt's version number (e.g. 130000).
+pub(crate) fn device_info(ordinal: usize) -> Result<(String, usize), GemmError> {
+    with_device(ordinal, |gemm| {
+        let name = drv::device::get_name(gemm.device).map_err(driver("cuDeviceGetName"))?;
+        // SAFETY: the library is loaded and has the symbol (checked in `DeviceGemm::new`).
+        Ok((name, unsafe { lts::cublasLtGetVersion() }))
+    })
+}
+
+/// cuBLASLt element type of a burn dtype.
+pub(crate) fn data_type(dtype: DType) -> Result<lts::cudaDataType, GemmError> {
+    match dtype {
+        DType::F32 => Ok(lts::cudaDataType::CUDA_R_32F),
+        DType::F16 => Ok(lts::cudaDataType::CUDA_R_16F),
+        DType::BF16 => Ok(lts::cudaDataType::CUDA_R_16BF),
+        other => Err(GemmError::Dtype(other)),
+    }
+}
+
+fn driver(call: &'static str) -> impl Fn(drv::DriverError) -> GemmError {
+    move |e| GemmError::Driver {
+        call,
+        message: e.to_string(),
+    }
+}
+
+fn cublas(call: &'static str) -> impl Fn(lt::CublasError) -> GemmError {
+    move |e| GemmError::Cublas {
+        call,
+        status: format!("{:?}", e.0),
+    }
+}
+
+/// What identifies a prepared problem: element type, shapes, layouts and operand alignments.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    dtype: u32,
+    problem: Problem,
+    alignments: [u32; 3],
+}
+
+/// Device addresses of one GEMM: `d = op(first) op(second)` (see [`Problem`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pointers {
+    pub first: u64,
+    pub second: u64,
+    pub d: u64,
+}
+
+/// One GPU's cuBLASLt state.
+pub(crate) struct DeviceGemm {
+    device: drvs::CUdevice,
+    context: drvs::CUcontext,
+    stream: drvs::CUstream,
+    handle: lts::cublasLtHandle_t,
+    workspace: drvs::CUdeviceptr,
+    workspace_size: usize,
+    plans: HashMap<PlanKey, Plan>,
+}
+
+// SAFETY: the raw handles are only used under the `DEVICES` mutex, and CUDA/cuBLASLt handles may
+// be used from any thread once their context is made current (`make_current`).
+unsafe impl Send for DeviceGemm {}
+
+impl DeviceGemm {
+    fn new(ordinal: usize) -> Result<Self, GemmError> {
+        if std::env::var("SPARSELORA_CUBLASLT").is_ok_and(|v| v == "0") {
+            return Err(GemmError::Disabled);
+        }
+        // SAFETY: `is_culib_present`/`culib` only open the shared library.
+        let library = unsafe {
+            if !lts::is_culib_present() {
+                return Err(GemmError::Library("no libcublasLt.so* found".into()));
+            }
+            lts::culib()
+        };
+        for symbol in SYMBOLS {
+            // SAFETY: looking a symbol up does not call it; the type is only a placeholder.
+            if unsafe { library.get::<*const c_void>(symbol.as_bytes()) }.is_err() {
+                return Err(GemmError::Library(format!("missing symbol {symbol}")));
+            }
+        }
+        // SAFETY: plain driver calls on a device ordinal; the handles are owned by `Self`, whose
+        // fields are set only once each call has succeeded.
+        unsafe {
+            drv::init().map_err(driver("cuInit"))?;
+            let device = drv::device::get(ordinal as i32).map_err(driver("cuDeviceGet"))?;
+            let context =
+                drv::primary_ctx::retain(device).map_err(driver("cuDevicePrimaryCtxRetain"))?;
+            drv::ctx::set_current(context).map_err(driver("cuCtxSetCurrent"))?;
+            let major = drv::device::get_attribute(
+                device,
+                drvs::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )
+            .map_err(driver("cuDeviceGetAttribute"))?;
+            let workspace_size = if major >= 9 {
+                WORKSPACE_HOPPER
+            } else {
+                WORKSPACE_OLDER
+            };
+            let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
+                .map_err(driver("cuStreamCreate"))?;
+            let mut gemm = DeviceGemm {
+                device,
+                context,
+                stream,
+                handle: std::ptr::null_mut(),
+                workspace: 0,
+                workspace_size,
+                plans: HashMap::new(),
+            };
+            gemm.workspace = drv::malloc_sync(workspace_size).map_err(driver("cuMemAlloc"))?;
+            gemm.handle = lt::create_handle().map_err(cublas("cublasLtCreate"))?;
+            Ok(gemm)
+        }
+    }
+
+    fn make_current(&self) -> Result<(), GemmError> {
+        // SAFETY: the primary context was retained in `new` and is never released.
+        unsafe { drv::ctx::set_current(self.context) }.map_err(driver("cuCtxSetCurrent"))
+    }
+
+    /// Enqueues `d = op(first) op(second)` on our stream (f32 accumulation and scaling).
+    ///
+    /// # Safety
+    /// The pointers must address device buffers of the problem's shapes and `dtype`, live until
+    /// the GEMM has run, and not be written by other work meanwhile.
+    pub unsafe fn launch(
+        &mut self,
+        problem: &Problem,
+        dtype: DType,
+        ptrs: Pointers,
+    ) -> Result<(), GemmError> {
+        let key = PlanKey {
+            dtype: data_type(dtype)? as u32,
+            problem: *problem,
+            alignments: [
+                alignment(ptrs.first),
+                alignment(ptrs.second),
+                alignment(ptrs.d),
+            ],
+        };
+        if !self.plans.contains_key(&key) {
+            let plan = Plan::new(self.handle, data_type(dtype)?, &key, self.workspace_size)?;
+            self.plans.insert(key, plan);
+        }
+        let plan = &self.plans[&key];
+        let (alpha, beta) = (1f32, 0f32);
+        lt::matmul(
+            self.handle,
+            plan.desc,
+            (&alpha as *const f32).cast(),
+            (&beta as *const f32).cast(),
+            ptrs.first as *const c_void,
+            plan.first,
+            ptrs.second as *const c_void,
+            plan.second,
+            ptrs.d as *const c_void,
+            plan.d,
+            ptrs.d as *mut c_void,
+            plan.d,
+            &plan.algo,
+            self.workspace as *mut c_void,
+            self.workspace_size,
+            self.stream as lts::cudaStream_t,
+        )
+        .map_err(cublas("cublasLtMatmul"))
+    }
+
+    /// Blocks until every GEMM enqueued on our stream has finished.
+    pub fn synchronize(&self) -> Result<(), GemmError> {
+        // SAFETY: the stream is ours and alive.
+        unsafe { drv::stream::synchronize(self.stream) }.map_err(driver("cuStreamSynchronize"))
+    }
+
+    /// Seconds per GEMM of `iters` back-to-back launches, timed with CUDA events on our stream:
+    /// the kernels alone, without the ordering against cubecl's stream.
+    ///
+    /// # Safety
+    /// As [`DeviceGemm::launch`].
+    pub unsafe fn time_launches(
+        &mut self,
+        problem: &Problem,
+        dtype: DType,
+        ptrs: Pointers,
+        iters: usize,
+    ) -> Result<f64, GemmError> {
+        self.launch(problem, dtype, ptrs)?; // plan and warm-up outside the timed span
+        let flags = drvs::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = drv::event::create(flags).map_err(driver("cuEventCreate"))?;
+        let end = drv::event::create(flags).map_err(driver("cuEventCreate"));
+        let end = match end {
+            Ok(end) => end,
+            Err(e) => {
+                let _ = drv::event::destroy(start);
+                return Err(e);
+            }
+        };
+        let timed = (|| {
+            drv::event::record(start, self.stream).map_err(driver("cuEventRecord"))?;
+            for _ in 0..iters {
+                self.launch(problem, dtype, ptrs)?;
+            }
+            drv::event::record(end, self.stream).map_err(driver("cuEventRecord"))?;
+            drv::event::synchronize(end).map_err(driver("cuEventSynchronize"))?;
+            drv::event::elapsed(start, end).map_err(driver("cuEventElapsedTime"))
+        })();
+        let _ = drv::event::destroy(start);
+        let _ = drv::event::destroy(end);
+        Ok(timed? as f64 * 1e-3 / iters.max(1) as f64)
+    }
+}
+
+/// A prepared problem: descriptors and the algorithm cuBLASLt's heuristic chose.
+struct Plan {
+    desc: lts::cublasLtMatmulDesc_t,
+    first: lts::cublasLtMatrixLayout_t,
+    second: lts::cublasLtMatrixLayout_t,
+    d: lts::cublasLtMatrixLayout_t,
+    algo: lts::cublasLtMatmulAlgo_t,
+}
+
+impl Plan {
+    /// # Safety
+    /// `handle` must be a live cuBLASLt handle.
+    unsafe fn new(
+        handle: lts::cublasLtHandle_t,
+        dtype: lts::cudaDataType,
+        key: &PlanKey,
+        workspace_size: usize,
+    ) -> Result<Plan, GemmError> {
+        let p = &key.problem;
+        // Null until created; `Drop` destroys whatever was made if a later step fails.
+        let mut plan = Plan {
+            desc: std::ptr::null_mut(),
+            first: std::ptr::null_mut(),
+            second: std::ptr::null_mut(),
+            d: std::ptr::null_mut(),
+            algo: std::mem::zeroed(),
+        };
+        // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
+        plan.desc = lt::create_matmul_desc(
+            lts::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lts::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(cublas("cublasLtMatmulDescCreate"))?;
+        for (attr, operand) in [
+            (
+                lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &p.first,
+            ),
+            (
+                lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                &p.second,
+            ),
+        ] {
+            let op: i32 = operand.trans.into(); // CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
+            set(
+                plan.desc,
+                attr,
+                &op,
+                lt::set_matmul_desc_attribute,
+                "cublasLtMatmulDescSetAttribute",
+            )?;
+        }
+        plan.first = layout(dtype, &p.first)?;
+        plan.second = layout(dtype, &p.second)?;
+        plan.d = layout(
+            dtype,
+            &Operand {
+                rows: p.rows,
+                cols: p.cols,
+                ld: p.rows as i64,
+                trans: false,
+            },
+        )?;
+        let pref =
+            Preference(lt::create_matmul_pref().map_err(cublas("cublasLtMatmulPreferenceCreate"))?);
+        let pref_attr =
+            lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES;
+        let bytes = workspace_size as u64;
+        set(
+            pref.0,
+            pref_attr,
+            &bytes,
+            lt::set_matmul_pref_attribute,
+            "cublasLtMatmulPreferenceSetAttribute",
+        )?;
+        use lts::cublasLtMatmulPreferenceAttributes_t as Pref;
+        let [first, second, d] = key.alignments;
+        for (attr, align) in [
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, first),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, second),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, d),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d),
+        ] {
+            set(
+                pref.0,
+                attr,
+                &align,
+                lt::set_matmul_pref_attribute,
+                "cublasLtMatmulPreferenceSetAttribute",
+            )?;
+        }
+        let heuristic = lt::get_matmul_algo_heuristic(
+            handle,
+            plan.desc,
+            plan.first,
+            plan.second,
+            plan.d,
+            plan.d,
+            pref.0,
+        )
+        .map_err(cublas("cublasLtMatmulAlgoGetHeuristic"))?;
+        plan.algo = heuristic.algo;
+        Ok(plan)
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each handle is either null or was created by `Plan::new` and not freed since.
+        unsafe {
+            for layout in [self.first, self.second, self.d] {
+                if !layout.is_null() {
+                    let _ = lt::destroy_matrix_layout(layout);
+                }
+            }
+            if !self.desc.is_null() {
+                let _ = lt::destroy_matmul_desc(self.desc);
+            }
+        }
+    }
+}
+
+/// A heuristic preference, destroyed when dropped.
+struct Preference(lts::cublasLtMatmulPreference_t);
+
+impl Drop for Preference {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matmul_pref` and freed only here.
+        unsafe {
+            let _ = lt::destroy_matmul_pref(self.0);
+        }
+    }
+}
+
+/// A column-major matrix layout of `operand`'s stored shape.
+unsafe fn layout(
+    dtype: lts::cudaDataType,
+    operand: &Operand,
+) -> Result<lts::cublasLtMatrixLayout_t, GemmError> {
+    lt::create_matrix_layout(dtype, operand.rows, operand.cols, operand.ld)
+        .map_err(cublas("cublasLtMatrixLayoutCreate"))
+}
+
+/// Sets one descriptor attribute to `value`.
+unsafe fn set<H, A, T>(
+    handle: H,
+    attr: A,
+    value: &T,
+    setter: unsafe fn(H, A, *const c_void, usize) -> Result<(), lt::CublasError>,
+    call: &'static str,
+) -> Result<(), GemmError> {
+    setter(
+        handle,
+        attr,
+        (value as *const T).cast(),
+        std::mem::size_of::<T>(),
+    )
+    .map_err(cublas(call))
+}

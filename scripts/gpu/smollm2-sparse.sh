@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue #4 items 6-7 on the GPU machine in one call (see docs/gpu.md for how the binary, the GGUF
+# and the data get there): the dense adapter's evaluation, its sensitivity table and proposed
+# config, SparseLoRA training with that config for the same data and steps as the dense run, its
+# evaluation, and a short dense run in the same call for the wall-clock ratio. Every stage has a
+# time limit so the results are packed whatever happens.
+# Usage: scripts/gpu/smollm2-sparse.sh XTASK DATA_ROOT DENSE_ADAPTER OUT [STEPS]
+set -uo pipefail
+XTASK=$1 DATA=$2 DENSE=$3 OUT=$4 STEPS=${5:-600}
+R=/tmp/results && mkdir -p $R
+TASKS=boolq,piqa,social_i_qa,winogrande,ARC-Easy,ARC-Challenge,openbookqa
+COMMON=(--model smollm2-135m --backend cuda --data "$DATA/commonsense_train.jsonl"
+        --config configs/train/smollm2-135m-csr.toml --pad-to-multiple-of 64 --eval-tasks none)
+EVAL=(--model smollm2-135m --backend cuda --task "$TASKS" --limit 150 --data-dir "$DATA"
+      --batch-size 150)
+# The comparison runs burn's matmul (the reference path); cuBLASLt gets a timing run of its own.
+export SPARSELORA_CUBLASLT=0
+nvidia-smi --query-gpu=memory.used --format=csv,noheader -l 1 > $R/gpu-mem.csv &
+
+stage() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
+  timeout "$limit" "$@" > "$R/$name.log" 2>&1; local rc=$?
+  echo "== $name: exit $rc, $((SECONDS - t0)) s"; grep -v '^\s*$' "$R/$name.log" | tail -n 4; }
+
+stage eval-dense 60 "$XTASK" eval "${EVAL[@]}" --adapter "$DENSE" --json $R/eval-dense.json
+# heldout.jsonl: 256 records drawn at random (seed 7) from the training file, so all five
+# sources are represented.
+stage sensitivity 200 "$XTASK" sensitivity --model smollm2-135m --backend cuda --adapter "$DENSE" \
+  --data "$DATA/heldout.jsonl" --held-out 256 --pad-to-multiple-of 64 --budget 0.75 \
+  --output $R/sensitivity
+stage train-sparse 300 "$XTASK" finetune "${COMMON[@]}" --max-steps "$STEPS" \
+  --sparsity $R/sensitivity/proposed.toml --output /tmp/sparse
+cp /tmp/sparse/metrics.jsonl $R/metrics-sparse.jsonl 2>/dev/null
+stage eval-sparse 60 "$XTASK" eval "${EVAL[@]}" --adapter /tmp/sparse/adapter --json $R/eval-sparse.json
+stage train-dense-timing 60 "$XTASK" finetune "${COMMON[@]}" --max-steps 60 --output /tmp/dense
+cp /tmp/dense/metrics.jsonl $R/metrics-dense-60.jsonl 2>/dev/null
+SPARSELORA_CUBLASLT=1 stage train-dense-cublaslt 60 "$XTASK" finetune "${COMMON[@]}" --max-steps 60 \
+  --output /tmp/dense-lt
+cp /tmp/dense-lt/metrics.jsonl $R/metrics-dense-60-cublaslt.jsonl 2>/dev/null
+kill %1 2>/dev/null
+python3 - <<'PY'
+import json, statistics
+def steps(path):
+    try: return [json.loads(l) for l in open(path)]
+    except OSError: return []
+sp = [r["step_time_s"] for r in steps("/tmp/results/metrics-sparse.jsonl") if r.get("sparse")][10:]
+de = [r["step_time_s"] for r in steps("/tmp/results/metrics-dense-60.jsonl")][10:]
+fl = [r["flops_ratio"] for r in steps("/tmp/results/metrics-sparse.jsonl") if r.get("sparse")]
+lt = [r["step_time_s"] for r in steps("/tmp/results/metrics-dense-60-cublaslt.jsonl")][10:]
+if de and lt:
+    print(f"dense median step: burn matmul {statistics.median(de):.3f} s, cuBLASLt {statistics.median(lt):.3f} s")
+if sp and de:
+    print(f"median step: sparse {statistics.median(sp):.3f} s, dense {statistics.median(de):.3f} s, "
+          f"wall-clock ratio {statistics.median(sp)/statistics.median(de):.2f}, "
+          f"FLOPs ratio {statistics.median(fl):.3f}")
+PY
+tar czf "$OUT/results.tgz" -C /tmp results

@@ -1,0 +1,291 @@
+//! `cargo xtask bench gemm --check`: the cuBLASLt path on the GPU against an f32 CPU reference
+//! computed from the very same input values, on the shapes and layouts that can go wrong: `k` not
+//! a multiple of 8, one-row slices, 143 of 14336 rows (a zero-copy row block and a gather),
+//! transposed, column-sliced and broadcast inputs, f32/f16, and the `linear` seam under
+//! `Autodiff` (forward and input gradient through cuBLASLt; a trainable weight falls back).
+//!
+//! The error measure is `|ours - ref| / |ref|` over the whole output (Frobenius norms).
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use sparse_ops::cublaslt::{self, CudaBackend, GemmError};
+
+type Gpu = CudaBackend;
+type Cpu = Flex;
+
+/// Output rounding dominates: bf16 keeps 8 significant bits, f16 11, f32 (no TF32) 24.
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 1e-2,
+        DType::F16 => 2e-3,
+        _ => 1e-5,
+    }
+}
+
+struct Checker {
+    device: burn::backend::cuda::CudaDevice,
+    failures: Vec<String>,
+    total: usize,
+}
+
+impl Checker {
+    fn report(&mut self, name: &str, ok: bool, detail: String) {
+        self.total += 1;
+        println!("{} {name}: {detail}", if ok { "PASS" } else { "FAIL" });
+        if !ok {
+            self.failures.push(name.to_owned());
+        }
+    }
+
+    fn random(&self, dims: [usize; 2], dtype: DType) -> Tensor<Gpu, 2> {
+        Tensor::<Gpu, 2>::random(dims, Distribution::Normal(0.0, 1.0), &self.device).cast(dtype)
+    }
+
+    /// Compares `ours` with `reference` at `dtype`'s tolerance.
+    fn compare<const D: usize>(
+        &mut self,
+        name: &str,
+        ours: Result<Tensor<Gpu, D>, GemmError>,
+        reference: Tensor<Cpu, D>,
+        dtype: DType,
+    ) {
+        let ours = match ours {
+            Ok(ours) => ours,
+            Err(e) => return self.report(name, false, format!("cuBLASLt error: {e}")),
+        };
+        if ours.dims() != reference.dims() {
+            let detail = format!("shape {:?}, expected {:?}", ours.dims(), reference.dims());
+            return self.report(name, false, detail);
+        }
+        let err = relative_error(cpu(ours), reference);
+        let tol = tolerance(dtype);
+        self.report(
+            name,
+            err <= tol,
+            format!("rel. err {err:.2e} (tol {tol:.0e})"),
+        );
+    }
+
+    /// `A B` through cuBLASLt against the CPU product.
+    fn gemm(&mut self, name: &str, a: Tensor<Gpu, 2>, b: Tensor<Gpu, 2>) {
+        let dtype = a.dtype();
+        let reference = cpu(a.clone()).matmul(cpu(b.clone()));
+        self.compare(name, cublaslt::matmul(a, b), reference, dtype);
+    }
+
+    fn in_place(&mut self, name: &str, t: &Tensor<Gpu, 2>, expected: bool) {
+        let got = cublaslt::reads_in_place(t);
+        let what = |b: bool| if b { "read in place" } else { "copied first" };
+        let detail = format!("{} (expected {})", what(got), what(expected));
+        self.report(name, got == expected, detail);
+    }
+
+    /// `f` must have run exactly `expected` cuBLASLt GEMMs.
+    fn calls<T>(&mut self, name: &str, expected: u64, f: impl FnOnce() -> T) -> T {
+        let before = cublaslt::calls();
+        let value = f();
+        let got = cublaslt::calls() - before;
+        self.report(
+            name,
+            got == expected,
+            format!("{got} cuBLASLt GEMMs (expected {expected})"),
+        );
+        value
+    }
+}
+
+fn cpu<const D: usize>(t: Tensor<Gpu, D>) -> Tensor<Cpu, D> {
+    Tensor::from_data(t.into_data().convert::<f32>(), &Default::default())
+}
+
+fn relative_error<const D: usize>(ours: Tensor<Cpu, D>, reference: Tensor<Cpu, D>) -> f64 {
+    let norm = |t: Tensor<Cpu, D>| f64::from(t.square().sum().sqrt().into_scalar());
+    norm(ours - reference.clone()) / norm(reference).max(f64::MIN_POSITIVE)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let mut c = Checker {
+        device: Default::default(),
+        failures: Vec::new(),
+        total: 0,
+    };
+    let (gpu, version) = cublaslt::device_info(&c.device)?;
+    println!("cuBLASLt GEMM check on {gpu} (cuBLASLt {version})");
+    let bf16 = DType::BF16;
+
+    // Dense products, both layouts of the weight.
+    let (x, w) = (c.random([257, 4096], bf16), c.random([1024, 4096], bf16));
+    c.gemm("x W^T 257x4096 . [1024,4096]^T", x, w.clone().transpose());
+    let dy = c.random([257, 1024], bf16);
+    c.gemm("dY W 257x1024 . [1024,4096]", dy, w);
+
+    // k = 143: rows of 286 bytes, no 16-byte alignment anywhere.
+    let (x, w) = (c.random([64, 143], bf16), c.random([96, 143], bf16));
+    c.gemm("x W^T k=143", x, w.clone().transpose());
+    c.gemm("dY W n=143", c.random([64, 96], bf16), w);
+    c.gemm(
+        "dY W k=143",
+        c.random([64, 143], bf16),
+        c.random([143, 200], bf16),
+    );
+
+    // 143 of 14336 rows of a gate/up weight: a row block (a view) and a gather (a copy).
+    let big = c.random([14336, 4096], bf16);
+    let block = big.clone().slice([7000..7143, 0..4096]);
+    c.in_place("row block W[7000..7143] is a view", &block, true);
+    c.in_place("its transpose is a view", &block.clone().transpose(), true);
+    let x = c.random([128, 4096], bf16);
+    c.gemm(
+        "x W[block]^T (143 of 14336)",
+        x.clone(),
+        block.clone().transpose(),
+    );
+    c.gemm(
+        "dY W[block] (143 of 14336)",
+        c.random([128, 143], bf16),
+        block,
+    );
+    let idx: Vec<i64> = (0..143).map(|i| (i * 9973 + 17) % 14336).collect();
+    let idx = Tensor::<Gpu, 1, Int>::from_data(TensorData::new(idx, [143]), &c.device);
+    let gathered = big.clone().select(0, idx);
+    c.gemm(
+        "x W[idx]^T (143 gathered rows)",
+        x.clone(),
+        gathered.clone().transpose(),
+    );
+    c.gemm(
+        "dY W[idx] (143 gathered rows)",
+        c.random([128, 143], bf16),
+        gathered,
+    );
+
+    // One-row slices and a one-row input.
+    let row = big.slice([5..6, 0..4096]);
+    c.gemm("x W[5..6]^T (n=1)", x.clone(), row.clone().transpose());
+    c.gemm("dY W[5..6] (k=1)", c.random([128, 1], bf16), row);
+    let w = c.random([1024, 4096], bf16);
+    c.gemm(
+        "x W^T, one row of x",
+        c.random([1, 4096], bf16),
+        w.clone().transpose(),
+    );
+
+    // Non-contiguous inputs.
+    let wide = c.random([128, 8192], bf16);
+    let cols = wide.clone().slice([0..128, 256..4352]);
+    c.in_place("column block x[:, 256..4352] is a view", &cols, true);
+    c.gemm(
+        "x[:, 256..4352] W^T (leading dim 8192)",
+        cols,
+        w.clone().transpose(),
+    );
+    let odd_cols = wide.slice([0..128, 3..4099]); // misaligned offset: burn copies
+    c.gemm("x[:, 3..4099] W^T", odd_cols, w.clone().transpose());
+    let xt = c.random([4096, 128], bf16).transpose();
+    c.in_place("transposed x is a view", &xt, true);
+    c.gemm("x^T-stored W^T (column-major x)", xt, w.clone().transpose());
+    let broadcast = c.random([1, 4096], bf16).expand([64, 4096]);
+    c.in_place("broadcast x is copied", &broadcast, false);
+    c.gemm("broadcast x W^T", broadcast, w.clone().transpose());
+
+    // Other dtypes.
+    for dtype in [DType::F32, DType::F16] {
+        let (x, w) = (c.random([100, 300], dtype), c.random([77, 300], dtype));
+        c.gemm(&format!("x W^T {dtype:?} k=300"), x, w.transpose());
+    }
+
+    check_linear_seam(&mut c, &w);
+
+    println!(
+        "{} of {} checks passed",
+        c.total - c.failures.len(),
+        c.total
+    );
+    if c.failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("failed: {}", c.failures.join("; "))
+    }
+}
+
+/// `sparse_ops::linear` and the sliced ops on burn-cuda, plain and under `Autodiff`.
+fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
+    let bf16 = DType::BF16;
+    let w_cpu = cpu(w.clone());
+    let x3 = Tensor::<Gpu, 3>::random([3, 37, 4096], Distribution::Normal(0.0, 1.0), &c.device)
+        .cast(bf16);
+    let x3_cpu = cpu(x3.clone());
+
+    // Small products stay on burn's matmul unless told otherwise.
+    let (small, small_w) = (c.random([4, 64], bf16), c.random([8, 64], bf16));
+    c.calls("small product routed to burn", 0, || {
+        sparse_ops::linear(small, small_w)
+    });
+    let default_min = cublaslt::min_flops();
+    cublaslt::set_min_flops(0);
+
+    let y = c.calls("linear 3-D through cuBLASLt", 1, || {
+        sparse_ops::linear(x3.clone(), w.clone())
+    });
+    let reference = sparse_ops::linear(x3_cpu.clone(), w_cpu.clone());
+    c.compare("linear [3,37,4096] . [1024,4096]^T", Ok(y), reference, bf16);
+    let permuted = Tensor::<Gpu, 3>::random([37, 3, 4096], Distribution::Default, &c.device)
+        .cast(bf16)
+        .swap_dims(0, 1);
+    let reference = sparse_ops::linear(cpu(permuted.clone()), w_cpu.clone());
+    let y = sparse_ops::linear(permuted, w.clone());
+    c.compare("linear of a permuted [3,37,4096]", Ok(y), reference, bf16);
+
+    // Sliced projections through the seam.
+    let x = c.random([64, 4096], bf16);
+    let kept: Vec<i64> = vec![1023, 0, 512, 7, 300];
+    let idx = Tensor::<Gpu, 1, Int>::from_data(TensorData::new(kept.clone(), [5]), &c.device);
+    let idx_cpu = Tensor::<Cpu, 1, Int>::from_data(TensorData::new(kept, [5]), &Default::default());
+    let ours = sparse_ops::linear_out_sliced(x.clone(), w.clone(), idx.clone());
+    let reference = sparse_ops::linear_out_sliced(cpu(x.clone()), w_cpu.clone(), idx_cpu.clone());
+    c.compare("linear_out_sliced (5 of 1024)", Ok(ours), reference, bf16);
+    let w_in = c.random([96, 1024], bf16);
+    let x_in = c.random([64, 1024], bf16);
+    let ours = sparse_ops::linear_in_sliced(x_in.clone(), w_in.clone(), idx.clone());
+    let reference = sparse_ops::linear_in_sliced(cpu(x_in), cpu(w_in), idx_cpu);
+    c.compare("linear_in_sliced (5 of 1024)", Ok(ours), reference, bf16);
+
+    // Autodiff: forward and input gradient through cuBLASLt with a frozen weight.
+    type Ad = Autodiff<Gpu>;
+    let dy = Tensor::<Gpu, 3>::random([3, 37, 1024], Distribution::Normal(0.0, 1.0), &c.device)
+        .cast(bf16);
+    let dy_cpu = cpu(dy.clone());
+    let xa = Tensor::<Ad, 3>::from_inner(x3.clone()).require_grad();
+    let wa = Tensor::<Ad, 2>::from_inner(w.clone());
+    let dx = c.calls("autodiff forward + input grad through cuBLASLt", 2, || {
+        let y = sparse_ops::linear(xa.clone(), wa.clone());
+        let grads = (y * Tensor::from_inner(dy.clone())).sum().backward();
+        xa.grad(&grads)
+    });
+    let dx_ref = dy_cpu
+        .clone()
+        .reshape([111, 1024])
+        .matmul(w_cpu.clone())
+        .reshape([3, 37, 4096]);
+    match dx {
+        Some(dx) => c.compare("autodiff dX = dY W", Ok(dx), dx_ref, bf16),
+        None => c.report("autodiff dX = dY W", false, "no gradient for x".into()),
+    }
+
+    // A trainable weight falls back to burn's matmul, which gives its gradient.
+    let wt = Tensor::<Ad, 2>::from_inner(w.clone()).require_grad();
+    let dw = c.calls("trainable weight falls back to burn", 0, || {
+        let y = sparse_ops::linear(Tensor::<Ad, 3>::from_inner(x3.clone()), wt.clone());
+        let grads = (y * Tensor::from_inner(dy)).sum().backward();
+        wt.grad(&grads)
+    });
+    let dw_ref = dy_cpu
+        .reshape([111, 1024])
+        .transpose()
+        .matmul(x3_cpu.reshape([111, 4096]));
+    match dw {
+        Some(dw) => c.compare("fallback dW = dY^T X", Ok(dw), dw_ref, bf16),
+        None => c.report("fallback dW = dY^T X", false, "no gradient for W".into()),
+    }
+    cublaslt::set_min_flops(default_min);
+}

@@ -1,0 +1,1188 @@
+//! `cargo xtask sensitivity`: how much the held-out loss rises when one block of one layer runs
+//! sparse while the rest of the model stays dense (SPEC 6), and a sparsity config derived from
+//! it for a FLOPs budget (SPEC 9). See `docs/sensitivity.md`.
+//!
+//! For every swept layer, block (`mlp`, `self_attn`) and ratio, a plan with only that block
+//! sparse drives an [`SvdChannelSelector`] (SVD estimator by default); the answer tokens take
+//! the dense path as in training, and the loss is training's answer-token loss, averaged over
+//! every answer token of the held-out records. The difference to the dense model's loss is the
+//! block's sensitivity at that ratio.
+//!
+//! Outputs in `--output`: `sensitivity.csv`, `sensitivity.json`, `sensitivity.png` (heat map)
+//! and `proposed.toml` (see [`propose`] for the rule).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, ElementConversion};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use llama_burn::sparsity::{Block, SparsityPlan};
+use llama_burn::{ChannelSelector, LlamaConfig, LlamaForCausalLM, SparseForward, TokenSplit};
+use lora::LoraConfig;
+use serde_json::json;
+use svd_estimator::{
+    plan_needs, CacheOrigin, SelectorOptions, SvdCache, SvdCacheError, SvdChannelSelector,
+};
+use trainer::flops::{FlopsCounter, StepTokens};
+use trainer::sparsity_config::{self, BlockSparsity, LayerSet, SparsityConfig};
+use trainer::{
+    load_records, pad_left, tokenize_records, CollateConfig, PaddedBatch, Task, TokenizeConfig,
+    TrainBatch,
+};
+
+use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::heatmap::{draw_heat_map, HeatMap};
+use crate::model_source::ModelSource;
+
+/// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat map,
+/// and a proposed sparsity config for a FLOPs budget.
+#[derive(Args, Debug, Clone)]
+pub struct Sensitivity {
+    /// `tiny` (seeded random weights, SmolLM2 tokenizer), `smollm2-135m`, a LLaMA preset, an HF
+    /// folder or a `.gguf`.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Folder holding HF checkpoints by preset name.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// A PEFT adapter folder (e.g. `runs/tiny-csr170k/adapter` from a brief `cargo xtask
+    /// finetune`): measure the fine-tuned model. Without it, the base model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Task of the data: `csr170k` (response = answer) or `math10k` (response = output).
+    #[arg(long, default_value = "csr170k")]
+    pub task: String,
+    /// LLM-Adapters JSON or JSONL; default: the task's shipped sample under datasets/ (which
+    /// `cargo xtask finetune` also trains on). For a strict held-out set pass a file that was
+    /// not trained on.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out records, taken from the END of the data file (all of them if it has fewer).
+    #[arg(long, default_value_t = 64)]
+    pub held_out: usize,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Pad each batch's length up to a multiple of this (fewer distinct shapes for JIT backends).
+    #[arg(long, default_value_t = 8)]
+    pub pad_to_multiple_of: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Weight dtype; default bf16 on CUDA, f32 elsewhere.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Blocks to sweep, comma-separated: `mlp`, `self_attn`.
+    #[arg(long, default_value = "mlp,self_attn")]
+    pub blocks: String,
+    /// MLP sparsity ratios to try (fraction of intermediate channels dropped), each in (0, 1).
+    /// The largest is the one proposed.toml uses.
+    #[arg(long, default_value = "0.5,0.9,0.97")]
+    pub mlp_ratios: String,
+    /// Attention sparsity ratios to try (fraction of q/k/v/o channels dropped), each in (0, 1).
+    /// The largest is the one proposed.toml uses.
+    #[arg(long, default_value = "0.25,0.5,0.75")]
+    pub attn_ratios: String,
+    /// One ratio list for both blocks, replacing --mlp-ratios and --attn-ratios.
+    #[arg(long)]
+    pub ratios: Option<String>,
+    /// Layers to sweep: `all`, or 0-based ranges like `0-5,10`. Layers not swept stay dense in
+    /// the proposal.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// Rank of the SVD estimator.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// How channels are chosen: the SVD estimator, the oracle (true activations) or at random.
+    #[arg(long, value_enum, default_value = "estimated")]
+    pub selection: Selection,
+    /// SVD cache file; default: `sparselora-svd-r<rank>.safetensors` next to the weights
+    /// (reused when valid, else rebuilt and written). `tiny` builds it in memory unless given.
+    #[arg(long)]
+    pub svd_cache: Option<PathBuf>,
+    /// FLOPs budget of proposed.toml: the analytic FLOPs of a training step, sparse over dense
+    /// LoRA (SPEC 9), in (0, 1].
+    #[arg(long, default_value_t = 0.7)]
+    pub budget: f64,
+    /// Seed of `tiny`'s random weights (42 as in configs/train/tiny-default.toml, so that a
+    /// tiny adapter from `cargo xtask finetune` fits) and of `--selection random`.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output folder; default `runs/sensitivity-<model>`.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// How the sweep chooses channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Selection {
+    /// The rank-r SVD estimator (what training uses).
+    Estimated,
+    /// The same scores from the true projections (the estimator's upper bound).
+    Oracle,
+    /// Uniformly random channels (the lower bound).
+    Random,
+}
+
+impl Selection {
+    fn config_mode(self) -> sparsity_config::SelectionMode {
+        match self {
+            Self::Estimated => sparsity_config::SelectionMode::Estimated,
+            Self::Oracle => sparsity_config::SelectionMode::Oracle,
+            Self::Random => sparsity_config::SelectionMode::Random,
+        }
+    }
+
+    fn selector_mode(self, seed: u64) -> svd_estimator::SelectionMode {
+        match self {
+            Self::Estimated => svd_estimator::SelectionMode::Estimated,
+            Self::Oracle => svd_estimator::SelectionMode::Oracle,
+            Self::Random => svd_estimator::SelectionMode::Random { seed },
+        }
+    }
+}
+
+/// What to sweep, parsed from the arguments before anything is loaded.
+#[derive(Debug, Clone, PartialEq)]
+struct Sweep {
+    /// Each swept block with its ratios (ascending, distinct).
+    blocks: Vec<(Block, Vec<f64>)>,
+    /// `None`: every layer.
+    layers: Option<LayerSet>,
+}
+
+impl Sweep {
+    /// The block's largest ratio.
+    fn max_ratio(&self, block: Block) -> Option<f64> {
+        self.blocks
+            .iter()
+            .find(|(b, _)| *b == block)
+            .and_then(|(_, r)| r.last().copied())
+    }
+}
+
+/// Parses `--blocks`.
+fn parse_blocks(text: &str) -> anyhow::Result<Vec<Block>> {
+    let mut blocks = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let block = match name {
+            "mlp" => Block::Mlp,
+            "self_attn" | "attn" => Block::Attn,
+            other => bail!("--blocks: unknown block `{other}` (mlp, self_attn)"),
+        };
+        if !blocks.contains(&block) {
+            blocks.push(block);
+        }
+    }
+    ensure!(
+        !blocks.is_empty(),
+        "--blocks: no block given (mlp, self_attn)"
+    );
+    Ok(blocks)
+}
+
+/// Parses a ratio list (`--mlp-ratios` ...): each in (0, 1), sorted, repeats removed.
+fn parse_ratios(option: &str, text: &str) -> anyhow::Result<Vec<f64>> {
+    let mut ratios = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ratio: f64 = part
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{option}: `{part}` is not a number"))?;
+        if !(0.0..1.0).contains(&ratio) {
+            bail!("{option}: sparsity {part} is outside [0, 1) (the fraction of channels dropped)");
+        }
+        if ratio == 0.0 {
+            bail!("{option}: sparsity 0 keeps the block dense; give ratios in (0, 1)");
+        }
+        ratios.push(ratio);
+    }
+    ensure!(!ratios.is_empty(), "{option}: no ratio given");
+    ratios.sort_by(f64::total_cmp);
+    ratios.dedup();
+    Ok(ratios)
+}
+
+/// Parses `--layers`: `all` or a layer list.
+fn parse_layers(text: &str) -> anyhow::Result<Option<LayerSet>> {
+    if text.trim().eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    let set: LayerSet = text.parse().map_err(|e| anyhow::anyhow!("--layers: {e}"))?;
+    ensure!(!set.is_empty(), "--layers: no layer given");
+    Ok(Some(set))
+}
+
+/// The swept layers of a model of `num_layers` layers.
+fn resolve_layers(layers: Option<&LayerSet>, num_layers: usize) -> anyhow::Result<Vec<usize>> {
+    match layers {
+        None => Ok((0..num_layers).collect()),
+        Some(set) => {
+            if let Some(&bad) = set.layers().iter().find(|&&l| l >= num_layers) {
+                bail!(
+                    "--layers: layer {bad} is out of range: the model has {num_layers} layers \
+                     (0..={})",
+                    num_layers.saturating_sub(1)
+                );
+            }
+            Ok(set.layers().to_vec())
+        }
+    }
+}
+
+impl Sensitivity {
+    pub fn run(self) -> anyhow::Result<()> {
+        let sweep = self.sweep()?;
+        ensure!(self.held_out > 0, "--held-out must be at least 1");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.rank > 0, "--rank must be at least 1");
+        ensure!(
+            self.budget > 0.0 && self.budget <= 1.0,
+            "--budget {} is outside (0, 1]: it is the FLOPs of a sparse step over a dense one",
+            self.budget
+        );
+        let (backend, dtype) = (self.backend, self.dtype);
+        backend.dispatch(dtype, Job { args: self, sweep })
+    }
+
+    fn sweep(&self) -> anyhow::Result<Sweep> {
+        let (mlp, attn) = match &self.ratios {
+            Some(both) => (
+                parse_ratios("--ratios", both)?,
+                parse_ratios("--ratios", both)?,
+            ),
+            None => (
+                parse_ratios("--mlp-ratios", &self.mlp_ratios)?,
+                parse_ratios("--attn-ratios", &self.attn_ratios)?,
+            ),
+        };
+        let blocks = parse_blocks(&self.blocks)?
+            .into_iter()
+            .map(|b| {
+                let ratios = match b {
+                    Block::Mlp => mlp.clone(),
+                    Block::Attn => attn.clone(),
+                };
+                (b, ratios)
+            })
+            .collect();
+        Ok(Sweep {
+            blocks,
+            layers: parse_layers(&self.layers)?,
+        })
+    }
+
+    fn output_dir(&self) -> PathBuf {
+        self.output
+            .clone()
+            .unwrap_or_else(|| default_output(&self.model))
+    }
+}
+
+/// `runs/sensitivity-<model>`, the model's file or folder name when it is a path.
+fn default_output(model: &str) -> PathBuf {
+    let name = Path::new(model.trim_end_matches('/'))
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model.to_owned());
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from("runs").join(format!("sensitivity-{name}"))
+}
+
+/// One measurement: `block` of `layer` sparse at `ratio`, everything else dense.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row {
+    /// 0-based layer.
+    pub layer: usize,
+    /// The sparse block.
+    pub block: Block,
+    /// Its sparsity.
+    pub ratio: f64,
+    /// Held-out loss.
+    pub loss: f64,
+    /// `loss` minus the dense model's loss.
+    pub delta: f64,
+}
+
+/// The sparsity config [`propose`] derives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// The blocks made sparse, in the order they were added (least sensitive first).
+    pub chosen: Vec<Row>,
+    /// The candidates left dense, in the order they would have come.
+    pub dense: Vec<Row>,
+    /// The plan: `chosen` sparse, all else dense.
+    pub plan: SparsityPlan,
+    /// The plan's FLOPs over dense LoRA.
+    pub flops_ratio: f64,
+    /// The budget asked for.
+    pub budget: f64,
+}
+
+impl Proposal {
+    /// Whether the plan reaches the budget.
+    pub fn budget_met(&self) -> bool {
+        self.flops_ratio <= self.budget
+    }
+}
+
+/// The proposal rule. Candidates are the measured (layer, block) pairs at their block's largest
+/// ratio in `rows`, with a finite loss. In increasing order of their loss increase (ties: the
+/// deeper layer first, then MLP before attention), each is made sparse in turn until
+/// `flops(plan)` (sparse over dense FLOPs of a training step) is at most `budget`; a candidate
+/// that would not lower the FLOPs stays dense. The most sensitive blocks are thus the last to
+/// go sparse, and stay dense whenever the budget allows. When every candidate is sparse and the
+/// budget is still not met, the proposal says so ([`Proposal::budget_met`]).
+pub fn propose(
+    rows: &[Row],
+    num_layers: usize,
+    budget: f64,
+    flops: impl Fn(&SparsityPlan) -> f64,
+) -> Proposal {
+    let mut largest: Vec<(Block, f64)> = Vec::new();
+    for row in rows {
+        match largest.iter_mut().find(|(b, _)| *b == row.block) {
+            Some((_, r)) => *r = r.max(row.ratio),
+            None => largest.push((row.block, row.ratio)),
+        }
+    }
+    let is_largest = |row: &Row| {
+        largest
+            .iter()
+            .any(|&(b, r)| b == row.block && r == row.ratio)
+    };
+    let mut candidates: Vec<Row> = rows
+        .iter()
+        .filter(|r| is_largest(r) && r.loss.is_finite() && r.delta.is_finite())
+        .copied()
+        .collect();
+    let block_order = |b: Block| usize::from(b != Block::Mlp);
+    candidates.sort_by(|a, b| {
+        a.delta
+            .total_cmp(&b.delta)
+            .then(b.layer.cmp(&a.layer))
+            .then(block_order(a.block).cmp(&block_order(b.block)))
+    });
+    let mut plan = SparsityPlan::dense(num_layers);
+    let mut ratio = flops(&plan);
+    let (mut chosen, mut dense) = (Vec::new(), Vec::new());
+    for candidate in candidates {
+        if ratio <= budget {
+            dense.push(candidate);
+            continue;
+        }
+        let mut next = plan.clone();
+        if next
+            .set(candidate.layer, candidate.block, candidate.ratio)
+            .is_err()
+        {
+            dense.push(candidate);
+            continue;
+        }
+        let next_ratio = flops(&next);
+        if next_ratio < ratio {
+            plan = next;
+            ratio = next_ratio;
+            chosen.push(candidate);
+        } else {
+            dense.push(candidate);
+        }
+    }
+    Proposal {
+        chosen,
+        dense,
+        plan,
+        flops_ratio: ratio,
+        budget,
+    }
+}
+
+/// The proposal as a sparsity config: one `[[mlp]]` / `[[self_attn]]` entry per ratio used.
+fn proposal_config(
+    proposal: &Proposal,
+    model: &str,
+    rank: usize,
+    selection: Selection,
+) -> SparsityConfig {
+    let entries = |block: Block| -> Vec<BlockSparsity> {
+        let mut by_ratio: Vec<(f64, Vec<usize>)> = Vec::new();
+        for row in proposal.chosen.iter().filter(|r| r.block == block) {
+            match by_ratio.iter_mut().find(|(r, _)| *r == row.ratio) {
+                Some((_, layers)) => layers.push(row.layer),
+                None => by_ratio.push((row.ratio, vec![row.layer])),
+            }
+        }
+        by_ratio.sort_by(|a, b| a.0.total_cmp(&b.0));
+        by_ratio
+            .into_iter()
+            .map(|(sparsity, layers)| BlockSparsity {
+                layers: LayerSet::new(layers),
+                sparsity,
+            })
+            .collect()
+    };
+    SparsityConfig {
+        model: Some(model.to_owned()),
+        estimator_rank: rank,
+        mode: selection.config_mode(),
+        mlp: entries(Block::Mlp),
+        self_attn: entries(Block::Attn),
+        ..SparsityConfig::default()
+    }
+}
+
+/// The comment block at the top of proposed.toml.
+fn proposal_header(
+    proposal: &Proposal,
+    sweep: &Sweep,
+    source: &str,
+    tokens: &StepTokens,
+) -> String {
+    let largest: Vec<String> = sweep
+        .blocks
+        .iter()
+        .filter_map(|(b, _)| sweep.max_ratio(*b).map(|r| format!("{} {r}", b.name())))
+        .collect();
+    let mut h = String::new();
+    let _ = writeln!(h, "# Proposed by `cargo xtask sensitivity` from {source}.");
+    let _ = writeln!(
+        h,
+        "# Rule: each swept (layer, block) was made sparse alone, at its block's largest ratio \
+         ({}),\n# and the rise of the held-out loss measured (sensitivity.csv). Blocks were then \
+         made sparse in\n# increasing order of that rise (least sensitive first; ties: deeper \
+         layer first) until the\n# analytic FLOPs of a training step (trainer::flops; {} \
+         sequences x {} tokens, {} answer tokens\n# each, on the dense path) fell to the budget \
+         of {:.3} of dense LoRA. The most sensitive blocks\n# stay dense; layers not swept stay \
+         dense.",
+        largest.join(", "),
+        tokens.sequences,
+        tokens.seq_len,
+        tokens.answer_tokens / tokens.sequences.max(1),
+        proposal.budget
+    );
+    let _ = writeln!(
+        h,
+        "# Result: {} blocks sparse, FLOPs {:.3} of dense LoRA ({}).",
+        proposal.chosen.len(),
+        proposal.flops_ratio,
+        if proposal.budget_met() {
+            "budget met"
+        } else {
+            "budget NOT met: every candidate is sparse"
+        }
+    );
+    let describe = |r: &Row| format!("layer {} {} ({:+.4})", r.layer, r.block.name(), r.delta);
+    if let Some(last) = proposal.chosen.last() {
+        let _ = writeln!(h, "# Most sensitive block made sparse: {}.", describe(last));
+    }
+    if let Some(first) = proposal.dense.first() {
+        let _ = writeln!(
+            h,
+            "# Least sensitive block left dense: {}.",
+            describe(first)
+        );
+    }
+    h
+}
+
+struct Job {
+    args: Sensitivity,
+    sweep: Sweep,
+}
+
+/// A held-out batch on the device, with its answer tokens on the dense path.
+struct HeldOutBatch<B: Backend> {
+    tensors: TrainBatch<B>,
+    split: TokenSplit<B>,
+}
+
+/// The held-out loss: training's answer-token loss, averaged over every answer token of the
+/// batches (each batch's mean weighted by its answer tokens). `selector`: the sparse forward
+/// with answer tokens dense; `None`: the dense model.
+fn mean_loss<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    batches: &[HeldOutBatch<B>],
+    selector: Option<&dyn ChannelSelector<B>>,
+) -> f64 {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for batch in batches {
+        let t = &batch.tensors;
+        let (ids, mask) = (t.input_ids.clone(), t.attention_mask.clone());
+        let hidden = match selector {
+            Some(selector) => {
+                let sparse = SparseForward {
+                    selector,
+                    split: Some(batch.split.clone()),
+                    drop_sliced_input_grad: false,
+                };
+                model.forward_hidden_sparse(ids, mask, &sparse)
+            }
+            None => model.forward_hidden(ids, mask),
+        };
+        let loss = llama_burn::loss::causal_lm_loss_at_targets(model, hidden, &t.loss_targets);
+        let value: f64 = loss.into_scalar().elem();
+        let n = t.loss_targets.count;
+        sum += value * n as f64;
+        count += n;
+    }
+    if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    }
+}
+
+/// The base model: a checkpoint, or for `tiny` seeded random weights with the tokenizer's
+/// vocabulary (as `cargo xtask finetune` builds it).
+fn load_base<B: Backend>(
+    args: &Sensitivity,
+    vocab: usize,
+    dtype: DType,
+    device: &B::Device,
+) -> anyhow::Result<(LlamaForCausalLM<B>, Option<ModelSource>)> {
+    if args.model == "tiny" {
+        B::seed(device, args.seed);
+        let config = LlamaConfig {
+            vocab_size: vocab,
+            ..LlamaConfig::preset("tiny")?
+        };
+        return Ok((config.init_random::<B>(device).with_dtype(dtype), None));
+    }
+    let source = ModelSource::resolve(&args.model, args.model_dir.as_deref())?;
+    let model = source.load::<B>(dtype, device)?;
+    Ok((model, Some(source)))
+}
+
+impl BackendJob for Job {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
+        let Job { args, sweep } = self;
+        let started = Instant::now();
+        let task: Task = args
+            .task
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+        ensure!(
+            task.is_training(),
+            "--task {task} is an evaluation set; use csr170k or math10k"
+        );
+        let data_path = match &args.data {
+            Some(p) => p.clone(),
+            None => PathBuf::from("datasets").join(
+                task.sample_file()
+                    .context("the task has no shipped sample")?,
+            ),
+        };
+        let records = load_records(&data_path)?;
+        ensure!(
+            !records.is_empty(),
+            "{} holds no records: nothing to measure the loss on",
+            data_path.display()
+        );
+        let n_held = args.held_out.min(records.len());
+        if n_held < args.held_out {
+            eprintln!(
+                "warning: {} has only {} records; using all of them (--held-out {})",
+                data_path.display(),
+                records.len(),
+                args.held_out
+            );
+        }
+        let held = &records[records.len() - n_held..];
+
+        let tokenizer_name = if args.model == "tiny" {
+            "smollm2-135m"
+        } else {
+            &args.model
+        };
+        let tokenizer =
+            ModelSource::resolve(tokenizer_name, args.model_dir.as_deref())?.tokenizer()?;
+        let (model, source) = load_base::<B>(&args, tokenizer.vocab_size(), dtype, &device)?;
+        let (model, lora_config) = match &args.adapter {
+            Some(dir) => {
+                let peft = lora::load_peft(dir)
+                    .with_context(|| format!("reading adapter {}", dir.display()))?;
+                let lora = peft.config.clone();
+                let model = model
+                    .apply_peft_adapter(peft, &device)
+                    .with_context(|| format!("attaching adapter {}", dir.display()))?;
+                (model, lora)
+            }
+            None => (model, LoraConfig::new()),
+        };
+        let config = model.config.clone();
+        let num_layers = config.num_hidden_layers;
+        let layers = resolve_layers(sweep.layers.as_ref(), num_layers)?;
+
+        // Held-out batches, fixed for the whole sweep.
+        let eos = config.eos_ids().first().copied().unwrap_or(0);
+        let examples = tokenize_records(
+            &tokenizer,
+            held,
+            task.response_field(),
+            &TokenizeConfig::new(eos),
+        )?;
+        let answer_tokens: usize = examples.iter().map(|e| e.num_targets()).sum();
+        ensure!(
+            answer_tokens > 0,
+            "the {n_held} held-out records have no answer tokens (all cut off?)"
+        );
+        let collate =
+            CollateConfig::new(config.pad_id()).with_pad_to_multiple_of(args.pad_to_multiple_of);
+        let padded: Vec<PaddedBatch> = examples
+            .chunks(args.batch_size)
+            .map(|chunk| pad_left(chunk, &collate))
+            .collect::<Result<_, _>>()?;
+        let batches: Vec<HeldOutBatch<B>> = padded
+            .iter()
+            .map(|p| {
+                let tensors = p.to_tensors::<B>(&device);
+                let split = TokenSplit::from_dense_mask(&tensors.answer_tokens, &device);
+                HeldOutBatch { tensors, split }
+            })
+            .collect();
+        let model_label = match &args.adapter {
+            Some(a) => format!("{} + adapter {}", args.model, a.display()),
+            None => args.model.clone(),
+        };
+        eprintln!(
+            "{model_label} ({:?}, {dtype:?}) | {n_held} held-out records from {} ({answer_tokens} \
+             answer tokens, {} batches) | {} layers",
+            args.backend,
+            data_path.display(),
+            batches.len(),
+            num_layers
+        );
+
+        // The estimator's factors for every swept block.
+        let mut needs = SparsityPlan::dense(num_layers);
+        for &layer in &layers {
+            for (block, ratios) in &sweep.blocks {
+                needs.set(layer, *block, ratios[0])?;
+            }
+        }
+        let cache = if args.selection != Selection::Estimated {
+            SvdCache {
+                rank: args.rank,
+                factors: BTreeMap::new(),
+            }
+        } else {
+            B::seed(&device, 0);
+            let t = Instant::now();
+            let path = match (&args.svd_cache, &source) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(s)) => Some(s.svd_cache_path(args.rank)),
+                (None, None) => None,
+            };
+            match path {
+                None => {
+                    let cache = SvdCache::build(&model, args.rank, |l, target| {
+                        plan_needs(&needs, l, target)
+                    });
+                    eprintln!(
+                        "SVD factors (rank {}) built in memory in {:.1} s",
+                        args.rank,
+                        t.elapsed().as_secs_f64()
+                    );
+                    cache
+                }
+                Some(path) => {
+                    let identity = match &source {
+                        Some(s) => s.identity()?,
+                        None => format!("tiny(seed={},vocab={})", args.seed, config.vocab_size),
+                    };
+                    match SvdCache::load_or_build(&path, &identity, args.rank, &model, &needs) {
+                        Ok((cache, CacheOrigin::Reused)) => {
+                            eprintln!("SVD cache {} reused", path.display());
+                            cache
+                        }
+                        Ok((cache, CacheOrigin::Built(why))) => {
+                            eprintln!(
+                                "SVD cache {} {why}: rebuilt in {:.1} s",
+                                path.display(),
+                                t.elapsed().as_secs_f64()
+                            );
+                            cache
+                        }
+                        // A read-only model folder: the sweep only needs the factors in memory.
+                        Err(e @ SvdCacheError::RebuildFailed { .. }) => {
+                            eprintln!("warning: {e}; using factors built in memory instead");
+                            B::seed(&device, 0);
+                            SvdCache::build(&model, args.rank, |l, target| {
+                                plan_needs(&needs, l, target)
+                            })
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        };
+        let options = SelectorOptions::default().with_mode(args.selection.selector_mode(args.seed));
+
+        // The dense baseline, then one block at a time.
+        let t = Instant::now();
+        let baseline = mean_loss(&model, &batches, None);
+        ensure!(
+            baseline.is_finite(),
+            "the dense model's held-out loss is {baseline}: nothing to compare against"
+        );
+        eprintln!(
+            "dense held-out loss {baseline:.4} ({:.2} s per pass)",
+            t.elapsed().as_secs_f64()
+        );
+        let total: usize = layers.len() * sweep.blocks.iter().map(|(_, r)| r.len()).sum::<usize>();
+        let bar = ProgressBar::new(total as u64).with_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        let sweep_start = Instant::now();
+        let mut rows = Vec::with_capacity(total);
+        for &layer in &layers {
+            for (block, ratios) in &sweep.blocks {
+                for &ratio in ratios {
+                    bar.set_message(format!("layer {layer} {} {ratio}", block.name()));
+                    let mut plan = SparsityPlan::dense(num_layers);
+                    plan.set(layer, *block, ratio)?;
+                    let selector = SvdChannelSelector::new(&cache, plan, &config, options)?;
+                    let loss = mean_loss(&model, &batches, Some(&selector));
+                    rows.push(Row {
+                        layer,
+                        block: *block,
+                        ratio,
+                        loss,
+                        delta: loss - baseline,
+                    });
+                    bar.inc(1);
+                }
+            }
+        }
+        bar.finish_and_clear();
+        let sweep_s = sweep_start.elapsed().as_secs_f64();
+        eprintln!("{total} sparse evaluations in {sweep_s:.1} s");
+
+        // The proposal, on the analytic FLOPs of a training step shaped like the held-out
+        // batches.
+        let mean_seq = padded.iter().map(|p| p.seq).sum::<usize>() as f64 / padded.len() as f64;
+        let mean_answer = answer_tokens as f64 / examples.len() as f64;
+        let tokens = StepTokens::synthetic(
+            args.batch_size,
+            mean_seq.round().max(1.0) as usize,
+            mean_answer.round().max(1.0) as usize,
+        );
+        let counter = FlopsCounter {
+            selection: args.selection.config_mode(),
+            estimator_rank: args.rank,
+            ..FlopsCounter::new(&config, &lora_config)
+        };
+        let flops = |plan: &SparsityPlan| counter.step(&tokens, Some(plan)).ratio();
+        let proposal = propose(&rows, num_layers, args.budget, flops);
+        let proposed = proposal_config(&proposal, &args.model, args.rank, args.selection);
+        let source_text = format!(
+            "{model_label}, {n_held} held-out records of {}",
+            data_path.display()
+        );
+        let toml = format!(
+            "{}\n{}",
+            proposal_header(&proposal, &sweep, &source_text, &tokens),
+            proposed.to_toml_string()
+        );
+        // What we write must read back as the same plan.
+        let reread = SparsityConfig::from_toml_str(&toml).context("the proposed config")?;
+        ensure!(
+            reread.plan(num_layers)? == proposal.plan,
+            "internal error: proposed.toml does not read back as the proposed plan"
+        );
+
+        // Files.
+        let out = args.output_dir();
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let path = out.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        write("sensitivity.csv", &csv(&rows))?;
+        let info = RunInfo {
+            model: &args.model,
+            adapter: args.adapter.as_deref(),
+            data: &data_path,
+            task,
+            held_out: n_held,
+            answer_tokens,
+            baseline,
+            args: &args,
+            dtype,
+            sweep_s,
+        };
+        write(
+            "sensitivity.json",
+            &serde_json::to_string_pretty(&report_json(&info, &rows, &proposal, &tokens))?,
+        )?;
+        let toml_path = write("proposed.toml", &toml)?;
+        let png = out.join("sensitivity.png");
+        let title = format!(
+            "Held-out loss rise, one block sparse at a time: {model_label} (dense {baseline:.3})"
+        );
+        draw_heat_map(&heat_map(&rows, &sweep, &layers, &title), &png)?;
+
+        print_summary(&rows, &sweep, &layers, baseline);
+        println!(
+            "\nproposed for a FLOPs budget of {:.3}: {} of {} measured blocks sparse, FLOPs {:.3} \
+             of dense LoRA{}",
+            args.budget,
+            proposal.chosen.len(),
+            proposal.chosen.len() + proposal.dense.len(),
+            proposal.flops_ratio,
+            if proposal.budget_met() {
+                ""
+            } else {
+                " (budget NOT met: every block is sparse)"
+            }
+        );
+        println!("\n{toml}");
+        eprintln!(
+            "wrote {}/{{sensitivity.csv, sensitivity.json, sensitivity.png}} and {} in {:.1} s",
+            out.display(),
+            toml_path.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+/// `layer,block,ratio,loss,delta_loss`, one line per measurement.
+fn csv(rows: &[Row]) -> String {
+    let mut text = String::from("layer,block,ratio,loss,delta_loss\n");
+    for r in rows {
+        let _ = writeln!(
+            text,
+            "{},{},{},{:.6},{:.6}",
+            r.layer,
+            r.block.name(),
+            r.ratio,
+            r.loss,
+            r.delta
+        );
+    }
+    text
+}
+
+/// What sensitivity.json records about the run.
+struct RunInfo<'a> {
+    model: &'a str,
+    adapter: Option<&'a Path>,
+    data: &'a Path,
+    task: Task,
+    held_out: usize,
+    answer_tokens: usize,
+    baseline: f64,
+    args: &'a Sensitivity,
+    dtype: DType,
+    sweep_s: f64,
+}
+
+fn report_json(
+    info: &RunInfo,
+    rows: &[Row],
+    proposal: &Proposal,
+    tokens: &StepTokens,
+) -> serde_json::Value {
+    let row = |r: &Row| {
+        json!({
+            "layer": r.layer,
+            "block": r.block.name(),
+            "ratio": r.ratio,
+            "loss": r.loss,
+            "delta_loss": r.delta,
+        })
+    };
+    let args = info.args;
+    json!({
+        "model": info.model,
+        "adapter": info.adapter.map(|a| a.display().to_string()),
+        "data": info.data.display().to_string(),
+        "task": info.task.name(),
+        "held_out_records": info.held_out,
+        "answer_tokens": info.answer_tokens,
+        "batch_size": args.batch_size,
+        "backend": format!("{:?}", args.backend).to_lowercase(),
+        "dtype": format!("{:?}", info.dtype).to_lowercase(),
+        "selection": format!("{:?}", args.selection).to_lowercase(),
+        "estimator_rank": args.rank,
+        "baseline_loss": info.baseline,
+        "sweep_seconds": info.sweep_s,
+        "command_line": std::env::args().collect::<Vec<_>>(),
+        "rows": rows.iter().map(row).collect::<Vec<_>>(),
+        "proposal": {
+            "budget": proposal.budget,
+            "flops_ratio": proposal.flops_ratio,
+            "budget_met": proposal.budget_met(),
+            "flops_tokens": {
+                "sequences": tokens.sequences,
+                "seq_len": tokens.seq_len,
+                "answer_tokens": tokens.answer_tokens,
+            },
+            "sparse_in_order": proposal.chosen.iter().map(row).collect::<Vec<_>>(),
+            "dense_in_order": proposal.dense.iter().map(row).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// The columns of the table: every swept block with each of its ratios.
+fn columns(sweep: &Sweep) -> Vec<(Block, f64)> {
+    sweep
+        .blocks
+        .iter()
+        .flat_map(|(b, ratios)| ratios.iter().map(move |&r| (*b, r)))
+        .collect()
+}
+
+/// The delta of `(layer, block, ratio)`, NaN if not measured.
+fn delta_at(rows: &[Row], layer: usize, block: Block, ratio: f64) -> f64 {
+    rows.iter()
+        .find(|r| r.layer == layer && r.block == block && r.ratio == ratio)
+        .map_or(f64::NAN, |r| r.delta)
+}
+
+fn heat_map<'a>(rows: &[Row], sweep: &Sweep, layers: &[usize], title: &'a str) -> HeatMap<'a> {
+    let cols = columns(sweep);
+    HeatMap {
+        title,
+        rows: layers.iter().map(ToString::to_string).collect(),
+        columns: cols.iter().map(|(_, r)| r.to_string()).collect(),
+        column_groups: sweep
+            .blocks
+            .iter()
+            .map(|(b, ratios)| (b.name().to_string(), ratios.len()))
+            .collect(),
+        values: layers
+            .iter()
+            .map(|&l| cols.iter().map(|&(b, r)| delta_at(rows, l, b, r)).collect())
+            .collect(),
+        x_desc: "sparse block, sparsity (fraction of its channels dropped)",
+        y_desc: "layer",
+        scale_label: "Δ loss (nats)",
+    }
+}
+
+fn print_summary(rows: &[Row], sweep: &Sweep, layers: &[usize], baseline: f64) {
+    let cols = columns(sweep);
+    println!("dense held-out loss: {baseline:.4}; each cell: loss rise with that block sparse\n");
+    let mut header = String::from("| layer |");
+    let mut rule = String::from("|---|");
+    for (b, r) in &cols {
+        let _ = write!(header, " {} {r} |", b.name());
+        rule.push_str("---|");
+    }
+    println!("{header}\n{rule}");
+    for &layer in layers {
+        let mut line = format!("| {layer} |");
+        for &(b, r) in &cols {
+            let _ = write!(line, " {:+.4} |", delta_at(rows, layer, b, r));
+        }
+        println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(layer: usize, block: Block, ratio: f64, delta: f64) -> Row {
+        Row {
+            layer,
+            block,
+            ratio,
+            loss: 2.0 + delta,
+            delta,
+        }
+    }
+
+    /// 4 layers; MLP swept at 0.5 and 0.9, attention at 0.5.
+    fn table() -> Vec<Row> {
+        use Block::{Attn, Mlp};
+        vec![
+            row(0, Mlp, 0.5, 0.30),
+            row(0, Mlp, 0.9, 2.00),
+            row(0, Attn, 0.5, 0.50),
+            row(1, Mlp, 0.5, 0.01),
+            row(1, Mlp, 0.9, 0.20),
+            row(1, Attn, 0.5, 0.05),
+            row(2, Mlp, 0.5, 0.00),
+            row(2, Mlp, 0.9, 0.02),
+            row(2, Attn, 0.5, f64::NAN),
+            row(3, Mlp, 0.5, -0.01),
+            row(3, Mlp, 0.9, 0.02),
+            row(3, Attn, 0.5, 0.10),
+        ]
+    }
+
+    /// Each sparse MLP saves 0.1 of the FLOPs, each sparse attention 0.05.
+    fn toy_flops(plan: &SparsityPlan) -> f64 {
+        let mut f = 1.0;
+        for l in 0..plan.num_layers() {
+            if plan.ratio(l, Block::Mlp) > 0.0 {
+                f -= 0.1;
+            }
+            if plan.ratio(l, Block::Attn) > 0.0 {
+                f -= 0.05;
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn proposal_makes_the_least_sensitive_blocks_sparse_first() {
+        let p = propose(&table(), 4, 0.76, toy_flops);
+        // At MLP 0.9: layer 3 (0.02) before layer 2 (0.02, tie: deeper first), then layer 1
+        // attention (0.05) ... until 0.76 is reached: 1 - 0.1 - 0.1 - 0.05 = 0.75.
+        let order: Vec<(usize, Block)> = p.chosen.iter().map(|r| (r.layer, r.block)).collect();
+        assert_eq!(
+            order,
+            vec![(3, Block::Mlp), (2, Block::Mlp), (1, Block::Attn)]
+        );
+        assert!((p.flops_ratio - 0.75).abs() < 1e-12);
+        assert!(p.budget_met());
+        assert_eq!(p.plan.ratio(3, Block::Mlp), 0.9);
+        assert_eq!(p.plan.ratio(1, Block::Attn), 0.5);
+        assert_eq!(p.plan.ratio(0, Block::Mlp), 0.0);
+        // Left dense, least sensitive first; the non-finite layer-2 attention is no candidate.
+        let dense: Vec<(usize, Block)> = p.dense.iter().map(|r| (r.layer, r.block)).collect();
+        assert_eq!(
+            dense,
+            vec![
+                (3, Block::Attn),
+                (1, Block::Mlp),
+                (0, Block::Attn),
+                (0, Block::Mlp)
+            ]
+        );
+        let config = proposal_config(&p, "toy", 8, Selection::Estimated);
+        let text = config.to_toml_string();
+        let back = SparsityConfig::from_toml_str(&text).unwrap();
+        assert_eq!(back.plan(4).unwrap(), p.plan);
+        assert_eq!(back.mlp.len(), 1);
+        assert_eq!(back.mlp[0].layers.to_string(), "2-3");
+        assert_eq!(back.self_attn[0].layers.to_string(), "1");
+    }
+
+    #[test]
+    fn proposal_edge_cases() {
+        // A budget the dense model meets: nothing sparse.
+        let p = propose(&table(), 4, 1.0, toy_flops);
+        assert!(p.chosen.is_empty() && p.budget_met());
+        assert!(proposal_config(&p, "toy", 8, Selection::Oracle)
+            .plan(4)
+            .unwrap()
+            .is_dense());
+        // An unreachable budget: every finite candidate sparse, reported as not met.
+        let p = propose(&table(), 4, 0.1, toy_flops);
+        assert_eq!(p.chosen.len(), 7);
+        assert!(!p.budget_met());
+        assert!((p.flops_ratio - (1.0 - 0.4 - 0.15)).abs() < 1e-12);
+        // A block whose sparsity saves nothing stays dense.
+        let no_attn_saving = |plan: &SparsityPlan| {
+            1.0 - 0.1
+                * (0..plan.num_layers())
+                    .filter(|&l| plan.ratio(l, Block::Mlp) > 0.0)
+                    .count() as f64
+        };
+        let p = propose(&table(), 4, 0.1, no_attn_saving);
+        assert!(p.chosen.iter().all(|r| r.block == Block::Mlp));
+        assert_eq!(p.chosen.len(), 4);
+        let header = proposal_header(
+            &p,
+            &Sweep {
+                blocks: vec![(Block::Mlp, vec![0.5, 0.9])],
+                layers: None,
+            },
+            "a test",
+            &StepTokens::synthetic(2, 10, 3),
+        );
+        assert!(header.contains("budget NOT met") && header.contains("mlp 0.9"));
+        assert!(header.lines().all(|l| l.starts_with('#')), "{header}");
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        assert_eq!(
+            parse_blocks("mlp, self_attn,mlp").unwrap(),
+            vec![Block::Mlp, Block::Attn]
+        );
+        let e = parse_blocks("mlp,ffn").unwrap_err().to_string();
+        assert!(e.contains("unknown block `ffn`"), "{e}");
+        assert!(parse_blocks(" , ").is_err());
+        assert_eq!(
+            parse_ratios("--ratios", "0.9,0.5,0.9").unwrap(),
+            vec![0.5, 0.9]
+        );
+        for bad in ["1.0", "1.5", "-0.1", "nan"] {
+            let e = parse_ratios("--mlp-ratios", bad).unwrap_err().to_string();
+            assert!(e.contains("outside [0, 1)"), "{bad}: {e}");
+        }
+        assert!(parse_ratios("--ratios", "0")
+            .unwrap_err()
+            .to_string()
+            .contains("dense"));
+        assert!(parse_ratios("--ratios", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
+        assert_eq!(parse_layers("all").unwrap(), None);
+        let set = parse_layers("0-2,5").unwrap();
+        assert_eq!(resolve_layers(set.as_ref(), 6).unwrap(), vec![0, 1, 2, 5]);
+        let e = resolve_layers(set.as_ref(), 4).unwrap_err().to_string();
+        assert!(
+            e.contains("layer 5 is out of range") && e.contains("0..=3"),
+            "{e}"
+        );
+        assert_eq!(resolve_layers(None, 3).unwrap(), vec![0, 1, 2]);
+        assert!(parse_layers("3-").is_err());
+        assert_eq!(
+            default_output("/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            PathBuf::from("runs/sensitivity-SmolLM2-135M-Instruct.Q4_1")
+        );
+        assert_eq!(
+            default_output("tiny"),
+            PathBuf::from("runs/sensitivity-tiny")
+        );
+    }
+
+    #[test]
+    fn csv_and_heat_map_layout() {
+        let rows = table();
+        let text = csv(&rows);
+        assert!(
+            text.starts_with("layer,block,ratio,loss,delta_loss\n0,mlp,0.5,2.300000,0.300000\n")
+        );
+        assert_eq!(text.lines().count(), rows.len() + 1);
+        let sweep = Sweep {
+            blocks: vec![(Block::Mlp, vec![0.5, 0.9]), (Block::Attn, vec![0.5])],
+            layers: None,
+        };
+        let map = heat_map(&rows, &sweep, &[0, 1, 2, 3], "t");
+        assert_eq!(map.columns, vec!["0.5", "0.9", "0.5"]);
+        assert_eq!(
+            map.column_groups,
+            vec![("mlp".to_string(), 2), ("self_attn".to_string(), 1)]
+        );
+        assert_eq!(map.values[1], vec![0.01, 0.20, 0.05]);
+        assert!(map.values[2][2].is_nan());
+    }
+}
