@@ -172,11 +172,16 @@ impl StepObserver for Progress {
         if m.step == 1 || m.step.is_multiple_of(10) || m.step == total {
             // Sparse steps: analytic FLOPs relative to dense LoRA, and the channel selection's
             // share of the step's wall-clock time.
+            let estimator = m.estimator_s.map_or(String::new(), |s| {
+                format!(
+                    ", estimator {:.1}% of step",
+                    100.0 * s / m.step_time_s.max(1e-9)
+                )
+            });
             let sparse = match m.flops_ratio {
-                Some(ratio) if m.sparse => format!(
-                    "  sparse: FLOPs x{ratio:.2} of dense, estimator {:.1}% of step",
-                    100.0 * m.estimator_s / m.step_time_s.max(1e-9)
-                ),
+                Some(ratio) if m.sparse => {
+                    format!("  sparse: FLOPs x{ratio:.2} of dense{estimator}")
+                }
                 Some(_) => "  dense start".into(),
                 None => String::new(),
             };

@@ -771,6 +771,14 @@ impl BackendJob for Job {
                     bar.inc(1);
                 }
             }
+            if bar.is_hidden() {
+                // No terminal (a log file): one line per layer instead of the bar.
+                eprintln!(
+                    "layer {layer} done ({} of {total} evaluations, {:.1} s)",
+                    rows.len(),
+                    sweep_start.elapsed().as_secs_f64()
+                );
+            }
         }
         bar.finish_and_clear();
         let sweep_s = sweep_start.elapsed().as_secs_f64();

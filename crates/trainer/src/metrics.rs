@@ -29,9 +29,10 @@ pub struct StepMetrics {
     /// Whether the step ran the SparseLoRA path.
     #[serde(default)]
     pub sparse: bool,
-    /// Seconds of the step spent choosing channels (the estimator's share of `step_time_s`).
-    #[serde(default)]
-    pub estimator_s: f64,
+    /// Seconds of the step spent choosing channels (the estimator's share of `step_time_s`),
+    /// on the sparse steps where it is measured (one in `ESTIMATOR_TIMING_EVERY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimator_s: Option<f64>,
     /// Analytic FLOPs of the step relative to the same step under dense LoRA (SPEC 9); `None`
     /// for dense runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

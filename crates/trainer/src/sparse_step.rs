@@ -79,10 +79,14 @@ fn unit_interval(seed: u64, index: u64) -> f64 {
 /// Wraps a selector and adds up the wall-clock time of its calls. The device is synchronised
 /// before and after each call, so on asynchronous backends (CUDA, wgpu) the time is the
 /// selection's own work, not the queue in front of it.
+///
+/// Synchronising stalls the device's queue, so only steps that ask for it are timed
+/// ([`Self::set_timing`]); the others run the selector untouched.
 pub struct TimedSelector<'a, B: Backend> {
     inner: &'a dyn ChannelSelector<B>,
     device: B::Device,
     elapsed: Cell<Duration>,
+    timing: Cell<bool>,
 }
 
 impl<'a, B: Backend> TimedSelector<'a, B> {
@@ -92,7 +96,13 @@ impl<'a, B: Backend> TimedSelector<'a, B> {
             inner,
             device: device.clone(),
             elapsed: Cell::new(Duration::ZERO),
+            timing: Cell::new(true),
         }
+    }
+
+    /// Whether the next calls are timed (and the device synchronised around them).
+    pub fn set_timing(&self, on: bool) {
+        self.timing.set(on);
     }
 
     /// Time spent in selections since the last call, and resets it.
@@ -101,6 +111,9 @@ impl<'a, B: Backend> TimedSelector<'a, B> {
     }
 
     fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        if !self.timing.get() {
+            return f();
+        }
         // A failed sync only makes the timing less precise; the training step reports the error
         // itself at its next read of a tensor.
         let _ = B::sync(&self.device);

@@ -75,6 +75,9 @@ fn io_error(context: &str, message: impl std::fmt::Display) -> TrainError {
     }
 }
 
+/// Sparse steps whose channel selection is timed: one in this many.
+pub const ESTIMATOR_TIMING_EVERY: usize = 10;
+
 /// Where and how a run happens, beyond the hyper-parameters.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -207,6 +210,11 @@ where
     while state.step < total_steps {
         let start = Instant::now();
         let sparse_now = sparse.filter(|s| s.is_sparse_at(state.step, total_steps));
+        // The estimator's time is measured on one step in ten (measuring synchronises the device).
+        let timed_step = (state.step + 1).is_multiple_of(ESTIMATOR_TIMING_EVERY);
+        if let Some(timed) = &timed {
+            timed.set_timing(timed_step);
+        }
         let mut flops = (0.0, 0.0); // (this step, the same step dense)
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM<B>>::new();
         let (mut loss_sum, mut tokens) = (0.0, 0);
@@ -272,7 +280,8 @@ where
             sparse: sparse_now.is_some(),
             estimator_s: timed
                 .as_ref()
-                .map_or(0.0, |t| t.take_elapsed().as_secs_f64()),
+                .filter(|_| timed_step && sparse_now.is_some())
+                .map(|t| t.take_elapsed().as_secs_f64()),
             flops_ratio: sparse.map(|_| {
                 if flops.1 > 0.0 {
                     flops.0 / flops.1
