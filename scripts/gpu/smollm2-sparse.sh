@@ -28,7 +28,7 @@ stage sensitivity 170 "$XTASK" sensitivity --model smollm2-135m --backend cuda -
   --data "$DATA/heldout.jsonl" --held-out 128 --batch-size 32 --pad-to-multiple-of 64 \
   --mlp-ratios 0.9,0.97 --attn-ratios 0.5,0.75 --budget 0.75 --output $R/sensitivity
 CONFIG=$R/sensitivity/proposed.toml
-[ -f "$CONFIG" ] || { CONFIG=configs/sparsity/smollm2-135m-demo.toml; echo "no proposal: using $CONFIG"; }
+[ -f "$CONFIG" ] || { CONFIG=configs/sparsity/smollm2-135m-csr.toml; echo "no proposal: using $CONFIG"; }
 stage train-sparse 270 "$XTASK" finetune "${COMMON[@]}" --max-steps "$STEPS" --sparsity "$CONFIG" \
   --output /tmp/sparse
 cp /tmp/sparse/metrics.jsonl $R/metrics-sparse.jsonl 2>/dev/null

@@ -116,6 +116,11 @@ pub struct Sensitivity {
     /// Output folder; default `runs/sensitivity-<model>`.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Only redraw the heat map (and print the table) from an earlier run's `sensitivity.json`,
+    /// into `sensitivity.png` beside it: e.g. on a machine with fonts, for a run made on a
+    /// headless GPU box without them.
+    #[arg(long)]
+    pub replot: Option<PathBuf>,
 }
 
 /// How the sweep chooses channels.
@@ -236,6 +241,9 @@ fn resolve_layers(layers: Option<&LayerSet>, num_layers: usize) -> anyhow::Resul
 
 impl Sensitivity {
     pub fn run(self) -> anyhow::Result<()> {
+        if let Some(json) = &self.replot {
+            return replot(json);
+        }
         let sweep = self.sweep()?;
         ensure!(self.held_out > 0, "--held-out must be at least 1");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
@@ -1006,6 +1014,65 @@ fn print_summary(rows: &[Row], sweep: &Sweep, layers: &[usize], baseline: f64) {
         }
         println!("{line}");
     }
+}
+
+/// Redraws `sensitivity.png` beside `json` (a `sensitivity.json`) and prints its table.
+fn replot(json: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+    let field = |v: &serde_json::Value, key: &str| -> anyhow::Result<f64> {
+        v[key]
+            .as_f64()
+            .with_context(|| format!("{}: a row lacks the number `{key}`", json.display()))
+    };
+    let mut rows = Vec::new();
+    for v in report["rows"].as_array().context("no `rows` array")? {
+        let block = match v["block"].as_str() {
+            Some("mlp") => Block::Mlp,
+            Some("self_attn") => Block::Attn,
+            other => anyhow::bail!("{}: unknown block {other:?}", json.display()),
+        };
+        rows.push(Row {
+            layer: field(v, "layer")? as usize,
+            block,
+            ratio: field(v, "ratio")?,
+            loss: field(v, "loss")?,
+            delta: field(v, "delta_loss")?,
+        });
+    }
+    ensure!(!rows.is_empty(), "{} holds no measurements", json.display());
+    let baseline = field(&report, "baseline_loss")?;
+    let mut blocks: Vec<(Block, Vec<f64>)> = Vec::new();
+    for r in &rows {
+        match blocks.iter_mut().find(|(b, _)| *b == r.block) {
+            Some((_, ratios)) if !ratios.contains(&r.ratio) => ratios.push(r.ratio),
+            Some(_) => {}
+            None => blocks.push((r.block, vec![r.ratio])),
+        }
+    }
+    for (_, ratios) in &mut blocks {
+        ratios.sort_by(f64::total_cmp);
+    }
+    let sweep = Sweep {
+        blocks,
+        layers: None,
+    };
+    let mut layers: Vec<usize> = rows.iter().map(|r| r.layer).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let mut label = report["model"].as_str().unwrap_or("model").to_owned();
+    if report["adapter"].is_string() {
+        label.push_str(" + adapter");
+    }
+    let title =
+        format!("Held-out loss rise, one block sparse at a time: {label} (dense {baseline:.3})");
+    let png = json.with_file_name("sensitivity.png");
+    draw_heat_map(&heat_map(&rows, &sweep, &layers, &title), &png)?;
+    print_summary(&rows, &sweep, &layers, baseline);
+    eprintln!("wrote {}", png.display());
+    Ok(())
 }
 
 #[cfg(test)]

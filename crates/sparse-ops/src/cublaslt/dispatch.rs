@@ -21,9 +21,10 @@ use super::error::GemmError;
 use super::tensor::{linear_forward, matmul_primitive, CudaBackend, Primitive};
 
 /// Products below this many FLOPs (`2 m n k`) stay on burn's matmul: cuBLASLt's per-call
-/// ordering (two host waits, see `tensor.rs`) costs more than it saves there. Provisional until
-/// the H200 run of `cargo xtask bench gemm`, which prints the measured crossover.
-pub const DEFAULT_MIN_FLOPS: u64 = 1 << 30;
+/// ordering (two host waits, see `tensor.rs`; 43-238 µs per call on the H200) costs more than it
+/// saves there. 2^35 (34 GFLOP) is the crossover `cargo xtask bench gemm` measured on the H200
+/// (`docs/perf.md`): from there on cuBLASLt beat burn on every shape.
+pub const DEFAULT_MIN_FLOPS: u64 = 1 << 35;
 
 static MIN_FLOPS: AtomicU64 = AtomicU64::new(DEFAULT_MIN_FLOPS);
 static WARNED: AtomicBool = AtomicBool::new(false);

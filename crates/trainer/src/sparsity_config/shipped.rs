@@ -51,7 +51,7 @@ fn every_shipped_config_fits_its_model() {
         "llama3-8b-math10k",
         "llama3.1-8b-codefeedback",
         "llama3.1-8b-wizardlm",
-        "smollm2-135m-demo",
+        "smollm2-135m-csr",
         "tiny-demo",
     ];
     for name in expected {
