@@ -85,7 +85,7 @@ mod cuda {
     use sparse_ops::cublaslt::{self, CudaBackend};
 
     use super::super::shapes::GemmShape;
-    use super::Gemm;
+    use super::{git_commit, slug, Gemm};
 
     type Gpu = CudaBackend;
 
@@ -315,38 +315,37 @@ mod cuda {
         });
         Ok(TorchResults { seconds, meta })
     }
-
-    /// `$GIT_COMMIT`, else `git rev-parse HEAD`, else null (the GPU box has no git metadata).
-    fn git_commit() -> Option<String> {
-        if let Ok(commit) = std::env::var("GIT_COMMIT") {
-            return Some(commit);
-        }
-        let out = std::process::Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+/// `$GIT_COMMIT`, else `git rev-parse HEAD`, else null (the GPU box has no git metadata).
+pub fn git_commit() -> Option<String> {
+    if let Ok(commit) = std::env::var("GIT_COMMIT") {
+        return Some(commit);
     }
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
 
-    /// `NVIDIA H200` -> `nvidia-h200`.
-    fn slug(name: &str) -> String {
-        let s: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        s.split('-')
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-            .join("-")
-    }
+/// `NVIDIA H200` -> `nvidia-h200`.
+pub fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.

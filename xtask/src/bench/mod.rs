@@ -4,6 +4,9 @@ mod gemm;
 #[cfg(feature = "cuda")]
 mod gemm_check;
 mod shapes;
+mod svd;
+
+pub use gemm::{git_commit, slug, utc_timestamp};
 
 use clap::{Args, Subcommand};
 
@@ -18,12 +21,15 @@ pub struct Bench {
 enum What {
     /// cuBLASLt (our seam) vs burn's matmul (vs torch.matmul) on LLaMA3-8B's GEMM shapes.
     Gemm(gemm::Gemm),
+    /// The estimator's offline SVD on a random model of a preset's shape (e.g. LLaMA3-8B).
+    Svd(svd::SvdBench),
 }
 
 impl Bench {
     pub fn run(self) -> anyhow::Result<()> {
         match self.what {
             What::Gemm(cmd) => cmd.run(),
+            What::Svd(cmd) => cmd.run(),
         }
     }
 }
