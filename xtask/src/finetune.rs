@@ -185,10 +185,16 @@ impl StepObserver for Progress {
                 Some(_) => "  dense start".into(),
                 None => String::new(),
             };
-            self.0.println(format!(
+            let line = format!(
                 "step {:>6}/{total}  loss {:.4}  lr {:.3e}  grad-norm {:.3}  {:.0} tok/s  {:.2} s{sparse}",
                 m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.step_time_s
-            ));
+            );
+            if self.0.is_hidden() {
+                // No terminal (a log file, CI): the bar draws nothing, so print the line itself.
+                eprintln!("{line}");
+            } else {
+                self.0.println(line);
+            }
         }
     }
 }
