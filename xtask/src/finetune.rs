@@ -10,7 +10,7 @@ use burn::tensor::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::{Block, SparsityPlan};
-use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
+use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
 use svd_estimator::{CacheOrigin, SelectionMode, SelectorOptions, SvdCache, SvdChannelSelector};
 use trainer::flops::{FlopsCounter, StepTokens};
@@ -24,7 +24,7 @@ use trainer::{
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
 use crate::eval::{print_table, run_eval, EvalArgs};
-use crate::model_source::ModelSource;
+use crate::model_source::{load_base, tokenizer_for, ModelSource};
 
 /// Fine-tune with LoRA, or with SparseLoRA given `--sparsity`.
 #[derive(Args, Debug, Clone)]
@@ -126,39 +126,6 @@ impl Finetune {
 
 struct FinetuneJob(Finetune);
 
-/// Loads the base model: a checkpoint, or for `tiny` a seeded random model with the tokenizer's vocabulary.
-fn base_model<B: Backend>(
-    args: &Finetune,
-    tokenizer_vocab: usize,
-    dtype: DType,
-    seed: u64,
-    device: &B::Device,
-) -> anyhow::Result<(LlamaForCausalLM<B>, String)> {
-    if args.model == "tiny" {
-        B::seed(device, seed);
-        let config = LlamaConfig {
-            vocab_size: tokenizer_vocab,
-            ..LlamaConfig::preset("tiny")?
-        };
-        return Ok((
-            config.init_random::<B>(device).with_dtype(dtype),
-            "tiny".into(),
-        ));
-    }
-    let source = ModelSource::resolve(&args.model, args.model_dir.as_deref())?;
-    Ok((source.load::<B>(dtype, device)?, args.model.clone()))
-}
-
-/// The tokenizer of `--model` (`tiny` borrows SmolLM2's).
-fn tokenizer_for(args: &Finetune) -> anyhow::Result<LlamaTokenizer> {
-    let name = if args.model == "tiny" {
-        "smollm2-135m"
-    } else {
-        &args.model
-    };
-    ModelSource::resolve(name, args.model_dir.as_deref())?.tokenizer()
-}
-
 struct Progress(ProgressBar);
 
 impl StepObserver for Progress {
@@ -223,9 +190,16 @@ impl TrainJob for FinetuneJob {
             None => PathBuf::from("datasets")
                 .join(task.sample_file().context("task has no shipped sample")?),
         };
-        let tokenizer = tokenizer_for(&args)?;
-        let (base, base_name) =
-            base_model::<B>(&args, tokenizer.vocab_size(), dtype, config.seed, &device)?;
+        let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
+        let (base, source) = load_base::<B>(
+            &args.model,
+            args.model_dir.as_deref(),
+            tokenizer.vocab_size(),
+            dtype,
+            config.seed,
+            &device,
+        )?;
+        let base_name = args.model.clone();
         let eos = base.config.eos_ids().first().copied().unwrap_or(0);
         let pad = base.config.pad_id();
 
@@ -267,7 +241,7 @@ impl TrainJob for FinetuneJob {
         let sparsity = match &args.sparsity {
             Some(path) => Some(SparseSetup::<B>::new(
                 path,
-                &args,
+                source.as_ref(),
                 &base,
                 &base_name,
                 config.seed,
@@ -342,11 +316,11 @@ struct SparseSetup<B: Backend> {
 }
 
 impl<B: Backend> SparseSetup<B> {
-    /// Reads and checks the config against `base`, loads (or builds and caches) the SVD factors,
-    /// and builds the selector.
+    /// Reads and checks the config against `base`, loads (or builds and caches next to
+    /// `source`'s weights) the SVD factors, and builds the selector.
     fn new(
         path: &std::path::Path,
-        args: &Finetune,
+        source: Option<&ModelSource>,
         base: &LlamaForCausalLM<B>,
         base_name: &str,
         seed: u64,
@@ -360,28 +334,27 @@ impl<B: Backend> SparseSetup<B> {
         }
         let rank = config.estimator_rank;
         let start = std::time::Instant::now();
-        let cache = if config.mode != ConfigMode::Estimated {
+        let cache = match source {
             // Oracle and random selection read no factors.
-            SvdCache::build(base, rank, |_, _| false)
-        } else if args.model == "tiny" {
-            // Random weights drawn per run: nothing worth caching.
-            SvdCache::build(base, rank, |layer, target| {
+            _ if config.mode != ConfigMode::Estimated => SvdCache::build(base, rank, |_, _| false),
+            // `tiny`: random weights drawn per run, nothing worth caching.
+            None => SvdCache::build(base, rank, |layer, target| {
                 svd_estimator::plan_needs(&plan, layer, target)
-            })
-        } else {
-            let source = ModelSource::resolve(&args.model, args.model_dir.as_deref())?;
-            let cache_path = source.svd_cache_path(rank);
-            let (cache, origin) =
-                SvdCache::load_or_build(&cache_path, &source.identity()?, rank, base, &plan)?;
-            let origin = match origin {
-                CacheOrigin::Reused => "reused".to_owned(),
-                CacheOrigin::Built(reason) => format!("built ({reason}), saved to"),
-            };
-            eprintln!(
-                "SVD factors (rank {rank}): {origin} {}",
-                cache_path.display()
-            );
-            cache
+            }),
+            Some(source) => {
+                let cache_path = source.svd_cache_path(rank);
+                let (cache, origin) =
+                    SvdCache::load_or_build(&cache_path, &source.identity()?, rank, base, &plan)?;
+                let origin = match origin {
+                    CacheOrigin::Reused => "reused".to_owned(),
+                    CacheOrigin::Built(reason) => format!("built ({reason}), saved to"),
+                };
+                eprintln!(
+                    "SVD factors (rank {rank}): {origin} {}",
+                    cache_path.display()
+                );
+                cache
+            }
         };
         eprintln!(
             "SparseLoRA: {} sparse MLP and {} sparse attention blocks, {} selection{}, dense start {:?} ({:.1} s to set up)",

@@ -4,13 +4,44 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, DType};
-use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
 
 use crate::fetch_model;
 
 /// Environment variable naming a folder that holds HF checkpoints by preset name
 /// (`$SPARSELORA_MODEL_DIR/llama3-8b/config.json`, ...).
 pub const MODEL_DIR_ENV: &str = "SPARSELORA_MODEL_DIR";
+
+/// `--model tiny`: the 2-layer preset with random weights and SmolLM2's tokenizer.
+pub const TINY: &str = "tiny";
+
+/// The tokenizer of `--model` (`tiny` borrows SmolLM2's).
+pub fn tokenizer_for(model: &str, model_dir: Option<&Path>) -> anyhow::Result<LlamaTokenizer> {
+    let name = if model == TINY { "smollm2-135m" } else { model };
+    ModelSource::resolve(name, model_dir)?.tokenizer()
+}
+
+/// The base model of `--model`: a checkpoint with its source, or for `tiny` random weights drawn
+/// right after seeding the backend with `seed`, over the tokenizer's vocabulary (no source).
+pub fn load_base<B: Backend>(
+    model: &str,
+    model_dir: Option<&Path>,
+    tokenizer_vocab: usize,
+    dtype: DType,
+    seed: u64,
+    device: &B::Device,
+) -> anyhow::Result<(LlamaForCausalLM<B>, Option<ModelSource>)> {
+    if model == TINY {
+        B::seed(device, seed);
+        let config = LlamaConfig {
+            vocab_size: tokenizer_vocab,
+            ..LlamaConfig::preset(TINY)?
+        };
+        return Ok((config.init_random::<B>(device).with_dtype(dtype), None));
+    }
+    let source = ModelSource::resolve(model, model_dir)?;
+    Ok((source.load::<B>(dtype, device)?, Some(source)))
+}
 
 /// Where a model's weights and tokenizer are.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use burn::tensor::{DType, ElementConversion};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::sparsity::{Block, SparsityPlan};
-use llama_burn::{ChannelSelector, LlamaConfig, LlamaForCausalLM, SparseForward, TokenSplit};
+use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
 use lora::LoraConfig;
 use serde_json::json;
 use svd_estimator::{
@@ -37,7 +37,7 @@ use trainer::{
 
 use crate::backend::{parse_dtype, BackendJob, BackendKind};
 use crate::heatmap::{draw_heat_map, HeatMap};
-use crate::model_source::ModelSource;
+use crate::model_source::{load_base, tokenizer_for};
 
 /// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat map,
 /// and a proposed sparsity config for a FLOPs budget.
@@ -553,27 +553,6 @@ fn mean_loss<B: Backend>(
     }
 }
 
-/// The base model: a checkpoint, or for `tiny` seeded random weights with the tokenizer's
-/// vocabulary (as `cargo xtask finetune` builds it).
-fn load_base<B: Backend>(
-    args: &Sensitivity,
-    vocab: usize,
-    dtype: DType,
-    device: &B::Device,
-) -> anyhow::Result<(LlamaForCausalLM<B>, Option<ModelSource>)> {
-    if args.model == "tiny" {
-        B::seed(device, args.seed);
-        let config = LlamaConfig {
-            vocab_size: vocab,
-            ..LlamaConfig::preset("tiny")?
-        };
-        return Ok((config.init_random::<B>(device).with_dtype(dtype), None));
-    }
-    let source = ModelSource::resolve(&args.model, args.model_dir.as_deref())?;
-    let model = source.load::<B>(dtype, device)?;
-    Ok((model, Some(source)))
-}
-
 impl BackendJob for Job {
     type Output = ();
 
@@ -612,14 +591,15 @@ impl BackendJob for Job {
         }
         let held = &records[records.len() - n_held..];
 
-        let tokenizer_name = if args.model == "tiny" {
-            "smollm2-135m"
-        } else {
-            &args.model
-        };
-        let tokenizer =
-            ModelSource::resolve(tokenizer_name, args.model_dir.as_deref())?.tokenizer()?;
-        let (model, source) = load_base::<B>(&args, tokenizer.vocab_size(), dtype, &device)?;
+        let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
+        let (model, source) = load_base::<B>(
+            &args.model,
+            args.model_dir.as_deref(),
+            tokenizer.vocab_size(),
+            dtype,
+            args.seed,
+            &device,
+        )?;
         let (model, lora_config) = match &args.adapter {
             Some(dir) => {
                 let peft = lora::load_peft(dir)
