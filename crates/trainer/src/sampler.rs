@@ -145,7 +145,8 @@ pub fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
 /// SplitMix64 (Steele, Lea and Flood, 2014): small, fast and portable.
 struct SplitMix64(u64);
 
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+/// SplitMix64's state increment.
+pub(crate) const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64's output function.
 fn mix(mut z: u64) -> u64 {
@@ -155,7 +156,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// One SplitMix64 step from state `x`.
-fn splitmix(x: u64) -> u64 {
+pub(crate) fn splitmix(x: u64) -> u64 {
     mix(x.wrapping_add(GOLDEN_GAMMA))
 }
 

@@ -10,6 +10,7 @@ use llama_burn::mlp::LlamaMlp;
 use llama_burn::{AttnChannels, ChannelSelector, SparseForward, TokenSplit};
 
 use crate::batch::TrainBatch;
+use crate::sampler::{splitmix, GOLDEN_GAMMA};
 use crate::sparsity_config::StartStep;
 
 /// How a run uses SparseLoRA.
@@ -65,14 +66,10 @@ impl<B: Backend> SparseTraining<'_, B> {
     }
 }
 
-/// A deterministic draw in `[0, 1)` from `(seed, index)` (SplitMix64).
+/// A deterministic draw in `[0, 1)` from `(seed, index)`: the SplitMix64 output at position
+/// `index` of the stream seeded with `seed`.
 fn unit_interval(seed: u64, index: u64) -> f64 {
-    let mut z = seed
-        .wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = splitmix(seed.wrapping_add(index.wrapping_mul(GOLDEN_GAMMA)));
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
