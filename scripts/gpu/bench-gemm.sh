@@ -8,24 +8,7 @@ XTASK=$1 OUT=$2
 mkdir -p "$OUT"
 export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
 
-# libcublasLt: on the loader's path already, else the CUDA toolkit's, else the pip wheel's
-# (nvidia-cublas, which PyTorch uses).
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
-  dir=$(python3 - <<'PY'
-import glob, os, site, sys
-roots = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
-for base in site.getsitepackages() + [site.getusersitepackages()]:
-    roots += glob.glob(os.path.join(base, "nvidia", "**", "lib"), recursive=True)
-    roots.append(os.path.join(base, "torch", "lib"))
-for root in roots:
-    if glob.glob(os.path.join(root, "libcublasLt.so*")):
-        print(root)
-        sys.exit()
-PY
-)
-  if [ -n "$dir" ]; then export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
-  echo "libcublasLt from ${dir:-nowhere found}"
-fi
+source "$(dirname "$0")/cublaslt-path.sh"
 
 "$XTASK" bench gemm --check 2>&1 | tee "$OUT/check.log"
 check=${PIPESTATUS[0]}

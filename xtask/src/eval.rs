@@ -10,7 +10,7 @@ use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
 use trainer::{evaluate, load_records, Task, TaskAccuracy};
 
 use crate::backend::{parse_dtype, BackendJob, BackendKind};
-use crate::model_source::ModelSource;
+use crate::model_source::{load_base, tokenizer_for};
 
 /// Which records to evaluate on.
 #[derive(Args, Debug, Clone)]
@@ -36,9 +36,13 @@ pub struct EvalArgs {
 /// Evaluate a model (and adapter) on downstream tasks.
 #[derive(Args, Debug, Clone)]
 pub struct Eval {
-    /// Preset name, HF folder or `.gguf`.
+    /// `tiny` (random weights, SmolLM2 tokenizer), a preset name, an HF folder or a `.gguf`.
     #[arg(long, default_value = "smollm2-135m")]
     model: String,
+    /// For `--model tiny`: the seed its random base was drawn with (the training config's
+    /// `seed`; 42 in `configs/train/tiny-default.toml`).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
     /// Folder holding HF checkpoints by preset name.
     #[arg(long)]
     model_dir: Option<PathBuf>,
@@ -69,9 +73,15 @@ impl BackendJob for Eval {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
-        let source = ModelSource::resolve(&self.model, self.model_dir.as_deref())?;
-        let tokenizer = source.tokenizer()?;
-        let mut model = source.load::<B>(dtype, &device)?;
+        let tokenizer = tokenizer_for(&self.model, self.model_dir.as_deref())?;
+        let (mut model, _) = load_base::<B>(
+            &self.model,
+            self.model_dir.as_deref(),
+            tokenizer.vocab_size(),
+            dtype,
+            self.seed,
+            &device,
+        )?;
         if let Some(adapter) = &self.adapter {
             model = model
                 .load_peft_adapter(adapter, &device)

@@ -18,8 +18,8 @@ use trainer::metrics::StepMetrics;
 use trainer::sparse_step::{BatchFlops, SparseTraining};
 use trainer::sparsity_config::{SelectionMode as ConfigMode, SparsityConfig};
 use trainer::{
-    load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions, StepObserver, Task,
-    TokenizeConfig, TrainConfig,
+    check_examples, load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions,
+    StepObserver, Task, TokenizeConfig, TrainConfig,
 };
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
@@ -206,6 +206,16 @@ impl TrainJob for FinetuneJob {
         let records = load_records(&data_path)?;
         let tokenize = TokenizeConfig::new(eos).with_cutoff_len(config.max_seq_len.min(256));
         let examples = tokenize_records(&tokenizer, &records, task.response_field(), &tokenize)?;
+        let answerless = check_examples(&examples, base.config.vocab_size, tokenize.cutoff_len)
+            .with_context(|| format!("training data {}", data_path.display()))?;
+        if answerless > 0 {
+            eprintln!(
+                "warning: {answerless} of {} examples lose their whole answer to truncation at {} \
+                 tokens and contribute nothing",
+                examples.len(),
+                tokenize.cutoff_len
+            );
+        }
         eprintln!(
             "{} examples from {} | model {base_name} ({:?}, {:?}) | LoRA r={} alpha={} on {} | {} mode",
             examples.len(),
@@ -309,16 +319,16 @@ impl TrainJob for FinetuneJob {
 
 /// What a SparseLoRA run needs beside the model: its config, the plan for this model, and the
 /// channel selector (with the SVD factors it reads).
-struct SparseSetup<B: Backend> {
-    config: SparsityConfig,
-    plan: SparsityPlan,
+pub(crate) struct SparseSetup<B: Backend> {
+    pub(crate) config: SparsityConfig,
+    pub(crate) plan: SparsityPlan,
     selector: SvdChannelSelector<B>,
 }
 
 impl<B: Backend> SparseSetup<B> {
     /// Reads and checks the config against `base`, loads (or builds and caches next to
     /// `source`'s weights) the SVD factors, and builds the selector.
-    fn new(
+    pub(crate) fn new(
         path: &std::path::Path,
         source: Option<&ModelSource>,
         base: &LlamaForCausalLM<B>,
@@ -382,7 +392,7 @@ impl<B: Backend> SparseSetup<B> {
     }
 
     /// The loop's view of this setup; FLOPs are counted for `model` with `lora`.
-    fn training<'a>(
+    pub(crate) fn training<'a>(
         &'a self,
         model: &'a LlamaConfig,
         lora: &'a LoraConfig,

@@ -129,26 +129,38 @@ impl<B: Backend> LlamaAttention<B> {
             Some(cache) => cache.append(k, v), // [b, nkv, kv_len, hd]
             None => (k, v),
         };
-        let k = repeat_kv(k, nq / nkv); // [b, nq, kv_len, hd]
-        let v = repeat_kv(v, nq / nkv);
-
-        let dtype = q.dtype();
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()); // [b, nq, s, kv_len]
+        let scores = grouped_scores(q, k) * (1.0 / (hd as f64).sqrt()); // [b, nq, s, kv_len]
+        let dtype = scores.dtype();
         let probs = softmax(scores.cast(DType::F32) + mask, 3).cast(dtype);
-        let out = probs.matmul(v); // [b, nq, s, hd]
+        let out = grouped_mix(probs, v); // [b, nq, s, hd]
         out.swap_dims(1, 2).reshape([b, s, nq * hd])
     }
 }
 
-/// Repeats each KV head `n_rep` times along the head axis (HF `repeat_kv`).
+/// `Q K^T` per query head, each query head reading its group's KV head without repeating K: the
+/// `groups` query heads of KV head `m` are stacked as one `[groups * s, hd]` matrix, so the
+/// whole product is one batch of `b * n_kv` matrix products (HF's `repeat_kv` then `Q K^T`,
+/// without the copies).
 ///
-/// `[b, n_kv, t, hd]` -> `[b, n_kv * n_rep, t, hd]`, KV head `m` becoming heads `m*n_rep..(m+1)*n_rep`.
-pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, nkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, nkv, n_rep, t, hd])
-        .reshape([b, nkv * n_rep, t, hd])
+/// # Shapes
+/// - `q`: `[b, nq, s, hd]`, `k`: `[b, nkv, t, hd]`, output `[b, nq, s, t]`
+fn grouped_scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, nq, s, hd] = q.dims();
+    let [_, nkv, t, _] = k.dims();
+    let groups = nq / nkv;
+    let q = q.reshape([b * nkv, groups * s, hd]);
+    let kt = k.reshape([b * nkv, t, hd]).swap_dims(1, 2);
+    sparse_ops::matmul_batched(q, kt).reshape([b, nq, s, t])
+}
+
+/// `P V` per query head with V shared by each group of query heads (see [`grouped_scores`]).
+///
+/// # Shapes
+/// - `probs`: `[b, nq, s, t]`, `v`: `[b, nkv, t, hd]`, output `[b, nq, s, hd]`
+fn grouped_mix<B: Backend>(probs: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, nq, s, t] = probs.dims();
+    let [_, nkv, _, hd] = v.dims();
+    let groups = nq / nkv;
+    let probs = probs.reshape([b * nkv, groups * s, t]);
+    sparse_ops::matmul_batched(probs, v.reshape([b * nkv, t, hd])).reshape([b, nq, s, hd])
 }

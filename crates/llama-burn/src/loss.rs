@@ -59,10 +59,11 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
 /// The positions of a batch that predict a target, gathered on the host from the labels.
 #[derive(Debug, Clone)]
 pub struct LossTargets<B: Backend> {
-    /// Flattened `row * seq + t` for every `t` whose next label is a target: `[n]`.
-    pub predict_at: Tensor<B, 1, Int>,
-    /// The label each of those positions predicts: `[n]`.
-    pub targets: Tensor<B, 1, Int>,
+    /// `(predict_at, targets)`, `None` when there is no target (no zero-size buffer is
+    /// allocated: cubecl-cuda 0.10 cannot allocate one). `predict_at` holds the flattened
+    /// `row * seq + t` of every `t` whose next label is a target, `targets` the label each of
+    /// those positions predicts; both `[n]`.
+    pub positions: Option<(Tensor<B, 1, Int>, Tensor<B, 1, Int>)>,
     /// `n`.
     pub count: usize,
 }
@@ -81,9 +82,10 @@ impl<B: Backend> LossTargets<B> {
             }
         }
         let count = at.len();
+        let tensor =
+            |v: Vec<i64>| Tensor::from_data(burn::tensor::TensorData::new(v, [count]), device);
         Self {
-            predict_at: Tensor::from_data(burn::tensor::TensorData::new(at, [count]), device),
-            targets: Tensor::from_data(burn::tensor::TensorData::new(targets, [count]), device),
+            positions: (count > 0).then(|| (tensor(at), tensor(targets))),
             count,
         }
     }
@@ -101,15 +103,13 @@ pub fn causal_lm_loss_at_targets<B: Backend>(
     targets: &LossTargets<B>,
 ) -> Tensor<B, 1> {
     let [b, s, d] = hidden.dims();
-    if targets.count == 0 {
+    let Some((predict_at, labels)) = &targets.positions else {
         // No answer token: a zero that still belongs to the graph, so backward is a no-op.
         return hidden.sum().cast(DType::F32) * 0.0;
-    }
-    let rows = hidden
-        .reshape([b * s, d])
-        .select(0, targets.predict_at.clone()); // [n, d]
+    };
+    let rows = hidden.reshape([b * s, d]).select(0, predict_at.clone()); // [n, d]
     let logp = log_softmax(model.lm_head(rows).cast(DType::F32), 1); // [n, vocab]
-    let picked = logp.gather(1, targets.targets.clone().unsqueeze_dim::<2>(1)); // [n, 1]
+    let picked = logp.gather(1, labels.clone().unsqueeze_dim::<2>(1)); // [n, 1]
     picked.neg().sum() / targets.count as f64
 }
 

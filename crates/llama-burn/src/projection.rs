@@ -33,8 +33,8 @@ impl<B: Backend> Projection<B> {
         Self { weight, lora: None }
     }
 
-    /// With an adapter, the base output and the f32 adapter update are summed in f32 and cast
-    /// back to the base dtype, as PEFT does (`(result + lora_B(lora_A(x)) * scaling).to(dtype)`).
+    /// With an adapter, the adapter's update (computed in the input's dtype when that is bf16/f16,
+    /// as PEFT under autocast) is added to the base output.
     ///
     /// # Shapes
     /// - `x`: `[..., in]`, output `[..., out]`
@@ -91,7 +91,7 @@ impl<B: Backend> Projection<B> {
         }
     }
 
-    /// `base + adapter(x)`, summed in f32 when the base is not.
+    /// `base + adapter(x)`, summed in f32 (and cast back) when their dtypes differ.
     fn add_adapter<const D: usize>(&self, base: Tensor<B, D>, x: Tensor<B, D>) -> Tensor<B, D> {
         let Some(lora) = &self.lora else {
             return base;

@@ -193,8 +193,11 @@ pub trait ChannelSelector<B: Backend> {
 /// one (SPEC 6: the answer tokens stay dense).
 #[derive(Debug, Clone)]
 pub struct TokenSplit<B: Backend> {
-    dense: Tensor<B, 1, Int>,
-    sparse: Tensor<B, 1, Int>,
+    /// Row indices of each path; `None` for a path without rows, so that no zero-size buffer is
+    /// ever allocated (cubecl-cuda 0.10 cannot allocate one: the failed allocation leaves a
+    /// handle that panics its device thread at every later use).
+    dense: Option<Tensor<B, 1, Int>>,
+    sparse: Option<Tensor<B, 1, Int>>,
     n_dense: usize,
     n_sparse: usize,
 }
@@ -210,7 +213,7 @@ impl<B: Backend> TokenSplit<B> {
         let (d, s) = (rows(true), rows(false));
         let tensor = |v: Vec<i64>| {
             let n = v.len();
-            Tensor::from_data(TensorData::new(v, [n]), device)
+            (n > 0).then(|| Tensor::from_data(TensorData::new(v, [n]), device))
         };
         Self {
             n_dense: d.len(),
@@ -239,29 +242,18 @@ impl<B: Backend> TokenSplit<B> {
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        if self.n_dense == 0 {
-            return sparse_fn(x);
-        }
-        if self.n_sparse == 0 {
-            return dense_fn(x);
-        }
+        let (sparse, dense) = match (&self.sparse, &self.dense) {
+            (Some(sparse), Some(dense)) => (sparse, dense),
+            (_, None) => return sparse_fn(x),
+            (None, Some(_)) => return dense_fn(x),
+        };
         let n = self.n_dense + self.n_sparse;
-        let ys = sparse_fn(x.clone().select(0, self.sparse.clone()));
-        let yd = dense_fn(x.select(0, self.dense.clone()));
+        let ys = sparse_fn(x.clone().select(0, sparse.clone()));
+        let yd = dense_fn(x.select(0, dense.clone()));
         let out = ys.dims()[1];
         Tensor::<B, 2>::zeros([n, out], (&ys.device(), ys.dtype()))
-            .select_assign(
-                0,
-                self.sparse.clone(),
-                ys,
-                burn::tensor::IndexingUpdateOp::Add,
-            )
-            .select_assign(
-                0,
-                self.dense.clone(),
-                yd,
-                burn::tensor::IndexingUpdateOp::Add,
-            )
+            .select_assign(0, sparse.clone(), ys, burn::tensor::IndexingUpdateOp::Add)
+            .select_assign(0, dense.clone(), yd, burn::tensor::IndexingUpdateOp::Add)
     }
 }
 

@@ -1,9 +1,9 @@
 //! One LoRA adapter: the trainable low-rank update `scaling * B A` of a frozen `[out, in]`
 //! projection, as PEFT's `lora.Linear` computes it (`lora_B(lora_A(dropout(x))) * scaling`).
 //!
-//! Adapters are always f32: when the base projection runs in bf16/f16, the input is cast to f32
-//! for the adapter branch (PEFT casts `x` to `lora_A`'s dtype), and the caller adds the f32
-//! update to the base output before casting back to the base dtype.
+//! Adapter weights are always f32 (the optimizer's master weights). When the base projection runs
+//! in bf16/f16, the adapter's products run in that dtype on casts of the weights, as PEFT's do
+//! under `torch.autocast`, and the update is added to the base output in that dtype.
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig};
@@ -124,20 +124,36 @@ impl<B: Backend> LoraAdapter<B> {
         (self.lora_b.lazy_shape()[0], self.lora_a.lazy_shape()[1])
     }
 
-    /// The update `scaling * (dropout(x) A^T) B^T`, in the adapter dtype (f32); `x` is cast to
-    /// that dtype first.
+    /// The update `scaling * (dropout(x) A^T) B^T`.
+    ///
+    /// The weights stay f32 (the optimizer updates f32 master weights), but the products run in
+    /// `x`'s dtype when that is bf16 or f16, with the weights cast to it, as PEFT computes under
+    /// `torch.autocast`: the output is then in `x`'s dtype. An f32 `x` gives an f32 product.
     ///
     /// # Shapes
     /// - `x`: `[..., in]`, output `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let a = self.lora_a.val();
-        let x = if x.dtype() == a.dtype() {
+        let (a, b) = (self.lora_a.val(), self.lora_b.val());
+        let compute = x.dtype();
+        if matches!(compute, DType::BF16 | DType::F16) {
+            return self.forward_in(x, a.cast(compute), b.cast(compute));
+        }
+        let x = if compute == a.dtype() {
             x
         } else {
             x.cast(a.dtype())
         };
+        self.forward_in(x, a, b)
+    }
+
+    fn forward_in<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        a: Tensor<B, 2>,
+        b: Tensor<B, 2>,
+    ) -> Tensor<B, D> {
         let h = sparse_ops::linear(self.dropout.forward(x), a); // [..., r]
-        sparse_ops::linear(h, self.lora_b.val()) * self.scaling
+        sparse_ops::linear(h, b) * self.scaling
     }
 
     /// `scaling * B A`, the change this adapter makes to `W` (what merging adds), in f32.

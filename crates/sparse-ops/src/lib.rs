@@ -12,5 +12,5 @@ pub mod cublaslt;
 mod linear;
 mod sliced;
 
-pub use linear::linear;
+pub use linear::{linear, matmul_batched};
 pub use sliced::{linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels};

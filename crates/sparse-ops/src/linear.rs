@@ -33,6 +33,22 @@ pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>)
     x.matmul(weight.transpose()).reshape(out_dims)
 }
 
+/// A batch of matrix products, `out[i] = a[i] b[i]`: attention's `Q K^T` and `P V` per head.
+///
+/// On burn-cuda with GEMMs ordered on cubecl's stream this is one strided-batched cuBLASLt call
+/// (forward and backward), reading transposed views in place; elsewhere burn's batched matmul.
+///
+/// # Shapes
+/// - `a`: `[batch, m, k]`, `b`: `[batch, k, n]`, output `[batch, m, n]`
+pub fn matmul_batched<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "cuda")]
+    let (a, b) = match crate::cublaslt::dispatch_matmul_batched(a, b) {
+        Ok(c) => return c,
+        Err(inputs) => inputs,
+    };
+    a.matmul(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

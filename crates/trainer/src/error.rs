@@ -86,6 +86,31 @@ pub enum DataError {
         /// What does not fit.
         problem: &'static str,
     },
+    /// The tokenizer produced an id the model has no embedding for.
+    #[error(
+        "example {example} holds token id {id}, outside the model's vocabulary of {vocab}: the \
+         tokenizer does not belong to this model (use the checkpoint's own tokenizer.json)"
+    )]
+    TokenOutOfVocab {
+        /// The 0-based example index.
+        example: usize,
+        /// The offending id.
+        id: u32,
+        /// The model's vocabulary size.
+        vocab: usize,
+    },
+    /// No example keeps an answer token after truncation: training would learn nothing.
+    #[error(
+        "none of the {examples} examples keeps an answer token after truncation to {cutoff_len} \
+         tokens (the prompts are longer than that): raise `max_seq_len` in the training config \
+         or use shorter prompts"
+    )]
+    NoAnswerTokens {
+        /// How many examples there are.
+        examples: usize,
+        /// The truncation length.
+        cutoff_len: usize,
+    },
 }
 
 /// Results of this crate.

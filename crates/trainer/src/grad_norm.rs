@@ -24,39 +24,62 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     }
 }
 
-/// Multiplies every gradient of a module's parameters by `scale`.
-struct Scale<'a> {
+/// Multiplies every gradient of a module's parameters by `scale`, a one-element device tensor.
+struct Scale<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    scale: f64,
+    scale: Tensor<B::InnerBackend, 1>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register(param.id, grad * self.scale);
+            let dtype = grad.dtype();
+            let scale = self.scale.clone().reshape([1; D]).cast(dtype);
+            self.grads.register(param.id, grad * scale);
         }
     }
 }
 
-/// Scales `grads` so that their global L2 norm is at most `max_norm`; returns the norm before
-/// clipping (which the step log reports). One device-to-host read per call.
+/// Scales `grads` so that their global L2 norm is at most `max_norm`, entirely on the device
+/// (no read-back); returns the norm before clipping, `[1]`, f32.
+///
+/// As `torch.nn.utils.clip_grad_norm_`: the factor is `max_norm / (norm + 1e-6)` when below 1.
+/// A non-finite norm leaves the gradients as they are (the loop stops on a non-finite loss).
+pub fn clip_global_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut visitor = SquaredNorm::<B> { grads, total: None };
+    module.visit(&mut visitor);
+    let Some(total) = visitor.total else {
+        // No gradient at all: a zero norm on the device the module lives on.
+        let device = module.devices().first().cloned().unwrap_or_default();
+        return Tensor::zeros([1], (&device, DType::F32));
+    };
+    let norm = total.sqrt();
+    let finite = norm.clone().is_finite();
+    let scale = (norm.clone() + 1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0)
+        .mask_fill(finite.bool_not(), 1.0);
+    module.visit(&mut Scale::<B> { grads, scale });
+    norm
+}
+
+/// [`clip_global_norm_on_device`], with the norm read back to the host (one device-to-host read).
 pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> f64 {
-    let mut visitor = SquaredNorm::<B> { grads, total: None };
-    module.visit(&mut visitor);
-    let norm = visitor.total.map_or(0.0, |t| t.into_scalar_f64().sqrt());
-    if norm.is_finite() && norm > max_norm {
-        // Same epsilon as torch.nn.utils.clip_grad_norm_.
-        let scale = max_norm / (norm + 1e-6);
-        module.visit(&mut Scale { grads, scale });
-    }
-    norm
+    clip_global_norm_on_device(module, grads, max_norm).into_scalar_f64()
 }
 
-trait IntoScalarF64 {
+/// The first element of a tensor as an `f64` (NaN when it cannot be read).
+pub trait IntoScalarF64 {
+    /// Reads the value (a device-to-host copy).
     fn into_scalar_f64(self) -> f64;
 }
 

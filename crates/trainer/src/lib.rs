@@ -32,6 +32,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod sparse_step;
 pub mod sparsity_config;
+pub mod step;
 pub mod task;
 pub mod template;
 pub mod tokenize;
@@ -49,7 +50,8 @@ pub use sparse_step::{SparseTraining, TimedSelector};
 pub use task::Task;
 pub use template::{eval_prompt, training_prompt, training_text};
 pub use tokenize::{
-    tokenize_pair, tokenize_record, tokenize_records, TokenizeConfig, TrainExample, IGNORE_INDEX,
+    check_examples, tokenize_pair, tokenize_record, tokenize_records, TokenizeConfig, TrainExample,
+    IGNORE_INDEX,
 };
 pub use train::{train, MicroBatches, RunOptions, StepObserver, TrainError};
 pub use train_config::TrainConfig;

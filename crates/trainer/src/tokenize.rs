@@ -23,7 +23,7 @@
 use llama_burn::LlamaTokenizer;
 
 use crate::data::{Record, ResponseField};
-use crate::error::Result;
+use crate::error::{DataError, Result};
 use crate::template::{training_prompt, training_text};
 
 /// The label of a position left out of the loss (PyTorch's `CrossEntropyLoss` default).
@@ -158,10 +158,67 @@ pub fn tokenize_records(
         .collect()
 }
 
+/// Checks tokenised examples against the model that will train on them: every id must be below
+/// `vocab` (else the embedding lookup would fail deep inside the backend), and at least one
+/// example must keep an answer token after truncation to `cutoff_len` (else every step's loss
+/// is zero and the adapter never moves). Returns how many examples keep no answer token.
+///
+/// # Errors
+/// [`DataError::TokenOutOfVocab`] for the first id out of range, [`DataError::NoAnswerTokens`]
+/// when no example has a target.
+pub fn check_examples(examples: &[TrainExample], vocab: usize, cutoff_len: usize) -> Result<usize> {
+    for (example, e) in examples.iter().enumerate() {
+        if let Some(&id) = e.input_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(DataError::TokenOutOfVocab { example, id, vocab });
+        }
+    }
+    let without_answer = examples
+        .iter()
+        .filter(|e| e.labels.iter().all(|&l| l == IGNORE_INDEX))
+        .count();
+    if without_answer == examples.len() {
+        return Err(DataError::NoAnswerTokens {
+            examples: examples.len(),
+            cutoff_len,
+        });
+    }
+    Ok(without_answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::template::eval_prompt;
+
+    #[test]
+    fn check_examples_refuses_foreign_ids_and_answerless_data() {
+        let ok = TrainExample::with_prompt_len(vec![1, 2, 3], 2);
+        let no_answer = TrainExample::with_prompt_len(vec![1, 2, 3], 3);
+        assert_eq!(
+            check_examples(&[ok.clone(), no_answer.clone()], 10, 3).unwrap(),
+            1
+        );
+        let err = check_examples(&[no_answer.clone(), no_answer], 10, 3).unwrap_err();
+        assert!(matches!(
+            err,
+            DataError::NoAnswerTokens {
+                examples: 2,
+                cutoff_len: 3
+            }
+        ));
+        assert!(err.to_string().contains("max_seq_len"), "{err}");
+        let foreign = TrainExample::with_prompt_len(vec![1, 19798, 3], 1);
+        let err = check_examples(&[ok, foreign], 301, 256).unwrap_err();
+        assert!(matches!(
+            err,
+            DataError::TokenOutOfVocab {
+                example: 1,
+                id: 19798,
+                vocab: 301
+            }
+        ));
+        assert!(err.to_string().contains("tokenizer"), "{err}");
+    }
     use std::path::Path;
 
     const SMOLLM2_TOKENIZER: &str =

@@ -10,17 +10,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use llama_burn::LlamaForCausalLM;
 
 use crate::batch::TrainBatch;
 use crate::checkpoint::{latest_checkpoint, save_checkpoint, TrainState};
-use crate::grad_norm::clip_global_norm;
+use crate::grad_norm::IntoScalarF64;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::schedule::CosineSchedule;
 use crate::sparse_step::{SparseTraining, TimedSelector};
+use crate::step::{apply_gradients, backward_into, micro_batch_loss};
 use crate::train_config::TrainConfig;
 
 /// Training data as the loop sees it: an epoch-indexed, deterministic sequence of micro-batches.
@@ -233,20 +234,20 @@ where
             B::seed(device, draw);
             tokens += batch_tokens;
             // Logits only where an answer token is predicted: same loss as HF's, far less work.
-            let hidden = match (sparse_now, &timed) {
+            let forward = match (sparse_now, &timed) {
                 (Some(s), Some(timed)) => {
                     let forward = s.forward_for(timed, &batch.answer_tokens, draw, device);
                     if let Some(count) = &s.flops {
                         let (step, dense) = count(&batch, &forward);
                         flops = (flops.0 + step, flops.1 + dense);
                     }
-                    model.forward_hidden_sparse(batch.input_ids, batch.attention_mask, &forward)
+                    Some(forward)
                 }
-                _ => model.forward_hidden(batch.input_ids, batch.attention_mask),
+                _ => None,
             };
-            let loss =
-                llama_burn::loss::causal_lm_loss_at_targets(&model, hidden, &batch.loss_targets);
-            let value: f64 = loss.clone().into_scalar().elem();
+            let loss = micro_batch_loss(&model, batch, forward.as_ref());
+            let loss = backward_into(&model, loss, accum, &mut accumulator);
+            let value = loss.into_scalar_f64();
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     step: state.step,
@@ -257,13 +258,17 @@ where
                 });
             }
             loss_sum += value;
-            let grads = (loss / accum as f64).backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
         }
-        let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm(&model, &mut grads, config.max_grad_norm);
         let lr = schedule.lr(state.step);
-        model = optim.step(lr, model, grads);
+        let (stepped, grad_norm) = apply_gradients(
+            model,
+            &mut optim,
+            accumulator.grads(),
+            lr,
+            config.max_grad_norm,
+        );
+        model = stepped;
+        let grad_norm = grad_norm.into_scalar_f64();
         state.step += 1;
         state.last_loss = loss_sum / accum as f64;
 

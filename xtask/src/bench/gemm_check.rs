@@ -216,9 +216,19 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
         .cast(bf16);
     let x3_cpu = cpu(x3.clone());
 
-    // Small products stay on burn's matmul unless told otherwise.
+    // Ordered on cubecl's stream every product takes cuBLASLt; with host waits small ones stay
+    // on burn's matmul unless told otherwise.
+    let ordered = cublaslt::stream_ordered(&c.device);
+    c.report(
+        "GEMMs ordered on cubecl's own stream (no host waits)",
+        ordered,
+        format!(
+            "stream ordering {}",
+            if ordered { "verified" } else { "unavailable" }
+        ),
+    );
     let (small, small_w) = (c.random([4, 64], bf16), c.random([8, 64], bf16));
-    c.calls("small product routed to burn", 0, || {
+    c.calls("small product routing", u64::from(ordered), || {
         sparse_ops::linear(small, small_w)
     });
     let default_min = cublaslt::min_flops();
@@ -272,9 +282,11 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
         None => c.report("autodiff dX = dY W", false, "no gradient for x".into()),
     }
 
-    // A trainable weight falls back to burn's matmul, which gives its gradient.
+    // A trainable weight (LoRA's A and B): forward and dW = dY^T X through cuBLASLt when ordered
+    // on cubecl's stream, else burn's matmul, which gives its gradient.
     let wt = Tensor::<Ad, 2>::from_inner(w.clone()).require_grad();
-    let dw = c.calls("trainable weight falls back to burn", 0, || {
+    let expected = if ordered { 2 } else { 0 };
+    let dw = c.calls("trainable weight: forward and dW", expected, || {
         let y = sparse_ops::linear(Tensor::<Ad, 3>::from_inner(x3.clone()), wt.clone());
         let grads = (y * Tensor::from_inner(dy)).sum().backward();
         wt.grad(&grads)
@@ -284,8 +296,61 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
         .transpose()
         .matmul(x3_cpu.reshape([111, 4096]));
     match dw {
-        Some(dw) => c.compare("fallback dW = dY^T X", Ok(dw), dw_ref, bf16),
-        None => c.report("fallback dW = dY^T X", false, "no gradient for W".into()),
+        Some(dw) => c.compare("dW = dY^T X", Ok(dw), dw_ref, bf16),
+        None => c.report("dW = dY^T X", false, "no gradient for W".into()),
     }
     cublaslt::set_min_flops(default_min);
+    if ordered {
+        check_ordering(c);
+    }
+}
+
+/// A chain of dependent GEMMs and burn kernels queued with no synchronisation,
+/// `y <- (y W^T) / 16 + x`, in f32 against the CPU: any GEMM that ran before its input was written, or whose output
+/// buffer was reused too early, changes the result. The same chain with the GEMMs on a stream of
+/// ours without ordering must come out wrong, or the check could not detect misordering.
+fn check_ordering(c: &mut Checker) {
+    let steps = 64;
+    let (x, w) = (
+        c.random([512, 512], DType::F32),
+        c.random([512, 512], DType::F32),
+    );
+    let (x_cpu, w_cpu) = (cpu(x.clone()), cpu(w.clone()));
+    let mut expected = x_cpu.clone();
+    for _ in 0..steps {
+        expected = expected.matmul(w_cpu.clone().transpose()) / 16.0 + x_cpu.clone();
+    }
+    type Gemm<'a> = &'a dyn Fn(Tensor<Gpu, 2>, Tensor<Gpu, 2>) -> Result<Tensor<Gpu, 2>, GemmError>;
+    let chain = |gemm: Gemm<'_>| -> Result<Tensor<Gpu, 2>, GemmError> {
+        let mut y = x.clone();
+        for _ in 0..steps {
+            y = gemm(y, w.clone().transpose())? / 16.0 + x.clone();
+        }
+        Ok(y)
+    };
+    let ordered = chain(&|a, b| cublaslt::matmul(a, b));
+    c.compare(
+        &format!("{steps} dependent GEMMs + kernels, no sync (ordered)"),
+        ordered,
+        expected.clone(),
+        DType::F32,
+    );
+    let unordered = chain(&|a, b| cublaslt::matmul_unordered(a, b));
+    let unordered = unordered.map(|y| {
+        let y = cpu(y);
+        // Let the unordered GEMMs finish before anything reuses their buffers.
+        let _ = cublaslt::wait_own_stream(&c.device);
+        y
+    });
+    match unordered {
+        Ok(unordered) => {
+            let err = relative_error(unordered, expected);
+            c.report(
+                "the same chain unordered is detected as wrong",
+                err.is_nan() || err > tolerance(DType::F32) * 100.0,
+                format!("rel. err {err:.2e} without ordering"),
+            );
+        }
+        Err(e) => c.report("unordered chain", false, format!("cuBLASLt error: {e}")),
+    }
 }

@@ -4,6 +4,7 @@ mod gemm;
 #[cfg(feature = "cuda")]
 mod gemm_check;
 mod shapes;
+mod step;
 mod svd;
 
 pub use gemm::{git_commit, slug, utc_timestamp};
@@ -23,6 +24,9 @@ enum What {
     Gemm(gemm::Gemm),
     /// The estimator's offline SVD on a random model of a preset's shape (e.g. LLaMA3-8B).
     Svd(svd::SvdBench),
+    /// LoRA / SparseLoRA training steps on a random model of a preset's shape (the peer's
+    /// workload: batch 8 x 512, 3 or 128 answer tokens).
+    Step(Box<step::StepBench>),
 }
 
 impl Bench {
@@ -30,6 +34,7 @@ impl Bench {
         match self.what {
             What::Gemm(cmd) => cmd.run(),
             What::Svd(cmd) => cmd.run(),
+            What::Step(cmd) => cmd.run(),
         }
     }
 }

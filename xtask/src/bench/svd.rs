@@ -95,7 +95,7 @@ impl BackendJob for SvdBench {
 }
 
 /// The GPU's name from `nvidia-smi`, when there is one.
-fn gpu_name() -> Option<String> {
+pub(super) fn gpu_name() -> Option<String> {
     let out = std::process::Command::new("nvidia-smi")
         .args(["--query-gpu=name", "--format=csv,noheader"])
         .output()

@@ -1,6 +1,8 @@
-//! The routing behind [`crate::linear`]: on burn-cuda (plain or under `Autodiff`), products large
-//! enough to pay for the ordering go through cuBLASLt, forward and input gradient; everything else
-//! keeps burn's matmul.
+//! The routing behind [`crate::linear`]: on burn-cuda (plain or under `Autodiff`), products go
+//! through cuBLASLt, forward and backward (the input gradient, and the weight gradient of a
+//! trainable weight such as LoRA's `A` and `B`). When the GEMMs are queued on cubecl's own stream
+//! (`tensor.rs`) every product does; when they need host waits, only those large enough to pay for
+//! them ([`min_flops`]). Everything else keeps burn's matmul.
 //!
 //! The backend is recognised by `TypeId` (burn's `Backend` is `'static`), so the generic seam
 //! needs no extra trait bound and other backends pay one comparison.
@@ -11,39 +13,46 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn::backend::cuda::CudaDevice;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::error::GemmError;
-use super::tensor::{linear_forward, matmul_primitive, CudaBackend, Primitive};
+use super::tensor::{
+    linear_forward, matmul_batched_primitive, matmul_primitive, stream_ordered, CudaBackend,
+    Primitive,
+};
 
-/// Products below this many FLOPs (`2 m n k`) stay on burn's matmul: cuBLASLt's per-call
-/// ordering (two host waits, see `tensor.rs`; 43-238 µs per call on the H200) costs more than it
-/// saves there. 2^35 (34 GFLOP) is the crossover `cargo xtask bench gemm` measured on the H200
-/// (`docs/perf.md`): from there on cuBLASLt beat burn on every shape.
+/// With host-wait ordering (when cubecl's stream is not known), products below this many FLOPs
+/// (`2 m n k`) stay on burn's matmul: the two host waits per call (43-238 µs on the H200) cost
+/// more than cuBLASLt saves there. 2^35 (34 GFLOP) is the crossover `cargo xtask bench gemm`
+/// measured on the H200 (`docs/perf.md`). Ordered on cubecl's stream a GEMM costs no wait, and
+/// the cuBLASLt kernel beat burn's matmul on every shape measured, so then all products go
+/// through it.
 pub const DEFAULT_MIN_FLOPS: u64 = 1 << 35;
 
 static MIN_FLOPS: AtomicU64 = AtomicU64::new(DEFAULT_MIN_FLOPS);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
-/// The FLOP count from which [`crate::linear`] takes the cuBLASLt path.
+/// The FLOP count from which [`crate::linear`] takes the cuBLASLt path when GEMMs need host waits.
 pub fn min_flops() -> u64 {
     MIN_FLOPS.load(Ordering::Relaxed)
 }
 
-/// Sets the FLOP count from which [`crate::linear`] takes the cuBLASLt path (`0`: always; checks
-/// use it to send small odd shapes through the seam).
+/// Sets the FLOP count from which [`crate::linear`] takes the cuBLASLt path when GEMMs need host
+/// waits (`0`: always; checks use it to send small odd shapes through the seam).
 pub fn set_min_flops(flops: u64) {
     MIN_FLOPS.store(flops, Ordering::Relaxed);
 }
 
 type AutodiffCuda = Autodiff<CudaBackend>;
 
-/// `x W^T` through cuBLASLt when `B` is burn-cuda and the product is large enough; otherwise (or
-/// when cuBLASLt fails, which is reported once) gives `(x, weight)` back untouched.
+/// `x W^T` through cuBLASLt when `B` is burn-cuda and the product is worth it (module
+/// documentation); otherwise (or when cuBLASLt fails, which is reported once) gives
+/// `(x, weight)` back untouched.
 ///
 /// # Shapes
 /// - `x`: `[rows, in]`, `weight`: `[out, in]`, output `[rows, out]`
@@ -51,19 +60,28 @@ pub(crate) fn linear<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
-    let ([rows, d_in], [d_out, _]) = (x.dims(), weight.dims());
-    if flops(rows, d_out, d_in) < min_flops() {
+    let backend = TypeId::of::<B>();
+    let (plain, autodiff) = (
+        backend == TypeId::of::<CudaBackend>(),
+        backend == TypeId::of::<AutodiffCuda>(),
+    );
+    if !plain && !autodiff {
         return Err((x, weight));
     }
-    let backend = TypeId::of::<B>();
-    let y = if backend == TypeId::of::<CudaBackend>() {
+    let ([rows, d_in], [d_out, _]) = (x.dims(), weight.dims());
+    let device: CudaDevice = cast(x.device());
+    let ordered = stream_ordered(&device);
+    if !ordered && flops(rows, d_out, d_in) < min_flops() {
+        return Err((x, weight));
+    }
+    let y = if plain {
         linear_forward(cast(x.clone()), cast(weight.clone())).map(cast)
-    } else if backend == TypeId::of::<AutodiffCuda>() {
+    } else {
         let xa: Tensor<AutodiffCuda, 2> = cast(x.clone());
         let wa: Tensor<AutodiffCuda, 2> = cast(weight.clone());
         let (xa, wa) = (xa.into_primitive().tensor(), wa.into_primitive().tensor());
-        if wa.is_tracked() {
-            // A trainable weight needs its own gradient: burn's matmul provides it.
+        if wa.is_tracked() && !ordered {
+            // A trainable weight's gradient with host waits would cost more than it saves.
             return Err((x, weight));
         }
         tracked(xa, wa).map(|y| {
@@ -71,13 +89,107 @@ pub(crate) fn linear<B: Backend>(
                 TensorPrimitive::Float(y),
             ))
         })
-    } else {
-        return Err((x, weight));
     };
     y.map_err(|e| {
         warn_once(&e);
         (x, weight)
     })
+}
+
+/// `a b` for 3-D tensors (a batch of products) through cuBLASLt when `B` is burn-cuda and the
+/// GEMMs are ordered on cubecl's stream; otherwise gives `(a, b)` back untouched.
+///
+/// # Shapes
+/// - `a`: `[batch, m, k]`, `b`: `[batch, k, n]`, output `[batch, m, n]`
+pub(crate) fn matmul_batched<B: Backend>(
+    a: Tensor<B, 3>,
+    b: Tensor<B, 3>,
+) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 3>)> {
+    let backend = TypeId::of::<B>();
+    let (plain, autodiff) = (
+        backend == TypeId::of::<CudaBackend>(),
+        backend == TypeId::of::<AutodiffCuda>(),
+    );
+    if (!plain && !autodiff) || !stream_ordered(&cast::<_, CudaDevice>(a.device())) {
+        return Err((a, b));
+    }
+    let y = if plain {
+        let (pa, pb): (Tensor<CudaBackend, 3>, Tensor<CudaBackend, 3>) =
+            (cast(a.clone()), cast(b.clone()));
+        matmul_batched_primitive(pa.into_primitive().tensor(), pb.into_primitive().tensor())
+            .map(|c| cast(Tensor::<CudaBackend, 3>::from_primitive(TensorPrimitive::Float(c))))
+    } else {
+        let (pa, pb): (Tensor<AutodiffCuda, 3>, Tensor<AutodiffCuda, 3>) =
+            (cast(a.clone()), cast(b.clone()));
+        tracked_batched(pa.into_primitive().tensor(), pb.into_primitive().tensor()).map(|c| {
+            cast(Tensor::<AutodiffCuda, 3>::from_primitive(
+                TensorPrimitive::Float(c),
+            ))
+        })
+    };
+    y.map_err(|e| {
+        warn_once(&e);
+        (a, b)
+    })
+}
+
+/// The batched product under `Autodiff`, recording [`BatchedGrads`] as its backward.
+fn tracked_batched(
+    a: FloatTensor<AutodiffCuda>,
+    b: FloatTensor<AutodiffCuda>,
+) -> Result<FloatTensor<AutodiffCuda>, GemmError> {
+    let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
+    let c = matmul_batched_primitive(a.primitive.clone(), b.primitive.clone())?;
+    Ok(
+        match BatchedGrads
+            .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    b_tracked.then(|| a.primitive.clone()),
+                    a_tracked.then(|| b.primitive.clone()),
+                );
+                prep.finish(state, c)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(c),
+        },
+    )
+}
+
+/// Backward of `C = A B` batched: `dA = dC B^T`, `dB = A^T dC`, each only when asked for.
+#[derive(Debug)]
+struct BatchedGrads;
+
+impl Backward<CudaBackend, 2> for BatchedGrads {
+    /// `(A if B needs a gradient, B if A needs one)`.
+    type State = (Option<Primitive>, Option<Primitive>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let batched = |x: Primitive, y: Primitive| match matmul_batched_primitive(x.clone(), y.clone())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn_once(&e);
+                CudaBackend::float_matmul(x, y)
+            }
+        };
+        binary::<CudaBackend, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |dc| {
+                let b = b.expect("kept when A needs a gradient");
+                batched(dc, CudaBackend::float_swap_dims(b, 1, 2))
+            },
+            |dc| {
+                let a = a.expect("kept when B needs a gradient");
+                batched(CudaBackend::float_swap_dims(a, 1, 2), dc)
+            },
+        );
+    }
 }
 
 fn flops(m: usize, n: usize, k: usize) -> u64 {
@@ -96,47 +208,72 @@ fn cast<S: 'static, T: 'static>(value: S) -> T {
     }
 }
 
-/// The forward under `Autodiff`, recording [`InputGrad`] as the backward of `x`.
+/// The forward under `Autodiff`, recording [`LinearGrads`] as its backward.
 fn tracked(
     x: FloatTensor<AutodiffCuda>,
     weight: FloatTensor<AutodiffCuda>,
 ) -> Result<FloatTensor<AutodiffCuda>, GemmError> {
-    let w = weight.primitive;
-    let y = matmul_primitive(x.primitive.clone(), CudaBackend::float_transpose(w.clone()))?;
+    let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+    let y = matmul_primitive(
+        x.primitive.clone(),
+        CudaBackend::float_transpose(weight.primitive.clone()),
+    )?;
     Ok(
-        match InputGrad
-            .prepare::<NoCheckpointing>([x.node.clone()])
+        match LinearGrads
+            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(w, y),
+            OpsKind::Tracked(prep) => {
+                // dX needs W, dW needs X: keep only what a requested gradient reads.
+                let state = (
+                    w_tracked.then(|| x.primitive.clone()),
+                    x_tracked.then(|| weight.primitive.clone()),
+                );
+                prep.finish(state, y)
+            }
             OpsKind::UnTracked(prep) => prep.finish(y),
         },
     )
 }
 
-/// Backward of `y = x W^T` with a frozen `W` (the state): `dX = dY W`, through cuBLASLt when it
-/// can, else burn's matmul.
+/// Backward of `y = x W^T`: `dX = dY W` and `dW = dY^T X`, each only when asked for, through
+/// cuBLASLt when it can, else burn's matmul.
 #[derive(Debug)]
-struct InputGrad;
+struct LinearGrads;
 
-impl Backward<CudaBackend, 1> for InputGrad {
-    type State = Primitive;
+impl Backward<CudaBackend, 2> for LinearGrads {
+    /// `(x if W needs a gradient, W if x needs one)`.
+    type State = (Option<Primitive>, Option<Primitive>);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let weight = ops.state;
-        unary::<CudaBackend, _>(ops.parents, ops.node, grads, |dy| {
-            let [rows, d_out] = dy.meta.shape().dims();
-            let [_, d_in] = weight.meta.shape().dims();
-            if flops(rows, d_in, d_out) >= min_flops() {
-                match matmul_primitive(dy.clone(), weight.clone()) {
-                    Ok(dx) => return dx,
-                    Err(e) => warn_once(&e),
-                }
-            }
-            CudaBackend::float_matmul(dy, weight)
-        });
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, weight) = ops.state;
+        binary::<CudaBackend, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |dy| {
+                let weight = weight.expect("kept when x needs a gradient");
+                gemm_or_burn(dy, weight)
+            },
+            |dy| {
+                let x = x.expect("kept when W needs a gradient");
+                gemm_or_burn(CudaBackend::float_transpose(dy), x)
+            },
+        );
     }
+}
+
+/// `a b` through cuBLASLt when worth it (see [`linear`]), else burn's matmul.
+fn gemm_or_burn(a: Primitive, b: Primitive) -> Primitive {
+    let ([m, k], [_, n]) = (a.meta.shape().dims(), b.meta.shape().dims());
+    if stream_ordered(&a.device) || flops(m, n, k) >= min_flops() {
+        match matmul_primitive(a.clone(), b.clone()) {
+            Ok(c) => return c,
+            Err(e) => warn_once(&e),
+        }
+    }
+    CudaBackend::float_matmul(a, b)
 }
 
 /// Says once per process why the cuBLASLt path fell back to burn's matmul.

@@ -73,6 +73,7 @@ impl View {
                 cols: self.rows as u64,
                 ld: self.ld as i64,
                 trans: false,
+                batch_stride: 0,
             },
             // Column-major M (r x c): cuBLASLt transposes it.
             Order::ColMajor => Operand {
@@ -80,6 +81,7 @@ impl View {
                 cols: self.cols as u64,
                 ld: self.ld as i64,
                 trans: true,
+                batch_stride: 0,
             },
         }
     }
@@ -92,6 +94,8 @@ pub(crate) struct Operand {
     pub cols: u64,
     pub ld: i64,
     pub trans: bool,
+    /// Elements between consecutive matrices of a strided batch (0: one matrix for all).
+    pub batch_stride: i64,
 }
 
 /// `C[m, n] = A[m, k] B[k, n]` as cuBLASLt's column-major `D = op(first) op(second)`, with
@@ -108,6 +112,8 @@ pub(crate) struct Problem {
     pub cols: u64,
     /// The reduction length `k`.
     pub depth: u64,
+    /// Matrices in a strided batch (1: a single product).
+    pub batch: u64,
 }
 
 impl Problem {
@@ -119,7 +125,20 @@ impl Problem {
             rows: b.cols as u64,
             cols: a.rows as u64,
             depth: a.cols as u64,
+            batch: 1,
         }
+    }
+
+    /// `batch` products `A_i B_i`, where `A_i` starts `a_stride` elements after `A_{i-1}` and
+    /// `B_i` `b_stride` after `B_{i-1}`; the outputs are packed (`m * n` apart).
+    pub fn batched(a: View, a_stride: usize, b: View, b_stride: usize, batch: usize) -> Problem {
+        let mut problem = Problem::new(a, b);
+        if batch > 1 {
+            problem.batch = batch as u64;
+            problem.first.batch_stride = b_stride as i64;
+            problem.second.batch_stride = a_stride as i64;
+        }
+        problem
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::DType;
 use cudarc::cublaslt::{result as lt, sys as lts};
@@ -66,6 +66,29 @@ pub(crate) fn device_info(ordinal: usize) -> Result<(String, usize), GemmError> 
     })
 }
 
+/// Bytes of device `ordinal`'s memory in use (by every process; on a GPU of its own, this
+/// process's CUDA context, libraries and cubecl's memory pools).
+pub(crate) fn memory_in_use(ordinal: usize) -> Result<u64, GemmError> {
+    with_device(ordinal, |_| {
+        let (free, total) = drv::mem_get_info().map_err(driver("cuMemGetInfo"))?;
+        Ok(total.saturating_sub(free) as u64)
+    })
+}
+
+/// Fills `bytes` at `ptr` with NaNs of `dtype`, on `stream`: what a GEMM that failed where its
+/// error cannot be returned (cubecl's device thread) leaves in its output, so that the failure
+/// shows up as a non-finite loss instead of silently wrong numbers.
+///
+/// # Safety
+/// `ptr..ptr + bytes` must be device memory nothing else uses meanwhile.
+pub(crate) unsafe fn fill_nan(ptr: u64, bytes: usize, dtype: DType, stream: drvs::CUstream) {
+    let _ = match dtype {
+        DType::F32 => drvs::cuMemsetD32Async(ptr, 0x7fc0_0000, bytes / 4, stream),
+        DType::F16 => drvs::cuMemsetD16Async(ptr, 0x7e00, bytes / 2, stream),
+        _ => drvs::cuMemsetD16Async(ptr, 0x7fc0, bytes / 2, stream),
+    };
+}
+
 /// cuBLASLt element type of a burn dtype.
 pub(crate) fn data_type(dtype: DType) -> Result<lts::cudaDataType, GemmError> {
     match dtype {
@@ -114,7 +137,9 @@ pub(crate) struct DeviceGemm {
     handle: lts::cublasLtHandle_t,
     workspace: drvs::CUdeviceptr,
     workspace_size: usize,
-    plans: HashMap<PlanKey, Plan>,
+    plans: HashMap<PlanKey, Arc<Plan>>,
+    /// Workspaces of the cubecl streams GEMMs were ordered on (`tensor.rs`), by stream handle.
+    stream_workspaces: HashMap<u64, drvs::CUdeviceptr>,
 }
 
 // SAFETY: the raw handles are only used under the `DEVICES` mutex, and CUDA/cuBLASLt handles may
@@ -167,6 +192,7 @@ impl DeviceGemm {
                 workspace: 0,
                 workspace_size,
                 plans: HashMap::new(),
+                stream_workspaces: HashMap::new(),
             };
             gemm.workspace = drv::malloc_sync(workspace_size).map_err(driver("cuMemAlloc"))?;
             gemm.handle = lt::create_handle().map_err(cublas("cublasLtCreate"))?;
@@ -179,31 +205,58 @@ impl DeviceGemm {
         unsafe { drv::ctx::set_current(self.context) }.map_err(driver("cuCtxSetCurrent"))
     }
 
-    /// Enqueues `d = op(first) op(second)` on our stream (f32 accumulation and scaling).
-    ///
-    /// # Safety
-    /// The pointers must address device buffers of the problem's shapes and `dtype`, live until
-    /// the GEMM has run, and not be written by other work meanwhile.
-    pub unsafe fn launch(
+    /// The prepared problem for `problem` in `dtype` with operands at addresses of the given
+    /// alignments (`[first, second, d]`, see [`alignment`]), made on first use and cached.
+    pub fn plan(
         &mut self,
         problem: &Problem,
         dtype: DType,
-        ptrs: Pointers,
-    ) -> Result<(), GemmError> {
+        alignments: [u32; 3],
+    ) -> Result<Arc<Plan>, GemmError> {
         let key = PlanKey {
             dtype: data_type(dtype)? as u32,
             problem: *problem,
-            alignments: [
-                alignment(ptrs.first),
-                alignment(ptrs.second),
-                alignment(ptrs.d),
-            ],
+            alignments,
         };
-        if !self.plans.contains_key(&key) {
-            let plan = Plan::new(self.handle, data_type(dtype)?, &key, self.workspace_size)?;
-            self.plans.insert(key, plan);
+        if let Some(plan) = self.plans.get(&key) {
+            return Ok(plan.clone());
         }
-        let plan = &self.plans[&key];
+        // SAFETY: the handle is live for as long as `self`.
+        let plan = Arc::new(unsafe {
+            Plan::new(self.handle, data_type(dtype)?, &key, self.workspace_size)?
+        });
+        self.plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// A workspace of cuBLASLt's recommended size for GEMMs on `stream` (one per stream, so that
+    /// GEMMs on different streams never share one), allocated on first use.
+    fn workspace_for(&mut self, stream: drvs::CUstream) -> Result<drvs::CUdeviceptr, GemmError> {
+        if stream == self.stream {
+            return Ok(self.workspace);
+        }
+        if let Some(&ws) = self.stream_workspaces.get(&(stream as u64)) {
+            return Ok(ws);
+        }
+        // SAFETY: a plain allocation in the current (primary) context, owned by `self`.
+        let ws = unsafe { drv::malloc_sync(self.workspace_size) }.map_err(driver("cuMemAlloc"))?;
+        self.stream_workspaces.insert(stream as u64, ws);
+        Ok(ws)
+    }
+
+    /// Enqueues the GEMM `plan` on `stream` (f32 accumulation and scaling).
+    ///
+    /// # Safety
+    /// The pointers must address device buffers of the plan's shapes and dtype, with at least
+    /// the plan's alignments, live until the GEMM has run and not written by other work
+    /// meanwhile; `stream` must be a live stream of this device's primary context.
+    pub unsafe fn launch_plan(
+        &mut self,
+        plan: &Plan,
+        ptrs: Pointers,
+        stream: drvs::CUstream,
+    ) -> Result<(), GemmError> {
+        let workspace = self.workspace_for(stream)?;
         let (alpha, beta) = (1f32, 0f32);
         lt::matmul(
             self.handle,
@@ -219,11 +272,36 @@ impl DeviceGemm {
             ptrs.d as *mut c_void,
             plan.d,
             &plan.algo,
-            self.workspace as *mut c_void,
+            workspace as *mut c_void,
             self.workspace_size,
-            self.stream as lts::cudaStream_t,
+            stream as lts::cudaStream_t,
         )
         .map_err(cublas("cublasLtMatmul"))
+    }
+
+    /// Enqueues `d = op(first) op(second)` on our own stream (f32 accumulation and scaling).
+    ///
+    /// # Safety
+    /// The pointers must address device buffers of the problem's shapes and `dtype`, live until
+    /// the GEMM has run, and not be written by other work meanwhile.
+    pub unsafe fn launch(
+        &mut self,
+        problem: &Problem,
+        dtype: DType,
+        ptrs: Pointers,
+    ) -> Result<(), GemmError> {
+        let alignments = [
+            alignment(ptrs.first),
+            alignment(ptrs.second),
+            alignment(ptrs.d),
+        ];
+        let plan = self.plan(problem, dtype, alignments)?;
+        self.launch_plan(&plan, ptrs, self.stream)
+    }
+
+    /// Our own stream (the host-wait ordering's).
+    pub fn own_stream(&self) -> drvs::CUstream {
+        self.stream
     }
 
     /// Blocks until every GEMM enqueued on our stream has finished.
@@ -271,7 +349,7 @@ impl DeviceGemm {
 }
 
 /// A prepared problem: descriptors and the algorithm cuBLASLt's heuristic chose.
-struct Plan {
+pub(crate) struct Plan {
     desc: lts::cublasLtMatmulDesc_t,
     first: lts::cublasLtMatrixLayout_t,
     second: lts::cublasLtMatrixLayout_t,
@@ -322,8 +400,8 @@ impl Plan {
                 "cublasLtMatmulDescSetAttribute",
             )?;
         }
-        plan.first = layout(dtype, &p.first)?;
-        plan.second = layout(dtype, &p.second)?;
+        plan.first = layout(dtype, &p.first, p.batch)?;
+        plan.second = layout(dtype, &p.second, p.batch)?;
         plan.d = layout(
             dtype,
             &Operand {
@@ -331,7 +409,9 @@ impl Plan {
                 cols: p.cols,
                 ld: p.rows as i64,
                 trans: false,
+                batch_stride: (p.rows * p.cols) as i64,
             },
+            p.batch,
         )?;
         let pref =
             Preference(lt::create_matmul_pref().map_err(cublas("cublasLtMatmulPreferenceCreate"))?);
@@ -376,6 +456,11 @@ impl Plan {
     }
 }
 
+// SAFETY: a plan is immutable once made; cuBLASLt descriptors may be read from any thread, and
+// the one that launches it (the caller, or cubecl's device thread) holds the `DEVICES` lock.
+unsafe impl Send for Plan {}
+unsafe impl Sync for Plan {}
+
 impl Drop for Plan {
     fn drop(&mut self) {
         // SAFETY: each handle is either null or was created by `Plan::new` and not freed since.
@@ -404,13 +489,41 @@ impl Drop for Preference {
     }
 }
 
-/// A column-major matrix layout of `operand`'s stored shape.
+/// A column-major matrix layout of `operand`'s stored shape, repeated `batch` times at its batch
+/// stride when `batch > 1`.
 unsafe fn layout(
     dtype: lts::cudaDataType,
     operand: &Operand,
+    batch: u64,
 ) -> Result<lts::cublasLtMatrixLayout_t, GemmError> {
-    lt::create_matrix_layout(dtype, operand.rows, operand.cols, operand.ld)
-        .map_err(cublas("cublasLtMatrixLayoutCreate"))
+    let layout = lt::create_matrix_layout(dtype, operand.rows, operand.cols, operand.ld)
+        .map_err(cublas("cublasLtMatrixLayoutCreate"))?;
+    if batch > 1 {
+        use lts::cublasLtMatrixLayoutAttribute_t as Attr;
+        let count = batch as i32;
+        let stride = operand.batch_stride;
+        let batched = set(
+            layout,
+            Attr::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+            &count,
+            lt::set_matrix_layout_attribute,
+            "cublasLtMatrixLayoutSetAttribute",
+        )
+        .and_then(|()| {
+            set(
+                layout,
+                Attr::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                &stride,
+                lt::set_matrix_layout_attribute,
+                "cublasLtMatrixLayoutSetAttribute",
+            )
+        });
+        if let Err(e) = batched {
+            let _ = lt::destroy_matrix_layout(layout);
+            return Err(e);
+        }
+    }
+    Ok(layout)
 }
 
 /// Sets one descriptor attribute to `value`.

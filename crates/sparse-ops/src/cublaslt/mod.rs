@@ -4,24 +4,25 @@
 //!   tensors of any strides (bf16, f16 or f32; f32 accumulation; output in the input dtype) and
 //!   run cuBLASLt on the same device memory. A transposed weight, a row block `W[a..b, :]` and a
 //!   column block are read in place; gathered rows (`select`) arrive as a contiguous copy.
-//! - [`crate::linear`] routes through them on `burn::backend::Cuda` and `Autodiff<Cuda>` (the
-//!   input gradient of a frozen weight too) for products of at least [`min_flops`] FLOPs, and
-//!   keeps burn's matmul on every other backend, for a weight that requires a gradient, and
-//!   whenever cuBLASLt cannot run (reported once on stderr).
+//! - [`crate::linear`] routes through them on `burn::backend::Cuda` and `Autodiff<Cuda>`, forward
+//!   and backward (input and weight gradients): every product when the GEMMs are queued on
+//!   cubecl's own stream, else those of at least [`min_flops`] FLOPs with frozen weights; it keeps
+//!   burn's matmul on every other backend and whenever cuBLASLt cannot run (reported once).
 //! - `libcublasLt` and `libcuda` are loaded at run time; `SPARSELORA_CUBLASLT=0` turns the path
-//!   off. How the GEMM is ordered against cubecl's stream, and what that costs: `tensor.rs` and
-//!   `docs/perf.md`.
+//!   off, `SPARSELORA_STREAM_ORDER=0` the ordering on cubecl's stream (for A/B runs). How a GEMM
+//!   is ordered against cubecl's stream, and what that costs: `tensor.rs` and `docs/perf.md`.
 
 mod dispatch;
 mod error;
 mod layout;
 mod lt;
+mod stream;
 mod tensor;
 
-pub(crate) use dispatch::linear as dispatch_linear;
+pub(crate) use dispatch::{linear as dispatch_linear, matmul_batched as dispatch_matmul_batched};
 pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
 pub use tensor::{
-    calls, device_info, kernel_seconds, linear_forward, linear_input_grad, matmul, reads_in_place,
-    CudaBackend,
+    calls, device_info, device_memory_used, kernel_seconds, linear_forward, linear_input_grad,
+    matmul, matmul_batched, matmul_unordered, reads_in_place, stream_ordered, wait_own_stream, CudaBackend,
 };

@@ -2,20 +2,23 @@
 //! cuBLASLt run on the same device memory, ordered against cubecl's stream.
 //!
 //! # Ordering
-//! cubecl 0.10 does not expose the CUDA stream a tensor's work is queued on, so the GEMM runs on a
-//! stream of our own between two host-side waits:
-//! 1. `client.sync()` blocks until every kernel queued on the calling thread's cubecl stream has
-//!    finished; fetching the buffers first (`get_resource`) makes that stream wait for any other
-//!    stream that last wrote them. The inputs are then complete, and the output buffer, which
-//!    cubecl's pool may hand out as soon as an earlier reader is queued, is no longer read.
-//! 2. After the launch, `cuStreamSynchronize` on our stream: work that cubecl queues afterwards
-//!    sees the result, and inputs dropped after the call can be reused at once.
-//!
-//! The cost per call is two host round trips while the GPU drains (tens of microseconds), and
-//! the loss of host/GPU overlap across the call: see `docs/perf.md` and `MIN_FLOPS` in
-//! `dispatch.rs`.
+//! cubecl 0.10 queues a thread's kernels on a CUDA stream of its own that it does not expose.
+//! Two ways to order a GEMM against it, tried in this order:
+//! 1. **On cubecl's stream** (`stream.rs` finds and verifies it once per thread): the launch is a
+//!    closure submitted to cubecl's device thread, which runs it in the same FIFO as kernel
+//!    launches. It fetches the operands' device addresses there and enqueues `cublasLtMatmul` on
+//!    cubecl's stream: ordered after the kernels that produced the inputs and before those that
+//!    read the output, with no host wait, exactly as PyTorch orders cuBLAS. The closure holds the
+//!    operands' handles until the launch is queued; later reuse of the memory is queued after it
+//!    on the same stream. A launch that fails there cannot return its error: it fills the output
+//!    with NaNs (so the loss shows it), is reported once, and later GEMMs use the second way.
+//! 2. **Host waits** (when the stream cannot be established): the GEMM runs on a stream of our own
+//!    between `client.sync()` (the inputs are complete and the output buffer is no longer read)
+//!    and `cuStreamSynchronize` (work queued afterwards sees the result). Correct, but two host
+//!    round trips per call and no host/GPU overlap across it: see `docs/perf.md`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -23,10 +26,22 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::cuda::CudaRuntime;
+use cubecl::server::ComputeServer;
+use cubecl::stream_id::StreamId;
+use cudarc::driver::sys::CUstream;
 
 use super::error::GemmError;
-use super::layout::{Problem, View};
+use super::layout::{alignment, Problem, View};
 use super::lt::{self, Pointers};
+use super::stream;
+
+/// Bytes of `ordinal`'s device memory in use (total minus free, as `cuMemGetInfo` reports).
+///
+/// # Errors
+/// When the driver cannot be set up on that device.
+pub fn device_memory_used(ordinal: usize) -> Result<u64, GemmError> {
+    lt::memory_in_use(ordinal)
+}
 
 /// burn-cuda's backend without fusion: what `burn::backend::Cuda` is in this workspace.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
@@ -81,6 +96,35 @@ pub fn linear_input_grad(
     matmul(dy, weight)
 }
 
+/// `A B` queued from cubecl's device thread on a stream of ours, with no ordering at all against
+/// cubecl's stream: deliberately racy. Only for checking that an ordering test detects
+/// misordering (`cargo xtask bench gemm --check`); never use it for results, and call
+/// [`wait_own_stream`] before anything else runs.
+///
+/// # Errors
+/// As [`matmul`].
+#[doc(hidden)]
+pub fn matmul_unordered(
+    a: Tensor<CudaBackend, 2>,
+    b: Tensor<CudaBackend, 2>,
+) -> Result<Tensor<CudaBackend, 2>, GemmError> {
+    let gemm = Prepared::new(a.into_primitive().tensor(), b.into_primitive().tensor())?;
+    let own = lt::with_device(gemm.out.device.index, |device| {
+        Ok(device.own_stream() as u64)
+    })?;
+    let c = gemm.run_on_cubecl_stream(own)?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(c)))
+}
+
+/// Blocks until the GEMMs queued by [`matmul_unordered`] on `device` have finished.
+///
+/// # Errors
+/// When the driver reports an error.
+#[doc(hidden)]
+pub fn wait_own_stream(device: &burn::backend::cuda::CudaDevice) -> Result<(), GemmError> {
+    lt::with_device(device.index, |d| d.synchronize())
+}
+
 /// Whether cuBLASLt reads `tensor` in place (no copy before the GEMM).
 pub fn reads_in_place(tensor: &Tensor<CudaBackend, 2>) -> bool {
     let primitive = tensor.clone().into_primitive().tensor();
@@ -115,13 +159,59 @@ pub fn device_info(device: &burn::backend::cuda::CudaDevice) -> Result<(String, 
 
 /// [`matmul`] on primitives.
 pub(crate) fn matmul_primitive(a: Primitive, b: Primitive) -> Result<Primitive, GemmError> {
-    let gemm = Prepared::new(a, b)?;
-    let ((), out) = gemm.run(|device, problem, dtype, ptrs| {
-        // SAFETY: `run` holds the buffers and has ordered them against cubecl's stream.
-        unsafe { device.launch(problem, dtype, ptrs) }
-    })?;
+    run_prepared(Prepared::new(a, b)?)
+}
+
+/// Queues a prepared GEMM, ordered on cubecl's stream when it is known, else with host waits.
+fn run_prepared(gemm: Prepared) -> Result<Primitive, GemmError> {
+    let out = match ordered_stream(&gemm.out.device) {
+        Some(stream) => gemm.run_on_cubecl_stream(stream)?,
+        None => {
+            gemm.run(|device, problem, dtype, ptrs| {
+                // SAFETY: `run` holds the buffers and has ordered them against cubecl's stream.
+                unsafe { device.launch(problem, dtype, ptrs) }
+            })?
+            .1
+        }
+    };
     CALLS.fetch_add(1, Ordering::Relaxed);
     Ok(out)
+}
+
+/// Whether GEMMs on `device` from this thread are queued on cubecl's own stream (no host waits):
+/// then even small products pay for themselves (see `dispatch.rs`).
+pub fn stream_ordered(device: &burn::backend::cuda::CudaDevice) -> bool {
+    ordered_stream(device).is_some()
+}
+
+/// The first failure of a GEMM launched on cubecl's device thread, if any.
+static ORDERED_FAILURE: Mutex<Option<GemmError>> = Mutex::new(None);
+
+/// cubecl's stream for this thread on `device`, unless a launch there has failed before.
+fn ordered_stream(device: &burn::backend::cuda::CudaDevice) -> Option<u64> {
+    let failure = ORDERED_FAILURE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(error) = failure {
+        if !FAILURE_REPORTED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "warning: sparse-ops: a cuBLASLt GEMM on cubecl's stream failed ({error}); its \
+                 output was filled with NaNs and later GEMMs wait on the host instead"
+            );
+        }
+        return None;
+    }
+    stream::cubecl_stream(device)
+}
+
+static FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The alignment cuBLASLt may assume for a tensor's device address: that of its byte offset in a
+/// cubecl allocation (allocations themselves are aligned to at least 256 bytes, which the launch
+/// checks).
+fn offset_alignment(t: &Primitive) -> u32 {
+    alignment(t.handle.offset_start.unwrap_or(0))
 }
 
 /// `(rows, cols, strides)` of a 2-D primitive.
@@ -148,6 +238,42 @@ fn readable(t: Primitive) -> (Primitive, View) {
     (t, View::contiguous(rows, cols))
 }
 
+/// A 3-D tensor `[batch, rows, cols]` cuBLASLt can read as a strided batch of matrices: the view
+/// of each matrix and the distance between them (copied first when not readable in place).
+fn readable_batch(t: Primitive) -> (Primitive, View, usize) {
+    let batch_view = |t: &Primitive| {
+        let (shape, strides) = (t.meta.shape(), t.meta.strides());
+        let view = View::from_strides([shape[1], shape[2]], [strides[1], strides[2]])?;
+        Some((view, if shape[0] > 1 { strides[0] } else { 0 }))
+    };
+    if let Some((view, stride)) = batch_view(&t) {
+        return (t, view, stride);
+    }
+    let t = into_contiguous(t);
+    let shape = t.meta.shape();
+    let (rows, cols) = (shape[1], shape[2]);
+    (t, View::contiguous(rows, cols), rows * cols)
+}
+
+/// `A_i B_i` for every `i` of a batch through cuBLASLt: `a` `[batch, m, k]`, `b` `[batch, k, n]`,
+/// both f32, f16 or bf16 (the same), any strides (a batch stride of 0 repeats one matrix);
+/// output `[batch, m, n]` contiguous in the inputs' dtype.
+///
+/// # Errors
+/// As [`matmul`].
+pub fn matmul_batched(
+    a: Tensor<CudaBackend, 3>,
+    b: Tensor<CudaBackend, 3>,
+) -> Result<Tensor<CudaBackend, 3>, GemmError> {
+    let c = matmul_batched_primitive(a.into_primitive().tensor(), b.into_primitive().tensor())?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(c)))
+}
+
+/// [`matmul_batched`] on primitives.
+pub(crate) fn matmul_batched_primitive(a: Primitive, b: Primitive) -> Result<Primitive, GemmError> {
+    run_prepared(Prepared::batched(a, b)?)
+}
+
 /// Operands checked and readable, the output allocated.
 struct Prepared {
     a: Primitive,
@@ -156,19 +282,25 @@ struct Prepared {
     problem: Problem,
 }
 
+/// The checks every GEMM's operands pass: same supported dtype, same device.
+fn check_operands(a: &Primitive, b: &Primitive) -> Result<burn::tensor::DType, GemmError> {
+    let (dtype, rhs) = (a.dtype(), b.dtype());
+    if dtype != rhs {
+        return Err(GemmError::DtypeMismatch { lhs: dtype, rhs });
+    }
+    lt::data_type(dtype)?;
+    if a.device != b.device {
+        return Err(GemmError::Device(
+            format!("{:?}", a.device),
+            format!("{:?}", b.device),
+        ));
+    }
+    Ok(dtype)
+}
+
 impl Prepared {
     fn new(a: Primitive, b: Primitive) -> Result<Prepared, GemmError> {
-        let (dtype, rhs) = (a.dtype(), b.dtype());
-        if dtype != rhs {
-            return Err(GemmError::DtypeMismatch { lhs: dtype, rhs });
-        }
-        lt::data_type(dtype)?;
-        if a.device != b.device {
-            return Err(GemmError::Device(
-                format!("{:?}", a.device),
-                format!("{:?}", b.device),
-            ));
-        }
+        let dtype = check_operands(&a, &b)?;
         let (sa, sb) = (a.shape(), b.shape());
         let [m, k] = two_d(&sa);
         let [k2, n] = two_d(&sb);
@@ -185,6 +317,34 @@ impl Prepared {
         );
         Ok(Prepared {
             problem: Problem::new(va, vb),
+            a,
+            b,
+            out,
+        })
+    }
+
+    fn batched(a: Primitive, b: Primitive) -> Result<Prepared, GemmError> {
+        let dtype = check_operands(&a, &b)?;
+        let (sa, sb) = (a.shape(), b.shape());
+        let dim = |s: &Shape, i: usize| s.get(i).copied().unwrap_or(0);
+        let (batch, m, k) = (dim(&sa, 0), dim(&sa, 1), dim(&sa, 2));
+        let (batch_b, k2, n) = (dim(&sb, 0), dim(&sb, 1), dim(&sb, 2));
+        if sa.num_dims() != 3 || sb.num_dims() != 3 || batch != batch_b || k != k2 {
+            return Err(GemmError::Shape { m, k, k2, n });
+        }
+        if batch * m * n * k == 0 {
+            return Err(GemmError::Shape { m, k, k2, n });
+        }
+        let (a, va, stride_a) = readable_batch(a);
+        let (b, vb, stride_b) = readable_batch(b);
+        let out = empty_device_contiguous_dtype(
+            a.client.clone(),
+            a.device.clone(),
+            Shape::new([batch, m, n]),
+            dtype,
+        );
+        Ok(Prepared {
+            problem: Problem::batched(va, stride_a, vb, stride_b, batch),
             a,
             b,
             out,
@@ -226,6 +386,75 @@ impl Prepared {
         })?;
         drop((ra, rb, rd));
         Ok((value, self.out))
+    }
+}
+
+impl Prepared {
+    /// Queues the GEMM on cubecl's `stream` from its device thread (module documentation, way 1)
+    /// and returns the output at once.
+    fn run_on_cubecl_stream(self, stream: u64) -> Result<Primitive, GemmError> {
+        let dtype = self.out.dtype;
+        let ordinal = self.out.device.index;
+        let assumed = [
+            offset_alignment(&self.b),
+            offset_alignment(&self.a),
+            offset_alignment(&self.out),
+        ];
+        let problem = self.problem;
+        // Planned here, where an error can still be returned.
+        let plan = lt::with_device(ordinal, |device| device.plan(&problem, dtype, assumed))?;
+        let sid = StreamId::current();
+        let (a, b, d) = (
+            self.a.handle.clone(),
+            self.b.handle.clone(),
+            self.out.handle.clone(),
+        );
+        let out_bytes = self.out.meta.shape().num_elements() * dtype.size();
+        stream::device_handle(&self.out.device).submit(move |server: &mut stream::Server| {
+            let mut d_ptr = None;
+            let result = (|| -> Result<(), GemmError> {
+                let mut address = |h: &cubecl::server::Handle| {
+                    server
+                        .get_resource(h.clone().binding(), sid)
+                        .map(|r| r.resource().ptr)
+                        .map_err(|e| GemmError::Runtime(format!("{e:?}")))
+                };
+                let ptrs = Pointers {
+                    first: address(&b)?,
+                    second: address(&a)?,
+                    d: address(&d)?,
+                };
+                d_ptr = Some(ptrs.d);
+                let actual = [
+                    alignment(ptrs.first),
+                    alignment(ptrs.second),
+                    alignment(ptrs.d),
+                ];
+                lt::with_device(ordinal, |device| {
+                    let plan = if actual.iter().zip(assumed).all(|(&got, want)| got >= want) {
+                        plan
+                    } else {
+                        device.plan(&problem, dtype, actual)?
+                    };
+                    // SAFETY: the handles captured by this closure keep the three buffers alive
+                    // until the launch is queued; it is queued on the stream every kernel that
+                    // reads or writes them is queued on, in program order.
+                    unsafe { device.launch_plan(&plan, ptrs, stream as CUstream) }
+                })
+            })();
+            if let Err(error) = result {
+                if let Some(ptr) = d_ptr {
+                    // SAFETY: the output buffer is alive (held by `d`) and only ours.
+                    unsafe { lt::fill_nan(ptr, out_bytes, dtype, stream as CUstream) };
+                }
+                let mut failure = ORDERED_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+                failure.get_or_insert(error);
+            }
+            // `a`, `b` and `d` are dropped here: their memory may be reused by work queued later
+            // on the same stream, i.e. after this GEMM.
+            drop((a, b, d));
+        });
+        Ok(self.out)
     }
 }
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issues #9/#10 on the GPU machine, in one call: the peer (PEFT LoRA on PyTorch) and our
+# `bench step` on the same workloads, so that every ratio comes from one lease. Run from the
+# repository root. Each run is time-boxed; results (JSON) and logs are packed into OUT/step.tgz.
+#
+# Usage: [GIT_COMMIT=...] [STEPS=50] [WARMUP=20] [UNSYNCED=10] \
+#        scripts/gpu/bench-step.sh XTASK PEER_DIR OUT RUN...
+# A RUN is `peft:<workload>`, `dense:<workload>` or `sparse:<workload>:<config.toml>`, optionally
+# prefixed with `env=VAR=value,` (e.g. `env=SPARSELORA_STREAM_ORDER=0,dense:csr`); the model is
+# $MODEL (default llama3-8b).
+set -uo pipefail
+XTASK=$1 PEER=$2 OUT=$3
+shift 3
+MODEL=${MODEL:-llama3-8b} STEPS=${STEPS:-50} WARMUP=${WARMUP:-20} UNSYNCED=${UNSYNCED:-10}
+export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
+source "$(dirname "$0")/cublaslt-path.sh"
+work=$(mktemp -d)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$work/gpu.txt"
+
+status=0
+for run in "$@"; do
+  envs=()
+  if [[ $run == env=* ]]; then
+    spec=${run#env=}
+    envs=("${spec%%,*}")
+    run=${spec#*,}
+  fi
+  IFS=: read -r kind workload config <<<"$run"
+  log="$work/${kind}-${workload}-$(basename "${config:-x}" .toml)${envs:+-${envs[0]%%=*}}.log"
+  echo "=== $run ${envs[*]:-} ==="
+  case $kind in
+    peft)
+      cmd=(python3 "$PEER/peft_lora_bench.py" --model "$MODEL" --workload "$workload"
+           --steps "$STEPS" --warmup "$WARMUP" --json "$work/peft.jsonl") ;;
+    dense)
+      cmd=("$XTASK" bench step --model "$MODEL" --workload "$workload" --steps "$STEPS"
+           --warmup "$WARMUP" --unsynced-steps "$UNSYNCED" --breakdown --output-dir "$work") ;;
+    sparse)
+      cmd=("$XTASK" bench step --model "$MODEL" --workload "$workload" --sparsity "$config"
+           --steps "$STEPS" --warmup "$WARMUP" --unsynced-steps "$UNSYNCED" --breakdown
+           --output-dir "$work") ;;
+    *) echo "unknown run $run"; status=1; continue ;;
+  esac
+  if [ "$kind" != peft ] && [ -f "$work/peft.jsonl" ]; then cmd+=(--peft "$work/peft.jsonl"); fi
+  env "${envs[@]}" PYTHONUNBUFFERED=1 timeout "${RUN_TIMEOUT:-240}" "${cmd[@]}" 2>&1 | tee "$log" | tail -n 25
+  rc=${PIPESTATUS[0]}
+  echo "=== $run: exit $rc ==="
+  [ "$rc" -eq 0 ] || status=1
+done
+
+echo "=== summary ==="
+grep -h -E '^(llama|smollm|tiny).*median' "$work"/*.log || true
+grep -h -E 'ms/step|\[bench\]' "$work"/peft-*.log 2>/dev/null | tail -n 8 || true
+tar czf "$OUT/step.tgz" -C "$work" .
+exit $status

@@ -1,0 +1,612 @@
+//! `cargo xtask bench step`: the time and memory of one LoRA / SparseLoRA training step on a
+//! random-weight model of a preset's shape, on the workload of the official SparseLoRA speed
+//! benchmark (and of `../shared/peer/peft_lora_bench.py`): batch 8 x 512 tokens, ids 100..611, no
+//! padding, labels on the last 3 (`csr`) or 128 (`math`) tokens; LoRA r32 alpha 64 on q,k,v,o;
+//! AdamW lr 3e-4, global-norm clipping at 1.0.
+//!
+//! A step is the training loop's own ([`trainer::step`]): forward and loss, backward, clipping
+//! and AdamW, with no host read inside. The headline figures synchronise the device once at the
+//! end of each step, as the peer does; `--breakdown` also synchronises between forward, backward
+//! and optimizer (and around the estimator) to split the step, which costs some overlap.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::optim::{AdamWConfig, GradientsAccumulator, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use clap::{Args, ValueEnum};
+use llama_burn::loss::{LossTargets, IGNORE_INDEX};
+use llama_burn::{LlamaConfig, LlamaForCausalLM};
+use lora::{LoraConfig, LoraTarget};
+use serde_json::{json, Value};
+use trainer::flops::{FlopsCounter, StepTokens};
+use trainer::grad_norm::IntoScalarF64;
+use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
+use trainer::{SparseTraining, TimedSelector, TrainBatch};
+
+use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::finetune::SparseSetup;
+
+/// The official benchmark's two workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Commonsense reasoning: 3 answer tokens per sequence.
+    Csr,
+    /// Math10K: 128 answer tokens per sequence.
+    Math,
+}
+
+impl Workload {
+    fn answer_len(self) -> usize {
+        match self {
+            Workload::Csr => 3,
+            Workload::Math => 128,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Csr => "csr",
+            Workload::Math => "math",
+        }
+    }
+}
+
+/// Times LoRA (or, with `--sparsity`, SparseLoRA) training steps on a random model of a preset's
+/// shape.
+#[derive(Args, Debug, Clone)]
+pub struct StepBench {
+    /// Model preset (`llama3-8b`, `llama2-7b`, `smollm2-135m`, `tiny`, ...).
+    #[arg(long, default_value = "llama3-8b")]
+    pub model: String,
+    /// `csr` (3 answer tokens) or `math` (128).
+    #[arg(long, value_enum, default_value = "csr")]
+    pub workload: Workload,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+    /// Answer (labelled) tokens at the end of each sequence; default: the workload's.
+    #[arg(long)]
+    pub out_len: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Untimed steps first (JIT compilation, plan caches, memory pools).
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Steps run last with no synchronisation at all (the host queues ahead), for
+    /// `unsynced_mean_ms`; default: as many as `--steps`.
+    #[arg(long)]
+    pub unsynced_steps: Option<usize>,
+    /// A SparseLoRA sparsity config (configs/sparsity/*.toml): sparse from step 0.
+    #[arg(long)]
+    pub sparsity: Option<PathBuf>,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 32)]
+    pub lora_r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 64.0)]
+    pub lora_alpha: f64,
+    /// LoRA targets, comma-separated (q,k,v,o,gate,up,down).
+    #[arg(long, default_value = "q,k,v,o")]
+    pub lora_targets: String,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Also synchronise between forward, backward and optimizer to report the split.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub backend: BackendKind,
+    /// Base-weight dtype; default bf16 on CUDA, f32 elsewhere.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// The peer's JSON lines (`peft_lora_bench.py --json`) from the same device session: its
+    /// figures for the same model and workload are stored beside ours, with the ratios.
+    #[arg(long)]
+    pub peft: Option<PathBuf>,
+    /// A label stored in the result.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Where the JSON result goes.
+    #[arg(long, default_value = "bench/results")]
+    pub output_dir: PathBuf,
+}
+
+impl StepBench {
+    pub fn run(self) -> anyhow::Result<()> {
+        let (backend, dtype) = (self.backend, self.dtype);
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        let out_len = self.out_len.unwrap_or(self.workload.answer_len());
+        if out_len == 0 || out_len >= self.seq {
+            bail!(
+                "--out-len {out_len} must be between 1 and --seq - 1 ({})",
+                self.seq - 1
+            );
+        }
+        backend.dispatch_autodiff(dtype, self)
+    }
+
+    fn answer_len(&self) -> usize {
+        self.out_len.unwrap_or(self.workload.answer_len())
+    }
+
+    fn lora_config(&self) -> anyhow::Result<LoraConfig> {
+        let targets = LoraTarget::parse_list(&self.lora_targets)
+            .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
+        let config = LoraConfig::new()
+            .with_r(self.lora_r)
+            .with_alpha(self.lora_alpha)
+            .with_dropout(0.0)
+            .with_targets(targets);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The peer's batch: ids `100..100 + seq` (mod vocab) in every row, no padding, labels on the
+/// last `answer_len` positions.
+fn workload_batch<B: Backend>(
+    batch: usize,
+    seq: usize,
+    answer_len: usize,
+    vocab: usize,
+    device: &B::Device,
+) -> TrainBatch<B> {
+    let row: Vec<i64> = (0..seq).map(|t| ((100 + t) % vocab) as i64).collect();
+    let ids: Vec<i64> = row.iter().copied().cycle().take(batch * seq).collect();
+    let labels: Vec<i64> = (0..batch * seq)
+        .map(|i| {
+            if i % seq >= seq - answer_len {
+                ids[i]
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect();
+    let answer_tokens = labels.iter().map(|&l| l != IGNORE_INDEX).collect();
+    TrainBatch {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), device),
+        attention_mask: Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(vec![true; batch * seq], [batch, seq]),
+            device,
+        ),
+        labels: Tensor::<B, 2, Int>::from_data(
+            TensorData::new(labels.clone(), [batch, seq]),
+            device,
+        ),
+        loss_targets: LossTargets::from_labels(&labels, batch, seq, device),
+        answer_tokens,
+    }
+}
+
+/// Per-step times (ms) of one phase.
+#[derive(Default)]
+struct Series(Vec<f64>);
+
+impl Series {
+    fn push(&mut self, seconds: f64) {
+        self.0.push(seconds * 1e3);
+    }
+
+    fn quantile(&self, q: f64) -> Option<f64> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        let pos = q * (v.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+    }
+
+    fn median(&self) -> Option<f64> {
+        self.quantile(0.5)
+    }
+}
+
+fn sync<B: Backend>(device: &B::Device) -> anyhow::Result<()> {
+    B::sync(device).map_err(|e| anyhow::anyhow!("device error: {e:?}"))
+}
+
+impl TrainJob for StepBench {
+    fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
+        let config = LlamaConfig::preset(&self.model)?;
+        let lora = self.lora_config()?;
+        let answer_len = self.answer_len();
+        let memory = DeviceMemory::new(self.backend);
+        B::seed(&device, 0);
+        let start = Instant::now();
+        let base = config.init_random::<B>(&device).with_dtype(dtype);
+        let sparse_setup = match &self.sparsity {
+            Some(path) => Some(SparseSetup::<B>::new(path, None, &base, &self.model, 0)?),
+            None => None,
+        };
+        let model: LlamaForCausalLM<B> = base.with_lora(&lora, &device);
+        sync::<B>(&device)?;
+        let init_s = start.elapsed().as_secs_f64();
+        let training = sparse_setup
+            .as_ref()
+            .map(|setup| setup.training(&config, &lora));
+        let timed = training
+            .as_ref()
+            .map(|t| TimedSelector::new(t.selector, &device));
+        let mut optim = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.0)
+            .init::<B, LlamaForCausalLM<B>>();
+        let batch =
+            workload_batch::<B>(self.batch, self.seq, answer_len, config.vocab_size, &device);
+        let answer_tokens = batch.answer_tokens.clone();
+        let mode = if self.sparsity.is_some() {
+            "sparse"
+        } else {
+            "dense"
+        };
+        eprintln!(
+            "bench step: {} {} {mode}, batch {} x {}, {answer_len} answer tokens, LoRA r{} on {}; model built in {init_s:.1} s",
+            self.model,
+            self.workload.name(),
+            self.batch,
+            self.seq,
+            lora.r,
+            self.lora_targets
+        );
+
+        let mut stepper = Stepper {
+            model: Some(model),
+            optim: &mut optim,
+            batch: &batch,
+            answer_tokens: &answer_tokens,
+            training: training.as_ref(),
+            timed: timed.as_ref(),
+            lr: self.lr,
+            max_grad_norm: self.max_grad_norm,
+            device: &device,
+            times: Phases::default(),
+        };
+        for step in 0..self.warmup {
+            stepper.step(step, false)?;
+        }
+        sync::<B>(&device)?;
+        // Timed: one synchronisation at the end of each step, as the peer does.
+        let (mut total, mut losses, mut peak_bytes) = (Series::default(), Vec::new(), 0u64);
+        for step in self.warmup..self.warmup + self.steps {
+            let t0 = Instant::now();
+            let loss = stepper.step(step, self.breakdown)?;
+            sync::<B>(&device)?;
+            total.push(t0.elapsed().as_secs_f64());
+            if let Some(used) = memory.used() {
+                peak_bytes = peak_bytes.max(used);
+            }
+            losses.push(loss);
+        }
+        // The same number of steps with no synchronisation at all: the host queues ahead.
+        let unsynced = self.unsynced_steps.unwrap_or(self.steps);
+        let t0 = Instant::now();
+        for step in self.warmup + self.steps..self.warmup + self.steps + unsynced {
+            stepper.step(step, false)?;
+        }
+        sync::<B>(&device)?;
+        let unsynced_mean_ms =
+            (unsynced > 0).then(|| t0.elapsed().as_secs_f64() * 1e3 / unsynced as f64);
+        let Phases {
+            forward,
+            backward,
+            optimizer,
+            estimator,
+        } = stepper.times;
+        let losses: Vec<f64> = losses
+            .into_iter()
+            .map(IntoScalarF64::into_scalar_f64)
+            .collect();
+        if losses.iter().any(|l| !l.is_finite()) {
+            bail!("a timed step produced a non-finite loss: {losses:?}");
+        }
+
+        // Analytic FLOPs of this step (matmuls), and of the same step dense.
+        let tokens = StepTokens::synthetic(self.batch, self.seq, answer_len);
+        let tokens = match &training {
+            Some(t) if t.dense_answer_tokens => tokens.with_dense_tokens(self.batch * answer_len),
+            _ => tokens,
+        };
+        let counter = match &sparse_setup {
+            Some(setup) => FlopsCounter::new(&config, &lora).with_sparsity_config(&setup.config),
+            None => FlopsCounter::new(&config, &lora),
+        };
+        let flops = counter.step(&tokens, sparse_setup.as_ref().map(|s| &s.plan));
+        let executed = if self.sparsity.is_some() {
+            flops.sparse.total()
+        } else {
+            flops.dense.total()
+        } as f64;
+
+        let median = total.median().context("no timed step")?;
+        let gpu = super::svd::gpu_name().unwrap_or_else(|| format!("{:?}", self.backend));
+        let baseline = memory.baseline;
+        let peak_memory_gib = (peak_bytes > 0)
+            .then(|| peak_bytes.saturating_sub(baseline.unwrap_or(0)) as f64 / (1u64 << 30) as f64);
+        let tokens_per_s = (self.batch * self.seq) as f64 / (median / 1e3);
+        let peft = match &self.peft {
+            Some(path) => peer_result(path, &self.model, self.workload.name())?,
+            None => None,
+        };
+        let date = super::utc_timestamp();
+        let mut doc = json!({
+            "kind": "step",
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "date": date,
+            "gpu": gpu,
+            "git_commit": super::git_commit(),
+            "tag": self.tag,
+            "model": self.model,
+            "workload": self.workload.name(),
+            "mode": mode,
+            "sparsity": self.sparsity.as_ref().map(|p| p.display().to_string()),
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "batch": self.batch,
+            "seq": self.seq,
+            "out_len": answer_len,
+            "lora": { "r": lora.r, "alpha": lora.alpha, "targets": self.lora_targets },
+            "warmup": self.warmup,
+            "steps": self.steps,
+            "median_ms": median,
+            "p10_ms": total.quantile(0.1),
+            "p90_ms": total.quantile(0.9),
+            "unsynced_mean_ms": unsynced_mean_ms,
+            "breakdown": self.breakdown.then(|| json!({
+                "forward_ms": forward.median(),
+                "backward_ms": backward.median(),
+                "optimizer_ms": optimizer.median(),
+                "estimator_ms": estimator.median(),
+                "estimator_share": estimator.median().zip(forward.median().zip(backward.median()).zip(optimizer.median()))
+                    .map(|(e, ((f, b), o))| e / (f + b + o)),
+            })),
+            "peak_memory_gib": peak_memory_gib,
+            "tokens_per_s": tokens_per_s,
+            "flops_step": executed,
+            "flops_step_dense": flops.dense.total() as f64,
+            "flops_ratio": executed / flops.dense.total() as f64,
+            "achieved_tflops": executed / (median / 1e3) / 1e12,
+            "loss_first": losses.first(),
+            "loss_last": losses.last(),
+            "model_build_s": init_s,
+        });
+        if let Some(peft) = peft {
+            let peft_ms = peft.get("median_ms").and_then(Value::as_f64);
+            doc["peft"] = peft;
+            doc["speedup_vs_peft"] = json!(peft_ms.map(|p| p / median));
+        }
+        print_summary(&doc);
+        std::fs::create_dir_all(&self.output_dir)?;
+        let path = self.output_dir.join(format!(
+            "step-{}-{}-{mode}-{}-{}.json",
+            self.model,
+            self.workload.name(),
+            date.replace(':', ""),
+            super::slug(&gpu)
+        ));
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("-> {}", path.display());
+        Ok(())
+    }
+}
+
+/// Per-phase times of the `--breakdown` steps.
+#[derive(Default)]
+struct Phases {
+    forward: Series,
+    backward: Series,
+    optimizer: Series,
+    estimator: Series,
+}
+
+/// Runs training steps of the benchmark's model on its one batch.
+struct Stepper<'a, B: AutodiffBackend, O> {
+    /// Taken out for the optimizer step (which consumes it) and put back.
+    model: Option<LlamaForCausalLM<B>>,
+    optim: &'a mut O,
+    batch: &'a TrainBatch<B>,
+    answer_tokens: &'a [bool],
+    training: Option<&'a SparseTraining<'a, B>>,
+    timed: Option<&'a TimedSelector<'a, B>>,
+    lr: f64,
+    max_grad_norm: f64,
+    device: &'a B::Device,
+    times: Phases,
+}
+
+impl<B: AutodiffBackend, O: Optimizer<LlamaForCausalLM<B>, B>> Stepper<'_, B, O> {
+    /// One step; with `breakdown`, synchronised after each phase and timed. Returns the loss,
+    /// still on the device.
+    fn step(&mut self, step: usize, breakdown: bool) -> anyhow::Result<Tensor<B::InnerBackend, 1>> {
+        if let Some(timed) = self.timed {
+            timed.set_timing(breakdown);
+        }
+        let model = self
+            .model
+            .take()
+            .context("the model was lost in an earlier step")?;
+        let t0 = Instant::now();
+        let forward = match (self.training, self.timed) {
+            (Some(training), Some(timed)) => {
+                Some(training.forward_for(timed, self.answer_tokens, step as u64, self.device))
+            }
+            _ => None,
+        };
+        let loss = micro_batch_loss(&model, self.batch.clone(), forward.as_ref());
+        if breakdown {
+            sync::<B>(self.device)?;
+            self.times.forward.push(t0.elapsed().as_secs_f64());
+            if let Some(timed) = self.timed {
+                self.times
+                    .estimator
+                    .push(timed.take_elapsed().as_secs_f64());
+            }
+        }
+        let t1 = Instant::now();
+        let mut accumulator = GradientsAccumulator::<LlamaForCausalLM<B>>::new();
+        let loss = backward_into(&model, loss, 1, &mut accumulator);
+        if breakdown {
+            sync::<B>(self.device)?;
+            self.times.backward.push(t1.elapsed().as_secs_f64());
+        }
+        let t2 = Instant::now();
+        let (model, _norm) = apply_gradients(
+            model,
+            self.optim,
+            accumulator.grads(),
+            self.lr,
+            self.max_grad_norm,
+        );
+        self.model = Some(model);
+        if breakdown {
+            sync::<B>(self.device)?;
+            self.times.optimizer.push(t2.elapsed().as_secs_f64());
+        }
+        Ok(loss)
+    }
+}
+
+fn print_summary(doc: &Value) {
+    let f = |key: &str| doc[key].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+    println!(
+        "{} {} {}: median {} ms (p10 {}, p90 {}), unsynced mean {} ms, {} tokens/s, {} TFLOP/s, peak {} GiB{}",
+        doc["model"].as_str().unwrap_or(""),
+        doc["workload"].as_str().unwrap_or(""),
+        doc["mode"].as_str().unwrap_or(""),
+        f("median_ms"),
+        f("p10_ms"),
+        f("p90_ms"),
+        f("unsynced_mean_ms"),
+        f("tokens_per_s"),
+        f("achieved_tflops"),
+        f("peak_memory_gib"),
+        doc.get("peft")
+            .map(|p| format!(
+                "; PEFT {} ms, {} GiB (ours {:.2}x)",
+                p["median_ms"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
+                p["peak_memory_gib"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
+                doc["speedup_vs_peft"].as_f64().unwrap_or(f64::NAN)
+            ))
+            .unwrap_or_default()
+    );
+    if let Some(b) = doc.get("breakdown").filter(|b| !b.is_null()) {
+        let g = |key: &str| b[key].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+        println!(
+            "  breakdown (synchronised): forward {} ms, backward {} ms, optimizer {} ms, estimator {} ms",
+            g("forward_ms"),
+            g("backward_ms"),
+            g("optimizer_ms"),
+            g("estimator_ms")
+        );
+    }
+}
+
+/// The last line of the peer's JSON-lines file for this model and workload, with its figures
+/// under our field names.
+fn peer_result(
+    path: &std::path::Path,
+    model: &str,
+    workload: &str,
+) -> anyhow::Result<Option<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the peer's results {}", path.display()))?;
+    let answer_len = match workload {
+        "csr" => 3,
+        _ => 128,
+    };
+    let mut found = None;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        if v["model"] == model && v["out_len"].as_u64() == Some(answer_len) {
+            found = Some(v);
+        }
+    }
+    Ok(found.map(|v| {
+        json!({
+            "median_ms": v["ms_step_median"],
+            "forward_ms": v["ms_fwd_median"],
+            "backward_ms": v["ms_bwd_median"],
+            "optimizer_ms": v["ms_opt_median"],
+            "peak_memory_gib": v["peak_mem_alloc_gib"],
+            "peak_memory_reserved_gib": v["peak_mem_reserved_gib"],
+            "tokens_per_s": v["tokens_per_s"],
+            "liger": v["liger_model_patch"],
+            "versions": v["versions"],
+        })
+    }))
+}
+
+/// Device memory held by this process, read after each step (CUDA only).
+struct DeviceMemory {
+    reader: Option<fn() -> Option<u64>>,
+    /// In use before the model was built (the CUDA context and libraries), subtracted.
+    baseline: Option<u64>,
+}
+
+impl DeviceMemory {
+    fn new(backend: BackendKind) -> Self {
+        let reader: Option<fn() -> Option<u64>> = match backend {
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Some(|| sparse_ops::cublaslt::device_memory_used(0).ok()),
+            _ => None,
+        };
+        let baseline = reader.and_then(|read| read());
+        Self { reader, baseline }
+    }
+
+    fn used(&self) -> Option<u64> {
+        self.reader.and_then(|read| read())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_batch_matches_the_peer() {
+        type B = burn::backend::Flex;
+        let batch = workload_batch::<B>(2, 8, 3, 1000, &Default::default());
+        let ids: Vec<i64> = batch
+            .input_ids
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
+        assert_eq!(&ids[..8], &[100, 101, 102, 103, 104, 105, 106, 107]);
+        assert_eq!(&ids[8..], &ids[..8]);
+        let labels: Vec<i64> = batch.labels.into_data().convert::<i64>().to_vec().unwrap();
+        assert_eq!(&labels[..8], &[-100, -100, -100, -100, -100, 105, 106, 107]);
+        assert_eq!(batch.loss_targets.count, 6);
+        assert_eq!(batch.answer_tokens.iter().filter(|&&a| a).count(), 6);
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        let s = Series(vec![4.0, 1.0, 3.0, 2.0]);
+        assert_eq!(s.median(), Some(2.5));
+        assert_eq!(s.quantile(0.0), Some(1.0));
+        assert_eq!(s.quantile(1.0), Some(4.0));
+    }
+}
