@@ -3,6 +3,7 @@
 
 mod backend;
 mod bench;
+mod check_step;
 mod eval;
 mod fetch_model;
 mod finetune;
@@ -38,6 +39,9 @@ enum Command {
     Svd(svd::Svd),
     /// Compare the model's numerics with the recorded references (HF fixtures, SmolLM2 golden).
     Verify(verify::Verify),
+    /// One training step (loss and LoRA gradients, dense and SparseLoRA) on a fast backend
+    /// against the CPU reference path.
+    CheckStep(Box<check_step::CheckStep>),
     /// GPU microbenchmarks (`bench gemm`: the cuBLASLt seam vs burn vs torch).
     Bench(bench::Bench),
     /// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::FetchModel(cmd) => cmd.run(),
         Command::Generate(cmd) => cmd.run(),
         Command::Verify(cmd) => cmd.run(),
+        Command::CheckStep(cmd) => cmd.run(),
         Command::Finetune(cmd) => cmd.run(),
         Command::Eval(cmd) => cmd.run(),
         Command::Svd(cmd) => cmd.run(),

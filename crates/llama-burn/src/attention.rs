@@ -3,13 +3,26 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
 use crate::projection::Projection;
 use crate::rope::RopeAngles;
 use crate::sparsity::{AttnChannels, SparseForward};
+
+/// Which keys each query may read.
+#[derive(Debug, Clone)]
+pub enum AttentionMask<B: Backend> {
+    /// Training and scoring without a KV cache: query `i` reads key `j` when `j <= i` and
+    /// `key_valid[b, j]` (`[batch, seq]`, false for padding). The fused causal softmax applies
+    /// it without materialising a mask; a query with no readable key attends uniformly, as
+    /// `transformers`' eager attention does with its finite mask.
+    Causal(Tensor<B, 2, Bool>),
+    /// Decoding with a KV cache: an additive f32 mask `[batch, 1, seq, kv_len]`, 0 where a key
+    /// may be read and `f32::MIN` elsewhere (see [`crate::model::additive_causal_mask`]).
+    Additive(Tensor<B, 4>),
+}
 
 /// The attention block of one decoder layer.
 #[derive(Module, Debug)]
@@ -49,14 +62,13 @@ impl<B: Backend> LlamaAttention<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` (already normalised)
     /// - `rope`: cos/sin `[batch, 1, seq, head_dim]` of the query positions
-    /// - `mask`: additive f32 `[batch, 1, seq, kv_len]`, `kv_len = seq` without a cache, or the
-    ///   cache capacity with one
+    /// - `mask`: see [`AttentionMask`] (`kv_len` = the cache capacity with a cache)
     /// - output: `[batch, seq, d_model]`
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        mask: Tensor<B, 4>,
+        mask: AttentionMask<B>,
         cache: Option<&mut LayerKvCache<B>>,
     ) -> Tensor<B, 3> {
         let q = self.q_proj.forward(x.clone());
@@ -77,7 +89,7 @@ impl<B: Backend> LlamaAttention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        mask: Tensor<B, 4>,
+        mask: AttentionMask<B>,
         channels: &AttnChannels<B>,
         sparse: &SparseForward<'_, B>,
     ) -> Tensor<B, 3> {
@@ -116,7 +128,7 @@ impl<B: Backend> LlamaAttention<B> {
         k: Tensor<B, 3>,
         v: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        mask: Tensor<B, 4>,
+        mask: AttentionMask<B>,
         cache: Option<&mut LayerKvCache<B>>,
     ) -> Tensor<B, 3> {
         let [b, s, _] = q.dims();
@@ -129,9 +141,20 @@ impl<B: Backend> LlamaAttention<B> {
             Some(cache) => cache.append(k, v), // [b, nkv, kv_len, hd]
             None => (k, v),
         };
-        let scores = grouped_scores(q, k) * (1.0 / (hd as f64).sqrt()); // [b, nq, s, kv_len]
-        let dtype = scores.dtype();
-        let probs = softmax(scores.cast(DType::F32) + mask, 3).cast(dtype);
+        let scores = grouped_scores(q, k); // [b, nq, s, kv_len]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probs = match mask {
+            // One fused kernel (forward and backward) on burn's cubecl backends: scale, mask,
+            // f32 softmax, and only the probabilities kept for the backward.
+            AttentionMask::Causal(key_valid) => {
+                kernels_cubecl::causal_softmax(scores, key_valid, scale)
+            }
+            AttentionMask::Additive(mask) => {
+                let scores = scores * scale;
+                let dtype = scores.dtype();
+                softmax(scores.cast(DType::F32) + mask, 3).cast(dtype)
+            }
+        };
         let out = grouped_mix(probs, v); // [b, nq, s, hd]
         out.swap_dims(1, 2).reshape([b, s, nq * hd])
     }

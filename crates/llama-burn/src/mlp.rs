@@ -1,8 +1,8 @@
 //! The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Int, Tensor};
+use kernels_cubecl::swiglu;
 
 use crate::config::LlamaConfig;
 use crate::projection::Projection;
@@ -33,7 +33,7 @@ impl<B: Backend> LlamaMlp<B> {
     /// # Shapes
     /// - `x`: `[..., d_model]` (already normalised), output the same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let hidden = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x); // [.., d_ff]
+        let hidden = swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)); // [.., d_ff]
         self.down_proj.forward(hidden)
     }
 
@@ -64,14 +64,15 @@ impl<B: Backend> LlamaMlp<B> {
                 );
                 let up = sparse_ops::linear_out_sliced(x, self.up_proj.weight.val(), idx.clone());
                 sparse_ops::linear_in_compact(
-                    silu(gate) * up,
+                    swiglu(gate, up),
                     self.down_proj.weight.val(),
                     idx.clone(),
                 )
             } else {
                 let gate = self.gate_proj.forward_out_sliced(x.clone(), idx, drop);
                 let up = self.up_proj.forward_out_sliced(x, idx, drop);
-                self.down_proj.forward_in_sliced(silu(gate) * up, idx, drop)
+                self.down_proj
+                    .forward_in_sliced(swiglu(gate, up), idx, drop)
             }
         };
         sparse

@@ -10,7 +10,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use lora::LoraConfig;
 
 use crate::adapters::AdapterDepth;
-use crate::attention::LlamaAttention;
+use crate::attention::{AttentionMask, LlamaAttention};
 use crate::cache::{KvCache, LayerKvCache};
 use crate::config::LlamaConfig;
 use crate::mlp::LlamaMlp;
@@ -58,7 +58,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        mask: Tensor<B, 4>,
+        mask: AttentionMask<B>,
         cache: Option<&mut LayerKvCache<B>>,
         inputs: Option<&mut Vec<LayerInputs<B>>>,
         sparse: Option<LayerSparseStep<'_, B>>,
@@ -337,8 +337,10 @@ impl<B: Backend> LlamaForCausalLM<B> {
     ) -> Tensor<B, 3> {
         let sparse = sparse.map(|forward| (forward, attention_mask.clone()));
         let [_, seq] = input_ids.dims();
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        let mask = additive_causal_mask(attention_mask, past, seq);
+        let mask = match cache.as_ref() {
+            None => AttentionMask::Causal(attention_mask),
+            Some(c) => AttentionMask::Additive(additive_causal_mask(attention_mask, c.len(), seq)),
+        };
         let rope = self.rope.angles(positions, self.dtype());
         let mut x = self.model.embed_tokens.forward(input_ids); // [b, s, d]
         for (i, layer) in self.model.layers.iter().enumerate() {

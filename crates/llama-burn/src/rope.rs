@@ -79,13 +79,11 @@ impl RotaryEmbedding {
 
 impl<B: Backend> RopeAngles<B> {
     /// Rotates `x` (`[batch, heads, seq, head_dim]`): `x * cos + rotate_half(x) * sin`.
+    ///
+    /// One fused kernel (forward and backward, reading a strided `x` in place) on burn's cubecl
+    /// backends; the same computation in tensor ops elsewhere.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, s, d] = x.dims();
-        let half = d / 2;
-        let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
-        let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        kernels_cubecl::rope(x, self.cos.clone(), self.sin.clone())
     }
 }
 

@@ -191,8 +191,14 @@ impl<B: Backend> SvdCache<B> {
         let mut factors = BTreeMap::new();
         for (i, layer) in model.model.layers.iter().enumerate() {
             for target in ESTIMATED.into_iter().filter(|&t| wanted(i, t)) {
-                let weight = layer.projection(target).weight.val();
-                factors.insert(module_path(i, target), estimator_factors(weight, rank));
+                // Detached: the factors are constants. Built from a weight that still requires a
+                // gradient (the base before LoRA freezes it), they would carry autodiff history,
+                // and every estimate made with them would add backward steps to the graph that
+                // no backward ever consumes: memory that grows every step (it ran an 8B
+                // SparseLoRA run out of memory within 25 steps).
+                let weight = layer.projection(target).weight.val().detach();
+                let (w1, w2) = estimator_factors(weight, rank);
+                factors.insert(module_path(i, target), (w1.detach(), w2.detach()));
             }
         }
         Self { rank, factors }
@@ -410,6 +416,35 @@ mod tests {
     use super::*;
 
     type B = burn::backend::Flex;
+
+    #[test]
+    fn factors_carry_no_autodiff_history_even_from_trainable_weights() {
+        type Ad = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let model = llama_burn::LlamaConfig::preset("tiny")
+            .unwrap()
+            .init_random::<Ad>(&device);
+        let weight = model.model.layers[0].mlp.gate_proj.weight.val();
+        assert!(
+            weight.is_require_grad(),
+            "the probe needs a trainable weight"
+        );
+        let cache = SvdCache::build(&model, 4, |_, _| true);
+        for (name, (w1, w2)) in &cache.factors {
+            assert!(
+                !w1.is_require_grad() && !w2.is_require_grad(),
+                "{name} is tracked"
+            );
+        }
+        // An estimate made with them is untracked too: nothing is added to the graph.
+        let (w1, w2) = cache.factors.values().next().unwrap();
+        let x = Tensor::<Ad, 2>::random(
+            [3, w1.dims()[0]],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        assert!(!x.matmul(w1.clone()).matmul(w2.clone()).is_require_grad());
+    }
 
     fn tiny() -> LlamaForCausalLM<B> {
         let device = Default::default();

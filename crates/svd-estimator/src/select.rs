@@ -157,8 +157,10 @@ impl<B: Backend> SvdChannelSelector<B> {
             cache.check_covers(config, needed)?;
             for layer in 0..plan.num_layers() {
                 for target in crate::ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
-                    if let Some(pair) = cache.factors.get(&module_path(layer, target)) {
-                        factors.insert((layer, target), pair.clone());
+                    if let Some((w1, w2)) = cache.factors.get(&module_path(layer, target)) {
+                        // Constants: no autodiff history may reach the estimates (see
+                        // `SvdCache::build`).
+                        factors.insert((layer, target), (w1.clone().detach(), w2.clone().detach()));
                     }
                 }
             }

@@ -28,6 +28,7 @@ pub mod example_batches;
 pub mod flops;
 pub mod grad_norm;
 pub mod metrics;
+pub mod optim;
 pub mod sampler;
 pub mod schedule;
 pub mod sparse_step;

@@ -7,14 +7,14 @@
 //! the device still runs this one.
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use llama_burn::loss::causal_lm_loss_at_targets;
 use llama_burn::{LlamaForCausalLM, SparseForward};
 
 use crate::batch::TrainBatch;
-use crate::grad_norm::clip_global_norm_on_device;
+use crate::optim::ClippedOptimizer;
 
 /// The loss of one micro-batch: the dense forward, or SparseLoRA's when `sparse` is given, with
 /// logits only at the positions that predict an answer token.
@@ -55,15 +55,15 @@ pub fn backward_into<B: AutodiffBackend>(
 pub fn apply_gradients<B, O>(
     model: LlamaForCausalLM<B>,
     optim: &mut O,
-    mut grads: GradientsParams,
+    grads: GradientsParams,
     lr: f64,
     max_norm: f64,
 ) -> (LlamaForCausalLM<B>, Tensor<B::InnerBackend, 1>)
 where
     B: AutodiffBackend,
     LlamaForCausalLM<B>: AutodiffModule<B>,
-    O: Optimizer<LlamaForCausalLM<B>, B>,
+    O: ClippedOptimizer<LlamaForCausalLM<B>, B>,
 {
-    let norm = clip_global_norm_on_device(&model, &mut grads, max_norm);
-    (optim.step(lr, model, grads), norm)
+    // `FusedAdamW` folds the clipping into its update kernels; burn's optimizers clip first.
+    optim.clip_and_step(lr, model, grads, max_norm)
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, Optimizer};
+use burn::optim::{GradientsAccumulator, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use llama_burn::LlamaForCausalLM;
@@ -19,6 +19,7 @@ use crate::batch::TrainBatch;
 use crate::checkpoint::{latest_checkpoint, save_checkpoint, TrainState};
 use crate::grad_norm::IntoScalarF64;
 use crate::metrics::{MetricsLog, StepMetrics};
+use crate::optim::FusedAdamWConfig;
 use crate::schedule::CosineSchedule;
 use crate::sparse_step::{SparseTraining, TimedSelector};
 use crate::step::{apply_gradients, backward_into, micro_batch_loss};
@@ -167,7 +168,7 @@ where
     }
     let schedule = CosineSchedule::new(config.learning_rate, config.warmup_ratio, total_steps);
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let mut optim = AdamWConfig::new()
+    let mut optim = FusedAdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.999)
         .with_epsilon(config.adam_epsilon as f32)

@@ -8,6 +8,7 @@ mod step;
 mod svd;
 
 pub use gemm::{git_commit, slug, utc_timestamp};
+pub(crate) use step::workload_batch;
 
 use clap::{Args, Subcommand};
 

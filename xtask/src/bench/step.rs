@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use burn::optim::{AdamWConfig, GradientsAccumulator, Optimizer};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
@@ -23,6 +23,7 @@ use lora::{LoraConfig, LoraTarget};
 use serde_json::{json, Value};
 use trainer::flops::{FlopsCounter, StepTokens};
 use trainer::grad_norm::IntoScalarF64;
+use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TimedSelector, TrainBatch};
 
@@ -157,7 +158,7 @@ impl StepBench {
 
 /// The peer's batch: ids `100..100 + seq` (mod vocab) in every row, no padding, labels on the
 /// last `answer_len` positions.
-fn workload_batch<B: Backend>(
+pub(crate) fn workload_batch<B: Backend>(
     batch: usize,
     seq: usize,
     answer_len: usize,
@@ -242,7 +243,7 @@ impl TrainJob for StepBench {
         let timed = training
             .as_ref()
             .map(|t| TimedSelector::new(t.selector, &device));
-        let mut optim = AdamWConfig::new()
+        let mut optim = FusedAdamWConfig::new()
             .with_beta_1(0.9)
             .with_beta_2(0.999)
             .with_epsilon(1e-8)
@@ -384,6 +385,8 @@ impl TrainJob for StepBench {
             "loss_first": losses.first(),
             "loss_last": losses.last(),
             "model_build_s": init_s,
+            "fused_kernel_launches": kernels_cubecl::fused_launches(),
+            "cublaslt_gemms": crate::check_step::gemm_calls(),
         });
         if let Some(peft) = peft {
             let peft_ms = peft.get("median_ms").and_then(Value::as_f64);
@@ -430,7 +433,7 @@ struct Stepper<'a, B: AutodiffBackend, O> {
     times: Phases,
 }
 
-impl<B: AutodiffBackend, O: Optimizer<LlamaForCausalLM<B>, B>> Stepper<'_, B, O> {
+impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_, B, O> {
     /// One step; with `breakdown`, synchronised after each phase and timed. Returns the loss,
     /// still on the device.
     fn step(&mut self, step: usize, breakdown: bool) -> anyhow::Result<Tensor<B::InnerBackend, 1>> {

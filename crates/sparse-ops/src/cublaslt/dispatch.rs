@@ -116,8 +116,13 @@ pub(crate) fn matmul_batched<B: Backend>(
     let y = if plain {
         let (pa, pb): (Tensor<CudaBackend, 3>, Tensor<CudaBackend, 3>) =
             (cast(a.clone()), cast(b.clone()));
-        matmul_batched_primitive(pa.into_primitive().tensor(), pb.into_primitive().tensor())
-            .map(|c| cast(Tensor::<CudaBackend, 3>::from_primitive(TensorPrimitive::Float(c))))
+        matmul_batched_primitive(pa.into_primitive().tensor(), pb.into_primitive().tensor()).map(
+            |c| {
+                cast(Tensor::<CudaBackend, 3>::from_primitive(
+                    TensorPrimitive::Float(c),
+                ))
+            },
+        )
     } else {
         let (pa, pb): (Tensor<AutodiffCuda, 3>, Tensor<AutodiffCuda, 3>) =
             (cast(a.clone()), cast(b.clone()));
@@ -168,14 +173,14 @@ impl Backward<CudaBackend, 2> for BatchedGrads {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
-        let batched = |x: Primitive, y: Primitive| match matmul_batched_primitive(x.clone(), y.clone())
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn_once(&e);
-                CudaBackend::float_matmul(x, y)
-            }
-        };
+        let batched =
+            |x: Primitive, y: Primitive| match matmul_batched_primitive(x.clone(), y.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn_once(&e);
+                    CudaBackend::float_matmul(x, y)
+                }
+            };
         binary::<CudaBackend, _, _>(
             ops.parents,
             ops.node,

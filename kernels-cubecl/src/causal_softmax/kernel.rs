@@ -1,0 +1,256 @@
+//! The causal softmax kernels: one cube per row of scores (one query's keys), the row strided over
+//! its units in vectors, the max and sum in f32 through shared memory. No mask tensor exists: the
+//! causal part is the key index against the query's, the padding part reads `key_valid`.
+
+use burn::tensor::Shape;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+
+use crate::common::{
+    address_type, block_max, block_sum, count_launch, lane_sum, row_launch, vector_size,
+};
+
+/// The masked f32 logits of the vector at `at` (keys `j0..j0 + N` of query `query`):
+/// `f32(F(s * scale))` where the key is allowed, `masked` elsewhere. Vectors wholly after the
+/// query are not read.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn logits<F: Float, M: Int, N: Size>(
+    scores: &Tensor<Vector<F, N>>,
+    key_valid: &Tensor<M>,
+    at: usize,
+    j0: usize,
+    query: usize,
+    valid_at: usize,
+    valid_stride: usize,
+    scale: F,
+    masked: f32,
+) -> Vector<f32, N> {
+    let mut x = Vector::<f32, N>::new(masked);
+    if j0 <= query {
+        let s = Vector::<f32, N>::cast_from(scores[at] * Vector::new(scale));
+        #[unroll]
+        for k in 0..N::value() {
+            let j = j0 + k;
+            if j <= query && u32::cast_from(key_valid[valid_at + j * valid_stride]) != 0 {
+                x[k] = s[k];
+            }
+        }
+    }
+    x
+}
+
+/// `probs = softmax(logits)` per row, from the online (max, sum) of each unit combined over the
+/// cube.
+///
+/// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order; `key_valid`: `[b, kv]`,
+/// any strides; `kv_v = kv / N`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
+    scores: &Tensor<Vector<F, N>>,
+    key_valid: &Tensor<M>,
+    probs: &mut Tensor<Vector<F, N>>,
+    rows: usize,
+    heads_seq: usize,
+    seq: usize,
+    kv_v: usize,
+    scale: f32,
+    masked: f32,
+    #[comptime] block: usize,
+    #[define(F, M)] _dtypes: [StorageType; 2],
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let n = scores.vector_size();
+    let query = row % seq;
+    let valid_at = (row / heads_seq) * key_valid.stride(0);
+    let valid_stride = key_valid.stride(1);
+    let base = row * kv_v;
+    let scale = F::cast_from(scale);
+    let mut shared = SharedMemory::<f32>::new(block);
+
+    // Each unit's running max and sum of `exp(x - max)` over its vectors.
+    let mut max_ = masked;
+    let mut sum = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < kv_v {
+        let x = logits::<F, M, N>(
+            scores,
+            key_valid,
+            base + i,
+            i * n,
+            query,
+            valid_at,
+            valid_stride,
+            scale,
+            masked,
+        );
+        let mut vmax = x[0];
+        #[unroll]
+        for k in 1..N::value() {
+            vmax = max(vmax, x[k]);
+        }
+        let new_max = max(max_, vmax);
+        sum = sum * (max_ - new_max).exp() + lane_sum::<N>((x - Vector::new(new_max)).exp());
+        max_ = new_max;
+        i += block;
+    }
+    let row_max = block_max(max_, &mut shared);
+    let row_sum = block_sum(sum * (max_ - row_max).exp(), &mut shared);
+
+    let mut i = UNIT_POS as usize;
+    while i < kv_v {
+        let x = logits::<F, M, N>(
+            scores,
+            key_valid,
+            base + i,
+            i * n,
+            query,
+            valid_at,
+            valid_stride,
+            scale,
+            masked,
+        );
+        let p = (x - Vector::new(row_max)).exp() / Vector::new(row_sum);
+        probs[base + i] = Vector::<F, N>::cast_from(p);
+        i += block;
+    }
+}
+
+/// `dscores = F(P (dP - sum(dP P))) * F(scale)` per row.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn causal_softmax_backward_kernel<F: Float, N: Size>(
+    probs: &Tensor<Vector<F, N>>,
+    dprobs: &Tensor<Vector<F, N>>,
+    dscores: &mut Tensor<Vector<F, N>>,
+    rows: usize,
+    kv_v: usize,
+    scale: f32,
+    #[comptime] block: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * kv_v;
+    let mut shared = SharedMemory::<f32>::new(block);
+
+    let mut dots = Vector::<f32, N>::new(0.0f32);
+    let mut i = UNIT_POS as usize;
+    while i < kv_v {
+        let p = Vector::<f32, N>::cast_from(probs[base + i]);
+        let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
+        dots += p * dp;
+        i += block;
+    }
+    let dot = block_sum(lane_sum::<N>(dots), &mut shared);
+    let scale = Vector::<F, N>::new(F::cast_from(scale));
+
+    let mut i = UNIT_POS as usize;
+    while i < kv_v {
+        let p = Vector::<f32, N>::cast_from(probs[base + i]);
+        let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
+        let d = Vector::<F, N>::cast_from(p * (dp - Vector::new(dot)));
+        dscores[base + i] = d * scale;
+        i += block;
+    }
+}
+
+/// `(rows, kv)` of a `[b, h, s, kv]` tensor.
+fn rows_kv<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize) {
+    let shape = t.meta.shape();
+    (shape[0] * shape[1] * shape[2], shape[3])
+}
+
+/// The forward: `scores` `[b, h, s, kv]` of a float dtype, `key_valid` `[b, kv]` stored as u8 or
+/// u32; output (the probabilities) contiguous in the scores' dtype.
+pub(crate) fn forward<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    key_valid: CubeTensor<R>,
+    scale: f64,
+) -> CubeTensor<R> {
+    let scores = into_contiguous(scores);
+    let shape: Shape = scores.meta.shape().clone();
+    let (heads, seq) = (shape[1], shape[2]);
+    let (rows, kv) = rows_kv(&scores);
+    let dtype = scores.dtype;
+    let probs =
+        empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), shape, dtype);
+    let vector = vector_size(&[&scores, &probs], dtype, &[kv]);
+    let launch = row_launch(&scores, rows, kv / vector);
+    let address = address_type(&[&scores, &key_valid, &probs]);
+    let dtypes = [dtype.into(), key_valid.dtype.into()];
+    let client = scores.client.clone();
+    count_launch();
+    // SAFETY: every index stays in its row of `rows * kv` contiguous elements, or in `key_valid`.
+    unsafe {
+        causal_softmax_forward_kernel::launch_unchecked::<R>(
+            &client,
+            launch.cube_count,
+            launch.cube_dim,
+            address,
+            vector,
+            scores.into_tensor_arg(),
+            key_valid.into_tensor_arg(),
+            probs.clone().into_tensor_arg(),
+            rows,
+            heads * seq,
+            seq,
+            kv / vector,
+            scale as f32,
+            f32::MIN,
+            launch.block,
+            dtypes,
+        )
+    };
+    probs
+}
+
+/// The backward: the scores' gradient for `dprobs`, from the forward's output `probs`; output
+/// contiguous in the probabilities' dtype.
+pub(crate) fn backward<R: CubeRuntime>(
+    probs: CubeTensor<R>,
+    dprobs: CubeTensor<R>,
+    scale: f64,
+) -> CubeTensor<R> {
+    let (probs, dprobs) = (into_contiguous(probs), into_contiguous(dprobs));
+    let (rows, kv) = rows_kv(&probs);
+    let dtype = probs.dtype;
+    let dscores = empty_device_contiguous_dtype(
+        probs.client.clone(),
+        probs.device.clone(),
+        probs.meta.shape().clone(),
+        dtype,
+    );
+    let vector = vector_size(&[&probs, &dprobs, &dscores], dtype, &[kv]);
+    let launch = row_launch(&probs, rows, kv / vector);
+    let address = address_type(&[&probs, &dprobs, &dscores]);
+    let client = probs.client.clone();
+    count_launch();
+    // SAFETY: every index stays in its row of `rows * kv` contiguous elements.
+    unsafe {
+        causal_softmax_backward_kernel::launch_unchecked::<R>(
+            &client,
+            launch.cube_count,
+            launch.cube_dim,
+            address,
+            vector,
+            probs.into_tensor_arg(),
+            dprobs.into_tensor_arg(),
+            dscores.clone().into_tensor_arg(),
+            rows,
+            kv / vector,
+            scale as f32,
+            launch.block,
+            dtype.into(),
+        )
+    };
+    dscores
+}

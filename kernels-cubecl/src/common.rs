@@ -1,0 +1,158 @@
+//! What the kernels share: the float dtypes they take, launch geometry, vector sizes, and the
+//! block reductions of the row kernels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+
+/// Threads per cube of the row kernels, at most (the row is strided over them).
+const MAX_ROW_BLOCK: usize = 256;
+
+/// Threads per cube of the elementwise kernels.
+const ELEMWISE_BLOCK: u32 = 256;
+
+/// Kernel launches since the process started (see [`crate::fused_launches`]).
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one kernel launch.
+pub(crate) fn count_launch() {
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Kernel launches since the process started.
+pub(crate) fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// The dtypes the kernels are written for (generic over cubecl's `Float`).
+pub(crate) fn float_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The widest vector (in elements) that the runtime loads well for `dtype`, that divides every
+/// length in `divides`, and at which every tensor in `tensors` starts aligned.
+pub(crate) fn vector_size<R: CubeRuntime>(
+    tensors: &[&CubeTensor<R>],
+    dtype: DType,
+    divides: &[usize],
+) -> usize {
+    let elem = dtype.size();
+    let client = &tensors[0].client;
+    client
+        .io_optimized_vector_sizes(elem)
+        .find(|&v| {
+            divides.iter().all(|len| len % v == 0)
+                && tensors
+                    .iter()
+                    .all(|t| t.handle.offset_start.unwrap_or(0) % (v * elem) as u64 == 0)
+        })
+        .unwrap_or(1)
+}
+
+/// The address width that indexes every tensor in `tensors`.
+pub(crate) fn address_type<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> AddressType {
+    tensors
+        .iter()
+        .map(|t| t.required_address_type())
+        .max()
+        .unwrap_or_default()
+}
+
+/// Launch geometry of a row kernel: one cube per row, `block` threads striding over it.
+pub(crate) struct RowLaunch {
+    /// Threads per cube (a power of two; also the size of the reduction's shared memory).
+    pub block: usize,
+    pub cube_dim: CubeDim,
+    pub cube_count: CubeCount,
+}
+
+/// One cube per row for `rows` rows of `vectors` vectors each.
+pub(crate) fn row_launch<R: CubeRuntime>(
+    tensor: &CubeTensor<R>,
+    rows: usize,
+    vectors: usize,
+) -> RowLaunch {
+    let hardware = &tensor.client.properties().hardware;
+    let cap = MAX_ROW_BLOCK
+        .min(hardware.max_units_per_cube as usize)
+        .min(hardware.max_cube_dim.0 as usize);
+    // The largest power of two within the hardware's limit.
+    let cap = 1usize << (usize::BITS - 1 - cap.max(1).leading_zeros());
+    let block = vectors.next_power_of_two().clamp(32.min(cap), cap);
+    let cube_dim = CubeDim::new_1d(block as u32);
+    // `rows * block` units in cubes of `block`: exactly `rows` cubes, spread over the grid's
+    // dimensions when there are more than one dimension holds; `CUBE_POS` numbers them.
+    let cube_count = calculate_cube_count_elemwise(&tensor.client, rows * block, cube_dim);
+    RowLaunch {
+        block,
+        cube_dim,
+        cube_count,
+    }
+}
+
+/// Launch geometry of an elementwise kernel over `units` work items (`ABSOLUTE_POS`).
+pub(crate) fn elementwise_launch<R: CubeRuntime>(
+    tensor: &CubeTensor<R>,
+    units: usize,
+) -> (CubeDim, CubeCount) {
+    let hardware = &tensor.client.properties().hardware;
+    let block = ELEMWISE_BLOCK.min(hardware.max_units_per_cube);
+    let cube_dim = CubeDim::new_1d(block);
+    let cube_count = calculate_cube_count_elemwise(&tensor.client, units, cube_dim);
+    (cube_dim, cube_count)
+}
+
+/// The sum of `value` over the cube's units, returned to every unit. `shared` holds one f32 per
+/// unit (the cube is one-dimensional, its size a power of two).
+#[cube]
+pub(crate) fn block_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+    let unit = UNIT_POS as usize;
+    shared[unit] = value;
+    sync_cube();
+    let mut stride = (CUBE_DIM / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            shared[unit] += shared[unit + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    // Every unit has read the total before the memory is reused.
+    sync_cube();
+    total
+}
+
+/// The maximum of `value` over the cube's units, returned to every unit (as [`block_sum`]).
+#[cube]
+pub(crate) fn block_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
+    let unit = UNIT_POS as usize;
+    shared[unit] = value;
+    sync_cube();
+    let mut stride = (CUBE_DIM / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            shared[unit] = max(shared[unit], shared[unit + stride]);
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// The sum of a vector's lanes.
+#[cube]
+pub(crate) fn lane_sum<N: Size>(value: Vector<f32, N>) -> f32 {
+    let mut total = 0.0f32;
+    #[unroll]
+    for lane in 0..N::value() {
+        total += value[lane];
+    }
+    total
+}

@@ -1,0 +1,186 @@
+//! The fused kernels on burn-cuda in f32, f16 and bf16 (feature `cuda`, on a machine with an NVIDIA
+//! GPU): forward and gradients against the f32 reference on Flex, and against the reference run on
+//! burn-cuda in the same dtype (which rounds after every op).
+#![cfg(feature = "cuda")]
+
+use std::sync::Mutex;
+
+use burn::backend::{Autodiff, Cuda, Flex};
+use burn::tensor::backend::{AutodiffBackend, Backend, BackendTypes};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
+use kernels_cubecl::{fused_available, fused_launches, reference};
+
+type AC = Autodiff<Cuda>;
+type AF = Autodiff<Flex>;
+
+fn random(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..len)
+        .map(|_| {
+            let sum: f32 = (0..4).map(|_| uniform()).sum();
+            offset + scale * (sum - 2.0) * 3f32.sqrt()
+        })
+        .collect()
+}
+
+fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f32, offset: f32) -> TensorData {
+    TensorData::new(random(shape.iter().product(), seed, scale, offset), shape)
+}
+
+fn load<B: AutodiffBackend, const D: usize>(
+    data: &TensorData,
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(data.clone().convert_dtype(dtype), (device, dtype))
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().to_vec::<f32>().unwrap()
+}
+
+/// `||a - e|| / ||e||`.
+fn rel_l2(a: &[f32], e: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(e) {
+        assert!(x.is_finite(), "non-finite output {x}");
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Output and input gradients of one kernel (`fused` or its reference) on backend `B`.
+type Run<B> = fn(bool, DType, &<B as BackendTypes>::Device) -> Vec<Vec<f32>>;
+
+fn rms_norm_run<B: AutodiffBackend>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let shape = [4, 3, 4096];
+    let x = load::<B, 3>(&data(shape, 1, 1.5, 0.3), dtype, device).require_grad();
+    let w = load::<B, 1>(&data([4096], 2, 0.2, 1.0), dtype, device);
+    let r = load::<B, 3>(&data(shape, 3, 1.0, 0.0), dtype, device);
+    let out = if fused {
+        kernels_cubecl::rms_norm(x.clone(), w, 1e-5)
+    } else {
+        reference::rms_norm(x.clone(), w, 1e-5)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(x.grad(&grads).unwrap())]
+}
+
+fn swiglu_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
+    let shape = [4, 7, 1000];
+    let g = load::<B, 3>(&data(shape, 4, 3.0, -0.5), dtype, device).require_grad();
+    let u = load::<B, 3>(&data(shape, 5, 1.0, 0.1), dtype, device).require_grad();
+    let r = load::<B, 3>(&data(shape, 6, 1.0, 0.0), dtype, device);
+    let out = if fused {
+        kernels_cubecl::swiglu(g.clone(), u.clone())
+    } else {
+        reference::swiglu(g.clone(), u.clone())
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![
+        values(out),
+        values(g.grad(&grads).unwrap()),
+        values(u.grad(&grads).unwrap()),
+    ]
+}
+
+fn rope_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
+    let (b, h, s, hd) = (2, 4, 33, 128);
+    let x0 = load::<B, 4>(&data([b, s, h, hd], 7, 1.0, 0.0), dtype, device).require_grad();
+    let cos = load::<B, 4>(&data([b, 1, s, hd], 8, 1.0, 0.0), dtype, device);
+    let sin = load::<B, 4>(&data([b, 1, s, hd], 9, 1.0, 0.0), dtype, device);
+    let r = load::<B, 4>(&data([b, h, s, hd], 10, 1.0, 0.0), dtype, device);
+    let x = x0.clone().swap_dims(1, 2);
+    let out = if fused {
+        kernels_cubecl::rope(x, cos, sin)
+    } else {
+        reference::rope(x, cos, sin)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(x0.grad(&grads).unwrap())]
+}
+
+fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
+    let (b, h, s) = (2, 3, 515);
+    let scores = load::<B, 4>(&data([b, h, s, s], 11, 8.0, 0.0), dtype, device).require_grad();
+    let r = load::<B, 4>(&data([b, h, s, s], 12, 1.0, 0.0), dtype, device);
+    let mut valid = vec![true; b * s];
+    valid[s..s + 4].iter_mut().for_each(|v| *v = false); // batch 1 left-padded by 4
+    valid[100] = false;
+    let valid = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [b, s]), device);
+    let scale = 1.0 / (128f64).sqrt();
+    let out = if fused {
+        kernels_cubecl::causal_softmax(scores.clone(), valid, scale)
+    } else {
+        reference::causal_softmax(scores.clone(), valid, scale)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(scores.grad(&grads).unwrap())]
+}
+
+/// Runs `cuda` (fused and reference, in each dtype) against `flex` (f32 reference); the fused
+/// error must stay within `tol` of the dtype and within twice the same-dtype reference's.
+fn check(name: &str, cuda: Run<AC>, flex: Run<AF>) {
+    // One test at a time, so that the launch count is this test's.
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    assert!(fused_available::<AC>());
+    let device = Default::default();
+    let expected = flex(false, DType::F32, &Default::default());
+    for (dtype, tol) in [
+        (DType::F32, 1e-5),
+        (DType::F16, 2e-3),
+        (DType::BF16, 1.5e-2),
+    ] {
+        let before = fused_launches();
+        let fused = cuda(true, dtype, &device);
+        // One forward and one backward kernel.
+        assert_eq!(
+            fused_launches() - before,
+            2,
+            "{name} {dtype:?}: fused launches"
+        );
+        let plain = cuda(false, dtype, &device);
+        for (i, ((f, p), e)) in fused.iter().zip(&plain).zip(&expected).enumerate() {
+            let (ef, ep) = (rel_l2(f, e), rel_l2(p, e));
+            println!("{name} {dtype:?} output {i}: fused {ef:.2e}, reference in dtype {ep:.2e}");
+            assert!(
+                ef <= tol || ef <= 2.0 * ep,
+                "{name} {dtype:?} output {i}: fused error {ef:e}, reference's {ep:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rms_norm_on_cuda() {
+    check("rms_norm", rms_norm_run::<AC>, rms_norm_run::<AF>);
+}
+
+#[test]
+fn swiglu_on_cuda() {
+    check("swiglu", swiglu_run::<AC>, swiglu_run::<AF>);
+}
+
+#[test]
+fn rope_on_cuda() {
+    check("rope", rope_run::<AC>, rope_run::<AF>);
+}
+
+#[test]
+fn causal_softmax_on_cuda() {
+    check("causal_softmax", softmax_run::<AC>, softmax_run::<AF>);
+}

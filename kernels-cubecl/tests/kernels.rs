@@ -1,0 +1,536 @@
+//! The fused kernels against their burn-tensor references, forward and gradients, on random
+//! inputs: the kernels run on burn-wgpu (lavapipe on a CPU-only machine), the references on Flex.
+//!
+//! No test is skipped for want of a device: without a Vulkan driver creating the wgpu device
+//! panics, and every test here fails.
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Autodiff, Flex, Wgpu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
+use std::sync::{Mutex, MutexGuard};
+
+use kernels_cubecl::{
+    causal_softmax, fused_available, fused_launches, reference, rms_norm, rope, swiglu,
+};
+
+type W = Wgpu;
+type AW = Autodiff<Wgpu>;
+type AF = Autodiff<Flex>;
+
+/// Relative tolerance of f32 comparisons.
+const RTOL: f32 = 1e-4;
+
+/// Tests run one at a time, so that [`launches`] counts only its own kernels.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `f`, checking that it launched exactly `n` fused kernels (so a silent fallback to the
+/// reference fails the test).
+fn launches<T>(n: u64, what: &str, f: impl FnOnce() -> T) -> T {
+    let before = fused_launches();
+    let out = f();
+    assert_eq!(
+        fused_launches() - before,
+        n,
+        "{what}: fused kernel launches"
+    );
+    out
+}
+
+fn wgpu() -> WgpuDevice {
+    let device = WgpuDevice::default();
+    // Fails here, loudly, when no adapter (no Vulkan driver) is found.
+    let probe = Tensor::<W, 1>::from_floats([1.0, 2.0], &device);
+    assert_eq!(probe.sum().into_scalar(), 3.0);
+    device
+}
+
+fn flex() -> burn::backend::flex::FlexDevice {
+    Default::default()
+}
+
+/// Deterministic pseudo-random values, roughly normal (`scale` standard deviation), around
+/// `offset`.
+fn random(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..len)
+        .map(|_| {
+            // Irwin-Hall: the sum of 4 uniforms, centred, has variance 1/3.
+            let sum: f32 = (0..4).map(|_| uniform()).sum();
+            offset + scale * (sum - 2.0) * 3f32.sqrt()
+        })
+        .collect()
+}
+
+fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f32, offset: f32) -> TensorData {
+    let len = shape.iter().product();
+    TensorData::new(random(len, seed, scale, offset), shape)
+}
+
+fn tensor<B: Backend, const D: usize>(data: &TensorData, device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(data.clone(), device)
+}
+
+/// `|a - e| <= RTOL (|e| + max|e| / 10)` everywhere (relative, with a floor at a tenth of the
+/// largest value so that entries near zero are compared at the tensor's scale).
+fn assert_close<B1: Backend, B2: Backend, const D: usize>(
+    actual: Tensor<B1, D>,
+    expected: Tensor<B2, D>,
+    what: &str,
+) {
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shapes");
+    let a = actual.into_data().to_vec::<f32>().unwrap();
+    let e = expected.into_data().to_vec::<f32>().unwrap();
+    let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut worst = (0usize, 0f32);
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        assert!(x.is_finite(), "{what}: non-finite {x} at {i}");
+        let err = (x - y).abs() / (y.abs() + scale / 10.0).max(f32::MIN_POSITIVE);
+        if err > worst.1 {
+            worst = (i, err);
+        }
+    }
+    let (i, err) = worst;
+    assert!(
+        err <= RTOL,
+        "{what}: relative error {err:e} at {i}: {} vs {}",
+        a[i],
+        e[i]
+    );
+}
+
+#[test]
+fn fused_path_on_wgpu_reference_elsewhere() {
+    let _serial = serial();
+    assert!(fused_available::<W>());
+    assert!(fused_available::<AW>());
+    assert!(!fused_available::<Flex>());
+    assert!(!fused_available::<AF>());
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+const EPS: f64 = 1e-5;
+
+fn rms_norm_case<const D: usize>(shape: [usize; D], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let width = shape[D - 1];
+    let x = data(shape, seed, 1.5, 0.3);
+    let w = data([width], seed + 1, 0.2, 1.0);
+    let r = data(shape, seed + 2, 1.0, 0.0);
+
+    // Forward, plain backend.
+    let what = format!("rms_norm {shape:?}");
+    let fused = launches(1, &what, || {
+        rms_norm(tensor::<W, D>(&x, &dw), tensor(&w, &dw), EPS)
+    });
+    let expected = reference::rms_norm(tensor::<Flex, D>(&x, &df), tensor(&w, &df), EPS);
+    assert_close(fused, expected, &what);
+
+    // Forward and dx under autodiff.
+    let xw = tensor::<AW, D>(&x, &dw).require_grad();
+    let out = launches(1, &what, || rms_norm(xw.clone(), tensor(&w, &dw), EPS));
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let xf = tensor::<AF, D>(&x, &df).require_grad();
+    let out_ref = reference::rms_norm(xf.clone(), tensor(&w, &df), EPS);
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("rms_norm autodiff {shape:?}"));
+    assert_close(
+        xw.grad(&grads).unwrap(),
+        xf.grad(&grads_ref).unwrap(),
+        &format!("rms_norm dx {shape:?}"),
+    );
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let _serial = serial();
+    rms_norm_case([2, 3, 64], 1);
+    rms_norm_case([5, 1000], 2);
+    rms_norm_case([3, 1001], 3); // odd width: scalar loads
+    rms_norm_case([2, 2, 4096], 4);
+    rms_norm_case([7, 96], 5); // fewer vectors than a plane
+}
+
+#[test]
+fn rms_norm_strided_input() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let x = data([64, 6], 11, 1.0, 0.0);
+    let w = data([64], 12, 0.2, 1.0);
+    let fused = launches(1, "rms_norm", || {
+        rms_norm(tensor::<W, 2>(&x, &dw).transpose(), tensor(&w, &dw), EPS)
+    });
+    let expected =
+        reference::rms_norm(tensor::<Flex, 2>(&x, &df).transpose(), tensor(&w, &df), EPS);
+    assert_close(fused, expected, "rms_norm of a transposed view");
+}
+
+#[test]
+fn rms_norm_trainable_weight_takes_reference() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let shape = [4, 48];
+    let x = data(shape, 21, 1.0, 0.0);
+    let w = data([48], 22, 0.2, 1.0);
+    let r = data(shape, 23, 1.0, 0.0);
+    let (xw, ww) = (
+        tensor::<AW, 2>(&x, &dw).require_grad(),
+        tensor::<AW, 1>(&w, &dw).require_grad(),
+    );
+    let grads = launches(0, "rms_norm with a trainable weight", || {
+        (rms_norm(xw.clone(), ww.clone(), EPS) * tensor(&r, &dw))
+            .sum()
+            .backward()
+    });
+    let (xf, wf) = (
+        tensor::<AF, 2>(&x, &df).require_grad(),
+        tensor::<AF, 1>(&w, &df).require_grad(),
+    );
+    let grads_ref = (reference::rms_norm(xf.clone(), wf.clone(), EPS) * tensor(&r, &df))
+        .sum()
+        .backward();
+    assert_close(xw.grad(&grads).unwrap(), xf.grad(&grads_ref).unwrap(), "dx");
+    assert_close(
+        ww.grad(&grads).unwrap(),
+        wf.grad(&grads_ref).unwrap(),
+        "dweight",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+fn swiglu_case<const D: usize>(shape: [usize; D], seed: u64, need_up_grad: bool) {
+    let (dw, df) = (wgpu(), flex());
+    let gate = data(shape, seed, 3.0, -0.5);
+    let up = data(shape, seed + 1, 1.0, 0.1);
+    let r = data(shape, seed + 2, 1.0, 0.0);
+
+    let what = format!("swiglu {shape:?}");
+    let fused = launches(1, &what, || {
+        swiglu(tensor::<W, D>(&gate, &dw), tensor(&up, &dw))
+    });
+    let expected = reference::swiglu(tensor::<Flex, D>(&gate, &df), tensor(&up, &df));
+    assert_close(fused, expected, &what);
+
+    let (gw, mut uw) = (tensor::<AW, D>(&gate, &dw).require_grad(), tensor(&up, &dw));
+    let (gf, mut uf) = (tensor::<AF, D>(&gate, &df).require_grad(), tensor(&up, &df));
+    if need_up_grad {
+        uw = uw.require_grad();
+        uf = uf.require_grad();
+    }
+    let out = launches(1, &what, || swiglu(gw.clone(), uw.clone()));
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let out_ref = reference::swiglu(gf.clone(), uf.clone());
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("swiglu autodiff {shape:?}"));
+    assert_close(
+        gw.grad(&grads).unwrap(),
+        gf.grad(&grads_ref).unwrap(),
+        &format!("swiglu d_gate {shape:?}"),
+    );
+    if need_up_grad {
+        assert_close(
+            uw.grad(&grads).unwrap(),
+            uf.grad(&grads_ref).unwrap(),
+            &format!("swiglu d_up {shape:?}"),
+        );
+    } else {
+        assert!(uw.grad(&grads).is_none());
+    }
+}
+
+#[test]
+fn swiglu_matches_reference() {
+    let _serial = serial();
+    swiglu_case([3, 37, 129], 31, true); // odd: scalar loads
+    swiglu_case([2, 8, 256], 32, true);
+    swiglu_case([1, 1000], 33, false); // only the gate needs a gradient
+    swiglu_case([5], 34, true);
+}
+
+#[test]
+fn swiglu_strided_inputs() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let gate = data([40, 24], 41, 2.0, 0.0);
+    let up = data([24, 40], 42, 1.0, 0.0);
+    let fused = launches(1, "swiglu", || {
+        swiglu(
+            tensor::<W, 2>(&gate, &dw),
+            tensor::<W, 2>(&up, &dw).transpose(),
+        )
+    });
+    let expected = reference::swiglu(
+        tensor::<Flex, 2>(&gate, &df),
+        tensor::<Flex, 2>(&up, &df).transpose(),
+    );
+    assert_close(fused, expected, "swiglu of a transposed view");
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+/// LLaMA's angles: `cat([freqs, freqs])` of positions times inverse frequencies, `[b, 1, s, hd]`.
+fn llama_angles(b: usize, s: usize, hd: usize) -> (TensorData, TensorData) {
+    let half = hd / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for bi in 0..b {
+        for pos in 0..s {
+            for j in 0..hd {
+                let inv_freq = 500000f32.powf(-((j % half) as f32 * 2.0) / hd as f32);
+                let angle = (pos + 3 * bi) as f32 * inv_freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    (
+        TensorData::new(cos, [b, 1, s, hd]),
+        TensorData::new(sin, [b, 1, s, hd]),
+    )
+}
+
+/// `x0` `[b, s, h, hd]` viewed as the model does: `[b, h, s, hd]` through `swap_dims(1, 2)`.
+fn heads_view<B: Backend>(x0: Tensor<B, 4>) -> Tensor<B, 4> {
+    x0.swap_dims(1, 2)
+}
+
+fn rope_case(b: usize, h: usize, s: usize, hd: usize, angles: (TensorData, TensorData), seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let (cos, sin) = angles;
+    let x0 = data([b, s, h, hd], seed, 1.0, 0.0);
+    let r = data([b, h, s, hd], seed + 1, 1.0, 0.0);
+    let what = format!("rope b={b} h={h} s={s} hd={hd}");
+
+    let fused = launches(1, &what, || {
+        rope(
+            heads_view(tensor::<W, 4>(&x0, &dw)),
+            tensor(&cos, &dw),
+            tensor(&sin, &dw),
+        )
+    });
+    let expected = reference::rope(
+        heads_view(tensor::<Flex, 4>(&x0, &df)),
+        tensor(&cos, &df),
+        tensor(&sin, &df),
+    );
+    assert_close(fused, expected, &what);
+
+    let xw = tensor::<AW, 4>(&x0, &dw).require_grad();
+    let out = launches(1, &what, || {
+        rope(heads_view(xw.clone()), tensor(&cos, &dw), tensor(&sin, &dw))
+    });
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let xf = tensor::<AF, 4>(&x0, &df).require_grad();
+    let out_ref = reference::rope(heads_view(xf.clone()), tensor(&cos, &df), tensor(&sin, &df));
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("{what} autodiff"));
+    assert_close(
+        xw.grad(&grads).unwrap(),
+        xf.grad(&grads_ref).unwrap(),
+        &format!("{what} dx"),
+    );
+}
+
+#[test]
+fn rope_matches_reference_with_llama_angles() {
+    let _serial = serial();
+    rope_case(2, 3, 11, 64, llama_angles(2, 11, 64), 51);
+    rope_case(1, 4, 5, 128, llama_angles(1, 5, 128), 52);
+}
+
+#[test]
+fn rope_matches_reference_with_arbitrary_angles() {
+    let _serial = serial();
+    // Halves of `cos`/`sin` that differ check that the backward is the exact transpose.
+    let angles = |b, s, hd, seed| {
+        (
+            data([b, 1, s, hd], seed, 1.0, 0.0),
+            data([b, 1, s, hd], seed + 1, 1.0, 0.0),
+        )
+    };
+    rope_case(2, 3, 11, 64, angles(2, 11, 64, 61), 63);
+    rope_case(2, 2, 7, 6, angles(2, 7, 6, 64), 66); // half of 3: scalar loads
+    rope_case(3, 2, 4, 64, angles(1, 4, 64, 67), 69); // angles broadcast over the batch
+}
+
+#[test]
+fn rope_contiguous_input() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let (cos, sin) = llama_angles(2, 9, 64);
+    let x = data([2, 4, 9, 64], 71, 1.0, 0.0);
+    let fused = launches(1, "rope", || {
+        rope(
+            tensor::<W, 4>(&x, &dw),
+            tensor(&cos, &dw),
+            tensor(&sin, &dw),
+        )
+    });
+    let expected = reference::rope(
+        tensor::<Flex, 4>(&x, &df),
+        tensor(&cos, &df),
+        tensor(&sin, &df),
+    );
+    assert_close(fused, expected, "rope of a contiguous x");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal softmax
+
+/// `key_valid` `[b, kv]`: every key valid except, per batch, those `invalid` lists.
+fn key_valid<B: Backend>(
+    b: usize,
+    kv: usize,
+    invalid: &[&[usize]],
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    let mut valid = vec![true; b * kv];
+    for (bi, keys) in invalid.iter().enumerate() {
+        for &j in *keys {
+            valid[bi * kv + j] = false;
+        }
+    }
+    Tensor::from_data(TensorData::new(valid, [b, kv]), device)
+}
+
+fn softmax_case(b: usize, h: usize, s: usize, invalid: &[&[usize]], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let scale = 0.125;
+    let scores = data([b, h, s, s], seed, 8.0, 0.0);
+    let r = data([b, h, s, s], seed + 1, 1.0, 0.0);
+    let what = format!("causal_softmax b={b} h={h} s={s}");
+
+    let fused = launches(1, &what, || {
+        causal_softmax(
+            tensor::<W, 4>(&scores, &dw),
+            key_valid::<W>(b, s, invalid, &dw),
+            scale,
+        )
+    });
+    let expected = reference::causal_softmax(
+        tensor::<Flex, 4>(&scores, &df),
+        key_valid::<Flex>(b, s, invalid, &df),
+        scale,
+    );
+    assert_close(fused.clone(), expected, &what);
+
+    // Rows sum to one; masked keys get exactly zero unless the whole row is masked.
+    let p = fused.into_data().to_vec::<f32>().unwrap();
+    for bi in 0..b {
+        for hi in 0..h {
+            for qi in 0..s {
+                let row = &p[((bi * h + hi) * s + qi) * s..][..s];
+                let total: f32 = row.iter().sum();
+                assert!((total - 1.0).abs() < 1e-4, "{what}: row sum {total}");
+                let allowed =
+                    |j: usize| j <= qi && !invalid.get(bi).is_some_and(|k| k.contains(&j));
+                if (0..s).any(allowed) {
+                    for (j, &v) in row.iter().enumerate() {
+                        if !allowed(j) {
+                            assert_eq!(v, 0.0, "{what}: masked key {j} of query {qi}");
+                        }
+                    }
+                } else {
+                    for &v in row {
+                        assert!((v - 1.0 / s as f32).abs() < 1e-6, "{what}: uniform row {v}");
+                    }
+                }
+            }
+        }
+    }
+
+    let sw = tensor::<AW, 4>(&scores, &dw).require_grad();
+    let out = launches(1, &what, || {
+        causal_softmax(sw.clone(), key_valid::<AW>(b, s, invalid, &dw), scale)
+    });
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let sf = tensor::<AF, 4>(&scores, &df).require_grad();
+    let out_ref = reference::causal_softmax(sf.clone(), key_valid::<AF>(b, s, invalid, &df), scale);
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("{what} autodiff"));
+    assert_close(
+        sw.grad(&grads).unwrap(),
+        sf.grad(&grads_ref).unwrap(),
+        &format!("{what} dscores"),
+    );
+}
+
+#[test]
+fn causal_softmax_matches_reference() {
+    let _serial = serial();
+    // Batch 1 is left-padded by 3: its queries 0..3 have every key masked (uniform rows).
+    softmax_case(2, 3, 37, &[&[5], &[0, 1, 2]], 81);
+    softmax_case(2, 2, 64, &[&[], &[0, 1, 2, 3, 4, 40]], 82); // vector loads
+    softmax_case(1, 2, 300, &[&[7, 150]], 83);
+    softmax_case(1, 1, 1, &[], 84);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other backends
+
+#[test]
+fn flex_runs_the_references() {
+    let _serial = serial();
+    launches(0, "Flex", || {
+        let df = flex();
+        let x = data([3, 40], 91, 1.0, 0.0);
+        let w = data([40], 92, 0.2, 1.0);
+        let same =
+            |a: Tensor<Flex, 2>, b: Tensor<Flex, 2>| assert_eq!(a.into_data(), b.into_data());
+        same(
+            rms_norm(tensor(&x, &df), tensor(&w, &df), EPS),
+            reference::rms_norm(tensor(&x, &df), tensor(&w, &df), EPS),
+        );
+        same(
+            swiglu(tensor(&x, &df), tensor(&x, &df)),
+            reference::swiglu(tensor(&x, &df), tensor(&x, &df)),
+        );
+
+        let (cos, sin) = llama_angles(1, 5, 8);
+        let q = data([1, 2, 5, 8], 93, 1.0, 0.0);
+        assert_eq!(
+            rope(
+                tensor::<Flex, 4>(&q, &df),
+                tensor(&cos, &df),
+                tensor(&sin, &df)
+            )
+            .into_data(),
+            reference::rope(
+                tensor::<Flex, 4>(&q, &df),
+                tensor(&cos, &df),
+                tensor(&sin, &df)
+            )
+            .into_data(),
+        );
+
+        let scores = data([1, 2, 5, 5], 94, 4.0, 0.0);
+        let valid = || key_valid::<Flex>(1, 5, &[&[0]], &df);
+        assert_eq!(
+            causal_softmax(tensor(&scores, &df), valid(), 0.5).into_data(),
+            reference::causal_softmax(tensor(&scores, &df), valid(), 0.5).into_data(),
+        );
+    });
+}

@@ -1,0 +1,293 @@
+//! `cargo xtask check-step`: one training step on a fast backend (on CUDA: bf16, cuBLASLt on
+//! cubecl's stream, the fused kernels) against the reference path (burn tensor ops on the CPU, in
+//! f32) on the same weights, adapters and batch: the loss and the gradient of every LoRA
+//! parameter, for dense LoRA and for SparseLoRA (random channel selection with a fixed seed, so
+//! both sides compute on the same channels).
+//!
+//! The adapters get random `A` and `B` (a fresh adapter's `B` is zero, which would leave `A`'s
+//! gradient zero and untested). Errors are `|ours - ref| / |ref|` (Frobenius norms), over all
+//! adapters together and for the worst single tensor.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::optim::GradientsAccumulator;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Distribution, Tensor};
+use clap::Args;
+use llama_burn::{LlamaConfig, LlamaForCausalLM};
+use lora::{LoraAdapter, LoraConfig, LoraTarget};
+use trainer::step::{backward_into, micro_batch_loss};
+use trainer::{SparseTraining, TrainBatch};
+
+use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::bench::workload_batch;
+use crate::finetune::SparseSetup;
+use crate::model_source::ModelSource;
+
+type Reference = Autodiff<Flex>;
+
+/// Compares a training step on a fast backend with the CPU reference path.
+#[derive(Args, Debug, Clone)]
+pub struct CheckStep {
+    /// The model: `smollm2-135m` (its real weights), a checkpoint path, or with
+    /// `--random-weights` a preset name whose shape gets random weights.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Draw random weights of the preset's shape instead of loading a checkpoint.
+    #[arg(long)]
+    random_weights: bool,
+    /// The backend to check.
+    #[arg(long, value_enum, default_value = "cuda")]
+    backend: BackendKind,
+    /// Its dtype; default bf16 on CUDA, f32 elsewhere.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Sequences in the batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Answer (labelled) tokens at the end of each sequence.
+    #[arg(long, default_value_t = 16)]
+    out_len: usize,
+    /// Relative error allowed on the loss and on all gradients together (per-tensor: 4x).
+    #[arg(long)]
+    tolerance: Option<f64>,
+}
+
+impl CheckStep {
+    pub fn run(self) -> anyhow::Result<()> {
+        let (backend, dtype) = (self.backend, self.dtype);
+        backend.dispatch_autodiff(dtype, self)
+    }
+
+    /// bf16 keeps 8 significant bits: a step through 30 layers lands near 1e-2.
+    fn tolerance(&self, dtype: DType) -> f64 {
+        self.tolerance.unwrap_or(match dtype {
+            DType::F32 => 2e-3,
+            _ => 5e-2,
+        })
+    }
+}
+
+/// The reference model (CPU, f32) with random adapters on every projection.
+fn reference_model(
+    name: &str,
+    random: bool,
+) -> anyhow::Result<(LlamaForCausalLM<Reference>, LoraConfig)> {
+    let device = Default::default();
+    Reference::seed(&device, 7);
+    let base = if random {
+        LlamaConfig::preset(name)?.init_random::<Reference>(&device)
+    } else {
+        ModelSource::resolve(name, None)?.load::<Reference>(DType::F32, &device)?
+    };
+    let lora = LoraConfig::new()
+        .with_r(8)
+        .with_alpha(16.0)
+        .with_targets(LoraTarget::ALL);
+    let mut model = base.with_lora(&lora, &device);
+    for layer in model.model.layers.iter_mut() {
+        for target in LoraTarget::ALL {
+            let projection = layer.projection_mut(target);
+            let (out, d_in) = projection.dims();
+            let draw = |shape: [usize; 2], scale: f64| {
+                Tensor::<Reference, 2>::random(shape, Distribution::Normal(0.0, scale), &device)
+                    .into_data()
+            };
+            let (a, b) = (draw([8, d_in], 0.05), draw([out, 8], 0.05));
+            projection.lora = Some(LoraAdapter::from_weights(&lora, a, b, &device));
+        }
+    }
+    Ok((model, lora))
+}
+
+/// The same module on backend `B` in `dtype` (base weights; adapters stay f32).
+fn transfer<B: Backend>(
+    model: &LlamaForCausalLM<Reference>,
+    lora: &LoraConfig,
+    dtype: DType,
+    device: &B::Device,
+) -> anyhow::Result<LlamaForCausalLM<B>> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder
+        .record(model.clone().into_record(), ())
+        .map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
+    let target = LlamaForCausalLM::<B>::new(&model.config, device).with_lora(lora, device);
+    let record = recorder
+        .load(bytes, device)
+        .map_err(|e| anyhow::anyhow!("loading the model on the checked backend: {e}"))?;
+    Ok(target.load_record(record).with_dtype(dtype))
+}
+
+/// Loss and the LoRA gradients (`(name, values)`, A then B of each adapter) of one step.
+fn step<B: AutodiffBackend>(
+    model: &LlamaForCausalLM<B>,
+    batch: TrainBatch<B>,
+    sparse: Option<&SparseTraining<'_, B>>,
+    device: &B::Device,
+) -> (f64, Vec<(String, Vec<f32>)>) {
+    let forward = sparse.map(|s| s.forward_for(s.selector, &batch.answer_tokens, 0, device));
+    let loss = micro_batch_loss(model, batch, forward.as_ref());
+    let mut accumulator = GradientsAccumulator::<LlamaForCausalLM<B>>::new();
+    let loss = backward_into(model, loss, 1, &mut accumulator);
+    let grads = accumulator.grads();
+    let values = |t: Option<Tensor<B::InnerBackend, 2>>| -> Vec<f32> {
+        t.map(|t| t.cast(DType::F32).into_data().to_vec().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (name, adapter) in model.lora_adapters() {
+        out.push((
+            format!("{name}.lora_A"),
+            values(grads.get::<B::InnerBackend, 2>(adapter.lora_a.id)),
+        ));
+        out.push((
+            format!("{name}.lora_B"),
+            values(grads.get::<B::InnerBackend, 2>(adapter.lora_b.id)),
+        ));
+    }
+    let loss = loss
+        .cast(DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    (loss.first().copied().unwrap_or(f32::NAN) as f64, out)
+}
+
+/// cuBLASLt GEMMs run so far (0 without the `cuda` feature).
+pub(crate) fn gemm_calls() -> u64 {
+    #[cfg(feature = "cuda")]
+    {
+        sparse_ops::cublaslt::calls()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
+fn relative(ours: &[f32], reference: &[f32]) -> f64 {
+    if ours.len() != reference.len() {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&a, &b) in ours.iter().zip(reference) {
+        diff += (a as f64 - b as f64).powi(2);
+        norm += (b as f64).powi(2);
+    }
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// A SparseLoRA config for the check: random channels (the same on both sides), a few middle
+/// layers sparse, answer tokens dense.
+fn sparse_config(layers: usize) -> anyhow::Result<PathBuf> {
+    let (first, last) = (layers / 4, (3 * layers / 4).max(layers / 4));
+    let text = format!(
+        "mode = \"random\"\nstart_step = 0\ndense_answer_tokens = true\n\n\
+         [[mlp]]\nlayers = \"{first}-{last}\"\nsparsity = 0.9\n\n\
+         [[self_attn]]\nlayers = \"{first}-{last}\"\nsparsity = 0.5\n"
+    );
+    let path = std::env::temp_dir().join(format!("check-step-{}.toml", std::process::id()));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+impl TrainJob for CheckStep {
+    fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
+        let (reference, lora) = reference_model(&self.model, self.random_weights)?;
+        let fast = transfer::<B>(&reference, &lora, dtype, &device)?;
+        let config = reference.config.clone();
+        if self.out_len == 0 || self.out_len >= self.seq {
+            bail!("--out-len must be between 1 and --seq - 1");
+        }
+        let cpu = Default::default();
+        let batch_ref = workload_batch::<Reference>(
+            self.batch,
+            self.seq,
+            self.out_len,
+            config.vocab_size,
+            &cpu,
+        );
+        let batch_fast = workload_batch::<B>(
+            self.batch,
+            self.seq,
+            self.out_len,
+            config.vocab_size,
+            &device,
+        );
+        let tol = self.tolerance(dtype);
+        let sparse_path = sparse_config(config.num_hidden_layers)?;
+        let setup_ref =
+            SparseSetup::<Reference>::new(&sparse_path, None, &reference, &self.model, 1)?;
+        let setup_fast = SparseSetup::<B>::new(&sparse_path, None, &fast, &self.model, 1)?;
+        let _ = std::fs::remove_file(&sparse_path);
+        println!(
+            "check-step: {} ({}), batch {} x {}, {} answer tokens, LoRA r8 on every projection; \
+             {:?} {dtype:?} vs CPU f32 (tolerance {tol:.0e})",
+            self.model,
+            if self.random_weights {
+                "random weights"
+            } else {
+                "checkpoint"
+            },
+            self.batch,
+            self.seq,
+            self.out_len,
+            self.backend
+        );
+        let mut failures = Vec::new();
+        for (mode, sparse) in [("dense", false), ("sparse", true)] {
+            let train_ref = sparse.then(|| setup_ref.training(&config, &lora));
+            let train_fast = sparse.then(|| setup_fast.training(&config, &lora));
+            let (loss_ref, grads_ref) =
+                step(&reference, batch_ref.clone(), train_ref.as_ref(), &cpu);
+            let (loss, grads) = step(&fast, batch_fast.clone(), train_fast.as_ref(), &device);
+            let loss_err = ((loss - loss_ref) / loss_ref).abs();
+            let all = |g: &[(String, Vec<f32>)]| -> Vec<f32> {
+                g.iter().flat_map(|(_, v)| v.iter().copied()).collect()
+            };
+            let total = relative(&all(&grads), &all(&grads_ref));
+            let (worst_name, worst) = grads
+                .iter()
+                .zip(&grads_ref)
+                .map(|((name, g), (_, r))| (name.clone(), relative(g, r)))
+                .fold((String::new(), 0.0f64), |acc, x| {
+                    if x.1 > acc.1 || x.1.is_nan() {
+                        x
+                    } else {
+                        acc
+                    }
+                });
+            let missing = grads.iter().filter(|(_, g)| g.is_empty()).count();
+            let ok = loss_err <= tol && total <= tol && worst <= 4.0 * tol && missing == 0;
+            println!(
+                "{} {mode}: loss {loss:.5} vs {loss_ref:.5} (rel. err {loss_err:.2e}); LoRA \
+                 gradients rel. err {total:.2e} over {} tensors, worst {worst:.2e} ({worst_name}){}",
+                if ok { "PASS" } else { "FAIL" },
+                grads.len(),
+                if missing > 0 { format!(", {missing} missing") } else { String::new() }
+            );
+            if !ok {
+                failures.push(mode);
+            }
+        }
+        println!(
+            "fused kernel launches: {}; cuBLASLt GEMMs: {}",
+            kernels_cubecl::fused_launches(),
+            gemm_calls()
+        );
+        if !failures.is_empty() {
+            bail!(
+                "the fast path disagrees with the reference ({})",
+                failures.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
