@@ -66,11 +66,14 @@ impl CheckStep {
         backend.dispatch_autodiff(dtype, self)
     }
 
-    /// bf16 keeps 8 significant bits: a step through 30 layers lands near 1e-2.
+    /// f32 is the tight check (the fast path agreed to 3e-4 on SmolLM2's real weights). bf16
+    /// keeps 8 significant bits: on SmolLM2's real weights (outlier activations in the first
+    /// layers) the LoRA gradients of a bf16 step land 4e-2 (dense) to 9e-2 (sparse) from f32,
+    /// whether the step runs on the fast path or on the burn-ops reference path in bf16.
     fn tolerance(&self, dtype: DType) -> f64 {
         self.tolerance.unwrap_or(match dtype {
             DType::F32 => 2e-3,
-            _ => 5e-2,
+            _ => 1e-1,
         })
     }
 }
