@@ -23,21 +23,17 @@
 mod kernel;
 pub mod reference;
 
-use std::any::{Any, TypeId};
-
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{CubeBackend, CubeRuntime};
+use burn_cubecl::CubeRuntime;
 
-/// `burn::backend::Wgpu` without burn's `fusion` feature.
-#[cfg(feature = "wgpu")]
-type WgpuCube = CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
-
-/// `burn::backend::Cuda` without burn's `fusion` feature.
 #[cfg(feature = "cuda")]
-type CudaCube = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+use crate::dispatch::CudaCube;
+#[cfg(feature = "wgpu")]
+use crate::dispatch::WgpuCube;
+use crate::dispatch::{self, cast};
 
 /// The hyper-parameters of one AdamW step (burn's `AdamWConfig`, without AMSGrad or cautious
 /// weight decay) at one learning rate.
@@ -109,18 +105,17 @@ enum Route {
     Cuda,
 }
 
+/// The optimizer's tensors are plain inner-backend tensors: only the non-autodiff routes of
+/// [`dispatch::route`] apply (which also honours `SPARSELORA_FUSED=0`).
 fn route<B: Backend>() -> Option<Route> {
-    #[allow(unused_variables)]
-    let id = TypeId::of::<B>();
-    #[cfg(feature = "wgpu")]
-    if id == TypeId::of::<WgpuCube>() {
-        return Some(Route::Wgpu);
+    match dispatch::route::<B>()? {
+        #[cfg(feature = "wgpu")]
+        dispatch::Route::Wgpu => Some(Route::Wgpu),
+        #[cfg(feature = "cuda")]
+        dispatch::Route::Cuda => Some(Route::Cuda),
+        #[allow(unreachable_patterns)]
+        _ => None,
     }
-    #[cfg(feature = "cuda")]
-    if id == TypeId::of::<CudaCube>() {
-        return Some(Route::Cuda);
-    }
-    None
 }
 
 /// Runs `$body` with the type alias `$C` naming the cubecl backend that `$route` matched.
@@ -139,18 +134,6 @@ macro_rules! on_route {
             }
         }
     };
-}
-
-/// Moves a value into the type `T` that it has already been checked to be (by [`route`]).
-fn cast<S: 'static, T: 'static>(value: S) -> T {
-    let mut slot = Some(value);
-    match (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<T>>()
-        .and_then(Option::take)
-    {
-        Some(value) => value,
-        None => unreachable!("the caller compared the TypeIds"),
-    }
 }
 
 /// The float primitive of a cubecl backend tensor.
