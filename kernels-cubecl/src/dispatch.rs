@@ -4,7 +4,7 @@
 use std::any::{Any, TypeId};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::ops::{BoolTensor, FloatTensor, IntTensor};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -110,7 +110,7 @@ pub(crate) fn cast<S: 'static, T: 'static>(value: S) -> T {
     }
 }
 
-/// A cubecl backend: its float and bool primitives are [`CubeTensor`]s of one runtime.
+/// A cubecl backend: its float, int and bool primitives are [`CubeTensor`]s of one runtime.
 pub(crate) trait Cube: Backend {
     /// The cubecl runtime.
     type Runtime: CubeRuntime;
@@ -123,6 +123,9 @@ pub(crate) trait Cube: Backend {
 
     /// The bool primitive as the [`CubeTensor`] it is.
     fn bool_into(tensor: BoolTensor<Self>) -> CubeTensor<Self::Runtime>;
+
+    /// A [`CubeTensor`] as the int primitive it is.
+    fn int_from(tensor: CubeTensor<Self::Runtime>) -> IntTensor<Self>;
 }
 
 impl<R, F, I, BT> Cube for CubeBackend<R, F, I, BT>
@@ -143,6 +146,10 @@ where
     }
 
     fn bool_into(tensor: BoolTensor<Self>) -> CubeTensor<R> {
+        tensor
+    }
+
+    fn int_from(tensor: CubeTensor<R>) -> IntTensor<Self> {
         tensor
     }
 }

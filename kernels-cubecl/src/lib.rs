@@ -1,4 +1,5 @@
-//! Fused `#[cube]` kernels for the LLaMA training step, each with its own backward.
+//! Fused `#[cube]` kernels for the LLaMA training step, each with its own backward, and a device
+//! top-k for SparseLoRA's channel selection.
 //!
 //! Every kernel replaces a chain of burn tensor ops that the model runs today. Each of those ops is
 //! one pass over HBM (read its inputs, write its output) and, under `Autodiff`, keeps its inputs
@@ -11,6 +12,7 @@
 //! | [`swiglu`] | `silu(gate) * up` (sigmoid in f32, casts, two products) | ~8 → 1 | `gate`, `up` |
 //! | [`rope`] | two slices, negation, concatenation, `x * cos + rot * sin` (and the copy of a strided `x`) | ~6 → 1 | `cos`, `sin` |
 //! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype |
+//! | [`top_k`] | `argsort_descending` (a host read-back on burn-cubecl) and `narrow` | read-back + sort + upload → 1 launch | nothing (int output) |
 //!
 //! The last matters most for memory: the model's attention builds an f32 `[b, h, s, kv]` score
 //! tensor (and an f32 mask of `[b, 1, s, kv]`), and autodiff keeps f32 intermediates of that size
@@ -18,6 +20,12 @@
 //! f32 max/sum reductions in registers and shared memory, and saves only `P` (in the scores'
 //! dtype); its backward computes `dS = scale * P * (dP - sum_j dP P)` from `P` alone. The causal
 //! part of the mask is never materialised: key positions after the query are not even read.
+//!
+//! [`top_k`] is SparseLoRA's channel selection (the `k` highest channel scores of a sparse layer).
+//! burn-cubecl 0.21 has no device sort: its `argsort` reads the scores back to the host, which
+//! synchronises the GPU at every sparse layer of every step. The kernel ranks each score by
+//! counting the scores before it and writes the indices in place, entirely on the device; ties go
+//! to the lower index and NaN ranks last, in the kernel and the reference alike.
 //!
 //! # Dispatch
 //! Each function is generic over the backend, so model code stays generic. The fused path runs
@@ -35,8 +43,8 @@
 //!
 //! # Tests
 //! `tests/kernels.rs` compares every kernel, forward and gradients, with its reference on random
-//! inputs (odd sizes, strided views, fully masked attention rows) on burn-wgpu in f32 (lavapipe on
-//! a machine without a GPU), and counts launches ([`fused_launches`]) so that a silent fallback
+//! inputs (odd sizes, strided views, fully masked attention rows; top-k exactly, with ties and
+//! NaN) on burn-wgpu in f32 (lavapipe on a machine without a GPU), and counts launches ([`fused_launches`]) so that a silent fallback
 //! fails. `tests/cuda.rs` (feature `cuda`, needs an NVIDIA GPU) does the same on burn-cuda in f32,
 //! f16 and bf16 against the f32 reference; on an H200 the fused kernels' bf16 errors were at or
 //! below those of the same references run in bf16.
@@ -54,11 +62,13 @@ pub mod causal_softmax;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
+pub mod top_k;
 
 pub use causal_softmax::causal_softmax;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use swiglu::swiglu;
+pub use top_k::top_k;
 
 /// The plain burn-tensor versions of the kernels: what the fused functions compute, and what they
 /// run on backends without the fast path.
@@ -67,6 +77,7 @@ pub mod reference {
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;
     pub use crate::swiglu::reference::swiglu;
+    pub use crate::top_k::reference::top_k;
 }
 
 /// Whether the fused kernels run on backend `B` (burn-wgpu or burn-cuda without fusion, plain or

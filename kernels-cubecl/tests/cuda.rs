@@ -1,21 +1,30 @@
 //! The fused kernels on burn-cuda in f32, f16 and bf16 (feature `cuda`, on a machine with an NVIDIA
 //! GPU): forward and gradients against the f32 reference on Flex, and against the reference run on
-//! burn-cuda in the same dtype (which rounds after every op).
+//! burn-cuda in the same dtype (which rounds after every op). Top-k must give exactly the
+//! reference's indices, in f32 and bf16.
 //!
 //! The feature is on in every workspace build that includes `xtask` (its default `cuda` feature
 //! unifies), so the tests are `#[ignore]`d: CI machines have no GPU. On the GPU machine:
 //! `cargo test -p kernels-cubecl --features cuda -- --ignored`.
 #![cfg(feature = "cuda")]
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use burn::backend::{Autodiff, Cuda, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend, BackendTypes};
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use kernels_cubecl::{fused_available, fused_launches, reference};
 
 type AC = Autodiff<Cuda>;
 type AF = Autodiff<Flex>;
+
+/// Tests run one at a time, so that the launch count is the running test's.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn random(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -136,11 +145,7 @@ fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device
 /// Runs `cuda` (fused and reference, in each dtype) against `flex` (f32 reference); the fused
 /// error must stay within `tol` of the dtype and within twice the same-dtype reference's.
 fn check(name: &str, cuda: Run<AC>, flex: Run<AF>) {
-    // One test at a time, so that the launch count is this test's.
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     assert!(fused_available::<AC>());
     let device = Default::default();
     let expected = flex(false, DType::F32, &Default::default());
@@ -191,4 +196,67 @@ fn rope_on_cuda() {
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn causal_softmax_on_cuda() {
     check("causal_softmax", softmax_run::<AC>, softmax_run::<AF>);
+}
+
+/// Channel scores with ties (many more once rounded to bf16), zeros of both signs, a NaN and a
+/// `-inf`, in f32.
+fn channel_scores(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = random(n, seed, 1.0, 0.0);
+    for i in (0..n).filter(|i| i % 5 == 3) {
+        s[i] = s[i / 7];
+    }
+    if n >= 7 {
+        s[1] = s[n - 1];
+        s[2] = -0.0;
+        s[4] = 0.0;
+        s[n / 2] = f32::NAN;
+        s[n / 3] = f32::NEG_INFINITY;
+    }
+    s
+}
+
+fn indices<B: Backend>(t: Tensor<B, 1, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().to_vec::<i64>().unwrap()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn top_k_on_cuda() {
+    let _serial = serial();
+    assert!(fused_available::<Cuda>());
+    let device = Default::default();
+    let cases = [
+        (1, 1),
+        (7, 7),
+        (1000, 333),
+        (1024, 256),
+        (4096, 1229),
+        (14336, 430),
+        (14336, 14336),
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        for (seed, &(n, k)) in cases.iter().enumerate() {
+            let what = format!("top_k {k} of {n} in {dtype:?}");
+            let data = TensorData::new(channel_scores(n, 20 + seed as u64), [n]);
+            let data = data.convert_dtype(dtype);
+            // The reference compares in f32, where bf16 scores are exact.
+            let expected = indices(reference::top_k(
+                Tensor::<Flex, 1>::from_data(
+                    data.clone().convert_dtype(DType::F32),
+                    &Default::default(),
+                ),
+                k,
+            ));
+            let before = fused_launches();
+            let plain = kernels_cubecl::top_k(
+                Tensor::<Cuda, 1>::from_data(data.clone(), (&device, dtype)),
+                k,
+            );
+            let tracked = Tensor::<AC, 1>::from_data(data, (&device, dtype)).require_grad();
+            let tracked = kernels_cubecl::top_k(tracked, k);
+            assert_eq!(fused_launches() - before, 2, "{what}: fused launches");
+            assert_eq!(indices(plain), expected, "{what}");
+            assert_eq!(indices(tracked), expected, "{what}: autodiff");
+        }
+    }
 }

@@ -7,11 +7,11 @@
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use std::sync::{Mutex, MutexGuard};
 
 use kernels_cubecl::{
-    causal_softmax, fused_available, fused_launches, reference, rms_norm, rope, swiglu,
+    causal_softmax, fused_available, fused_launches, reference, rms_norm, rope, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -489,6 +489,170 @@ fn causal_softmax_matches_reference() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Top-k
+
+/// Channel scores with what the ordering rule must settle: runs of equal scores (some straddling
+/// the top-k boundary), `0.0` and `-0.0`, a NaN and a `-inf` (tied: NaN ranks as `-inf`), and
+/// otherwise random values.
+fn channel_scores(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = random(n, seed, 1.0, 0.0);
+    for i in (0..n).filter(|i| i % 5 == 3) {
+        // Every fifth score repeats an earlier one: ties everywhere in the order.
+        s[i] = s[i / 7];
+    }
+    if n >= 7 {
+        let top = s.iter().copied().fold(f32::MIN, f32::max);
+        // Equal maxima at both ends, zeros of both signs, a NaN and a -inf.
+        s[n - 1] = top;
+        s[1] = top;
+        s[2] = -0.0;
+        s[4] = 0.0;
+        s[n / 2] = f32::NAN;
+        s[n / 3] = f32::NEG_INFINITY;
+    }
+    s
+}
+
+/// The rule, on the host: indices by descending score, equal scores by ascending index, NaN as
+/// `-inf`.
+fn top_k_on_host(scores: &[f32], k: usize) -> Vec<i64> {
+    let key = |i: usize| {
+        if scores[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            scores[i]
+        }
+    };
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| key(b).partial_cmp(&key(a)).unwrap().then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| i as i64).collect()
+}
+
+fn indices<B: Backend>(t: Tensor<B, 1, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().to_vec::<i64>().unwrap()
+}
+
+fn top_k_case(n: usize, k: usize, seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let scores = channel_scores(n, seed);
+    let expected = top_k_on_host(&scores, k);
+    let data = TensorData::new(scores, [n]);
+    let what = format!("top_k {k} of {n}");
+
+    let fused = launches(1, &what, || top_k(tensor::<W, 1>(&data, &dw), k));
+    assert_eq!(fused.dims(), [k.min(n)], "{what}: shape");
+    assert_eq!(fused.dtype(), tensor::<W, 1>(&data, &dw).argsort(0).dtype());
+    let reference = reference::top_k(tensor::<Flex, 1>(&data, &df), k);
+    assert_eq!(indices(reference), expected, "{what}: reference");
+    assert_eq!(indices(fused), expected, "{what}: fused");
+
+    // Under autodiff, with a tracked input: the same kernel, no gradient recorded.
+    let tracked = tensor::<AW, 1>(&data, &dw).require_grad();
+    let fused = launches(1, &what, || top_k(tracked, k));
+    assert_eq!(indices(fused), expected, "{what}: autodiff");
+}
+
+#[test]
+fn top_k_matches_reference() {
+    let _serial = serial();
+    top_k_case(1, 1, 101);
+    top_k_case(7, 1, 102);
+    top_k_case(7, 7, 103);
+    top_k_case(7, 20, 104); // k > n: all 7
+    top_k_case(1000, 1, 105);
+    top_k_case(1000, 1000, 106);
+    top_k_case(1000, 333, 107); // not a multiple of the tile
+    top_k_case(1024, 256, 108); // attention channels
+    top_k_case(4096, 1229, 109);
+    top_k_case(14336, 430, 110); // LLaMA3-8B MLP channels
+    top_k_case(14336, 14336, 111);
+}
+
+#[test]
+fn top_k_nan_ranks_as_negative_infinity() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let data = TensorData::new(
+        vec![
+            1.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            3.0,
+            f32::NAN,
+            3.0,
+            -0.0,
+            0.0,
+        ],
+        [8],
+    );
+    let expected = [3, 5, 0, 6, 7, 1, 2, 4];
+    let fused = launches(1, "top_k with NaN", || top_k(tensor::<W, 1>(&data, &dw), 8));
+    assert_eq!(indices(fused), expected);
+    assert_eq!(
+        indices(reference::top_k(tensor::<Flex, 1>(&data, &df), 8)),
+        expected
+    );
+}
+
+#[test]
+fn top_k_strided_scores() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let n = 700;
+    let scores = channel_scores(2 * n, 121);
+    let data = TensorData::new(scores.clone(), [n, 2]);
+    // Column 1 of `[n, 2]`: stride 2, offset 1.
+    let column = |t: Tensor<W, 2>| t.narrow(1, 1, 1).squeeze_dim::<1>(1);
+    let fused = launches(1, "top_k of a strided view", || {
+        top_k(column(tensor(&data, &dw)), 50)
+    });
+    let picked: Vec<f32> = scores.iter().skip(1).step_by(2).copied().collect();
+    let expected = top_k_on_host(&picked, 50);
+    assert_eq!(indices(fused), expected);
+    let reference = reference::top_k(
+        tensor::<Flex, 2>(&data, &df)
+            .narrow(1, 1, 1)
+            .squeeze_dim::<1>(1),
+        50,
+    );
+    assert_eq!(indices(reference), expected);
+}
+
+#[test]
+fn top_k_reference_is_argsort_without_ties() {
+    let _serial = serial();
+    let df = flex();
+    // Distinct scores: the reference is the model's `argsort_descending(0).narrow(0, 0, k)`.
+    let data = TensorData::new(random(3000, 131, 1.0, 0.0), [3000]);
+    let argsort = tensor::<Flex, 1>(&data, &df)
+        .argsort_descending(0)
+        .narrow(0, 0, 300);
+    assert_eq!(
+        indices(reference::top_k(tensor::<Flex, 1>(&data, &df), 300)),
+        indices(argsort)
+    );
+}
+
+#[test]
+fn top_k_reference_with_64_bit_keys() {
+    let _serial = serial();
+    // Past 46340 scores the reference's sort keys need i64 (Flex's ints are i32).
+    let n = 50_000;
+    let scores = channel_scores(n, 141);
+    let data = TensorData::new(scores.clone(), [n]);
+    let out = reference::top_k(tensor::<Flex, 1>(&data, &flex()), 500);
+    assert_eq!(indices(out), top_k_on_host(&scores, 500));
+}
+
+#[test]
+#[should_panic(expected = "must be at least 1")]
+fn top_k_of_zero_panics() {
+    let _serial = serial();
+    let scores = Tensor::<W, 1>::from_floats([1.0, 2.0], &wgpu());
+    let _ = top_k(scores, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Other backends
 
 #[test]
@@ -531,6 +695,12 @@ fn flex_runs_the_references() {
         assert_eq!(
             causal_softmax(tensor(&scores, &df), valid(), 0.5).into_data(),
             reference::causal_softmax(tensor(&scores, &df), valid(), 0.5).into_data(),
+        );
+
+        let channels = TensorData::new(channel_scores(100, 95), [100]);
+        assert_eq!(
+            top_k(tensor::<Flex, 1>(&channels, &df), 10).into_data(),
+            reference::top_k(tensor::<Flex, 1>(&channels, &df), 10).into_data(),
         );
     });
 }

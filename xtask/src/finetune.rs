@@ -366,6 +366,14 @@ impl<B: Backend> SparseSetup<B> {
                 cache
             }
         };
+        if let Some((worst, bound)) = cache.unconverged.iter().max_by(|a, b| a.1.total_cmp(b.1)) {
+            eprintln!(
+                "warning: the estimator factors of {} of {} projections stayed above SPEC 4's {:.0e} (worst {bound:.1e}, {worst}): their spectra are flat at the cut beyond what f32 resolves (random weights always are)",
+                cache.unconverged.len(),
+                cache.factors.len(),
+                svd_estimator::FACTOR_TOLERANCE,
+            );
+        }
         eprintln!(
             "SparseLoRA: {} sparse MLP and {} sparse attention blocks, {} selection{}, dense start {:?} ({:.1} s to set up)",
             (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Mlp) > 0.0).count(),

@@ -37,10 +37,27 @@ pub fn load_base<B: Backend>(
             vocab_size: tokenizer_vocab,
             ..LlamaConfig::preset(TINY)?
         };
-        return Ok((config.init_random::<B>(device).with_dtype(dtype), None));
+        let model =
+            build_weights::<B, _>(device, || config.init_random::<B>(device).with_dtype(dtype));
+        return Ok((model, None));
     }
     let source = ModelSource::resolve(model, model_dir)?;
-    Ok((source.load::<B>(dtype, device)?, Some(source)))
+    let model = build_weights::<B, _>(device, || source.load::<B>(dtype, device))?;
+    Ok((model, Some(source)))
+}
+
+/// Runs `build` (which creates or loads the frozen weights) with cubecl's persistent allocation
+/// mode, then hands the build's freed temporaries back to the driver.
+///
+/// Weights live for the whole run; in the default pool they share size-class pages with the
+/// activations, and on an H200 a 1 GiB embedding (LLaMA3-8B) alone claims an 8.8 GiB page, while
+/// the f32 draws or file buffers the build frees stay reserved. Persistent buffers are exact-size.
+/// The figures are in docs/perf.md.
+/// On backends without such a pool (Flex, NdArray) it only calls `build`.
+pub fn build_weights<B: Backend, T: Send>(device: &B::Device, build: impl Fn() -> T + Send) -> T {
+    let built = B::memory_persistent_allocations(device, (), move |()| build());
+    B::memory_cleanup(device);
+    built
 }
 
 /// Where a model's weights and tokenizer are.

@@ -667,6 +667,7 @@ impl BackendJob for Job {
             SvdCache {
                 rank: args.rank,
                 factors: BTreeMap::new(),
+                unconverged: BTreeMap::new(),
             }
         } else {
             B::seed(&device, 0);

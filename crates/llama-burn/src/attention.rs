@@ -78,10 +78,15 @@ impl<B: Backend> LlamaAttention<B> {
         self.o_proj.forward(out)
     }
 
-    /// The block on the channels `channels` only (SPEC 5): q/k/v computed on their kept output
+    /// The block on the channels `channels` only (SPEC 5): q/k/v keep only their chosen output
     /// channels (zeros elsewhere, so RoPE and the scores see the dropped channels as zero), o_proj
-    /// reading only its kept input channels; adapters add their dense outputs on top. Token rows
-    /// on the dense path of `sparse.split` use the full projections. No KV cache (training only).
+    /// reads only its chosen input channels; adapters add their dense outputs on top. Token rows
+    /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
+    ///
+    /// The projections run dense and masked ([`Projection::forward_out_masked`]): the paper's
+    /// attention sparsities keep 25-80% of the channels, where a sliced product saves less than
+    /// gathering the weight rows and scattering the output back costs (docs/perf.md). The values
+    /// and gradients are those of the sliced products.
     ///
     /// # Shapes
     /// - as [`Self::forward`]
@@ -94,29 +99,23 @@ impl<B: Backend> LlamaAttention<B> {
         sparse: &SparseForward<'_, B>,
     ) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
+        let dtype = x.dtype();
         let rows = x.reshape([b * s, d]);
         let drop = sparse.drop_sliced_input_grad;
-        let sliced = |p: &Projection<B>, idx: &Tensor<B, 1, Int>| {
+        let masked = |p: &Projection<B>, idx: &Tensor<B, 1, Int>| {
             let width = p.dims().0;
-            sparse
-                .rows(
-                    rows.clone(),
-                    |x| p.forward_out_sliced(x, idx, drop),
-                    |x| p.forward(x),
-                )
+            let keep = sparse.channel_keep(idx, width, dtype);
+            p.forward_out_masked(rows.clone(), keep, drop)
                 .reshape([b, s, width])
         };
-        let q = sliced(&self.q_proj, &channels.q);
-        let k = sliced(&self.k_proj, &channels.k);
-        let v = sliced(&self.v_proj, &channels.v);
+        let q = masked(&self.q_proj, &channels.q);
+        let k = masked(&self.k_proj, &channels.k);
+        let v = masked(&self.v_proj, &channels.v);
         let out = self.attend(q, k, v, rope, mask, None);
         let width = out.dims()[2];
-        sparse
-            .rows(
-                out.reshape([b * s, width]),
-                |x| self.o_proj.forward_in_sliced(x, &channels.o, drop),
-                |x| self.o_proj.forward(x),
-            )
+        let keep = sparse.channel_keep(&channels.o, width, dtype);
+        self.o_proj
+            .forward_in_masked(out.reshape([b * s, width]), keep, drop)
             .reshape([b, s, self.o_proj.dims().0])
     }
 

@@ -83,6 +83,41 @@ impl<B: Backend> Projection<B> {
         self.add_adapter(base, x)
     }
 
+    /// SparseLoRA output slicing in masked-dense form (q/k/v): the full base product times
+    /// `keep` (`[n, out]` or `[1, out]`, 1 on the kept channels of each row), plus the dense
+    /// adapter output. The same values and gradients as [`Self::forward_out_sliced`]; cheaper when
+    /// most channels are kept, since it needs no gather of the weight and no scatter to full width.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `keep`: `[n, out]` or `[1, out]`, output `[n, out]`
+    pub fn forward_out_masked(
+        &self,
+        x: Tensor<B, 2>,
+        keep: Tensor<B, 2>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x.clone(), drop_base_input_grad);
+        let base = sparse_ops::linear(base_input, self.weight.val()) * keep;
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA input slicing in masked-dense form (o): the base reads `x * keep` (`keep`:
+    /// `[n, in]` or `[1, in]`), the adapter all of `x`. The same values and gradients as
+    /// [`Self::forward_in_sliced`].
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `keep`: `[n, in]` or `[1, in]`, output `[n, out]`
+    pub fn forward_in_masked(
+        &self,
+        x: Tensor<B, 2>,
+        keep: Tensor<B, 2>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x.clone(), drop_base_input_grad) * keep;
+        let base = sparse_ops::linear(base_input, self.weight.val());
+        self.add_adapter(base, x)
+    }
+
     fn base_input<const D: usize>(&self, x: Tensor<B, D>, drop_grad: bool) -> Tensor<B, D> {
         if drop_grad && self.lora.is_some() {
             x.detach()

@@ -191,13 +191,18 @@ pub trait ChannelSelector<B: Backend> {
 
 /// Which flattened token rows (`batch * seq`, row-major) take the dense path and which the sparse
 /// one (SPEC 6: the answer tokens stay dense).
+///
+/// The sparse path runs on every row and the few dense rows are then recomputed densely and
+/// written over it (in the paper's workloads 3 or 128 of every 512 tokens are dense). Gathering
+/// the sparse rows out and scattering them back would cost two full copies of the activation per
+/// block, and burn's row scatter (`select_assign`) runs one thread per column, looping over the
+/// rows: 0.8 ms per call at 4096 x 4096 on an H200, 200 ms per LLaMA3-8B step (docs/perf.md).
 #[derive(Debug, Clone)]
 pub struct TokenSplit<B: Backend> {
-    /// Row indices of each path; `None` for a path without rows, so that no zero-size buffer is
-    /// ever allocated (cubecl-cuda 0.10 cannot allocate one: the failed allocation leaves a
-    /// handle that panics its device thread at every later use).
-    dense: Option<Tensor<B, 1, Int>>,
-    sparse: Option<Tensor<B, 1, Int>>,
+    /// The dense rows and a `[n, 1]` f32 column, 1 on dense rows and 0 elsewhere; `None` when no
+    /// row is dense (no zero-size buffer is ever allocated: cubecl-cuda 0.10 cannot allocate one,
+    /// and the failed allocation leaves a handle that panics its device thread at every later use).
+    dense: Option<(Tensor<B, 1, Int>, Tensor<B, 2>)>,
     n_dense: usize,
     n_sparse: usize,
 }
@@ -205,21 +210,20 @@ pub struct TokenSplit<B: Backend> {
 impl<B: Backend> TokenSplit<B> {
     /// From a row-major `[batch * seq]` mask, true where the token takes the dense path.
     pub fn from_dense_mask(dense: &[bool], device: &B::Device) -> Self {
-        let rows = |want: bool| -> Vec<i64> {
-            (0..dense.len() as i64)
-                .filter(|&i| dense[i as usize] == want)
-                .collect()
-        };
-        let (d, s) = (rows(true), rows(false));
-        let tensor = |v: Vec<i64>| {
-            let n = v.len();
-            (n > 0).then(|| Tensor::from_data(TensorData::new(v, [n]), device))
-        };
+        let rows: Vec<i64> = (0..dense.len() as i64)
+            .filter(|&i| dense[i as usize])
+            .collect();
+        let (n_dense, n) = (rows.len(), dense.len());
+        let column: Vec<f32> = dense.iter().map(|&d| f32::from(u8::from(d))).collect();
         Self {
-            n_dense: d.len(),
-            n_sparse: s.len(),
-            dense: tensor(d),
-            sparse: tensor(s),
+            dense: (n_dense > 0).then(|| {
+                (
+                    Tensor::from_data(TensorData::new(rows, [n_dense]), device),
+                    Tensor::from_data(TensorData::new(column, [n, 1]), device),
+                )
+            }),
+            n_dense,
+            n_sparse: n - n_dense,
         }
     }
 
@@ -233,27 +237,57 @@ impl<B: Backend> TokenSplit<B> {
         self.n_sparse
     }
 
-    /// Computes `sparse_fn` on the sparse rows and `dense_fn` on the dense rows of `x` (`[n, in]`)
-    /// and puts the results back in row order (`[n, out]`). Skips the split when one side is
-    /// empty.
+    /// `sparse_fn` on the rows of the sparse path and `dense_fn` on those of the dense path of
+    /// `x` (`[n, in]`), in row order (`[n, out]`). `sparse_fn` sees every row (see the type's
+    /// doc); `dense_fn` only the dense ones.
     pub fn apply(
         &self,
         x: Tensor<B, 2>,
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let (sparse, dense) = match (&self.sparse, &self.dense) {
-            (Some(sparse), Some(dense)) => (sparse, dense),
-            (_, None) => return sparse_fn(x),
-            (None, Some(_)) => return dense_fn(x),
+        let Some((rows, is_dense)) = &self.dense else {
+            return sparse_fn(x);
         };
-        let n = self.n_dense + self.n_sparse;
-        let ys = sparse_fn(x.clone().select(0, sparse.clone()));
-        let yd = dense_fn(x.select(0, dense.clone()));
-        let out = ys.dims()[1];
-        Tensor::<B, 2>::zeros([n, out], (&ys.device(), ys.dtype()))
-            .select_assign(0, sparse.clone(), ys, burn::tensor::IndexingUpdateOp::Add)
-            .select_assign(0, dense.clone(), yd, burn::tensor::IndexingUpdateOp::Add)
+        if self.n_sparse == 0 {
+            return dense_fn(x);
+        }
+        let dense = dense_fn(x.clone().select(0, rows.clone()));
+        let sparse = sparse_fn(x);
+        // Rows of `sparse` kept where the column is 0, replaced by `dense` where it is 1: exact
+        // (x * 1 + 0, x * 0 + d), and the scatter moves only the dense rows.
+        let keep = (is_dense.clone().neg() + 1.0).cast(sparse.dtype());
+        let written = sparse.zeros_like().select_assign(
+            0,
+            rows.clone(),
+            dense,
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        sparse * keep + written
+    }
+
+    /// The factor that zeroes the channels outside `kept` on the sparse rows of an `[n, width]`
+    /// activation, in `dtype`: `[n, width]` (dense rows keep every channel), or `[1, width]`
+    /// when every row is sparse.
+    pub fn channel_keep(
+        &self,
+        kept: &Tensor<B, 1, Int>,
+        width: usize,
+        dtype: burn::tensor::DType,
+    ) -> Tensor<B, 2> {
+        let channels = sparse_ops::channel_mask(kept.clone(), width).reshape([1, width]);
+        match &self.dense {
+            Some((_, is_dense)) if self.n_sparse > 0 => {
+                let n = self.n_dense + self.n_sparse;
+                is_dense
+                    .clone()
+                    .expand([n, width])
+                    .max_pair(channels.expand([n, width]))
+                    .cast(dtype)
+            }
+            Some(_) => Tensor::ones([1, width], (&kept.device(), dtype)),
+            None => channels.cast(dtype),
+        }
     }
 }
 
@@ -271,7 +305,7 @@ pub struct SparseForward<'a, B: Backend> {
 
 impl<B: Backend> SparseForward<'_, B> {
     /// Runs `sparse_fn` / `dense_fn` on the token rows of each path (all rows sparse without a
-    /// split).
+    /// split); see [`TokenSplit::apply`].
     pub(crate) fn rows(
         &self,
         x: Tensor<B, 2>,
@@ -281,6 +315,21 @@ impl<B: Backend> SparseForward<'_, B> {
         match &self.split {
             Some(split) => split.apply(x, sparse_fn, dense_fn),
             None => sparse_fn(x),
+        }
+    }
+
+    /// See [`TokenSplit::channel_keep`]; `[1, width]` without a split.
+    pub(crate) fn channel_keep(
+        &self,
+        kept: &Tensor<B, 1, Int>,
+        width: usize,
+        dtype: burn::tensor::DType,
+    ) -> Tensor<B, 2> {
+        match &self.split {
+            Some(split) => split.channel_keep(kept, width, dtype),
+            None => sparse_ops::channel_mask(kept.clone(), width)
+                .reshape([1, width])
+                .cast(dtype),
         }
     }
 }

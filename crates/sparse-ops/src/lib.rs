@@ -13,4 +13,6 @@ mod linear;
 mod sliced;
 
 pub use linear::{linear, matmul_batched};
-pub use sliced::{linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels};
+pub use sliced::{
+    channel_mask, linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels,
+};

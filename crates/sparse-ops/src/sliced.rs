@@ -75,6 +75,25 @@ pub fn scatter_channels<B: Backend, const D: usize>(
         .reshape(dims)
 }
 
+/// A `[width]` f32 mask, 1 on the channels `idx` and 0 elsewhere: the masked-dense form of a
+/// channel slice (`y * mask` keeps what [`linear_out_sliced`] computes, in place).
+///
+/// Built by comparing every channel with every index (`[width, k]`, a few MB) rather than by a
+/// scatter, because burn's cubecl scatter into a vector runs on one thread.
+pub fn channel_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize) -> Tensor<B, 1> {
+    let [k] = idx.dims();
+    let device = idx.device();
+    let channels = Tensor::<B, 1, Int>::arange(0..width as i64, &device)
+        .reshape([width, 1])
+        .expand([width, k]);
+    channels
+        .equal(idx.reshape([1, k]).expand([width, k]))
+        .any_dim(1)
+        .reshape([width])
+        .float()
+        .cast(burn::tensor::DType::F32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +159,16 @@ mod tests {
         let dx_ref = x2.grad(&grads).unwrap();
         dx.into_data()
             .assert_approx_eq::<f32>(&dx_ref.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn channel_mask_marks_the_kept_channels() {
+        let m: Vec<f32> = channel_mask(idx(&[4, 0, 2]), 6)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
+        assert_eq!(m, vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use llama_burn::adapters::module_path;
 use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, SparsityPlan};
 use lora::LoraTarget;
 
-use crate::svd::estimator_factors;
+use crate::svd::{estimator_factors, FACTOR_TOLERANCE};
 
 /// Projections the estimator needs factors for: the output-sliced ones.
 pub const ESTIMATED: [LoraTarget; 5] = [
@@ -27,7 +27,9 @@ pub const ESTIMATED: [LoraTarget; 5] = [
     LoraTarget::V,
 ];
 
-const FORMAT: &str = "sparselora-svd-v1";
+/// v2: factors from the converged SVD (v1 caches hold 2-iteration factors, 23-112% off the exact
+/// truncation on SmolLM2, and are rebuilt).
+const FORMAT: &str = "sparselora-svd-v2";
 
 /// Why a cache could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,10 @@ pub struct SvdCache<B: Backend> {
     pub rank: usize,
     /// `(w1 [in, r], w2 [r, out])` per projection.
     pub factors: BTreeMap<String, (Tensor<B, 2>, Tensor<B, 2>)>,
+    /// Projections built here whose factors' error bound stayed above [`FACTOR_TOLERANCE`]
+    /// (flat spectra at the cut: random weights always have them), with the bound; empty for a
+    /// cache read from a file.
+    pub unconverged: BTreeMap<String, f64>,
 }
 
 impl<B: Backend> SvdCache<B> {
@@ -188,7 +194,7 @@ impl<B: Backend> SvdCache<B> {
         rank: usize,
         wanted: impl Fn(usize, LoraTarget) -> bool,
     ) -> Self {
-        let mut factors = BTreeMap::new();
+        let (mut factors, mut unconverged) = (BTreeMap::new(), BTreeMap::new());
         for (i, layer) in model.model.layers.iter().enumerate() {
             for target in ESTIMATED.into_iter().filter(|&t| wanted(i, t)) {
                 // Detached: the factors are constants. Built from a weight that still requires a
@@ -197,11 +203,19 @@ impl<B: Backend> SvdCache<B> {
                 // no backward ever consumes: memory that grows every step (it ran an 8B
                 // SparseLoRA run out of memory within 25 steps).
                 let weight = layer.projection(target).weight.val().detach();
-                let (w1, w2) = estimator_factors(weight, rank);
-                factors.insert(module_path(i, target), (w1.detach(), w2.detach()));
+                let built = estimator_factors(weight, rank);
+                let path = module_path(i, target);
+                if built.error_bound > FACTOR_TOLERANCE {
+                    unconverged.insert(path.clone(), built.error_bound);
+                }
+                factors.insert(path, (built.w1.detach(), built.w2.detach()));
             }
         }
-        Self { rank, factors }
+        Self {
+            rank,
+            factors,
+            unconverged,
+        }
     }
 
     /// Writes the cache (f32) with its identity and rank, atomically (a temporary file renamed
@@ -359,7 +373,8 @@ impl<B: Backend> SvdCache<B> {
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(invalid(format!("not a {FORMAT} file")));
+            let found = meta.get("format").map_or("no format", String::as_str);
+            return Err(invalid(format!("not a {FORMAT} file ({found})")));
         }
         let found = format!(
             "model={}, rank={}",
@@ -407,7 +422,11 @@ impl<B: Backend> SvdCache<B> {
                 _ => return Err(invalid(format!("`{module}` lacks w1 or w2"))),
             }
         }
-        Ok(Self { rank, factors })
+        Ok(Self {
+            rank,
+            factors,
+            unconverged: BTreeMap::new(),
+        })
     }
 }
 

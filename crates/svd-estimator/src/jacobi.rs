@@ -39,17 +39,21 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
                 let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
                 let c = 1.0 / (t * t + 1.0).sqrt();
                 let s = t * c;
-                // m <- J^T m J, v <- v J, with J the rotation in the (p, q) plane.
-                for k in 0..n {
+                // m <- J^T m J, v <- v J, with J the rotation in the (p, q) plane: rows and
+                // columns p, q outside the 2x2 block in one pass (m stays symmetric), the block
+                // in closed form (the rotation zeroes m[p][q]).
+                for k in (0..n).filter(|&k| k != p && k != q) {
                     let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = c * mkp - s * mkq;
-                    m[k * n + q] = s * mkp + c * mkq;
+                    let (new_p, new_q) = (c * mkp - s * mkq, s * mkp + c * mkq);
+                    m[k * n + p] = new_p;
+                    m[p * n + k] = new_p;
+                    m[k * n + q] = new_q;
+                    m[q * n + k] = new_q;
                 }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = c * mpk - s * mqk;
-                    m[q * n + k] = s * mpk + c * mqk;
-                }
+                m[p * n + p] -= t * apq;
+                m[q * n + q] += t * apq;
+                m[p * n + q] = 0.0;
+                m[q * n + p] = 0.0;
                 for k in 0..n {
                     let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
                     v[k * n + p] = c * vkp - s * vkq;

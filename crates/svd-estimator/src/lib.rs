@@ -39,4 +39,6 @@ pub use cache::{
 };
 pub use jacobi::symmetric_eigen;
 pub use select::{SelectionMode, SelectorError, SelectorOptions, SvdChannelSelector};
-pub use svd::{estimator_factors, truncated_svd, TruncatedSvd};
+pub use svd::{
+    estimator_factors, truncated_svd, EstimatorFactors, SvdOptions, TruncatedSvd, FACTOR_TOLERANCE,
+};

@@ -150,14 +150,13 @@ pub fn qk_scores<B: Backend>(
     grouped_query_norms(query_norms, shape, mapping) * key_norms
 }
 
-/// The indices of the `k` largest scores, in descending score order (ties in the backend's
-/// sort order). `k` is clamped to the number of scores.
+/// The indices of the `k` largest scores (`k >= 1`, clamped to the number of scores), in
+/// descending score order, equal scores by ascending index, NaN below everything.
 ///
-/// Backends without a device sort (burn's default implementation) read the scores back to the
-/// host here: one small vector per block and step.
+/// On burn's cubecl backends this is one kernel on the device ([`kernels_cubecl::top_k`]):
+/// burn-cubecl 0.21 sorts on the host, which synchronised the GPU once per sparse block.
 pub fn top_k<B: Backend>(scores: Tensor<B, 1>, k: usize) -> Tensor<B, 1, Int> {
-    let k = k.min(scores.dims()[0]);
-    scores.argsort_descending(0).narrow(0, 0, k)
+    kernels_cubecl::top_k(scores, k)
 }
 
 /// The query channels that go with the kept KV channels `kv` (q_proj output rows for kept K

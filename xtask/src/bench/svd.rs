@@ -1,7 +1,8 @@
 //! `cargo xtask bench svd`: how long the offline SVD of SparseLoRA's estimator takes on a model of
 //! a preset's shape (every layer's gate/up/q/k/v at rank r), with random weights, so it can be
-//! measured where no checkpoint can be downloaded. The randomized SVD does a fixed amount of work
-//! per matrix, so the time does not depend on the weights' values.
+//! measured where no checkpoint can be downloaded. The SVD iterates until its error bound
+//! converges (docs/sparsity.md); random weights have flat spectra at the cut and run to its cap
+//! of 64 products per matrix, so this times the worst case.
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -24,6 +24,6 @@ pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
 pub use tensor::{
     calls, device_info, device_memory_used, kernel_seconds, linear_forward, linear_input_grad,
-    matmul, matmul_batched, matmul_unordered, reads_in_place, stream_ordered, wait_own_stream,
-    CudaBackend,
+    matmul, matmul_batched, matmul_unordered, pool_memory, reads_in_place, stream_ordered,
+    wait_own_stream, CudaBackend,
 };
