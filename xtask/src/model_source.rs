@@ -50,9 +50,11 @@ pub fn load_base<B: Backend>(
 /// mode, then hands the build's freed temporaries back to the driver.
 ///
 /// Weights live for the whole run; in the default pool they share size-class pages with the
-/// activations, and on an H200 a 1 GiB embedding (LLaMA3-8B) alone claims an 8.8 GiB page, while
+/// activations, and on an H200 LLaMA3-8B's two 1 GiB embedding matrices claim a 9.4 GB page, while
 /// the f32 draws or file buffers the build frees stay reserved. Persistent buffers are exact-size.
-/// The figures are in docs/perf.md.
+/// This covers tensors a loader creates from file data; random initialisation toggles the mode
+/// itself per parameter (burn's lazy init), which is why `LlamaForCausalLM::with_dtype` also casts
+/// into persistent memory. The figures are in docs/perf.md.
 /// On backends without such a pool (Flex, NdArray) it only calls `build`.
 pub fn build_weights<B: Backend, T: Send>(device: &B::Device, build: impl Fn() -> T + Send) -> T {
     let built = B::memory_persistent_allocations(device, (), move |()| build());
