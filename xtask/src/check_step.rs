@@ -25,7 +25,7 @@ use trainer::{SparseTraining, TrainBatch};
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
 use crate::bench::workload_batch;
-use crate::finetune::SparseSetup;
+use crate::finetune::{FactorCache, SparseSetup};
 use crate::model_source::ModelSource;
 
 type Reference = Autodiff<Flex>;
@@ -226,9 +226,15 @@ impl TrainJob for CheckStep {
         );
         let tol = self.tolerance(dtype);
         let sparse_path = sparse_config(config.num_hidden_layers)?;
-        let setup_ref =
-            SparseSetup::<Reference>::new(&sparse_path, None, &reference, &self.model, 1)?;
-        let setup_fast = SparseSetup::<B>::new(&sparse_path, None, &fast, &self.model, 1)?;
+        let setup_ref = SparseSetup::<Reference>::new(
+            &sparse_path,
+            FactorCache::None,
+            &reference,
+            &self.model,
+            1,
+        )?;
+        let setup_fast =
+            SparseSetup::<B>::new(&sparse_path, FactorCache::None, &fast, &self.model, 1)?;
         let _ = std::fs::remove_file(&sparse_path);
         println!(
             "check-step: {} ({}), batch {} x {}, {} answer tokens, LoRA r8 on every projection; \

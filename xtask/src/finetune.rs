@@ -251,7 +251,9 @@ impl TrainJob for FinetuneJob {
         let sparsity = match &args.sparsity {
             Some(path) => Some(SparseSetup::<B>::new(
                 path,
-                source.as_ref(),
+                source
+                    .as_ref()
+                    .map_or(FactorCache::None, FactorCache::Checkpoint),
                 &base,
                 &base_name,
                 config.seed,
@@ -317,6 +319,22 @@ impl TrainJob for FinetuneJob {
     }
 }
 
+/// Where [`SparseSetup`] finds, or keeps, the SVD factors of the estimator.
+pub(crate) enum FactorCache<'a> {
+    /// Built for this run only (`tiny`: random weights drawn per run).
+    None,
+    /// Next to a checkpoint's weights, keyed by the checkpoint's identity.
+    Checkpoint(&'a ModelSource),
+    /// A file of the caller's, keyed by `identity`: `bench step`'s random models, deterministic
+    /// in their seed, reused across the runs of one device call.
+    File {
+        /// The cache file.
+        path: std::path::PathBuf,
+        /// What the factors were computed from.
+        identity: String,
+    },
+}
+
 /// What a SparseLoRA run needs beside the model: its config, the plan for this model, and the
 /// channel selector (with the SVD factors it reads).
 pub(crate) struct SparseSetup<B: Backend> {
@@ -326,11 +344,11 @@ pub(crate) struct SparseSetup<B: Backend> {
 }
 
 impl<B: Backend> SparseSetup<B> {
-    /// Reads and checks the config against `base`, loads (or builds and caches next to
-    /// `source`'s weights) the SVD factors, and builds the selector.
+    /// Reads and checks the config against `base`, loads (or builds and keeps in `factors`) the
+    /// SVD factors, and builds the selector.
     pub(crate) fn new(
         path: &std::path::Path,
-        source: Option<&ModelSource>,
+        factors: FactorCache<'_>,
         base: &LlamaForCausalLM<B>,
         base_name: &str,
         seed: u64,
@@ -344,17 +362,22 @@ impl<B: Backend> SparseSetup<B> {
         }
         let rank = config.estimator_rank;
         let start = std::time::Instant::now();
-        let cache = match source {
+        let file = match factors {
+            FactorCache::None => None,
+            FactorCache::Checkpoint(source) => {
+                Some((source.svd_cache_path(rank), source.identity()?))
+            }
+            FactorCache::File { path, identity } => Some((path, identity)),
+        };
+        let cache = match file {
             // Oracle and random selection read no factors.
             _ if config.mode != ConfigMode::Estimated => SvdCache::build(base, rank, |_, _| false),
-            // `tiny`: random weights drawn per run, nothing worth caching.
             None => SvdCache::build(base, rank, |layer, target| {
                 svd_estimator::plan_needs(&plan, layer, target)
             }),
-            Some(source) => {
-                let cache_path = source.svd_cache_path(rank);
+            Some((cache_path, identity)) => {
                 let (cache, origin) =
-                    SvdCache::load_or_build(&cache_path, &source.identity()?, rank, base, &plan)?;
+                    SvdCache::load_or_build(&cache_path, &identity, rank, base, &plan)?;
                 let origin = match origin {
                     CacheOrigin::Reused => "reused".to_owned(),
                     CacheOrigin::Built(reason) => format!("built ({reason}), saved to"),

@@ -29,7 +29,7 @@ use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TimedSelector, TrainBatch};
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
-use crate::finetune::SparseSetup;
+use crate::finetune::{FactorCache, SparseSetup};
 
 /// The official benchmark's two workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +88,10 @@ pub struct StepBench {
     /// A SparseLoRA sparsity config (configs/sparsity/*.toml): sparse from step 0.
     #[arg(long)]
     pub sparsity: Option<PathBuf>,
+    /// Keep the estimator's SVD factors of the random model in this file and reuse them when it
+    /// matches (same preset, dtype and rank): runs of one device call then pay for the SVD once.
+    #[arg(long)]
+    pub svd_cache: Option<PathBuf>,
     /// LoRA rank.
     #[arg(long, default_value_t = 32)]
     pub lora_r: usize,
@@ -235,7 +239,17 @@ impl TrainJob for StepBench {
             config.init_random::<B>(&device).with_dtype(dtype)
         });
         let sparse_setup = match &self.sparsity {
-            Some(path) => Some(SparseSetup::<B>::new(path, None, &base, &self.model, 0)?),
+            Some(path) => {
+                let factors = match &self.svd_cache {
+                    Some(file) => FactorCache::File {
+                        path: file.clone(),
+                        // The weights are a function of the preset, the seed (0) and the dtype.
+                        identity: format!("random {} seed 0 {dtype:?}", self.model),
+                    },
+                    None => FactorCache::None,
+                };
+                Some(SparseSetup::<B>::new(path, factors, &base, &self.model, 0)?)
+            }
             None => None,
         };
         let model: LlamaForCausalLM<B> = base.with_lora(&lora, &device);
