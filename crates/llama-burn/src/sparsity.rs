@@ -199,10 +199,11 @@ pub trait ChannelSelector<B: Backend> {
 /// rows: 0.8 ms per call at 4096 x 4096 on an H200, 200 ms per LLaMA3-8B step (docs/perf.md).
 #[derive(Debug, Clone)]
 pub struct TokenSplit<B: Backend> {
-    /// The dense rows and a `[n, 1]` f32 column, 1 on dense rows and 0 elsewhere; `None` when no
-    /// row is dense (no zero-size buffer is ever allocated: cubecl-cuda 0.10 cannot allocate one,
-    /// and the failed allocation leaves a handle that panics its device thread at every later use).
-    dense: Option<(Tensor<B, 1, Int>, Tensor<B, 2>)>,
+    /// The dense rows and two `[n, 1]` f32 columns, 1 on the dense rows and 1 on the sparse rows
+    /// (made once per batch, not per block); `None` when no row is dense (no zero-size buffer is
+    /// ever allocated: cubecl-cuda 0.10 cannot allocate one, and the failed allocation leaves a
+    /// handle that panics its device thread at every later use).
+    dense: Option<DenseRows<B>>,
     n_dense: usize,
     n_sparse: usize,
 }
@@ -214,13 +215,18 @@ impl<B: Backend> TokenSplit<B> {
             .filter(|&i| dense[i as usize])
             .collect();
         let (n_dense, n) = (rows.len(), dense.len());
-        let column: Vec<f32> = dense.iter().map(|&d| f32::from(u8::from(d))).collect();
+        let column = |want: bool| -> Tensor<B, 2> {
+            let values: Vec<f32> = dense
+                .iter()
+                .map(|&d| f32::from(u8::from(d == want)))
+                .collect();
+            Tensor::from_data(TensorData::new(values, [n, 1]), device)
+        };
         Self {
-            dense: (n_dense > 0).then(|| {
-                (
-                    Tensor::from_data(TensorData::new(rows, [n_dense]), device),
-                    Tensor::from_data(TensorData::new(column, [n, 1]), device),
-                )
+            dense: (n_dense > 0).then(|| DenseRows {
+                rows: Tensor::from_data(TensorData::new(rows, [n_dense]), device),
+                is_dense: column(true),
+                is_sparse: column(false),
             }),
             n_dense,
             n_sparse: n - n_dense,
@@ -246,7 +252,10 @@ impl<B: Backend> TokenSplit<B> {
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let Some((rows, is_dense)) = &self.dense else {
+        let Some(DenseRows {
+            rows, is_sparse, ..
+        }) = &self.dense
+        else {
             return sparse_fn(x);
         };
         if self.n_sparse == 0 {
@@ -256,7 +265,7 @@ impl<B: Backend> TokenSplit<B> {
         let sparse = sparse_fn(x);
         // Rows of `sparse` kept where the column is 0, replaced by `dense` where it is 1: exact
         // (x * 1 + 0, x * 0 + d), and the scatter moves only the dense rows.
-        let keep = (is_dense.clone().neg() + 1.0).cast(sparse.dtype());
+        let keep = is_sparse.clone().cast(sparse.dtype());
         let written = sparse.zeros_like().select_assign(
             0,
             rows.clone(),
@@ -277,7 +286,7 @@ impl<B: Backend> TokenSplit<B> {
     ) -> Tensor<B, 2> {
         let channels = sparse_ops::channel_mask(kept.clone(), width).reshape([1, width]);
         match &self.dense {
-            Some((_, is_dense)) if self.n_sparse > 0 => {
+            Some(DenseRows { is_dense, .. }) if self.n_sparse > 0 => {
                 let n = self.n_dense + self.n_sparse;
                 is_dense
                     .clone()
@@ -289,6 +298,17 @@ impl<B: Backend> TokenSplit<B> {
             None => channels.cast(dtype),
         }
     }
+}
+
+/// The dense rows of a [`TokenSplit`].
+#[derive(Debug, Clone)]
+struct DenseRows<B: Backend> {
+    /// Their indices, `[n_dense]`.
+    rows: Tensor<B, 1, Int>,
+    /// `[n, 1]` f32, 1 on the dense rows.
+    is_dense: Tensor<B, 2>,
+    /// `[n, 1]` f32, 1 on the sparse rows.
+    is_sparse: Tensor<B, 2>,
 }
 
 /// What a sparse forward pass needs besides the batch.
