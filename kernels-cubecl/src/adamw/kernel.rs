@@ -13,6 +13,7 @@ use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 use super::Scalars;
+use crate::common::{address_type, block_sum, vector_size};
 
 /// Units per cube, at most (a power of two: the reductions halve it).
 const BLOCK: u32 = 256;
@@ -66,7 +67,9 @@ fn stepped<N: Size>(
     p * Vector::<f32, N>::new(decay) - delta * Vector::<f32, N>::new(lr)
 }
 
-/// One AdamW step, elementwise (burn 0.21's `AdamW` without AMSGrad or cautious decay):
+/// One AdamW step, elementwise (burn 0.21's `AdamW` without AMSGrad or cautious decay), written
+/// over `param`, `moment_1` and `moment_2` (each element is read once, then written, by the same
+/// unit):
 ///
 /// ```text
 /// g  = grad * scale
@@ -75,43 +78,7 @@ fn stepped<N: Size>(
 /// p' = p decay - (m' / bias_1) / (sqrt(v' / bias_2) + epsilon) lr
 /// ```
 ///
-/// in the order of burn's tensor ops, into new tensors. `len` counts vectors of `N` elements.
-#[cube(launch_unchecked, address_type = "dynamic")]
-#[allow(clippy::too_many_arguments)]
-fn adamw_kernel<N: Size>(
-    param: &Tensor<Vector<f32, N>>,
-    grad: &Tensor<Vector<f32, N>>,
-    moment_1: &Tensor<Vector<f32, N>>,
-    moment_2: &Tensor<Vector<f32, N>>,
-    grad_scale: &Tensor<f32>,
-    param_out: &mut Tensor<Vector<f32, N>>,
-    moment_1_out: &mut Tensor<Vector<f32, N>>,
-    moment_2_out: &mut Tensor<Vector<f32, N>>,
-    len: usize,
-    beta_1: f32,
-    one_minus_beta_1: f32,
-    beta_2: f32,
-    one_minus_beta_2: f32,
-    bias_1: f32,
-    bias_2: f32,
-    epsilon: f32,
-    decay: f32,
-    lr: f32,
-) {
-    let i = ABSOLUTE_POS;
-    if i >= len {
-        terminate!();
-    }
-    let g = grad[i] * Vector::<f32, N>::new(grad_scale[0]);
-    let m = moment::<N>(moment_1[i], g, beta_1, one_minus_beta_1);
-    let v = moment::<N>(moment_2[i], g * g, beta_2, one_minus_beta_2);
-    param_out[i] = stepped::<N>(param[i], m, v, bias_1, bias_2, epsilon, decay, lr);
-    moment_1_out[i] = m;
-    moment_2_out[i] = v;
-}
-
-/// [`adamw_kernel`] writing over `param`, `moment_1` and `moment_2` (each element is read once,
-/// then written, by the same unit).
+/// in the order of burn's tensor ops. `len` counts vectors of `N` elements.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn adamw_in_place_kernel<N: Size>(
@@ -143,24 +110,6 @@ fn adamw_in_place_kernel<N: Size>(
     moment_2[i] = v;
 }
 
-/// The sum over the cube's units of `value`, in unit 0 (`shared` holds one f32 per unit; the
-/// cube is one-dimensional, its size a power of two).
-#[cube]
-fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
-    let unit = UNIT_POS as usize;
-    shared[unit] = value;
-    sync_cube();
-    let mut stride = (CUBE_DIM / 2) as usize;
-    while stride > 0 {
-        if unit < stride {
-            shared[unit] += shared[unit + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    shared[0]
-}
-
 /// `out[slot + c] = sum(f32(x)^2)` over the part of `input` that cube `c` of `parts` covers
 /// (vectors `c * CUBE_DIM + unit`, strided by `parts * CUBE_DIM`). `len` counts vectors.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -187,7 +136,7 @@ fn sum_of_squares_kernel<F: Float, N: Size>(
     for lane in 0..N::value() {
         total += squares[lane];
     }
-    let total = cube_sum(total, &mut shared);
+    let total = block_sum(total, &mut shared);
     if UNIT_POS == 0 {
         out[slot + part] = total;
     }
@@ -211,7 +160,7 @@ fn clip_factor_kernel(
         total += sums[i];
         i += block;
     }
-    let total = cube_sum(total, &mut shared);
+    let total = block_sum(total, &mut shared);
     if UNIT_POS == 0 {
         let norm = total.sqrt();
         let mut factor = 1.0f32;
@@ -221,34 +170,6 @@ fn clip_factor_kernel(
         norm_out[0] = norm;
         factor_out[0] = factor;
     }
-}
-
-/// The widest vector (elements) the runtime loads well for `dtype` that divides `len` and at
-/// which every tensor of `tensors` starts aligned.
-fn vector_size<R: CubeRuntime>(tensors: &[&CubeTensor<R>], dtype: DType, len: usize) -> usize {
-    let elem = dtype.size();
-    tensors[0]
-        .client
-        .io_optimized_vector_sizes(elem)
-        .find(|&v| {
-            len.is_multiple_of(v)
-                && tensors.iter().all(|t| {
-                    t.handle
-                        .offset_start
-                        .unwrap_or(0)
-                        .is_multiple_of((v * elem) as u64)
-                })
-        })
-        .unwrap_or(1)
-}
-
-/// The address width that indexes every tensor of `tensors`.
-fn address_type<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> AddressType {
-    tensors
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default()
 }
 
 /// Units per cube on `tensor`'s device: [`BLOCK`] or the largest power of two the hardware
@@ -268,9 +189,9 @@ fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R
 }
 
 /// One AdamW step over f32 tensors of one shape (`grad_scale`: one f32 element); returns
-/// `(param, moment_1, moment_2)`, contiguous. When `param`, `moment_1` and `moment_2` are each
-/// the only handle on their memory (burn's own test for in-place ops), the step writes over them
-/// and allocates nothing; otherwise into new tensors.
+/// `(param, moment_1, moment_2)`, contiguous. The step writes over each of `param`, `moment_1`
+/// and `moment_2` that is the only handle on its memory (burn's own test for in-place ops, what
+/// training passes), and over a copy of one that is shared.
 pub(crate) fn adamw<R: CubeRuntime>(
     param: CubeTensor<R>,
     grad: CubeTensor<R>,
@@ -281,80 +202,31 @@ pub(crate) fn adamw<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let [param, grad, moment_1, moment_2, grad_scale] =
         [param, grad, moment_1, moment_2, grad_scale].map(into_contiguous);
+    let [param, moment_1, moment_2] =
+        [param, moment_1, moment_2].map(|t| if t.can_mut() { t } else { t.copy() });
     let len = param.meta.shape().num_elements();
-    let in_place = param.can_mut() && moment_1.can_mut() && moment_2.can_mut();
     let cube_dim = CubeDim::new_1d(block(&param));
     let client = param.client.clone();
-    if in_place {
-        let tensors = [&param, &grad, &moment_1, &moment_2];
-        let vector = vector_size(&tensors, DType::F32, len);
-        let address = address_type(&tensors).max(grad_scale.required_address_type());
-        let cube_count = calculate_cube_count_elemwise(&client, len / vector, cube_dim);
-        count_launch();
-        // SAFETY: units past `len / vector` vectors return before any access; every tensor holds
-        // `len` contiguous elements, `grad_scale` at least one; the three written tensors are
-        // each the sole owner of their memory, so none aliases another binding.
-        unsafe {
-            adamw_in_place_kernel::launch_unchecked::<R>(
-                &client,
-                cube_count,
-                cube_dim,
-                address,
-                vector,
-                param.clone().into_tensor_arg(),
-                grad.into_tensor_arg(),
-                moment_1.clone().into_tensor_arg(),
-                moment_2.clone().into_tensor_arg(),
-                grad_scale.into_tensor_arg(),
-                len / vector,
-                s.beta_1,
-                s.one_minus_beta_1,
-                s.beta_2,
-                s.one_minus_beta_2,
-                s.bias_1,
-                s.bias_2,
-                s.epsilon,
-                s.decay,
-                s.lr,
-            )
-        };
-        return (param, moment_1, moment_2);
-    }
-
-    let shape = param.meta.shape().clone();
-    let param_out = empty_f32(&param, shape.clone());
-    let moment_1_out = empty_f32(&param, shape.clone());
-    let moment_2_out = empty_f32(&param, shape);
-    let tensors = [
-        &param,
-        &grad,
-        &moment_1,
-        &moment_2,
-        &param_out,
-        &moment_1_out,
-        &moment_2_out,
-    ];
-    let vector = vector_size(&tensors, DType::F32, len);
+    let tensors = [&param, &grad, &moment_1, &moment_2];
+    let vector = vector_size(&tensors, DType::F32, &[len]);
     let address = address_type(&tensors).max(grad_scale.required_address_type());
     let cube_count = calculate_cube_count_elemwise(&client, len / vector, cube_dim);
     count_launch();
     // SAFETY: units past `len / vector` vectors return before any access; every tensor holds
-    // `len` contiguous elements, `grad_scale` at least one.
+    // `len` contiguous elements, `grad_scale` at least one; the three written tensors are each
+    // the sole owner of their memory, so none aliases another binding.
     unsafe {
-        adamw_kernel::launch_unchecked::<R>(
+        adamw_in_place_kernel::launch_unchecked::<R>(
             &client,
             cube_count,
             cube_dim,
             address,
             vector,
-            param.into_tensor_arg(),
+            param.clone().into_tensor_arg(),
             grad.into_tensor_arg(),
-            moment_1.into_tensor_arg(),
-            moment_2.into_tensor_arg(),
+            moment_1.clone().into_tensor_arg(),
+            moment_2.clone().into_tensor_arg(),
             grad_scale.into_tensor_arg(),
-            param_out.clone().into_tensor_arg(),
-            moment_1_out.clone().into_tensor_arg(),
-            moment_2_out.clone().into_tensor_arg(),
             len / vector,
             s.beta_1,
             s.one_minus_beta_1,
@@ -367,7 +239,7 @@ pub(crate) fn adamw<R: CubeRuntime>(
             s.lr,
         )
     };
-    (param_out, moment_1_out, moment_2_out)
+    (param, moment_1, moment_2)
 }
 
 /// How many slots [`sum_of_squares_into`] fills for a tensor of `len` elements.
@@ -387,7 +259,7 @@ pub(crate) fn sum_of_squares_into<R: CubeRuntime>(
     let len = input.meta.shape().num_elements();
     let parts = parts(len);
     debug_assert!(slot + parts <= out.meta.shape().num_elements());
-    let vector = vector_size(&[&input], dtype, len);
+    let vector = vector_size(&[&input], dtype, &[len]);
     let block = block(&input);
     let address = address_type(&[&input, out]);
     let client = input.client.clone();
@@ -417,7 +289,7 @@ pub(crate) fn sum_of_squares<R: CubeRuntime>(input: CubeTensor<R>) -> CubeTensor
     let dtype = input.dtype;
     let len = input.meta.shape().num_elements();
     let out = empty_f32(&input, Shape::new([1]));
-    let vector = vector_size(&[&input], dtype, len);
+    let vector = vector_size(&[&input], dtype, &[len]);
     let block = block(&input);
     let address = address_type(&[&input, &out]);
     let client = input.client.clone();
