@@ -1,25 +1,19 @@
 //! The fused optimizer kernels (burn-wgpu, lavapipe on a CPU-only machine) against their
 //! burn-tensor references (Flex), on random tensors over several steps.
 
+mod common;
+
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Flex, Wgpu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use std::sync::{Mutex, MutexGuard};
+use common::serial;
 
 use kernels_cubecl::adamw::{
     adamw_update, fused_available, fused_launches, reference, sum_of_squares, AdamWStep, GlobalNorm,
 };
 
 type W = Wgpu;
-
-/// Tests run one at a time, so that launch counts are their own.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn wgpu() -> WgpuDevice {
     let device = WgpuDevice::default();

@@ -8,43 +8,16 @@
 //! `cargo test -p kernels-cubecl --features cuda -- --ignored`.
 #![cfg(feature = "cuda")]
 
-use std::sync::{Mutex, MutexGuard};
+mod common;
 
 use burn::backend::{Autodiff, Cuda, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend, BackendTypes};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use common::{data, random, serial};
 use kernels_cubecl::{fused_available, fused_launches, reference};
 
 type AC = Autodiff<Cuda>;
 type AF = Autodiff<Flex>;
-
-/// Tests run one at a time, so that the launch count is the running test's.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn random(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..len)
-        .map(|_| {
-            let sum: f32 = (0..4).map(|_| uniform()).sum();
-            offset + scale * (sum - 2.0) * 3f32.sqrt()
-        })
-        .collect()
-}
-
-fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f32, offset: f32) -> TensorData {
-    TensorData::new(random(shape.iter().product(), seed, scale, offset), shape)
-}
 
 fn load<B: AutodiffBackend, const D: usize>(
     data: &TensorData,

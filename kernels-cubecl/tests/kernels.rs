@@ -4,11 +4,13 @@
 //! No test is skipped for want of a device: without a Vulkan driver creating the wgpu device
 //! panics, and every test here fails.
 
+mod common;
+
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use std::sync::{Mutex, MutexGuard};
+use common::{data, random, serial};
 
 use kernels_cubecl::{
     causal_softmax, fused_available, fused_launches, reference, rms_norm, rope, swiglu, top_k,
@@ -20,14 +22,6 @@ type AF = Autodiff<Flex>;
 
 /// Relative tolerance of f32 comparisons.
 const RTOL: f32 = 1e-4;
-
-/// Tests run one at a time, so that [`launches`] counts only its own kernels.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Runs `f`, checking that it launched exactly `n` fused kernels (so a silent fallback to the
 /// reference fails the test).
@@ -52,30 +46,6 @@ fn wgpu() -> WgpuDevice {
 
 fn flex() -> burn::backend::flex::FlexDevice {
     Default::default()
-}
-
-/// Deterministic pseudo-random values, roughly normal (`scale` standard deviation), around
-/// `offset`.
-fn random(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..len)
-        .map(|_| {
-            // Irwin-Hall: the sum of 4 uniforms, centred, has variance 1/3.
-            let sum: f32 = (0..4).map(|_| uniform()).sum();
-            offset + scale * (sum - 2.0) * 3f32.sqrt()
-        })
-        .collect()
-}
-
-fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f32, offset: f32) -> TensorData {
-    let len = shape.iter().product();
-    TensorData::new(random(len, seed, scale, offset), shape)
 }
 
 fn tensor<B: Backend, const D: usize>(data: &TensorData, device: &B::Device) -> Tensor<B, D> {
