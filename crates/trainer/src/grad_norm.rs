@@ -5,6 +5,8 @@
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{backend::AutodiffBackend, DType, Tensor};
+// The burn-ops norm and clip factor, shared with the fused optimizer's reference.
+use kernels_cubecl::adamw::reference;
 
 /// Sums the squares of every gradient present in `grads` for the parameters of a module.
 struct SquaredNorm<'a, B: AutodiffBackend> {
@@ -15,7 +17,7 @@ struct SquaredNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = grad.cast(DType::F32).square().sum();
+            let sq = reference::sum_of_squares(grad);
             self.total = Some(match self.total.take() {
                 Some(t) => t + sq,
                 None => sq,
@@ -57,13 +59,7 @@ pub fn clip_global_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
         let device = module.devices().first().cloned().unwrap_or_default();
         return Tensor::zeros([1], (&device, DType::F32));
     };
-    let norm = total.sqrt();
-    let finite = norm.clone().is_finite();
-    let scale = (norm.clone() + 1e-6)
-        .recip()
-        .mul_scalar(max_norm)
-        .clamp_max(1.0)
-        .mask_fill(finite.bool_not(), 1.0);
+    let (norm, scale) = reference::clip_factor(total, max_norm);
     module.visit(&mut Scale::<B> { grads, scale });
     norm
 }

@@ -1,5 +1,6 @@
 //! The burn-tensor versions of the optimizer functions: burn 0.21's AdamW op by op, and the
-//! gradient norm as `trainer::grad_norm::clip_global_norm_on_device` computes it.
+//! gradient norm and clip factor (which `trainer::grad_norm::clip_global_norm_on_device` uses
+//! for burn's own optimizers).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
