@@ -73,7 +73,7 @@ pub use top_k::top_k;
 /// The plain burn-tensor versions of the kernels: what the fused functions compute, and what they
 /// run on backends without the fast path.
 pub mod reference {
-    pub use crate::causal_softmax::reference::causal_softmax;
+    pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;
     pub use crate::swiglu::reference::swiglu;

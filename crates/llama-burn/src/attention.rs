@@ -20,7 +20,7 @@ pub enum AttentionMask<B: Backend> {
     /// `transformers`' eager attention does with its finite mask.
     Causal(Tensor<B, 2, Bool>),
     /// Decoding with a KV cache: an additive f32 mask `[batch, 1, seq, kv_len]`, 0 where a key
-    /// may be read and `f32::MIN` elsewhere (see [`crate::model::additive_causal_mask`]).
+    /// may be read and `f32::MIN` elsewhere (see [`kernels_cubecl::reference::additive_causal_mask`]).
     Additive(Tensor<B, 4>),
 }
 

@@ -7,6 +7,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
+use kernels_cubecl::reference::additive_causal_mask;
 use lora::LoraConfig;
 
 use crate::adapters::AdapterDepth;
@@ -398,34 +399,4 @@ impl<B: Backend> ModuleMapper<B> for CastBase {
             B::memory_persistent_allocations(&device, t, move |t| t.cast(dtype))
         })
     }
-}
-
-/// The additive attention mask: 0 where query `past + i` may read key `j` (`j <= past + i` and key
-/// `j` is not padding), the most negative f32 elsewhere. Keys run over the whole of `key_valid`
-/// (with a KV cache: its capacity).
-///
-/// Using the finite minimum rather than -inf is what `transformers`' eager attention does: a row
-/// with every key masked (a left-padding query) then softmaxes to a uniform row instead of NaN.
-///
-/// # Shapes
-/// - `key_valid`: `[batch, kv_len]`, `kv_len >= past + seq`
-/// - output: `[batch, 1, seq, kv_len]`, f32
-pub fn additive_causal_mask<B: Backend>(
-    key_valid: Tensor<B, 2, Bool>,
-    past: usize,
-    seq: usize,
-) -> Tensor<B, 4> {
-    let [batch, kv_len] = key_valid.dims();
-    let device = key_valid.device();
-    let shape = [batch, 1, seq, kv_len];
-    let query_pos = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device)
-        .reshape([1, 1, seq, 1])
-        .expand(shape);
-    let key_pos = Tensor::<B, 1, Int>::arange(0..kv_len as i64, &device)
-        .reshape([1, 1, 1, kv_len])
-        .expand(shape);
-    let allowed = key_pos
-        .lower_equal(query_pos)
-        .bool_and(key_valid.reshape([batch, 1, 1, kv_len]).expand(shape));
-    Tensor::<B, 4>::zeros(shape, (&device, DType::F32)).mask_fill(allowed.bool_not(), f32::MIN)
 }
