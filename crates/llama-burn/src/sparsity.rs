@@ -284,20 +284,31 @@ impl<B: Backend> TokenSplit<B> {
         width: usize,
         dtype: burn::tensor::DType,
     ) -> Tensor<B, 2> {
-        let channels = sparse_ops::channel_mask(kept.clone(), width).reshape([1, width]);
         match &self.dense {
-            Some(DenseRows { is_dense, .. }) if self.n_sparse > 0 => {
+            None => kept_channels_row(kept, width, dtype),
+            Some(_) if self.n_sparse == 0 => Tensor::ones([1, width], (&kept.device(), dtype)),
+            Some(DenseRows { is_dense, .. }) => {
                 let n = self.n_dense + self.n_sparse;
+                let channels = sparse_ops::channel_mask(kept.clone(), width).reshape([1, width]);
                 is_dense
                     .clone()
                     .expand([n, width])
                     .max_pair(channels.expand([n, width]))
                     .cast(dtype)
             }
-            Some(_) => Tensor::ones([1, width], (&kept.device(), dtype)),
-            None => channels.cast(dtype),
         }
     }
+}
+
+/// `[1, width]` in `dtype`: 1 on the channels `kept`, 0 elsewhere.
+fn kept_channels_row<B: Backend>(
+    kept: &Tensor<B, 1, Int>,
+    width: usize,
+    dtype: burn::tensor::DType,
+) -> Tensor<B, 2> {
+    sparse_ops::channel_mask(kept.clone(), width)
+        .reshape([1, width])
+        .cast(dtype)
 }
 
 /// The dense rows of a [`TokenSplit`].
@@ -347,9 +358,7 @@ impl<B: Backend> SparseForward<'_, B> {
     ) -> Tensor<B, 2> {
         match &self.split {
             Some(split) => split.channel_keep(kept, width, dtype),
-            None => sparse_ops::channel_mask(kept.clone(), width)
-                .reshape([1, width])
-                .cast(dtype),
+            None => kept_channels_row(kept, width, dtype),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! true projections (oracle), or at random (a baseline), with the HF-correct GQA mappings or the
 //! reference code's (see [`crate::scoring`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
@@ -119,10 +119,8 @@ pub enum SelectorError {
 pub struct SvdChannelSelector<B: Backend> {
     plan: SparsityPlan,
     options: SelectorOptions,
-    /// `(w1 [in, r], w2 [r, out])` by layer and projection, only those the plan needs.
-    factors: BTreeMap<(usize, LoraTarget), (Tensor<B, 2>, Tensor<B, 2>)>,
-    /// The factors of each sparse block's projections stacked (q/k/v, gate/up), so that one
-    /// product estimates them all (estimated mode).
+    /// The factors of each sparse block's projections (q/k/v, gate/up) stacked, so that one
+    /// product estimates them all (estimated mode; empty otherwise).
     stacked: HashMap<(usize, Block), StackedFactors<B>>,
     /// Random mode: calls so far, so that every batch draws afresh.
     draws: AtomicU64,
@@ -154,39 +152,36 @@ impl<B: Backend> SvdChannelSelector<B> {
                 n_kv_heads,
             });
         }
-        let mut factors = BTreeMap::new();
+        let mut stacked = HashMap::new();
         if options.mode == SelectionMode::Estimated {
-            let needed = |layer, target| plan_needs(&plan, layer, target);
-            cache.check_covers(config, needed)?;
+            cache.check_covers(config, |layer, target| plan_needs(&plan, layer, target))?;
             for layer in 0..plan.num_layers() {
-                for target in crate::ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
-                    if let Some((w1, w2)) = cache.factors.get(&module_path(layer, target)) {
-                        // Constants: no autodiff history may reach the estimates (see
-                        // `SvdCache::build`).
-                        factors.insert((layer, target), (w1.clone().detach(), w2.clone().detach()));
+                for block in [Block::Attn, Block::Mlp] {
+                    if plan.ratio(layer, block) <= 0.0 {
+                        continue;
+                    }
+                    let members: &[LoraTarget] = match block {
+                        Block::Attn => &[LoraTarget::Q, LoraTarget::K, LoraTarget::V],
+                        Block::Mlp => &[LoraTarget::Gate, LoraTarget::Up],
+                    };
+                    // Constants: no autodiff history may reach the estimates (see
+                    // `SvdCache::build`).
+                    let parts: Option<Vec<_>> = members
+                        .iter()
+                        .map(|&target| {
+                            let (w1, w2) = cache.factors.get(&module_path(layer, target))?;
+                            Some((w1.clone().detach(), w2.clone().detach()))
+                        })
+                        .collect();
+                    if let Some(parts) = parts {
+                        stacked.insert((layer, block), StackedFactors::new(parts));
                     }
                 }
-            }
-        }
-        let mut stacked = HashMap::new();
-        for &(layer, target) in factors.keys() {
-            let (block, members): (Block, &[LoraTarget]) = match target {
-                LoraTarget::Q => (Block::Attn, &[LoraTarget::Q, LoraTarget::K, LoraTarget::V]),
-                LoraTarget::Gate => (Block::Mlp, &[LoraTarget::Gate, LoraTarget::Up]),
-                _ => continue,
-            };
-            let parts: Option<Vec<_>> = members
-                .iter()
-                .map(|t| factors.get(&(layer, *t)).cloned())
-                .collect();
-            if let Some(parts) = parts {
-                stacked.insert((layer, block), StackedFactors::new(parts));
             }
         }
         Ok(Self {
             plan,
             options,
-            factors,
             stacked,
             draws: AtomicU64::new(0),
         })
@@ -202,27 +197,11 @@ impl<B: Backend> SvdChannelSelector<B> {
         self.options
     }
 
-    /// `rows` (`[n, in]`, f32) through `projection` of `layer`: estimated by the factors or
-    /// exact, `[n, out]` in f32. `None` when the estimated mode lacks the factors (ruled out by
-    /// [`Self::new`]; the block then stays dense rather than panic).
-    fn project(
-        &self,
-        layer: usize,
-        target: LoraTarget,
-        projection: &Projection<B>,
-        rows: Tensor<B, 2>,
-    ) -> Option<Tensor<B, 2>> {
-        match self.options.mode {
-            SelectionMode::Oracle => {
-                let weight = projection.weight.val().detach();
-                let y = rows.cast(weight.dtype()).matmul(weight.transpose());
-                Some(y.cast(DType::F32))
-            }
-            _ => {
-                let (w1, w2) = self.factors.get(&(layer, target))?;
-                Some(rows.matmul(w1.clone()).matmul(w2.clone()))
-            }
-        }
+    /// `rows` (`[n, in]`, f32) through the true `projection` (oracle mode): `[n, out]` in f32.
+    fn project_exactly(projection: &Projection<B>, rows: Tensor<B, 2>) -> Tensor<B, 2> {
+        let weight = projection.weight.val().detach();
+        let y = rows.cast(weight.dtype()).matmul(weight.transpose());
+        y.cast(DType::F32)
     }
 
     /// The L2 norms over `rows` (`[n, d_model]`, f32) of the output channels of q_proj, k_proj
@@ -240,15 +219,10 @@ impl<B: Backend> SvdChannelSelector<B> {
         rows: Tensor<B, 2>,
     ) -> Option<[Tensor<B, 1>; 3]> {
         if self.options.mode == SelectionMode::Oracle {
-            let norms = |target, projection| {
-                self.project(layer, target, projection, rows.clone())
-                    .map(channel_norms)
-            };
-            return Some([
-                norms(LoraTarget::Q, &attn.q_proj)?,
-                norms(LoraTarget::K, &attn.k_proj)?,
-                norms(LoraTarget::V, &attn.v_proj)?,
-            ]);
+            return Some(
+                [&attn.q_proj, &attn.k_proj, &attn.v_proj]
+                    .map(|p| channel_norms(Self::project_exactly(p, rows.clone()))),
+            );
         }
         let stacked = self.stacked.get(&(layer, Block::Attn))?;
         let z = sparse_ops::linear(rows, stacked.w1.clone().transpose()); // [n, 3r]
@@ -342,17 +316,17 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
             }
             SelectionMode::Estimated | SelectionMode::Oracle => {
                 let means = sequence_means(x, tokens, !self.options.reference_compat);
-                let (gate, up) = match self.stacked.get(&(layer, Block::Mlp)) {
-                    // Estimated: gate and up from one pair of products.
-                    Some(stacked) => {
-                        let both = means.matmul(stacked.w1.clone()).matmul(stacked.w2.clone());
-                        let [gate, up]: [Tensor<B, 2>; 2] = stacked.split(both).try_into().ok()?;
-                        (gate, up)
-                    }
-                    None => (
-                        self.project(layer, LoraTarget::Gate, &mlp.gate_proj, means.clone())?,
-                        self.project(layer, LoraTarget::Up, &mlp.up_proj, means)?,
-                    ),
+                let (gate, up) = if self.options.mode == SelectionMode::Oracle {
+                    (
+                        Self::project_exactly(&mlp.gate_proj, means.clone()),
+                        Self::project_exactly(&mlp.up_proj, means),
+                    )
+                } else {
+                    // Gate and up from one pair of products.
+                    let stacked = self.stacked.get(&(layer, Block::Mlp))?;
+                    let both = means.matmul(stacked.w1.clone()).matmul(stacked.w2.clone());
+                    let [gate, up]: [Tensor<B, 2>; 2] = stacked.split(both).try_into().ok()?;
+                    (gate, up)
                 };
                 Some(top_k(mlp_scores(gate, up), k))
             }
@@ -450,6 +424,7 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::Distribution;
     use llama_burn::LlamaForCausalLM;
+    use std::collections::BTreeMap;
 
     type B = Flex;
 
