@@ -536,8 +536,15 @@ impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_
     }
 }
 
+/// `value[key]` with one decimal, `-` when it is not a number.
+fn one_decimal(value: &Value, key: &str) -> String {
+    value[key]
+        .as_f64()
+        .map_or("-".into(), |v| format!("{v:.1}"))
+}
+
 fn print_summary(doc: &Value) {
-    let f = |key: &str| doc[key].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+    let f = |key: &str| one_decimal(doc, key);
     println!(
         "{} {} {}: median {} ms (p10 {}, p90 {}), unsynced mean {} ms, {} tokens/s, {} TFLOP/s, peak {} GiB{}",
         doc["model"].as_str().unwrap_or(""),
@@ -553,14 +560,14 @@ fn print_summary(doc: &Value) {
         doc.get("peft")
             .map(|p| format!(
                 "; PEFT {} ms, {} GiB (ours {:.2}x)",
-                p["median_ms"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
-                p["peak_memory_gib"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
+                one_decimal(p, "median_ms"),
+                one_decimal(p, "peak_memory_gib"),
                 doc["speedup_vs_peft"].as_f64().unwrap_or(f64::NAN)
             ))
             .unwrap_or_default()
     );
     if let Some(m) = doc.get("memory").filter(|m| !m.is_null()) {
-        let g = |key: &str| m[key].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+        let g = |key: &str| one_decimal(m, key);
         println!(
             "  memory (GiB): after build {} (pool in use {}); pool in use after forward {}, after step {}; pool reserved {}",
             g("after_build_gib"),
@@ -571,7 +578,7 @@ fn print_summary(doc: &Value) {
         );
     }
     if let Some(b) = doc.get("breakdown").filter(|b| !b.is_null()) {
-        let g = |key: &str| b[key].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+        let g = |key: &str| one_decimal(b, key);
         println!(
             "  breakdown (synchronised): forward {} ms, backward {} ms, optimizer {} ms, estimator {} ms",
             g("forward_ms"),
