@@ -7,7 +7,8 @@
 #        scripts/gpu/bench-step.sh XTASK PEER_DIR OUT RUN...
 # A RUN is `peft:<workload>`, `dense:<workload>` or `sparse:<workload>:<config.toml>`, optionally
 # prefixed with `env=VAR=value,` (e.g. `env=SPARSELORA_STREAM_ORDER=0,dense:csr`); the model is
-# $MODEL (default llama3-8b).
+# $MODEL (default llama3-8b). With SVD_CACHE=FILE the sparse runs share one file of SVD factors
+# (`--svd-cache`: the random model's factors are built by the first sparse run only).
 set -uo pipefail
 XTASK=$1 PEER=$2 OUT=$3
 shift 3
@@ -38,7 +39,7 @@ for run in "$@"; do
     sparse)
       cmd=("$XTASK" bench step --model "$MODEL" --workload "$workload" --sparsity "$config"
            --steps "$STEPS" --warmup "$WARMUP" --unsynced-steps "$UNSYNCED" --breakdown
-           --output-dir "$work") ;;
+           --output-dir "$work" ${SVD_CACHE:+--svd-cache "$SVD_CACHE"}) ;;
     *) echo "unknown run $run"; status=1; continue ;;
   esac
   if [ "$kind" != peft ] && [ -f "$work/peft.jsonl" ]; then cmd+=(--peft "$work/peft.jsonl"); fi
