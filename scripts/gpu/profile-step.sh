@@ -6,7 +6,9 @@
 # time is `bench gemm`'s). Also logs cubecl's memory pages (`[memory.logger] basic`).
 #
 # Usage: [MODEL=llama3-8b] scripts/gpu/profile-step.sh XTASK OUT RUN...
-# A RUN is `dense:<workload>` or `sparse:<workload>:<config.toml>`. Writes OUT/profile-*.log.
+# A RUN is `dense:<workload>` or `sparse:<workload>:<config.toml>`. Writes OUT/profile-*.txt (the
+# per-step summary of scripts/gpu/profile-summary.py; NORMS_PER_STEP=65 suits 32-layer models) and
+# the gzipped logs.
 set -uo pipefail
 XTASK=$(realpath "$1") OUT=$(realpath "$2")
 shift 2
@@ -37,8 +39,10 @@ for run in "$@"; do
    timeout "${RUN_TIMEOUT:-300}" "$XTASK" "${args[@]}" >"$OUT/profile-$name.out" 2>&1)
   rc=$?
   tail -n 5 "$OUT/profile-$name.out"
-  cp "$work/cubecl-profile.log" "$OUT/profile-$name.log" 2>/dev/null
-  cp "$work/cubecl-memory.log" "$OUT/memory-$name.log" 2>/dev/null
+  python3 "$root/scripts/gpu/profile-summary.py" "$work/cubecl-profile.log" "${NORMS_PER_STEP:-65}" \
+    >"$OUT/profile-$name.txt" 2>&1
+  gzip -c "$work/cubecl-profile.log" >"$OUT/profile-$name.log.gz" 2>/dev/null
+  gzip -c "$work/cubecl-memory.log" >"$OUT/memory-$name.log.gz" 2>/dev/null
   echo "=== $run: exit $rc ==="
   [ "$rc" -eq 0 ] || status=1
 done

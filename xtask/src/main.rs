@@ -47,6 +47,8 @@ enum Command {
     /// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat
     /// map, and a proposed sparsity config for a FLOPs budget.
     Sensitivity(Box<sensitivity::Sensitivity>),
+    /// The loss curves of training runs (`finetune --output` folders) on one chart.
+    Plot(plot::Plot),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckStep(cmd) => cmd.run(),
         Command::Finetune(cmd) => cmd.run(),
         Command::Eval(cmd) => cmd.run(),
+        Command::Plot(cmd) => cmd.run(),
         Command::Svd(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),
         Command::Sensitivity(cmd) => cmd.run(),

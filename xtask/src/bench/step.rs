@@ -339,6 +339,7 @@ impl TrainJob for StepBench {
                 stepper.step(step, true)?;
             }
         }
+        memory.check_not_exhausted(peak_bytes)?;
         let pool = stepper.pool;
         let Phases {
             forward,
@@ -374,8 +375,8 @@ impl TrainJob for StepBench {
         let median = total.median().context("no timed step")?;
         let gpu = super::svd::gpu_name().unwrap_or_else(|| format!("{:?}", self.backend));
         let baseline = memory.baseline;
-        let peak_memory_gib = (peak_bytes > 0)
-            .then(|| peak_bytes.saturating_sub(baseline.unwrap_or(0)) as f64 / (1u64 << 30) as f64);
+        let peak_memory_gib =
+            (peak_bytes > 0).then(|| gib(peak_bytes.saturating_sub(baseline.unwrap_or(0))));
         let tokens_per_s = (self.batch * self.seq) as f64 / (median / 1e3);
         let peft = match &self.peft {
             Some(path) => peer_result(path, &self.model, self.workload.name())?,
@@ -640,23 +641,43 @@ struct DeviceMemory {
     pool: Option<PoolReader>,
     /// In use before the model was built (the CUDA context and libraries), subtracted.
     baseline: Option<u64>,
+    /// The device's memory in all.
+    total: Option<u64>,
 }
 
 impl DeviceMemory {
     fn new(backend: BackendKind) -> Self {
-        let (reader, pool): (Option<UsedReader>, Option<PoolReader>) = match backend {
+        let (reader, pool, total): (Option<UsedReader>, Option<PoolReader>, _) = match backend {
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => (
                 Some(|| sparse_ops::cublaslt::device_memory_used(0).ok()),
                 Some(|| sparse_ops::cublaslt::pool_memory(0).ok()),
+                sparse_ops::cublaslt::device_memory_total(0).ok(),
             ),
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let baseline = reader.and_then(|read| read());
         Self {
             reader,
             pool,
             baseline,
+            total,
+        }
+    }
+
+    /// An error when `peak` (bytes in use) left less than [`EXHAUSTED_HEADROOM`] of the device
+    /// free. cubecl's device thread fails the allocations it cannot make by panicking, and the
+    /// step goes on queueing kernels that never run, so a run that filled the device finishes
+    /// with figures that are not a training step's (seen at LLaMA3-8B, batch 8 x 2048).
+    fn check_not_exhausted(&self, peak: u64) -> anyhow::Result<()> {
+        match self.total {
+            Some(total) if peak.saturating_add(EXHAUSTED_HEADROOM) >= total => bail!(
+                "the step ran out of device memory ({:.1} of {:.1} GiB in use at its peak): its \
+                 figures are not valid; try a smaller --batch or --seq",
+                gib(peak),
+                gib(total)
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -668,6 +689,9 @@ impl DeviceMemory {
         self.pool.and_then(|read| read())
     }
 }
+
+/// Free device memory under which a step is taken to have run out of it.
+const EXHAUSTED_HEADROOM: u64 = 256 << 20;
 
 /// Pool figures, each the largest seen, in bytes.
 #[derive(Default, Clone, Copy)]

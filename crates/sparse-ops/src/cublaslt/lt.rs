@@ -69,9 +69,14 @@ pub(crate) fn device_info(ordinal: usize) -> Result<(String, usize), GemmError> 
 /// Bytes of device `ordinal`'s memory in use (by every process; on a GPU of its own, this
 /// process's CUDA context, libraries and cubecl's memory pools).
 pub(crate) fn memory_in_use(ordinal: usize) -> Result<u64, GemmError> {
+    memory_info(ordinal).map(|(used, _)| used)
+}
+
+/// `(bytes in use, bytes in total)` of device `ordinal`'s memory, as `cuMemGetInfo` reports.
+pub(crate) fn memory_info(ordinal: usize) -> Result<(u64, u64), GemmError> {
     with_device(ordinal, |_| {
         let (free, total) = drv::mem_get_info().map_err(driver("cuMemGetInfo"))?;
-        Ok(total.saturating_sub(free) as u64)
+        Ok((total.saturating_sub(free) as u64, total as u64))
     })
 }
 

@@ -23,7 +23,7 @@ pub(crate) use dispatch::{linear as dispatch_linear, matmul_batched as dispatch_
 pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
 pub use tensor::{
-    calls, device_info, device_memory_used, kernel_seconds, linear_forward, linear_input_grad,
-    matmul, matmul_batched, matmul_unordered, pool_memory, reads_in_place, stream_ordered,
-    wait_own_stream, CudaBackend,
+    calls, device_info, device_memory_total, device_memory_used, kernel_seconds, linear_forward,
+    linear_input_grad, matmul, matmul_batched, matmul_unordered, pool_memory, reads_in_place,
+    stream_ordered, wait_own_stream, CudaBackend,
 };

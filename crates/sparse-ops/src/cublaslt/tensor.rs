@@ -43,6 +43,14 @@ pub fn device_memory_used(ordinal: usize) -> Result<u64, GemmError> {
     lt::memory_in_use(ordinal)
 }
 
+/// Bytes of `ordinal`'s device memory in all.
+///
+/// # Errors
+/// When the driver cannot be set up on that device.
+pub fn device_memory_total(ordinal: usize) -> Result<u64, GemmError> {
+    lt::memory_info(ordinal).map(|(_, total)| total)
+}
+
 /// cubecl's own accounting of `ordinal`'s memory pool: `(bytes in use by live tensors, bytes
 /// reserved from the driver)`. The difference is what the pool holds for reuse; comparing the
 /// first with [`device_memory_used`] tells activations from allocator overhead.
