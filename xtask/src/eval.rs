@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use clap::Args;
 use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
-use trainer::{evaluate, load_records, Task, TaskAccuracy};
+use trainer::{evaluate, load_records, PromptSeam, Task, TaskAccuracy};
 
 use crate::backend::{parse_dtype, BackendJob, BackendKind};
 use crate::model_source::{load_base, tokenizer_for};
@@ -31,6 +31,11 @@ pub struct EvalArgs {
     /// Prompts generated together.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// How the prompt's closing indent is tokenized: `training` (as in the training text, where
+    /// the response's first token takes its last space) or `reference` (the prompt alone, the
+    /// reference evaluation's exact token ids).
+    #[arg(long, value_enum, default_value = "training")]
+    pub prompt_seam: PromptSeam,
 }
 
 /// Evaluate a model (and adapter) on downstream tasks.
@@ -127,7 +132,14 @@ pub fn run_eval<B: Backend>(
             records.truncate(limit);
         }
         let start = std::time::Instant::now();
-        let result = evaluate(model, tokenizer, task, &records, args.batch_size)?;
+        let result = evaluate(
+            model,
+            tokenizer,
+            task,
+            &records,
+            args.batch_size,
+            args.prompt_seam,
+        )?;
         eprintln!(
             "{:<14} {:>5}/{:<5} {:6.1}%  ({:.1} s)",
             result.task,

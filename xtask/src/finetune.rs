@@ -238,6 +238,7 @@ impl TrainJob for FinetuneJob {
             limit: Some(args.eval_limit),
             data_dir: args.eval_data_dir.clone(),
             batch_size: args.eval_batch_size,
+            prompt_seam: trainer::PromptSeam::default(),
         };
         if args.eval_before && args.eval_tasks != "none" {
             eprintln!("evaluating the base model before training");

@@ -36,6 +36,24 @@ pub struct TaskAccuracy {
     pub majority_baseline: f64,
 }
 
+/// How the evaluation prompt's last characters are tokenized.
+///
+/// Both prompts end in `### Response:\n` and a 16-space indent. In training the response follows
+/// that indent directly, and a BPE tokenizer splits the indent's last space off into the
+/// response's first token (`"\n" + 15 spaces`, `" the"`); the evaluation prompt alone ends in a
+/// `"\n" + 16 spaces` token instead, one the model never saw there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum PromptSeam {
+    /// Tokenize the prompt as training did at that point
+    /// ([`LlamaTokenizer::encode_for_continuation`]): the model continues from the tokens it was
+    /// trained to continue from. The prompt text is the same.
+    #[default]
+    Training,
+    /// Tokenize the prompt alone, as the reference evaluation code does (its token ids exactly).
+    Reference,
+}
+
 /// Evaluates `model` on `records` of `task`, `batch_size` prompts at a time.
 pub fn evaluate<B: Backend>(
     model: &LlamaForCausalLM<B>,
@@ -43,6 +61,7 @@ pub fn evaluate<B: Backend>(
     task: Task,
     records: &[Record],
     batch_size: usize,
+    seam: PromptSeam,
 ) -> Result<TaskAccuracy> {
     let extraction = task.extraction().ok_or_else(|| {
         DataError::UnknownTask(format!(
@@ -62,14 +81,22 @@ pub fn evaluate<B: Backend>(
             .iter()
             .map(|r| eval_prompt(&r.instruction, &r.input))
             .collect();
-        let ids = prompts
+        // Each prompt's ids and the length of the prompt text they spell.
+        let encoded = prompts
             .iter()
-            .map(|p| tokenizer.encode(p, true))
+            .map(|p| match seam {
+                PromptSeam::Training => tokenizer.encode_for_continuation(p, true),
+                PromptSeam::Reference => tokenizer.encode(p, true).map(|ids| (ids, p.len())),
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let ids: Vec<Vec<u32>> = encoded.iter().map(|(ids, _)| ids.clone()).collect();
         let outputs = generate_greedy(model, &ids, &config)?;
-        for ((prompt, out), record) in prompts.iter().zip(outputs).zip(chunk) {
-            // Extraction reads the text after "### Response:", so score prompt + continuation.
-            let generated = format!("{prompt}{}", tokenizer.decode(&out, true)?);
+        for (((prompt, (_, covered)), out), record) in
+            prompts.iter().zip(&encoded).zip(outputs).zip(chunk)
+        {
+            // Extraction reads the text after "### Response:", so score prompt + continuation
+            // (the continuation starts where the prompt's ids stopped).
+            let generated = format!("{}{}", &prompt[..*covered], tokenizer.decode(&out, true)?);
             let prediction = extraction.extract(&generated);
             if extraction.is_correct(&prediction, &record.answer) {
                 correct += 1;

@@ -44,7 +44,7 @@ pub use batch::{collate, pad_left, CollateConfig, PaddedBatch, TrainBatch};
 pub use data::{load_records, parse_records, Record, ResponseField};
 pub use error::{DataError, Result};
 pub use eval_extract::{response_text, Extraction, Prediction};
-pub use evaluate::{evaluate, TaskAccuracy};
+pub use evaluate::{evaluate, PromptSeam, TaskAccuracy};
 pub use example_batches::ExampleBatches;
 pub use sampler::{Sampler, SamplerState};
 pub use sparse_step::{SparseTraining, TimedSelector};
