@@ -12,11 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::{Block, SparsityPlan};
 use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
+use sparselora::{SelectionMode as ConfigMode, SparsityConfig};
 use svd_estimator::{CacheOrigin, SelectionMode, SelectorOptions, SvdCache, SvdChannelSelector};
 use trainer::flops::{FlopsCounter, StepTokens};
 use trainer::metrics::StepMetrics;
 use trainer::sparse_step::{BatchFlops, SparseTraining};
-use trainer::sparsity_config::{SelectionMode as ConfigMode, SparsityConfig};
 use trainer::{
     check_examples, load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions,
     StepObserver, Task, TokenizeConfig, TrainConfig,

@@ -25,11 +25,11 @@ use llama_burn::sparsity::{Block, SparsityPlan};
 use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
 use lora::LoraConfig;
 use serde_json::json;
+use sparselora::sparsity_config::{self, BlockSparsity, LayerSet, SparsityConfig};
 use svd_estimator::{
     plan_needs, CacheOrigin, SelectorOptions, SvdCache, SvdCacheError, SvdChannelSelector,
 };
 use trainer::flops::{FlopsCounter, StepTokens};
-use trainer::sparsity_config::{self, BlockSparsity, LayerSet, SparsityConfig};
 use trainer::{
     load_records, pad_left, tokenize_records, CollateConfig, PaddedBatch, Task, TokenizeConfig,
     TrainBatch,

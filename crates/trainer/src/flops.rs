@@ -34,9 +34,9 @@ use std::ops::AddAssign;
 use llama_burn::sparsity::{kept_channels, SparsityPlan};
 use llama_burn::LlamaConfig;
 use lora::{LoraConfig, LoraTarget};
+use sparselora::{SelectionMode, SparsityConfig, DEFAULT_ESTIMATOR_RANK};
 
 use crate::batch::PaddedBatch;
-use crate::sparsity_config::{SelectionMode, SparsityConfig, DEFAULT_ESTIMATOR_RANK};
 use crate::tokenize::IGNORE_INDEX;
 
 /// The token counts of one forward/backward pass (a micro-batch).

@@ -32,7 +32,6 @@ pub mod optim;
 pub mod sampler;
 pub mod schedule;
 pub mod sparse_step;
-pub mod sparsity_config;
 pub mod step;
 pub mod task;
 pub mod template;

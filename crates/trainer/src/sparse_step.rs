@@ -8,10 +8,10 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use llama_burn::attention::LlamaAttention;
 use llama_burn::mlp::LlamaMlp;
 use llama_burn::{AttnChannels, ChannelSelector, SparseForward, TokenSplit};
+use sparselora::StartStep;
 
 use crate::batch::TrainBatch;
 use crate::sampler::{splitmix, GOLDEN_GAMMA};
-use crate::sparsity_config::StartStep;
 
 /// How a run uses SparseLoRA.
 pub struct SparseTraining<'a, B: Backend> {

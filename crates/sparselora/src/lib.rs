@@ -1,0 +1,14 @@
+//! SparseLoRA, the method (paper sections 3-4, SPEC sections 4, 6, 7 and 9) in one crate above
+//! the model (`llama-burn`), the adapters (`lora`) and the estimator (`svd-estimator`), and below
+//! the training loop (`trainer`) and the command line (`xtask`):
+//!
+//! - [`sparsity_config`]: the sensitivity settings read from `configs/sparsity/*.toml` (schema,
+//!   validation, the paper's rows).
+#![warn(missing_docs)]
+
+pub mod sparsity_config;
+
+pub use sparsity_config::{
+    BlockSparsity, LayerSet, SelectionMode, SparsityConfig, SparsityConfigError, StartStep,
+    DEFAULT_ESTIMATOR_RANK,
+};
