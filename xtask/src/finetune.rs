@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::{Block, SparsityPlan};
 use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
-use sparselora::{SelectionMode as ConfigMode, SparsityConfig};
-use svd_estimator::{CacheOrigin, SelectionMode, SelectorOptions, SvdCache, SvdChannelSelector};
+use sparselora::{SelectionMode, SparsityConfig};
+use svd_estimator::{CacheOrigin, SelectorOptions, SvdCache, SvdChannelSelector};
 use trainer::flops::{FlopsCounter, StepTokens};
 use trainer::metrics::StepMetrics;
 use trainer::sparse_step::{BatchFlops, SparseTraining};
@@ -371,7 +371,9 @@ impl<B: Backend> SparseSetup<B> {
         };
         let cache = match file {
             // Oracle and random selection read no factors.
-            _ if config.mode != ConfigMode::Estimated => SvdCache::build(base, rank, |_, _| false),
+            _ if config.mode != SelectionMode::Estimated => {
+                SvdCache::build(base, rank, |_, _| false)
+            }
             None => SvdCache::build(base, rank, |layer, target| {
                 svd_estimator::plan_needs(&plan, layer, target)
             }),
@@ -406,13 +408,9 @@ impl<B: Backend> SparseSetup<B> {
             config.start_step,
             start.elapsed().as_secs_f64()
         );
-        let mode = match config.mode {
-            ConfigMode::Estimated => SelectionMode::Estimated,
-            ConfigMode::Oracle => SelectionMode::Oracle,
-            ConfigMode::Random => SelectionMode::Random { seed },
-        };
         let options = SelectorOptions::default()
-            .with_mode(mode)
+            .with_mode(config.mode)
+            .with_seed(seed)
             .with_reference_compat(config.reference_compat);
         let selector = SvdChannelSelector::new(&cache, plan.clone(), &base.config, options)?;
         Ok(Self {

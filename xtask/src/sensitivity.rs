@@ -19,13 +19,13 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::sparsity::{Block, SparsityPlan};
 use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
 use lora::LoraConfig;
 use serde_json::json;
-use sparselora::sparsity_config::{self, BlockSparsity, LayerSet, SparsityConfig};
+use sparselora::{BlockSparsity, LayerSet, SelectionMode, SparsityConfig};
 use svd_estimator::{
     plan_needs, CacheOrigin, SelectorOptions, SvdCache, SvdCacheError, SvdChannelSelector,
 };
@@ -100,7 +100,7 @@ pub struct Sensitivity {
     pub rank: usize,
     /// How channels are chosen: the SVD estimator, the oracle (true activations) or at random.
     #[arg(long, value_enum, default_value = "estimated")]
-    pub selection: Selection,
+    pub selection: SelectionMode,
     /// SVD cache file; default: `sparselora-svd-r<rank>.safetensors` next to the weights
     /// (reused when valid, else rebuilt and written). `tiny` builds it in memory unless given.
     #[arg(long)]
@@ -121,35 +121,6 @@ pub struct Sensitivity {
     /// headless GPU box without them.
     #[arg(long)]
     pub replot: Option<PathBuf>,
-}
-
-/// How the sweep chooses channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Selection {
-    /// The rank-r SVD estimator (what training uses).
-    Estimated,
-    /// The same scores from the true projections (the estimator's upper bound).
-    Oracle,
-    /// Uniformly random channels (the lower bound).
-    Random,
-}
-
-impl Selection {
-    fn config_mode(self) -> sparsity_config::SelectionMode {
-        match self {
-            Self::Estimated => sparsity_config::SelectionMode::Estimated,
-            Self::Oracle => sparsity_config::SelectionMode::Oracle,
-            Self::Random => sparsity_config::SelectionMode::Random,
-        }
-    }
-
-    fn selector_mode(self, seed: u64) -> svd_estimator::SelectionMode {
-        match self {
-            Self::Estimated => svd_estimator::SelectionMode::Estimated,
-            Self::Oracle => svd_estimator::SelectionMode::Oracle,
-            Self::Random => svd_estimator::SelectionMode::Random { seed },
-        }
-    }
 }
 
 /// What to sweep, parsed from the arguments before anything is loaded.
@@ -423,7 +394,7 @@ fn proposal_config(
     proposal: &Proposal,
     model: &str,
     rank: usize,
-    selection: Selection,
+    selection: SelectionMode,
 ) -> SparsityConfig {
     let entries = |block: Block| -> Vec<BlockSparsity> {
         let mut by_ratio: Vec<(f64, Vec<usize>)> = Vec::new();
@@ -445,7 +416,7 @@ fn proposal_config(
     SparsityConfig {
         model: Some(model.to_owned()),
         estimator_rank: rank,
-        mode: selection.config_mode(),
+        mode: selection,
         mlp: entries(Block::Mlp),
         self_attn: entries(Block::Attn),
         ..SparsityConfig::default()
@@ -663,7 +634,7 @@ impl BackendJob for Job {
                 needs.set(layer, *block, ratios[0])?;
             }
         }
-        let cache = if args.selection != Selection::Estimated {
+        let cache = if args.selection != SelectionMode::Estimated {
             SvdCache {
                 rank: args.rank,
                 factors: BTreeMap::new(),
@@ -720,7 +691,9 @@ impl BackendJob for Job {
                 }
             }
         };
-        let options = SelectorOptions::default().with_mode(args.selection.selector_mode(args.seed));
+        let options = SelectorOptions::default()
+            .with_mode(args.selection)
+            .with_seed(args.seed);
 
         // The dense baseline, then one block at a time.
         let t = Instant::now();
@@ -783,7 +756,7 @@ impl BackendJob for Job {
             mean_answer.round().max(1.0) as usize,
         );
         let counter = FlopsCounter {
-            selection: args.selection.config_mode(),
+            selection: args.selection,
             estimator_rank: args.rank,
             ..FlopsCounter::new(&config, &lora_config)
         };
@@ -920,7 +893,7 @@ fn report_json(
         "batch_size": args.batch_size,
         "backend": format!("{:?}", args.backend).to_lowercase(),
         "dtype": format!("{:?}", info.dtype).to_lowercase(),
-        "selection": format!("{:?}", args.selection).to_lowercase(),
+        "selection": args.selection.name(),
         "estimator_rank": args.rank,
         "baseline_loss": info.baseline,
         "sweep_seconds": info.sweep_s,
@@ -1129,7 +1102,7 @@ mod tests {
                 (0, Block::Mlp)
             ]
         );
-        let config = proposal_config(&p, "toy", 8, Selection::Estimated);
+        let config = proposal_config(&p, "toy", 8, SelectionMode::Estimated);
         let text = config.to_toml_string();
         let back = SparsityConfig::from_toml_str(&text).unwrap();
         assert_eq!(back.plan(4).unwrap(), p.plan);
@@ -1143,7 +1116,7 @@ mod tests {
         // A budget the dense model meets: nothing sparse.
         let p = propose(&table(), 4, 1.0, toy_flops);
         assert!(p.chosen.is_empty() && p.budget_met());
-        assert!(proposal_config(&p, "toy", 8, Selection::Oracle)
+        assert!(proposal_config(&p, "toy", 8, SelectionMode::Oracle)
             .plan(4)
             .unwrap()
             .is_dense());

@@ -9,6 +9,7 @@
 pub mod sparsity_config;
 
 pub use sparsity_config::{
-    BlockSparsity, LayerSet, SelectionMode, SparsityConfig, SparsityConfigError, StartStep,
-    DEFAULT_ESTIMATOR_RANK,
+    BlockSparsity, LayerSet, SparsityConfig, SparsityConfigError, StartStep, DEFAULT_ESTIMATOR_RANK,
 };
+// The selector below needs the mode; re-exported so that a config user needs no second import.
+pub use svd_estimator::SelectionMode;
