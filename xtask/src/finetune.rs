@@ -12,9 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::{Block, SparsityPlan};
 use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
+use sparselora::flops::{FlopsCounter, StepTokens};
 use sparselora::{SelectionMode, SparsityConfig};
 use svd_estimator::{CacheOrigin, SelectorOptions, SvdCache, SvdChannelSelector};
-use trainer::flops::{FlopsCounter, StepTokens};
 use trainer::metrics::StepMetrics;
 use trainer::sparse_step::{BatchFlops, SparseTraining};
 use trainer::{

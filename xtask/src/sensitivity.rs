@@ -25,11 +25,11 @@ use llama_burn::sparsity::{Block, SparsityPlan};
 use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
 use lora::LoraConfig;
 use serde_json::json;
+use sparselora::flops::{FlopsCounter, StepTokens};
 use sparselora::{BlockSparsity, LayerSet, SelectionMode, SparsityConfig};
 use svd_estimator::{
     plan_needs, CacheOrigin, SelectorOptions, SvdCache, SvdCacheError, SvdChannelSelector,
 };
-use trainer::flops::{FlopsCounter, StepTokens};
 use trainer::{
     load_records, pad_left, tokenize_records, CollateConfig, PaddedBatch, Task, TokenizeConfig,
     TrainBatch,
@@ -442,7 +442,7 @@ fn proposal_header(
         "# Rule: each swept (layer, block) was made sparse alone, at its block's largest ratio \
          ({}),\n# and the rise of the held-out loss measured (sensitivity.csv). Blocks were then \
          made sparse in\n# increasing order of that rise (least sensitive first; ties: deeper \
-         layer first) until the\n# analytic FLOPs of a training step (trainer::flops; {} \
+         layer first) until the\n# analytic FLOPs of a training step (sparselora::flops; {} \
          sequences x {} tokens, {} answer tokens\n# each, on the dense path) fell to the budget \
          of {:.3} of dense LoRA. The most sensitive blocks\n# stay dense; layers not swept stay \
          dense.",

@@ -4,8 +4,10 @@
 //!
 //! - [`sparsity_config`]: the sensitivity settings read from `configs/sparsity/*.toml` (schema,
 //!   validation, the paper's rows).
+//! - [`flops`]: the analytic FLOPs of a training step, dense LoRA against a sparsity plan.
 #![warn(missing_docs)]
 
+pub mod flops;
 pub mod sparsity_config;
 
 pub use sparsity_config::{

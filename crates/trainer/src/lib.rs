@@ -25,7 +25,6 @@ pub mod error;
 pub mod eval_extract;
 pub mod evaluate;
 pub mod example_batches;
-pub mod flops;
 pub mod grad_norm;
 pub mod metrics;
 pub mod optim;

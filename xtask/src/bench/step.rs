@@ -22,7 +22,7 @@ use llama_burn::loss::{LossTargets, IGNORE_INDEX};
 use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
 use serde_json::{json, Value};
-use trainer::flops::{FlopsCounter, StepTokens};
+use sparselora::flops::{FlopsCounter, StepTokens};
 use trainer::grad_norm::IntoScalarF64;
 use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
