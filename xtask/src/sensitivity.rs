@@ -11,7 +11,6 @@
 //! Outputs in `--output`: `sensitivity.csv`, `sensitivity.json`, `sensitivity.png` (heat map)
 //! and `proposed.toml` (see [`propose`] for the rule).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,16 +25,17 @@ use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
 use lora::LoraConfig;
 use serde_json::json;
 use sparselora::flops::{FlopsCounter, StepTokens};
-use sparselora::{BlockSparsity, LayerSet, SelectionMode, SparsityConfig};
-use svd_estimator::{
-    plan_needs, CacheOrigin, SelectorOptions, SvdCache, SvdCacheError, SvdChannelSelector,
+use sparselora::{
+    BlockSparsity, FactorCache, FactorOrigin, LayerSet, SelectionMode, SparsityConfig,
 };
+use svd_estimator::{SelectorOptions, SvdChannelSelector};
 use trainer::{
     load_records, pad_left, tokenize_records, CollateConfig, PaddedBatch, Task, TokenizeConfig,
     TrainBatch,
 };
 
 use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::finetune::report_factors;
 use crate::heatmap::{draw_heat_map, HeatMap};
 use crate::model_source::{load_base, tokenizer_for};
 
@@ -634,63 +634,29 @@ impl BackendJob for Job {
                 needs.set(layer, *block, ratios[0])?;
             }
         }
-        let cache = if args.selection != SelectionMode::Estimated {
-            SvdCache {
-                rank: args.rank,
-                factors: BTreeMap::new(),
-                unconverged: BTreeMap::new(),
-            }
-        } else {
-            B::seed(&device, 0);
-            let t = Instant::now();
-            let path = match (&args.svd_cache, &source) {
-                (Some(p), _) => Some(p.clone()),
-                (None, Some(s)) => Some(s.svd_cache_path(args.rank)),
-                (None, None) => None,
-            };
-            match path {
-                None => {
-                    let cache = SvdCache::build(&model, args.rank, |l, target| {
-                        plan_needs(&needs, l, target)
-                    });
-                    eprintln!(
-                        "SVD factors (rank {}) built in memory in {:.1} s",
-                        args.rank,
-                        t.elapsed().as_secs_f64()
-                    );
-                    cache
-                }
-                Some(path) => {
-                    let identity = match &source {
-                        Some(s) => s.identity()?,
-                        None => format!("tiny(seed={},vocab={})", args.seed, config.vocab_size),
-                    };
-                    match SvdCache::load_or_build(&path, &identity, args.rank, &model, &needs) {
-                        Ok((cache, CacheOrigin::Reused)) => {
-                            eprintln!("SVD cache {} reused", path.display());
-                            cache
-                        }
-                        Ok((cache, CacheOrigin::Built(why))) => {
-                            eprintln!(
-                                "SVD cache {} {why}: rebuilt in {:.1} s",
-                                path.display(),
-                                t.elapsed().as_secs_f64()
-                            );
-                            cache
-                        }
-                        // A read-only model folder: the sweep only needs the factors in memory.
-                        Err(e @ SvdCacheError::RebuildFailed { .. }) => {
-                            eprintln!("warning: {e}; using factors built in memory instead");
-                            B::seed(&device, 0);
-                            SvdCache::build(&model, args.rank, |l, target| {
-                                plan_needs(&needs, l, target)
-                            })
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
+        // --svd-cache, else next to the checkpoint; `tiny` builds them in memory unless given.
+        let factor_cache = match (&args.svd_cache, &source) {
+            (Some(path), _) => FactorCache::File {
+                path: path.clone(),
+                identity: match &source {
+                    Some(s) => s.identity()?,
+                    None => format!("tiny(seed={},vocab={})", args.seed, config.vocab_size),
+                },
+            },
+            (None, Some(s)) => s.factor_cache(args.rank)?,
+            (None, None) => FactorCache::InMemory,
         };
+        B::seed(&device, 0);
+        let t = Instant::now();
+        let (cache, origin) = factor_cache.load(&model, args.rank, args.selection, &needs)?;
+        match origin {
+            FactorOrigin::InMemory => eprintln!(
+                "SVD factors (rank {}) built in memory in {:.1} s",
+                args.rank,
+                t.elapsed().as_secs_f64()
+            ),
+            other => report_factors(&other, args.rank),
+        }
         let options = SelectorOptions::default()
             .with_mode(args.selection)
             .with_seed(args.seed);

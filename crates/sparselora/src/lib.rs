@@ -5,11 +5,15 @@
 //! - [`sparsity_config`]: the sensitivity settings read from `configs/sparsity/*.toml` (schema,
 //!   validation, the paper's rows).
 //! - [`flops`]: the analytic FLOPs of a training step, dense LoRA against a sparsity plan.
+//! - [`setup`]: one entry point for a run, [`SparseSetup::from_config`]: the plan for the model,
+//!   the estimator's SVD factors through one cache rule ([`FactorCache`]), the selector.
 #![warn(missing_docs)]
 
 pub mod flops;
+pub mod setup;
 pub mod sparsity_config;
 
+pub use setup::{FactorCache, FactorOrigin, SetupError, SparseSetup};
 pub use sparsity_config::{
     BlockSparsity, LayerSet, SparsityConfig, SparsityConfigError, StartStep, DEFAULT_ESTIMATOR_RANK,
 };
