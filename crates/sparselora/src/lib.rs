@@ -5,11 +5,14 @@
 //! - [`sparsity_config`]: the sensitivity settings read from `configs/sparsity/*.toml` (schema,
 //!   validation, the paper's rows).
 //! - [`flops`]: the analytic FLOPs of a training step, dense LoRA against a sparsity plan.
+//! - [`sensitivity`]: the sensitivity sweep's library part: held-out loss, measurements, the
+//!   greedy proposal for a FLOPs budget and the proposed config.
 //! - [`setup`]: one entry point for a run, [`SparseSetup::from_config`]: the plan for the model,
 //!   the estimator's SVD factors through one cache rule ([`FactorCache`]), the selector.
 #![warn(missing_docs)]
 
 pub mod flops;
+pub mod sensitivity;
 pub mod setup;
 pub mod sparsity_config;
 
