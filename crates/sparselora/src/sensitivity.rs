@@ -52,13 +52,6 @@ pub struct Proposal {
     pub budget: f64,
 }
 
-impl Proposal {
-    /// Whether the plan reaches the budget.
-    pub fn budget_met(&self) -> bool {
-        self.flops_ratio <= self.budget
-    }
-}
-
 /// The proposal rule. Candidates are the measured (layer, block) pairs at their block's largest
 /// ratio in `rows`, with a finite loss. In increasing order of their loss increase (ties: the
 /// deeper layer first, then MLP before attention), each is made sparse in turn until
@@ -131,13 +124,17 @@ pub fn propose(
 }
 
 impl Proposal {
+    /// Whether the plan reaches the budget.
+    pub fn budget_met(&self) -> bool {
+        self.flops_ratio <= self.budget
+    }
+
     /// The proposal as a sparsity config for `model`: one `[[mlp]]` / `[[self_attn]]` entry per
     /// ratio used, with the estimator `rank` and `selection` the sweep measured with.
     pub fn to_config(&self, model: &str, rank: usize, selection: SelectionMode) -> SparsityConfig {
-        let proposal = self;
         let entries = |block: Block| -> Vec<BlockSparsity> {
             let mut by_ratio: Vec<(f64, Vec<usize>)> = Vec::new();
-            for row in proposal.chosen.iter().filter(|r| r.block == block) {
+            for row in self.chosen.iter().filter(|r| r.block == block) {
                 match by_ratio.iter_mut().find(|(r, _)| *r == row.ratio) {
                     Some((_, layers)) => layers.push(row.layer),
                     None => by_ratio.push((row.ratio, vec![row.layer])),
@@ -161,9 +158,7 @@ impl Proposal {
             ..SparsityConfig::default()
         }
     }
-}
 
-impl Proposal {
     /// The comment block at the top of proposed.toml: the rule, the swept blocks' `largest`
     /// ratios, the data it came from (`source`) and the step shape of the FLOPs (`tokens`).
     pub fn toml_header(
@@ -172,7 +167,6 @@ impl Proposal {
         source: &str,
         tokens: &StepTokens,
     ) -> String {
-        let proposal = self;
         let largest: Vec<String> = largest
             .iter()
             .map(|(b, r)| format!("{} {r}", b.name()))
@@ -192,14 +186,14 @@ impl Proposal {
         tokens.sequences,
         tokens.seq_len,
         tokens.answer_tokens / tokens.sequences.max(1),
-        proposal.budget
+        self.budget
     );
         let _ = writeln!(
             h,
             "# Result: {} blocks sparse, FLOPs {:.3} of dense LoRA ({}).",
-            proposal.chosen.len(),
-            proposal.flops_ratio,
-            if proposal.budget_met() {
+            self.chosen.len(),
+            self.flops_ratio,
+            if self.budget_met() {
                 "budget met"
             } else {
                 "budget NOT met: every candidate is sparse"
@@ -207,10 +201,10 @@ impl Proposal {
         );
         let describe =
             |r: &Measurement| format!("layer {} {} ({:+.4})", r.layer, r.block.name(), r.delta);
-        if let Some(last) = proposal.chosen.last() {
+        if let Some(last) = self.chosen.last() {
             let _ = writeln!(h, "# Most sensitive block made sparse: {}.", describe(last));
         }
-        if let Some(first) = proposal.dense.first() {
+        if let Some(first) = self.dense.first() {
             let _ = writeln!(
                 h,
                 "# Least sensitive block left dense: {}.",
