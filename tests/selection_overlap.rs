@@ -186,12 +186,13 @@ fn estimated_channels_overlap_the_oracle_far_more_than_random_ones() {
     let selector = |mode, compat| {
         let options = SelectorOptions::default()
             .with_mode(mode)
-            .with_reference_compat(compat);
+            .with_reference_compat(compat)
+            .with_seed(42);
         SvdChannelSelector::new(&cache, plan.clone(), &model.config, options).unwrap()
     };
     let estimated = selector(SelectionMode::Estimated, false);
     let oracle = selector(SelectionMode::Oracle, false);
-    let random = selector(SelectionMode::Random { seed: 42 }, false);
+    let random = selector(SelectionMode::Random, false);
     let estimated_compat = selector(SelectionMode::Estimated, true);
 
     println!(

@@ -20,12 +20,13 @@ use burn::tensor::{DType, Distribution, Tensor};
 use clap::Args;
 use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraAdapter, LoraConfig, LoraTarget};
+use sparselora::FactorCache;
 use trainer::step::{backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TrainBatch};
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
 use crate::bench::workload_batch;
-use crate::finetune::{FactorCache, SparseSetup};
+use crate::finetune::sparse_setup;
 use crate::model_source::ModelSource;
 
 type Reference = Autodiff<Flex>;
@@ -226,15 +227,9 @@ impl TrainJob for CheckStep {
         );
         let tol = self.tolerance(dtype);
         let sparse_path = sparse_config(config.num_hidden_layers)?;
-        let setup_ref = SparseSetup::<Reference>::new(
-            &sparse_path,
-            FactorCache::None,
-            &reference,
-            &self.model,
-            1,
-        )?;
-        let setup_fast =
-            SparseSetup::<B>::new(&sparse_path, FactorCache::None, &fast, &self.model, 1)?;
+        let in_memory = |_| Ok(FactorCache::InMemory);
+        let setup_ref = sparse_setup(&sparse_path, &reference, &self.model, 1, in_memory)?;
+        let setup_fast = sparse_setup(&sparse_path, &fast, &self.model, 1, in_memory)?;
         let _ = std::fs::remove_file(&sparse_path);
         println!(
             "check-step: {} ({}), batch {} x {}, {} answer tokens, LoRA r8 on every projection; \
@@ -252,8 +247,9 @@ impl TrainJob for CheckStep {
         );
         let mut failures = Vec::new();
         for (mode, sparse) in [("dense", false), ("sparse", true)] {
-            let train_ref = sparse.then(|| setup_ref.training(&config, &lora));
-            let train_fast = sparse.then(|| setup_fast.training(&config, &lora));
+            let train_ref = sparse.then(|| SparseTraining::from_setup(&setup_ref, &config, &lora));
+            let train_fast =
+                sparse.then(|| SparseTraining::from_setup(&setup_fast, &config, &lora));
             let (loss_ref, grads_ref) =
                 step(&reference, batch_ref.clone(), train_ref.as_ref(), &cpu);
             let (loss, grads) = step(&fast, batch_fast.clone(), train_fast.as_ref(), &device);

@@ -1,7 +1,7 @@
 //! `cargo xtask finetune`: LoRA fine-tuning. With no arguments it runs the embedded default: the
 //! `tiny` model on the shipped commonsense sample, on the CPU, then evaluates the adapter.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
@@ -9,14 +9,11 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use llama_burn::{Block, SparsityPlan};
-use llama_burn::{LlamaConfig, LlamaForCausalLM};
+use llama_burn::{Block, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
-use svd_estimator::{CacheOrigin, SelectionMode, SelectorOptions, SvdCache, SvdChannelSelector};
-use trainer::flops::{FlopsCounter, StepTokens};
+use sparselora::{FactorCache, FactorOrigin, SetupError, SparseSetup, SparsityConfig};
 use trainer::metrics::StepMetrics;
-use trainer::sparse_step::{BatchFlops, SparseTraining};
-use trainer::sparsity_config::{SelectionMode as ConfigMode, SparsityConfig};
+use trainer::sparse_step::SparseTraining;
 use trainer::{
     check_examples, load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions,
     StepObserver, Task, TokenizeConfig, TrainConfig,
@@ -24,7 +21,7 @@ use trainer::{
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
 use crate::eval::{print_table, run_eval, EvalArgs};
-use crate::model_source::{load_base, tokenizer_for, ModelSource};
+use crate::model_source::{load_base, tokenizer_for};
 
 /// Fine-tune with LoRA, or with SparseLoRA given `--sparsity`.
 #[derive(Args, Debug, Clone)]
@@ -250,14 +247,15 @@ impl TrainJob for FinetuneJob {
         }
 
         let sparsity = match &args.sparsity {
-            Some(path) => Some(SparseSetup::<B>::new(
+            Some(path) => Some(sparse_setup(
                 path,
-                source
-                    .as_ref()
-                    .map_or(FactorCache::None, FactorCache::Checkpoint),
                 &base,
                 &base_name,
                 config.seed,
+                |rank| match &source {
+                    Some(source) => source.factor_cache(rank),
+                    None => Ok(FactorCache::InMemory),
+                },
             )?),
             None => None,
         };
@@ -267,7 +265,7 @@ impl TrainJob for FinetuneJob {
         let model = base.with_lora(&lora_config, &device);
         let sparse_training = sparsity
             .as_ref()
-            .map(|setup| setup.training(&model_config, &lora_config));
+            .map(|setup| SparseTraining::from_setup(setup, &model_config, &lora_config));
         let run = RunOptions {
             out: args.output.clone(),
             resume: args.resume,
@@ -320,136 +318,64 @@ impl TrainJob for FinetuneJob {
     }
 }
 
-/// Where [`SparseSetup`] finds, or keeps, the SVD factors of the estimator.
-pub(crate) enum FactorCache<'a> {
-    /// Built for this run only (`tiny`: random weights drawn per run).
-    None,
-    /// Next to a checkpoint's weights, keyed by the checkpoint's identity.
-    Checkpoint(&'a ModelSource),
-    /// A file of the caller's, keyed by `identity`: `bench step`'s random models, deterministic
-    /// in their seed, reused across the runs of one device call.
-    File {
-        /// The cache file.
-        path: std::path::PathBuf,
-        /// What the factors were computed from.
-        identity: String,
-    },
-}
-
-/// What a SparseLoRA run needs beside the model: its config, the plan for this model, and the
-/// channel selector (with the SVD factors it reads).
-pub(crate) struct SparseSetup<B: Backend> {
-    pub(crate) config: SparsityConfig,
-    pub(crate) plan: SparsityPlan,
-    selector: SvdChannelSelector<B>,
-}
-
-impl<B: Backend> SparseSetup<B> {
-    /// Reads and checks the config against `base`, loads (or builds and keeps in `factors`) the
-    /// SVD factors, and builds the selector.
-    pub(crate) fn new(
-        path: &std::path::Path,
-        factors: FactorCache<'_>,
-        base: &LlamaForCausalLM<B>,
-        base_name: &str,
-        seed: u64,
-    ) -> anyhow::Result<Self> {
-        let config = SparsityConfig::from_file(path)?;
-        let plan = config
-            .plan(base.config.num_hidden_layers)
-            .with_context(|| format!("{} does not fit {base_name}", path.display()))?;
-        if let Some(warning) = config.model_warning(base_name) {
-            eprintln!("warning: {warning}");
-        }
-        let rank = config.estimator_rank;
-        let start = std::time::Instant::now();
-        let file = match factors {
-            FactorCache::None => None,
-            FactorCache::Checkpoint(source) => {
-                Some((source.svd_cache_path(rank), source.identity()?))
-            }
-            FactorCache::File { path, identity } => Some((path, identity)),
-        };
-        let cache = match file {
-            // Oracle and random selection read no factors.
-            _ if config.mode != ConfigMode::Estimated => SvdCache::build(base, rank, |_, _| false),
-            None => SvdCache::build(base, rank, |layer, target| {
-                svd_estimator::plan_needs(&plan, layer, target)
-            }),
-            Some((cache_path, identity)) => {
-                let (cache, origin) =
-                    SvdCache::load_or_build(&cache_path, &identity, rank, base, &plan)?;
-                let origin = match origin {
-                    CacheOrigin::Reused => "reused".to_owned(),
-                    CacheOrigin::Built(reason) => format!("built ({reason}), saved to"),
-                };
-                eprintln!(
-                    "SVD factors (rank {rank}): {origin} {}",
-                    cache_path.display()
-                );
-                cache
-            }
-        };
-        if let Some((worst, bound)) = cache.unconverged.iter().max_by(|a, b| a.1.total_cmp(b.1)) {
-            eprintln!(
-                "warning: the estimator factors of {} of {} projections stayed above SPEC 4's {:.0e} (worst {bound:.1e}, {worst}): their spectra are flat at the cut beyond what f32 resolves (random weights always are)",
-                cache.unconverged.len(),
-                cache.factors.len(),
-                svd_estimator::FACTOR_TOLERANCE,
-            );
-        }
-        eprintln!(
-            "SparseLoRA: {} sparse MLP and {} sparse attention blocks, {} selection{}, dense start {:?} ({:.1} s to set up)",
-            (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Mlp) > 0.0).count(),
-            (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Attn) > 0.0).count(),
-            config.mode.name(),
-            if config.reference_compat { " (reference-compat)" } else { "" },
-            config.start_step,
-            start.elapsed().as_secs_f64()
-        );
-        let mode = match config.mode {
-            ConfigMode::Estimated => SelectionMode::Estimated,
-            ConfigMode::Oracle => SelectionMode::Oracle,
-            ConfigMode::Random => SelectionMode::Random { seed },
-        };
-        let options = SelectorOptions::default()
-            .with_mode(mode)
-            .with_reference_compat(config.reference_compat);
-        let selector = SvdChannelSelector::new(&cache, plan.clone(), &base.config, options)?;
-        Ok(Self {
-            config,
-            plan,
-            selector,
-        })
+/// `--sparsity path`: reads the config, warns when it names another model, sets SparseLoRA up
+/// for `base` with its factors kept as `cache(rank)` says, and reports what it did.
+pub(crate) fn sparse_setup<B: Backend>(
+    path: &Path,
+    base: &LlamaForCausalLM<B>,
+    base_name: &str,
+    seed: u64,
+    cache: impl FnOnce(usize) -> anyhow::Result<FactorCache>,
+) -> anyhow::Result<SparseSetup<B>> {
+    let config = SparsityConfig::from_file(path)?;
+    if let Some(warning) = config.model_warning(base_name) {
+        eprintln!("warning: {warning}");
     }
+    let cache = cache(config.estimator_rank)?;
+    let start = std::time::Instant::now();
+    let setup = match SparseSetup::from_config(config, base, &cache, seed) {
+        Err(SetupError::Config(e)) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("{} does not fit {base_name}", path.display())))
+        }
+        other => other?,
+    };
+    report_factors(&setup.factors, setup.config.estimator_rank);
+    if let Some((worst, bound)) = setup.unconverged.iter().max_by(|a, b| a.1.total_cmp(b.1)) {
+        eprintln!(
+            "warning: the estimator factors of {} of {} projections stayed above SPEC 4's {:.0e} (worst {bound:.1e}, {worst}): their spectra are flat at the cut beyond what f32 resolves (random weights always are)",
+            setup.unconverged.len(),
+            setup.factor_count,
+            svd_estimator::FACTOR_TOLERANCE,
+        );
+    }
+    let (plan, config) = (&setup.plan, &setup.config);
+    eprintln!(
+        "SparseLoRA: {} sparse MLP and {} sparse attention blocks, {} selection{}, dense start {:?} ({:.1} s to set up)",
+        (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Mlp) > 0.0).count(),
+        (0..plan.num_layers()).filter(|&l| plan.ratio(l, Block::Attn) > 0.0).count(),
+        config.mode.name(),
+        if config.reference_compat { " (reference-compat)" } else { "" },
+        config.start_step,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(setup)
+}
 
-    /// The loop's view of this setup; FLOPs are counted for `model` with `lora`.
-    pub(crate) fn training<'a>(
-        &'a self,
-        model: &'a LlamaConfig,
-        lora: &'a LoraConfig,
-    ) -> SparseTraining<'a, B> {
-        let counter = FlopsCounter::new(model, lora).with_sparsity_config(&self.config);
-        let plan = &self.plan;
-        let flops: BatchFlops<'a, B> = Box::new(move |batch, forward| {
-            let [sequences, seq_len] = batch.input_ids.dims();
-            let tokens = StepTokens {
-                sequences,
-                seq_len,
-                answer_tokens: batch.answer_tokens.iter().filter(|&&a| a).count(),
-                logit_tokens: batch.loss_targets.count,
-                dense_tokens: forward.split.as_ref().map_or(0, |s| s.n_dense()),
-            };
-            let step = counter.step(&tokens, Some(plan));
-            (step.sparse.total() as f64, step.dense.total() as f64)
-        });
-        SparseTraining {
-            selector: &self.selector,
-            start_step: self.config.start_step,
-            dense_answer_tokens: self.config.dense_answer_tokens,
-            sparse_answer_fraction: self.config.sparse_answer_fraction,
-            drop_sliced_input_grad: self.config.reference_compat,
-            flops: Some(flops),
+/// One line on where the estimator's factors came from (nothing when none were needed).
+pub(crate) fn report_factors(origin: &FactorOrigin, rank: usize) {
+    match origin {
+        // The sweep times an in-memory build itself; a run's set-up line gives its time.
+        FactorOrigin::NotNeeded | FactorOrigin::InMemory => {}
+        FactorOrigin::Reused(path) => {
+            eprintln!("SVD factors (rank {rank}): reused {}", path.display())
+        }
+        FactorOrigin::Built { path, reason } => eprintln!(
+            "SVD factors (rank {rank}): built ({reason}), saved to {}",
+            path.display()
+        ),
+        FactorOrigin::Unsaved(error) => {
+            eprintln!("warning: {error}; using factors built in memory instead")
         }
     }
 }

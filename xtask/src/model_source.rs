@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, DType};
 use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer};
+use sparselora::FactorCache;
 
 use crate::fetch_model;
 
@@ -156,6 +157,15 @@ impl ModelSource {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(parts.join(","))
+    }
+
+    /// The SVD estimator cache of rank `rank` of these weights: a file next to them, keyed by
+    /// [`Self::identity`].
+    pub fn factor_cache(&self, rank: usize) -> anyhow::Result<FactorCache> {
+        Ok(FactorCache::File {
+            path: self.svd_cache_path(rank),
+            identity: self.identity()?,
+        })
     }
 
     /// Where the SVD estimator cache of rank `rank` lives: next to the weights.

@@ -2,42 +2,40 @@
 //! sparse while the rest of the model stays dense (SPEC 6), and a sparsity config derived from
 //! it for a FLOPs budget (SPEC 9). See `docs/sensitivity.md`.
 //!
-//! For every swept layer, block (`mlp`, `self_attn`) and ratio, a plan with only that block
-//! sparse drives an [`SvdChannelSelector`] (SVD estimator by default); the answer tokens take
-//! the dense path as in training, and the loss is training's answer-token loss, averaged over
-//! every answer token of the held-out records. The difference to the dense model's loss is the
-//! block's sensitivity at that ratio.
+//! The measuring, the proposal rule and the config writer are `sparselora::sensitivity`'s; this
+//! command parses the arguments, loads the model and the held-out data, shows progress and
+//! writes the reports.
 //!
 //! Outputs in `--output`: `sensitivity.csv`, `sensitivity.json`, `sensitivity.png` (heat map)
-//! and `proposed.toml` (see [`propose`] for the rule).
+//! and `proposed.toml` (see `sparselora::sensitivity::propose` for the rule).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, ElementConversion};
-use clap::{Args, ValueEnum};
+use burn::tensor::DType;
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llama_burn::sparsity::{Block, SparsityPlan};
-use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaTokenizer, TokenSplit};
 use lora::LoraConfig;
 use serde_json::json;
-use svd_estimator::{
-    plan_needs, CacheOrigin, SelectorOptions, SvdCache, SvdCacheError, SvdChannelSelector,
+use sparselora::flops::{FlopsCounter, StepTokens};
+use sparselora::sensitivity::{
+    held_out_loss, measure, propose, HeldOutBatch, Measurement, Proposal, SweepPlan,
 };
-use trainer::flops::{FlopsCounter, StepTokens};
-use trainer::sparsity_config::{self, BlockSparsity, LayerSet, SparsityConfig};
+use sparselora::{FactorCache, FactorOrigin, LayerSet, SelectionMode, SparsityConfig};
+use svd_estimator::{SelectorOptions, SvdCache};
 use trainer::{
     load_records, pad_left, tokenize_records, CollateConfig, PaddedBatch, Task, TokenizeConfig,
-    TrainBatch,
 };
 
 use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::finetune::report_factors;
 use crate::heatmap::{draw_heat_map, HeatMap};
-use crate::model_source::{load_base, tokenizer_for};
+use crate::model_source::{load_base, tokenizer_for, ModelSource};
 
 /// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat map,
 /// and a proposed sparsity config for a FLOPs budget.
@@ -100,7 +98,7 @@ pub struct Sensitivity {
     pub rank: usize,
     /// How channels are chosen: the SVD estimator, the oracle (true activations) or at random.
     #[arg(long, value_enum, default_value = "estimated")]
-    pub selection: Selection,
+    pub selection: SelectionMode,
     /// SVD cache file; default: `sparselora-svd-r<rank>.safetensors` next to the weights
     /// (reused when valid, else rebuilt and written). `tiny` builds it in memory unless given.
     #[arg(long)]
@@ -123,35 +121,6 @@ pub struct Sensitivity {
     pub replot: Option<PathBuf>,
 }
 
-/// How the sweep chooses channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Selection {
-    /// The rank-r SVD estimator (what training uses).
-    Estimated,
-    /// The same scores from the true projections (the estimator's upper bound).
-    Oracle,
-    /// Uniformly random channels (the lower bound).
-    Random,
-}
-
-impl Selection {
-    fn config_mode(self) -> sparsity_config::SelectionMode {
-        match self {
-            Self::Estimated => sparsity_config::SelectionMode::Estimated,
-            Self::Oracle => sparsity_config::SelectionMode::Oracle,
-            Self::Random => sparsity_config::SelectionMode::Random,
-        }
-    }
-
-    fn selector_mode(self, seed: u64) -> svd_estimator::SelectionMode {
-        match self {
-            Self::Estimated => svd_estimator::SelectionMode::Estimated,
-            Self::Oracle => svd_estimator::SelectionMode::Oracle,
-            Self::Random => svd_estimator::SelectionMode::Random { seed },
-        }
-    }
-}
-
 /// What to sweep, parsed from the arguments before anything is loaded.
 #[derive(Debug, Clone, PartialEq)]
 struct Sweep {
@@ -159,16 +128,6 @@ struct Sweep {
     blocks: Vec<(Block, Vec<f64>)>,
     /// `None`: every layer.
     layers: Option<LayerSet>,
-}
-
-impl Sweep {
-    /// The block's largest ratio.
-    fn max_ratio(&self, block: Block) -> Option<f64> {
-        self.blocks
-            .iter()
-            .find(|(b, _)| *b == block)
-            .and_then(|(_, r)| r.last().copied())
-    }
 }
 
 /// Parses `--blocks`.
@@ -310,247 +269,265 @@ fn default_output(model: &str) -> PathBuf {
     PathBuf::from("runs").join(format!("sensitivity-{name}"))
 }
 
-/// One measurement: `block` of `layer` sparse at `ratio`, everything else dense.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Row {
-    /// 0-based layer.
-    pub layer: usize,
-    /// The sparse block.
-    pub block: Block,
-    /// Its sparsity.
-    pub ratio: f64,
-    /// Held-out loss.
-    pub loss: f64,
-    /// `loss` minus the dense model's loss.
-    pub delta: f64,
-}
-
-/// The sparsity config [`propose`] derives.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Proposal {
-    /// The blocks made sparse, in the order they were added (least sensitive first).
-    pub chosen: Vec<Row>,
-    /// The candidates left dense, in the order they would have come.
-    pub dense: Vec<Row>,
-    /// The plan: `chosen` sparse, all else dense.
-    pub plan: SparsityPlan,
-    /// The plan's FLOPs over dense LoRA.
-    pub flops_ratio: f64,
-    /// The budget asked for.
-    pub budget: f64,
-}
-
-impl Proposal {
-    /// Whether the plan reaches the budget.
-    pub fn budget_met(&self) -> bool {
-        self.flops_ratio <= self.budget
-    }
-}
-
-/// The proposal rule. Candidates are the measured (layer, block) pairs at their block's largest
-/// ratio in `rows`, with a finite loss. In increasing order of their loss increase (ties: the
-/// deeper layer first, then MLP before attention), each is made sparse in turn until
-/// `flops(plan)` (sparse over dense FLOPs of a training step) is at most `budget`; a candidate
-/// that would not lower the FLOPs stays dense. The most sensitive blocks are thus the last to
-/// go sparse, and stay dense whenever the budget allows. When every candidate is sparse and the
-/// budget is still not met, the proposal says so ([`Proposal::budget_met`]).
-pub fn propose(
-    rows: &[Row],
-    num_layers: usize,
-    budget: f64,
-    flops: impl Fn(&SparsityPlan) -> f64,
-) -> Proposal {
-    let mut largest: Vec<(Block, f64)> = Vec::new();
-    for row in rows {
-        match largest.iter_mut().find(|(b, _)| *b == row.block) {
-            Some((_, r)) => *r = r.max(row.ratio),
-            None => largest.push((row.block, row.ratio)),
-        }
-    }
-    let is_largest = |row: &Row| {
-        largest
-            .iter()
-            .any(|&(b, r)| b == row.block && r == row.ratio)
-    };
-    let mut candidates: Vec<Row> = rows
-        .iter()
-        .filter(|r| is_largest(r) && r.loss.is_finite() && r.delta.is_finite())
-        .copied()
-        .collect();
-    let block_order = |b: Block| usize::from(b != Block::Mlp);
-    candidates.sort_by(|a, b| {
-        a.delta
-            .total_cmp(&b.delta)
-            .then(b.layer.cmp(&a.layer))
-            .then(block_order(a.block).cmp(&block_order(b.block)))
-    });
-    let mut plan = SparsityPlan::dense(num_layers);
-    let mut ratio = flops(&plan);
-    let (mut chosen, mut dense) = (Vec::new(), Vec::new());
-    for candidate in candidates {
-        if ratio <= budget {
-            dense.push(candidate);
-            continue;
-        }
-        let mut next = plan.clone();
-        if next
-            .set(candidate.layer, candidate.block, candidate.ratio)
-            .is_err()
-        {
-            dense.push(candidate);
-            continue;
-        }
-        let next_ratio = flops(&next);
-        if next_ratio < ratio {
-            plan = next;
-            ratio = next_ratio;
-            chosen.push(candidate);
-        } else {
-            dense.push(candidate);
-        }
-    }
-    Proposal {
-        chosen,
-        dense,
-        plan,
-        flops_ratio: ratio,
-        budget,
-    }
-}
-
-/// The proposal as a sparsity config: one `[[mlp]]` / `[[self_attn]]` entry per ratio used.
-fn proposal_config(
-    proposal: &Proposal,
-    model: &str,
-    rank: usize,
-    selection: Selection,
-) -> SparsityConfig {
-    let entries = |block: Block| -> Vec<BlockSparsity> {
-        let mut by_ratio: Vec<(f64, Vec<usize>)> = Vec::new();
-        for row in proposal.chosen.iter().filter(|r| r.block == block) {
-            match by_ratio.iter_mut().find(|(r, _)| *r == row.ratio) {
-                Some((_, layers)) => layers.push(row.layer),
-                None => by_ratio.push((row.ratio, vec![row.layer])),
-            }
-        }
-        by_ratio.sort_by(|a, b| a.0.total_cmp(&b.0));
-        by_ratio
-            .into_iter()
-            .map(|(sparsity, layers)| BlockSparsity {
-                layers: LayerSet::new(layers),
-                sparsity,
-            })
-            .collect()
-    };
-    SparsityConfig {
-        model: Some(model.to_owned()),
-        estimator_rank: rank,
-        mode: selection.config_mode(),
-        mlp: entries(Block::Mlp),
-        self_attn: entries(Block::Attn),
-        ..SparsityConfig::default()
-    }
-}
-
-/// The comment block at the top of proposed.toml.
-fn proposal_header(
-    proposal: &Proposal,
-    sweep: &Sweep,
-    source: &str,
-    tokens: &StepTokens,
-) -> String {
-    let largest: Vec<String> = sweep
-        .blocks
-        .iter()
-        .filter_map(|(b, _)| sweep.max_ratio(*b).map(|r| format!("{} {r}", b.name())))
-        .collect();
-    let mut h = String::new();
-    let _ = writeln!(h, "# Proposed by `cargo xtask sensitivity` from {source}.");
-    let _ = writeln!(
-        h,
-        "# Rule: each swept (layer, block) was made sparse alone, at its block's largest ratio \
-         ({}),\n# and the rise of the held-out loss measured (sensitivity.csv). Blocks were then \
-         made sparse in\n# increasing order of that rise (least sensitive first; ties: deeper \
-         layer first) until the\n# analytic FLOPs of a training step (trainer::flops; {} \
-         sequences x {} tokens, {} answer tokens\n# each, on the dense path) fell to the budget \
-         of {:.3} of dense LoRA. The most sensitive blocks\n# stay dense; layers not swept stay \
-         dense.",
-        largest.join(", "),
-        tokens.sequences,
-        tokens.seq_len,
-        tokens.answer_tokens / tokens.sequences.max(1),
-        proposal.budget
-    );
-    let _ = writeln!(
-        h,
-        "# Result: {} blocks sparse, FLOPs {:.3} of dense LoRA ({}).",
-        proposal.chosen.len(),
-        proposal.flops_ratio,
-        if proposal.budget_met() {
-            "budget met"
-        } else {
-            "budget NOT met: every candidate is sparse"
-        }
-    );
-    let describe = |r: &Row| format!("layer {} {} ({:+.4})", r.layer, r.block.name(), r.delta);
-    if let Some(last) = proposal.chosen.last() {
-        let _ = writeln!(h, "# Most sensitive block made sparse: {}.", describe(last));
-    }
-    if let Some(first) = proposal.dense.first() {
-        let _ = writeln!(
-            h,
-            "# Least sensitive block left dense: {}.",
-            describe(first)
-        );
-    }
-    h
-}
-
 struct Job {
     args: Sensitivity,
     sweep: Sweep,
 }
 
-/// A held-out batch on the device, with its answer tokens on the dense path.
-struct HeldOutBatch<B: Backend> {
-    tensors: TrainBatch<B>,
-    split: TokenSplit<B>,
+/// The held-out records, tokenised and batched on the device, fixed for the whole sweep.
+struct HeldOut<B: Backend> {
+    task: Task,
+    data_path: PathBuf,
+    records: usize,
+    answer_tokens: usize,
+    batches: Vec<HeldOutBatch<B>>,
+    /// The shape of a training step like the held-out batches, for the proposal's FLOPs.
+    step_tokens: StepTokens,
 }
 
-/// The held-out loss: training's answer-token loss, averaged over every answer token of the
-/// batches (each batch's mean weighted by its answer tokens). `selector`: the sparse forward
-/// with answer tokens dense; `None`: the dense model.
-fn mean_loss<B: Backend>(
-    model: &LlamaForCausalLM<B>,
-    batches: &[HeldOutBatch<B>],
-    selector: Option<&dyn ChannelSelector<B>>,
-) -> f64 {
-    let (mut sum, mut count) = (0.0, 0usize);
-    for batch in batches {
-        let t = &batch.tensors;
-        let (ids, mask) = (t.input_ids.clone(), t.attention_mask.clone());
-        let hidden = match selector {
-            Some(selector) => {
-                let sparse = SparseForward {
-                    selector,
-                    split: Some(batch.split.clone()),
-                    drop_sliced_input_grad: false,
-                };
-                model.forward_hidden_sparse(ids, mask, &sparse)
+/// The training data's task and file (`--task`, `--data`).
+fn data_file(args: &Sensitivity) -> anyhow::Result<(Task, PathBuf)> {
+    let task: Task = args
+        .task
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+    ensure!(
+        task.is_training(),
+        "--task {task} is an evaluation set; use csr170k or math10k"
+    );
+    let data_path = match &args.data {
+        Some(p) => p.clone(),
+        None => PathBuf::from("datasets").join(
+            task.sample_file()
+                .context("the task has no shipped sample")?,
+        ),
+    };
+    Ok((task, data_path))
+}
+
+/// The last `--held-out` records of the data, as batches of `--batch-size` for `config`'s model.
+fn held_out<B: Backend>(
+    args: &Sensitivity,
+    (task, data_path): (Task, PathBuf),
+    tokenizer: &LlamaTokenizer,
+    config: &LlamaConfig,
+    device: &B::Device,
+) -> anyhow::Result<HeldOut<B>> {
+    let records = load_records(&data_path)?;
+    ensure!(
+        !records.is_empty(),
+        "{} holds no records: nothing to measure the loss on",
+        data_path.display()
+    );
+    let n_held = args.held_out.min(records.len());
+    if n_held < args.held_out {
+        eprintln!(
+            "warning: {} has only {} records; using all of them (--held-out {})",
+            data_path.display(),
+            records.len(),
+            args.held_out
+        );
+    }
+    let held = &records[records.len() - n_held..];
+    let eos = config.eos_ids().first().copied().unwrap_or(0);
+    let tokenize = TokenizeConfig::new(eos);
+    let examples = tokenize_records(tokenizer, held, task.response_field(), &tokenize)?;
+    let answer_tokens: usize = examples.iter().map(|e| e.num_targets()).sum();
+    ensure!(
+        answer_tokens > 0,
+        "the {n_held} held-out records have no answer tokens (all cut off?)"
+    );
+    let collate =
+        CollateConfig::new(config.pad_id()).with_pad_to_multiple_of(args.pad_to_multiple_of);
+    let padded: Vec<PaddedBatch> = examples
+        .chunks(args.batch_size)
+        .map(|chunk| pad_left(chunk, &collate))
+        .collect::<Result<_, _>>()?;
+    let batches = padded
+        .iter()
+        .map(|p| {
+            let t = p.to_tensors::<B>(device);
+            HeldOutBatch {
+                split: TokenSplit::from_dense_mask(&t.answer_tokens, device),
+                input_ids: t.input_ids,
+                attention_mask: t.attention_mask,
+                loss_targets: t.loss_targets,
             }
-            None => model.forward_hidden(ids, mask),
-        };
-        let loss = llama_burn::loss::causal_lm_loss_at_targets(model, hidden, &t.loss_targets);
-        let value: f64 = loss.into_scalar().elem();
-        let n = t.loss_targets.count;
-        sum += value * n as f64;
-        count += n;
+        })
+        .collect();
+    // A training step shaped like the held-out batches.
+    let mean_seq = padded.iter().map(|p| p.seq).sum::<usize>() as f64 / padded.len() as f64;
+    let mean_answer = answer_tokens as f64 / examples.len() as f64;
+    let step_tokens = StepTokens::synthetic(
+        args.batch_size,
+        mean_seq.round().max(1.0) as usize,
+        mean_answer.round().max(1.0) as usize,
+    );
+    Ok(HeldOut {
+        task,
+        data_path,
+        records: n_held,
+        answer_tokens,
+        batches,
+        step_tokens,
+    })
+}
+
+/// The model of `--model`, with `--adapter` attached when given, and its LoRA config.
+fn load_model<B: Backend>(
+    args: &Sensitivity,
+    tokenizer: &LlamaTokenizer,
+    dtype: DType,
+    device: &B::Device,
+) -> anyhow::Result<(LlamaForCausalLM<B>, LoraConfig, Option<ModelSource>)> {
+    let (model, source) = load_base::<B>(
+        &args.model,
+        args.model_dir.as_deref(),
+        tokenizer.vocab_size(),
+        dtype,
+        args.seed,
+        device,
+    )?;
+    let Some(dir) = &args.adapter else {
+        return Ok((model, LoraConfig::new(), source));
+    };
+    let peft =
+        lora::load_peft(dir).with_context(|| format!("reading adapter {}", dir.display()))?;
+    let lora = peft.config.clone();
+    let model = model
+        .apply_peft_adapter(peft, device)
+        .with_context(|| format!("attaching adapter {}", dir.display()))?;
+    Ok((model, lora, source))
+}
+
+/// The estimator's factors for every swept block: `--svd-cache`, else next to the checkpoint;
+/// `tiny` builds them in memory unless given a file.
+fn factors<B: Backend>(
+    args: &Sensitivity,
+    model: &LlamaForCausalLM<B>,
+    source: Option<&ModelSource>,
+    plan: &SweepPlan,
+    device: &B::Device,
+) -> anyhow::Result<SvdCache<B>> {
+    let factor_cache = match (&args.svd_cache, source) {
+        (Some(path), _) => FactorCache::File {
+            path: path.clone(),
+            identity: match source {
+                Some(s) => s.identity()?,
+                None => format!("tiny(seed={},vocab={})", args.seed, model.config.vocab_size),
+            },
+        },
+        (None, Some(s)) => s.factor_cache(args.rank)?,
+        (None, None) => FactorCache::InMemory,
+    };
+    let needs = plan.factor_plan(model.config.num_hidden_layers)?;
+    B::seed(device, 0);
+    let t = Instant::now();
+    let (cache, origin) = factor_cache.load(model, args.rank, args.selection, &needs)?;
+    match origin {
+        FactorOrigin::InMemory => eprintln!(
+            "SVD factors (rank {}) built in memory in {:.1} s",
+            args.rank,
+            t.elapsed().as_secs_f64()
+        ),
+        other => report_factors(&other, args.rank),
     }
-    if count == 0 {
-        f64::NAN
-    } else {
-        sum / count as f64
-    }
+    Ok(cache)
+}
+
+/// The dense baseline, then every swept block alone, with a progress bar; the baseline loss, the
+/// measurements and the sweep's seconds.
+fn run_sweep<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    held: &HeldOut<B>,
+    factors: &SvdCache<B>,
+    options: SelectorOptions,
+    plan: &SweepPlan,
+) -> anyhow::Result<(f64, Vec<Measurement>, f64)> {
+    let t = Instant::now();
+    let baseline = held_out_loss(model, &held.batches, None);
+    ensure!(
+        baseline.is_finite(),
+        "the dense model's held-out loss is {baseline}: nothing to compare against"
+    );
+    eprintln!(
+        "dense held-out loss {baseline:.4} ({:.2} s per pass)",
+        t.elapsed().as_secs_f64()
+    );
+    let total = plan.len();
+    let per_layer = total / plan.layers.len().max(1);
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let start = Instant::now();
+    let mut done = 0;
+    let rows = measure(
+        model,
+        &held.batches,
+        factors,
+        options,
+        plan,
+        baseline,
+        |row| {
+            done += 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "layer {} {} {}",
+                row.layer,
+                row.block.name(),
+                row.ratio
+            ));
+            if bar.is_hidden() && done % per_layer.max(1) == 0 {
+                // No terminal (a log file): one line per layer instead of the bar.
+                eprintln!(
+                    "layer {} done ({done} of {total} evaluations, {:.1} s)",
+                    row.layer,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    let sweep_s = start.elapsed().as_secs_f64();
+    eprintln!("{total} sparse evaluations in {sweep_s:.1} s");
+    Ok((baseline, rows, sweep_s))
+}
+
+/// The proposal for `--budget` on the analytic FLOPs of a step like the held-out batches, and
+/// proposed.toml's text (checked to read back as the proposed plan).
+fn proposal(
+    args: &Sensitivity,
+    config: &LlamaConfig,
+    lora: &LoraConfig,
+    rows: &[Measurement],
+    plan: &SweepPlan,
+    tokens: &StepTokens,
+    source: &str,
+) -> anyhow::Result<(Proposal, String)> {
+    let num_layers = config.num_hidden_layers;
+    let counter = FlopsCounter {
+        selection: args.selection,
+        estimator_rank: args.rank,
+        ..FlopsCounter::new(config, lora)
+    };
+    let flops = |plan: &SparsityPlan| counter.step(tokens, Some(plan)).ratio();
+    let proposal = propose(rows, num_layers, args.budget, flops);
+    let proposed = proposal.to_config(&args.model, args.rank, args.selection);
+    let toml = format!(
+        "{}\n{}",
+        proposal.toml_header(&plan.largest_ratios(), source, tokens),
+        proposed.to_toml_string()
+    );
+    // What we write must read back as the same plan.
+    let reread = SparsityConfig::from_toml_str(&toml).context("the proposed config")?;
+    ensure!(
+        reread.plan(num_layers)? == proposal.plan,
+        "internal error: proposed.toml does not read back as the proposed plan"
+    );
+    Ok((proposal, toml))
 }
 
 impl BackendJob for Job {
@@ -559,312 +536,123 @@ impl BackendJob for Job {
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
         let Job { args, sweep } = self;
         let started = Instant::now();
-        let task: Task = args
-            .task
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--task: {e}"))?;
-        ensure!(
-            task.is_training(),
-            "--task {task} is an evaluation set; use csr170k or math10k"
-        );
-        let data_path = match &args.data {
-            Some(p) => p.clone(),
-            None => PathBuf::from("datasets").join(
-                task.sample_file()
-                    .context("the task has no shipped sample")?,
-            ),
-        };
-        let records = load_records(&data_path)?;
-        ensure!(
-            !records.is_empty(),
-            "{} holds no records: nothing to measure the loss on",
-            data_path.display()
-        );
-        let n_held = args.held_out.min(records.len());
-        if n_held < args.held_out {
-            eprintln!(
-                "warning: {} has only {} records; using all of them (--held-out {})",
-                data_path.display(),
-                records.len(),
-                args.held_out
-            );
-        }
-        let held = &records[records.len() - n_held..];
-
+        let data = data_file(&args)?;
         let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
-        let (model, source) = load_base::<B>(
-            &args.model,
-            args.model_dir.as_deref(),
-            tokenizer.vocab_size(),
-            dtype,
-            args.seed,
-            &device,
-        )?;
-        let (model, lora_config) = match &args.adapter {
-            Some(dir) => {
-                let peft = lora::load_peft(dir)
-                    .with_context(|| format!("reading adapter {}", dir.display()))?;
-                let lora = peft.config.clone();
-                let model = model
-                    .apply_peft_adapter(peft, &device)
-                    .with_context(|| format!("attaching adapter {}", dir.display()))?;
-                (model, lora)
-            }
-            None => (model, LoraConfig::new()),
-        };
+        let (model, lora_config, source) = load_model::<B>(&args, &tokenizer, dtype, &device)?;
         let config = model.config.clone();
-        let num_layers = config.num_hidden_layers;
-        let layers = resolve_layers(sweep.layers.as_ref(), num_layers)?;
-
-        // Held-out batches, fixed for the whole sweep.
-        let eos = config.eos_ids().first().copied().unwrap_or(0);
-        let examples = tokenize_records(
-            &tokenizer,
-            held,
-            task.response_field(),
-            &TokenizeConfig::new(eos),
-        )?;
-        let answer_tokens: usize = examples.iter().map(|e| e.num_targets()).sum();
-        ensure!(
-            answer_tokens > 0,
-            "the {n_held} held-out records have no answer tokens (all cut off?)"
-        );
-        let collate =
-            CollateConfig::new(config.pad_id()).with_pad_to_multiple_of(args.pad_to_multiple_of);
-        let padded: Vec<PaddedBatch> = examples
-            .chunks(args.batch_size)
-            .map(|chunk| pad_left(chunk, &collate))
-            .collect::<Result<_, _>>()?;
-        let batches: Vec<HeldOutBatch<B>> = padded
-            .iter()
-            .map(|p| {
-                let tensors = p.to_tensors::<B>(&device);
-                let split = TokenSplit::from_dense_mask(&tensors.answer_tokens, &device);
-                HeldOutBatch { tensors, split }
-            })
-            .collect();
+        let plan = SweepPlan {
+            blocks: sweep.blocks.clone(),
+            layers: resolve_layers(sweep.layers.as_ref(), config.num_hidden_layers)?,
+        };
+        let held = held_out::<B>(&args, data, &tokenizer, &config, &device)?;
         let model_label = match &args.adapter {
             Some(a) => format!("{} + adapter {}", args.model, a.display()),
             None => args.model.clone(),
         };
         eprintln!(
-            "{model_label} ({:?}, {dtype:?}) | {n_held} held-out records from {} ({answer_tokens} \
-             answer tokens, {} batches) | {} layers",
+            "{model_label} ({:?}, {dtype:?}) | {} held-out records from {} ({} answer tokens, {} \
+             batches) | {} layers",
             args.backend,
-            data_path.display(),
-            batches.len(),
-            num_layers
+            held.records,
+            held.data_path.display(),
+            held.answer_tokens,
+            held.batches.len(),
+            config.num_hidden_layers
         );
-
-        // The estimator's factors for every swept block.
-        let mut needs = SparsityPlan::dense(num_layers);
-        for &layer in &layers {
-            for (block, ratios) in &sweep.blocks {
-                needs.set(layer, *block, ratios[0])?;
-            }
-        }
-        let cache = if args.selection != Selection::Estimated {
-            SvdCache {
-                rank: args.rank,
-                factors: BTreeMap::new(),
-                unconverged: BTreeMap::new(),
-            }
-        } else {
-            B::seed(&device, 0);
-            let t = Instant::now();
-            let path = match (&args.svd_cache, &source) {
-                (Some(p), _) => Some(p.clone()),
-                (None, Some(s)) => Some(s.svd_cache_path(args.rank)),
-                (None, None) => None,
-            };
-            match path {
-                None => {
-                    let cache = SvdCache::build(&model, args.rank, |l, target| {
-                        plan_needs(&needs, l, target)
-                    });
-                    eprintln!(
-                        "SVD factors (rank {}) built in memory in {:.1} s",
-                        args.rank,
-                        t.elapsed().as_secs_f64()
-                    );
-                    cache
-                }
-                Some(path) => {
-                    let identity = match &source {
-                        Some(s) => s.identity()?,
-                        None => format!("tiny(seed={},vocab={})", args.seed, config.vocab_size),
-                    };
-                    match SvdCache::load_or_build(&path, &identity, args.rank, &model, &needs) {
-                        Ok((cache, CacheOrigin::Reused)) => {
-                            eprintln!("SVD cache {} reused", path.display());
-                            cache
-                        }
-                        Ok((cache, CacheOrigin::Built(why))) => {
-                            eprintln!(
-                                "SVD cache {} {why}: rebuilt in {:.1} s",
-                                path.display(),
-                                t.elapsed().as_secs_f64()
-                            );
-                            cache
-                        }
-                        // A read-only model folder: the sweep only needs the factors in memory.
-                        Err(e @ SvdCacheError::RebuildFailed { .. }) => {
-                            eprintln!("warning: {e}; using factors built in memory instead");
-                            B::seed(&device, 0);
-                            SvdCache::build(&model, args.rank, |l, target| {
-                                plan_needs(&needs, l, target)
-                            })
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        };
-        let options = SelectorOptions::default().with_mode(args.selection.selector_mode(args.seed));
-
-        // The dense baseline, then one block at a time.
-        let t = Instant::now();
-        let baseline = mean_loss(&model, &batches, None);
-        ensure!(
-            baseline.is_finite(),
-            "the dense model's held-out loss is {baseline}: nothing to compare against"
-        );
-        eprintln!(
-            "dense held-out loss {baseline:.4} ({:.2} s per pass)",
-            t.elapsed().as_secs_f64()
-        );
-        let total: usize = layers.len() * sweep.blocks.iter().map(|(_, r)| r.len()).sum::<usize>();
-        let bar = ProgressBar::new(total as u64).with_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .expect("valid template"),
-        );
-        let sweep_start = Instant::now();
-        let mut rows = Vec::with_capacity(total);
-        for &layer in &layers {
-            for (block, ratios) in &sweep.blocks {
-                for &ratio in ratios {
-                    bar.set_message(format!("layer {layer} {} {ratio}", block.name()));
-                    let mut plan = SparsityPlan::dense(num_layers);
-                    plan.set(layer, *block, ratio)?;
-                    let selector = SvdChannelSelector::new(&cache, plan, &config, options)?;
-                    let loss = mean_loss(&model, &batches, Some(&selector));
-                    rows.push(Row {
-                        layer,
-                        block: *block,
-                        ratio,
-                        loss,
-                        delta: loss - baseline,
-                    });
-                    bar.inc(1);
-                }
-            }
-            if bar.is_hidden() {
-                // No terminal (a log file): one line per layer instead of the bar.
-                eprintln!(
-                    "layer {layer} done ({} of {total} evaluations, {:.1} s)",
-                    rows.len(),
-                    sweep_start.elapsed().as_secs_f64()
-                );
-            }
-        }
-        bar.finish_and_clear();
-        let sweep_s = sweep_start.elapsed().as_secs_f64();
-        eprintln!("{total} sparse evaluations in {sweep_s:.1} s");
-
-        // The proposal, on the analytic FLOPs of a training step shaped like the held-out
-        // batches.
-        let mean_seq = padded.iter().map(|p| p.seq).sum::<usize>() as f64 / padded.len() as f64;
-        let mean_answer = answer_tokens as f64 / examples.len() as f64;
-        let tokens = StepTokens::synthetic(
-            args.batch_size,
-            mean_seq.round().max(1.0) as usize,
-            mean_answer.round().max(1.0) as usize,
-        );
-        let counter = FlopsCounter {
-            selection: args.selection.config_mode(),
-            estimator_rank: args.rank,
-            ..FlopsCounter::new(&config, &lora_config)
-        };
-        let flops = |plan: &SparsityPlan| counter.step(&tokens, Some(plan)).ratio();
-        let proposal = propose(&rows, num_layers, args.budget, flops);
-        let proposed = proposal_config(&proposal, &args.model, args.rank, args.selection);
+        let factors = factors(&args, &model, source.as_ref(), &plan, &device)?;
+        let options = SelectorOptions::default()
+            .with_mode(args.selection)
+            .with_seed(args.seed);
+        let (baseline, rows, sweep_s) = run_sweep(&model, &held, &factors, options, &plan)?;
         let source_text = format!(
-            "{model_label}, {n_held} held-out records of {}",
-            data_path.display()
+            "{model_label}, {} held-out records of {}",
+            held.records,
+            held.data_path.display()
         );
-        let toml = format!(
-            "{}\n{}",
-            proposal_header(&proposal, &sweep, &source_text, &tokens),
-            proposed.to_toml_string()
-        );
-        // What we write must read back as the same plan.
-        let reread = SparsityConfig::from_toml_str(&toml).context("the proposed config")?;
-        ensure!(
-            reread.plan(num_layers)? == proposal.plan,
-            "internal error: proposed.toml does not read back as the proposed plan"
-        );
-
-        // Files.
-        let out = args.output_dir();
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
-            let path = out.join(name);
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            Ok(path)
-        };
-        write("sensitivity.csv", &csv(&rows))?;
+        let (proposal, toml) = proposal(
+            &args,
+            &config,
+            &lora_config,
+            &rows,
+            &plan,
+            &held.step_tokens,
+            &source_text,
+        )?;
         let info = RunInfo {
             model: &args.model,
+            model_label: &model_label,
             adapter: args.adapter.as_deref(),
-            data: &data_path,
-            task,
-            held_out: n_held,
-            answer_tokens,
+            data: &held.data_path,
+            task: held.task,
+            held_out: held.records,
+            answer_tokens: held.answer_tokens,
             baseline,
             args: &args,
             dtype,
             sweep_s,
         };
-        write(
-            "sensitivity.json",
-            &serde_json::to_string_pretty(&report_json(&info, &rows, &proposal, &tokens))?,
-        )?;
-        let toml_path = write("proposed.toml", &toml)?;
-        let png = out.join("sensitivity.png");
-        let title = format!(
-            "Held-out loss rise, one block sparse at a time: {model_label} (dense {baseline:.3})"
-        );
-        draw_heat_map(&heat_map(&rows, &sweep, &layers, &title), &png)?;
-
-        print_summary(&rows, &sweep, &layers, baseline);
-        println!(
-            "\nproposed for a FLOPs budget of {:.3}: {} of {} measured blocks sparse, FLOPs {:.3} \
-             of dense LoRA{}",
-            args.budget,
-            proposal.chosen.len(),
-            proposal.chosen.len() + proposal.dense.len(),
-            proposal.flops_ratio,
-            if proposal.budget_met() {
-                ""
-            } else {
-                " (budget NOT met: every block is sparse)"
-            }
-        );
-        println!("\n{toml}");
-        eprintln!(
-            "wrote {}/{{sensitivity.csv, sensitivity.json, sensitivity.png}} and {} in {:.1} s",
-            out.display(),
-            toml_path.display(),
-            started.elapsed().as_secs_f64()
-        );
+        write_outputs(&info, &rows, &plan, &proposal, &toml, &held.step_tokens)?;
+        eprintln!("finished in {:.1} s", started.elapsed().as_secs_f64());
         Ok(())
     }
 }
 
+/// sensitivity.{csv,json,png} and proposed.toml in the output folder, and the summary printed.
+fn write_outputs(
+    info: &RunInfo,
+    rows: &[Measurement],
+    plan: &SweepPlan,
+    proposal: &Proposal,
+    toml: &str,
+    tokens: &StepTokens,
+) -> anyhow::Result<()> {
+    let args = info.args;
+    let out = args.output_dir();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    write("sensitivity.csv", &csv(rows))?;
+    write(
+        "sensitivity.json",
+        &serde_json::to_string_pretty(&report_json(info, rows, proposal, tokens))?,
+    )?;
+    let toml_path = write("proposed.toml", toml)?;
+    let png = out.join("sensitivity.png");
+    let baseline = info.baseline;
+    let title = format!(
+        "Held-out loss rise, one block sparse at a time: {} (dense {baseline:.3})",
+        info.model_label
+    );
+    draw_heat_map(&heat_map(rows, plan, &title), &png)?;
+
+    print_summary(rows, plan, baseline);
+    println!(
+        "\nproposed for a FLOPs budget of {:.3}: {} of {} measured blocks sparse, FLOPs {:.3} \
+         of dense LoRA{}",
+        args.budget,
+        proposal.chosen.len(),
+        proposal.chosen.len() + proposal.dense.len(),
+        proposal.flops_ratio,
+        if proposal.budget_met() {
+            ""
+        } else {
+            " (budget NOT met: every block is sparse)"
+        }
+    );
+    println!("\n{toml}");
+    eprintln!(
+        "wrote {}/{{sensitivity.csv, sensitivity.json, sensitivity.png}} and {}",
+        out.display(),
+        toml_path.display(),
+    );
+    Ok(())
+}
+
 /// `layer,block,ratio,loss,delta_loss`, one line per measurement.
-fn csv(rows: &[Row]) -> String {
+fn csv(rows: &[Measurement]) -> String {
     let mut text = String::from("layer,block,ratio,loss,delta_loss\n");
     for r in rows {
         let _ = writeln!(
@@ -883,6 +671,8 @@ fn csv(rows: &[Row]) -> String {
 /// What sensitivity.json records about the run.
 struct RunInfo<'a> {
     model: &'a str,
+    /// The model, and the adapter when one is attached.
+    model_label: &'a str,
     adapter: Option<&'a Path>,
     data: &'a Path,
     task: Task,
@@ -896,11 +686,11 @@ struct RunInfo<'a> {
 
 fn report_json(
     info: &RunInfo,
-    rows: &[Row],
+    rows: &[Measurement],
     proposal: &Proposal,
     tokens: &StepTokens,
 ) -> serde_json::Value {
-    let row = |r: &Row| {
+    let row = |r: &Measurement| {
         json!({
             "layer": r.layer,
             "block": r.block.name(),
@@ -920,7 +710,7 @@ fn report_json(
         "batch_size": args.batch_size,
         "backend": format!("{:?}", args.backend).to_lowercase(),
         "dtype": format!("{:?}", info.dtype).to_lowercase(),
-        "selection": format!("{:?}", args.selection).to_lowercase(),
+        "selection": args.selection.name(),
         "estimator_rank": args.rank,
         "baseline_loss": info.baseline,
         "sweep_seconds": info.sweep_s,
@@ -942,7 +732,7 @@ fn report_json(
 }
 
 /// The columns of the table: every swept block with each of its ratios.
-fn columns(sweep: &Sweep) -> Vec<(Block, f64)> {
+fn columns(sweep: &SweepPlan) -> Vec<(Block, f64)> {
     sweep
         .blocks
         .iter()
@@ -951,13 +741,14 @@ fn columns(sweep: &Sweep) -> Vec<(Block, f64)> {
 }
 
 /// The delta of `(layer, block, ratio)`, NaN if not measured.
-fn delta_at(rows: &[Row], layer: usize, block: Block, ratio: f64) -> f64 {
+fn delta_at(rows: &[Measurement], layer: usize, block: Block, ratio: f64) -> f64 {
     rows.iter()
         .find(|r| r.layer == layer && r.block == block && r.ratio == ratio)
         .map_or(f64::NAN, |r| r.delta)
 }
 
-fn heat_map<'a>(rows: &[Row], sweep: &Sweep, layers: &[usize], title: &'a str) -> HeatMap<'a> {
+fn heat_map<'a>(rows: &[Measurement], sweep: &SweepPlan, title: &'a str) -> HeatMap<'a> {
+    let layers = &sweep.layers;
     let cols = columns(sweep);
     HeatMap {
         title,
@@ -978,7 +769,8 @@ fn heat_map<'a>(rows: &[Row], sweep: &Sweep, layers: &[usize], title: &'a str) -
     }
 }
 
-fn print_summary(rows: &[Row], sweep: &Sweep, layers: &[usize], baseline: f64) {
+fn print_summary(rows: &[Measurement], sweep: &SweepPlan, baseline: f64) {
+    let layers = &sweep.layers;
     let cols = columns(sweep);
     println!("dense held-out loss: {baseline:.4}; each cell: loss rise with that block sparse\n");
     let mut header = String::from("| layer |");
@@ -1015,7 +807,7 @@ fn replot(json: &std::path::Path) -> anyhow::Result<()> {
             Some("self_attn") => Block::Attn,
             other => anyhow::bail!("{}: unknown block {other:?}", json.display()),
         };
-        rows.push(Row {
+        rows.push(Measurement {
             layer: field(v, "layer")? as usize,
             block,
             ratio: field(v, "ratio")?,
@@ -1036,13 +828,10 @@ fn replot(json: &std::path::Path) -> anyhow::Result<()> {
     for (_, ratios) in &mut blocks {
         ratios.sort_by(f64::total_cmp);
     }
-    let sweep = Sweep {
-        blocks,
-        layers: None,
-    };
     let mut layers: Vec<usize> = rows.iter().map(|r| r.layer).collect();
     layers.sort_unstable();
     layers.dedup();
+    let sweep = SweepPlan { blocks, layers };
     let mut label = report["model"].as_str().unwrap_or("model").to_owned();
     if report["adapter"].is_string() {
         label.push_str(" + adapter");
@@ -1050,8 +839,8 @@ fn replot(json: &std::path::Path) -> anyhow::Result<()> {
     let title =
         format!("Held-out loss rise, one block sparse at a time: {label} (dense {baseline:.3})");
     let png = json.with_file_name("sensitivity.png");
-    draw_heat_map(&heat_map(&rows, &sweep, &layers, &title), &png)?;
-    print_summary(&rows, &sweep, &layers, baseline);
+    draw_heat_map(&heat_map(&rows, &sweep, &title), &png)?;
+    print_summary(&rows, &sweep, baseline);
     eprintln!("wrote {}", png.display());
     Ok(())
 }
@@ -1060,119 +849,14 @@ fn replot(json: &std::path::Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn row(layer: usize, block: Block, ratio: f64, delta: f64) -> Row {
-        Row {
+    fn measurement(layer: usize, block: Block, ratio: f64, delta: f64) -> Measurement {
+        Measurement {
             layer,
             block,
             ratio,
             loss: 2.0 + delta,
             delta,
         }
-    }
-
-    /// 4 layers; MLP swept at 0.5 and 0.9, attention at 0.5.
-    fn table() -> Vec<Row> {
-        use Block::{Attn, Mlp};
-        vec![
-            row(0, Mlp, 0.5, 0.30),
-            row(0, Mlp, 0.9, 2.00),
-            row(0, Attn, 0.5, 0.50),
-            row(1, Mlp, 0.5, 0.01),
-            row(1, Mlp, 0.9, 0.20),
-            row(1, Attn, 0.5, 0.05),
-            row(2, Mlp, 0.5, 0.00),
-            row(2, Mlp, 0.9, 0.02),
-            row(2, Attn, 0.5, f64::NAN),
-            row(3, Mlp, 0.5, -0.01),
-            row(3, Mlp, 0.9, 0.02),
-            row(3, Attn, 0.5, 0.10),
-        ]
-    }
-
-    /// Each sparse MLP saves 0.1 of the FLOPs, each sparse attention 0.05.
-    fn toy_flops(plan: &SparsityPlan) -> f64 {
-        let mut f = 1.0;
-        for l in 0..plan.num_layers() {
-            if plan.ratio(l, Block::Mlp) > 0.0 {
-                f -= 0.1;
-            }
-            if plan.ratio(l, Block::Attn) > 0.0 {
-                f -= 0.05;
-            }
-        }
-        f
-    }
-
-    #[test]
-    fn proposal_makes_the_least_sensitive_blocks_sparse_first() {
-        let p = propose(&table(), 4, 0.76, toy_flops);
-        // At MLP 0.9: layer 3 (0.02) before layer 2 (0.02, tie: deeper first), then layer 1
-        // attention (0.05) ... until 0.76 is reached: 1 - 0.1 - 0.1 - 0.05 = 0.75.
-        let order: Vec<(usize, Block)> = p.chosen.iter().map(|r| (r.layer, r.block)).collect();
-        assert_eq!(
-            order,
-            vec![(3, Block::Mlp), (2, Block::Mlp), (1, Block::Attn)]
-        );
-        assert!((p.flops_ratio - 0.75).abs() < 1e-12);
-        assert!(p.budget_met());
-        assert_eq!(p.plan.ratio(3, Block::Mlp), 0.9);
-        assert_eq!(p.plan.ratio(1, Block::Attn), 0.5);
-        assert_eq!(p.plan.ratio(0, Block::Mlp), 0.0);
-        // Left dense, least sensitive first; the non-finite layer-2 attention is no candidate.
-        let dense: Vec<(usize, Block)> = p.dense.iter().map(|r| (r.layer, r.block)).collect();
-        assert_eq!(
-            dense,
-            vec![
-                (3, Block::Attn),
-                (1, Block::Mlp),
-                (0, Block::Attn),
-                (0, Block::Mlp)
-            ]
-        );
-        let config = proposal_config(&p, "toy", 8, Selection::Estimated);
-        let text = config.to_toml_string();
-        let back = SparsityConfig::from_toml_str(&text).unwrap();
-        assert_eq!(back.plan(4).unwrap(), p.plan);
-        assert_eq!(back.mlp.len(), 1);
-        assert_eq!(back.mlp[0].layers.to_string(), "2-3");
-        assert_eq!(back.self_attn[0].layers.to_string(), "1");
-    }
-
-    #[test]
-    fn proposal_edge_cases() {
-        // A budget the dense model meets: nothing sparse.
-        let p = propose(&table(), 4, 1.0, toy_flops);
-        assert!(p.chosen.is_empty() && p.budget_met());
-        assert!(proposal_config(&p, "toy", 8, Selection::Oracle)
-            .plan(4)
-            .unwrap()
-            .is_dense());
-        // An unreachable budget: every finite candidate sparse, reported as not met.
-        let p = propose(&table(), 4, 0.1, toy_flops);
-        assert_eq!(p.chosen.len(), 7);
-        assert!(!p.budget_met());
-        assert!((p.flops_ratio - (1.0 - 0.4 - 0.15)).abs() < 1e-12);
-        // A block whose sparsity saves nothing stays dense.
-        let no_attn_saving = |plan: &SparsityPlan| {
-            1.0 - 0.1
-                * (0..plan.num_layers())
-                    .filter(|&l| plan.ratio(l, Block::Mlp) > 0.0)
-                    .count() as f64
-        };
-        let p = propose(&table(), 4, 0.1, no_attn_saving);
-        assert!(p.chosen.iter().all(|r| r.block == Block::Mlp));
-        assert_eq!(p.chosen.len(), 4);
-        let header = proposal_header(
-            &p,
-            &Sweep {
-                blocks: vec![(Block::Mlp, vec![0.5, 0.9])],
-                layers: None,
-            },
-            "a test",
-            &StepTokens::synthetic(2, 10, 3),
-        );
-        assert!(header.contains("budget NOT met") && header.contains("mlp 0.9"));
-        assert!(header.lines().all(|l| l.starts_with('#')), "{header}");
     }
 
     #[test]
@@ -1222,17 +906,25 @@ mod tests {
 
     #[test]
     fn csv_and_heat_map_layout() {
-        let rows = table();
+        let rows = [
+            measurement(0, Block::Mlp, 0.5, 0.30),
+            measurement(0, Block::Mlp, 0.9, 2.00),
+            measurement(0, Block::Attn, 0.5, 0.50),
+            measurement(1, Block::Mlp, 0.5, 0.01),
+            measurement(1, Block::Mlp, 0.9, 0.20),
+            measurement(1, Block::Attn, 0.5, 0.05),
+            measurement(2, Block::Attn, 0.5, f64::NAN),
+        ];
         let text = csv(&rows);
         assert!(
             text.starts_with("layer,block,ratio,loss,delta_loss\n0,mlp,0.5,2.300000,0.300000\n")
         );
         assert_eq!(text.lines().count(), rows.len() + 1);
-        let sweep = Sweep {
+        let sweep = SweepPlan {
             blocks: vec![(Block::Mlp, vec![0.5, 0.9]), (Block::Attn, vec![0.5])],
-            layers: None,
+            layers: vec![0, 1, 2, 3],
         };
-        let map = heat_map(&rows, &sweep, &[0, 1, 2, 3], "t");
+        let map = heat_map(&rows, &sweep, "t");
         assert_eq!(map.columns, vec!["0.5", "0.9", "0.5"]);
         assert_eq!(
             map.column_groups,

@@ -30,6 +30,7 @@
 
 mod cache;
 mod jacobi;
+mod mode;
 pub mod scoring;
 mod select;
 mod svd;
@@ -38,7 +39,8 @@ pub use cache::{
     plan_needs, BuildReason, CacheOrigin, CoverageError, SvdCache, SvdCacheError, ESTIMATED,
 };
 pub use jacobi::symmetric_eigen;
-pub use select::{SelectionMode, SelectorError, SelectorOptions, SvdChannelSelector};
+pub use mode::SelectionMode;
+pub use select::{SelectorError, SelectorOptions, SvdChannelSelector};
 pub use svd::{
     estimator_factors, truncated_svd, EstimatorFactors, SvdOptions, TruncatedSvd, FACTOR_TOLERANCE,
 };

@@ -17,28 +17,11 @@ use llama_burn::{AttnChannels, Block, ChannelSelector, LlamaConfig, SparsityPlan
 use lora::LoraTarget;
 
 use crate::cache::{plan_needs, CoverageError, SvdCache};
+use crate::mode::SelectionMode;
 use crate::scoring::{
     channel_norms, mlp_scores, output_channels, qk_scores, query_channels, sequence_means,
     token_rows, top_k, AttnShape, GqaMapping,
 };
-
-/// Where the activations that score channels come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SelectionMode {
-    /// The rank-r SVD factors: `x w1 w2 ~ x W^T` (SparseLoRA's estimator).
-    #[default]
-    Estimated,
-    /// The same metrics from the true projections `x W^T`: the best the estimator could do, to
-    /// measure it against. Costs a dense projection per block.
-    Oracle,
-    /// Uniformly random channel sets of the sizes the plan gives, a fresh draw per call
-    /// (deterministic in `seed`, the layer, the block and the call count), mapped through the
-    /// same GQA rules: the baseline an estimator must beat.
-    Random {
-        /// Seed of the draws.
-        seed: u64,
-    },
-}
 
 /// How an [`SvdChannelSelector`] chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,12 +32,20 @@ pub struct SelectorOptions {
     /// index mappings ([`GqaMapping::ReferenceCompat`]) and its statistics over every position,
     /// padding included (the MLP's sequence means and the Q/K/V norms).
     pub reference_compat: bool,
+    /// Seed of the random mode's draws (ignored by the others).
+    pub seed: u64,
 }
 
 impl SelectorOptions {
     /// The same options with `mode`.
     pub fn with_mode(mut self, mode: SelectionMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The same options with the random mode's seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
         self
     }
 
@@ -275,8 +266,8 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
         let k = kept_channels(shape.kv_width(), ratio);
         let mapping = self.options.mapping();
         let (k_idx, v_idx) = match self.options.mode {
-            SelectionMode::Random { seed } => {
-                let device = x.device();
+            SelectionMode::Random => {
+                let (seed, device) = (self.options.seed, x.device());
                 let width = shape.kv_width();
                 (
                     self.random_channels(seed, layer, 1, width, k, &device),
@@ -311,8 +302,8 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
         let d_ff = mlp.gate_proj.dims().0;
         let k = kept_channels(d_ff, ratio);
         match self.options.mode {
-            SelectionMode::Random { seed } => {
-                Some(self.random_channels(seed, layer, 0, d_ff, k, &x.device()))
+            SelectionMode::Random => {
+                Some(self.random_channels(self.options.seed, layer, 0, d_ff, k, &x.device()))
             }
             SelectionMode::Estimated | SelectionMode::Oracle => {
                 let means = sequence_means(x, tokens, !self.options.reference_compat);
@@ -466,7 +457,8 @@ mod tests {
     ) -> SvdChannelSelector<B> {
         let options = SelectorOptions::default()
             .with_mode(mode)
-            .with_reference_compat(compat);
+            .with_reference_compat(compat)
+            .with_seed(3);
         SvdChannelSelector::new(cache, plan(2, 0.75, 0.5), &model.config, options).unwrap()
     }
 
@@ -579,7 +571,7 @@ mod tests {
             unconverged: BTreeMap::new(),
         };
         let (x, tokens) = batch::<B>(4);
-        let random = selector(&model, &cache, SelectionMode::Random { seed: 3 }, false);
+        let random = selector(&model, &cache, SelectionMode::Random, false);
         let first = channels(&random, &model, 1, &x, &tokens).unwrap();
         let second = channels(&random, &model, 1, &x, &tokens).unwrap();
         assert_ne!(first, second);
@@ -590,7 +582,7 @@ mod tests {
             }
         }
         // Reproducible from the seed.
-        let again = selector(&model, &cache, SelectionMode::Random { seed: 3 }, false);
+        let again = selector(&model, &cache, SelectionMode::Random, false);
         assert_eq!(channels(&again, &model, 1, &x, &tokens).unwrap(), first);
     }
 

@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use llama_burn::attention::LlamaAttention;
 use llama_burn::mlp::LlamaMlp;
+use llama_burn::LlamaConfig;
 use llama_burn::{AttnChannels, ChannelSelector, SparseForward, TokenSplit};
+use lora::LoraConfig;
+use sparselora::flops::{FlopsCounter, StepTokens};
+use sparselora::{SparseSetup, StartStep};
 
 use crate::batch::TrainBatch;
 use crate::sampler::{splitmix, GOLDEN_GAMMA};
-use crate::sparsity_config::StartStep;
 
 /// How a run uses SparseLoRA.
 pub struct SparseTraining<'a, B: Backend> {
@@ -32,6 +35,38 @@ pub struct SparseTraining<'a, B: Backend> {
 
 /// See [`SparseTraining::flops`].
 pub type BatchFlops<'a, B> = Box<dyn Fn(&TrainBatch<B>, &SparseForward<'_, B>) -> (f64, f64) + 'a>;
+
+impl<'a, B: Backend> SparseTraining<'a, B> {
+    /// The loop's view of `setup`; the step log's FLOPs are counted for `model` with `lora`.
+    pub fn from_setup(
+        setup: &'a SparseSetup<B>,
+        model: &'a LlamaConfig,
+        lora: &'a LoraConfig,
+    ) -> Self {
+        let counter = FlopsCounter::new(model, lora).with_sparsity_config(&setup.config);
+        let plan = &setup.plan;
+        let flops: BatchFlops<'a, B> = Box::new(move |batch, forward| {
+            let [sequences, seq_len] = batch.input_ids.dims();
+            let tokens = StepTokens {
+                sequences,
+                seq_len,
+                answer_tokens: batch.answer_tokens.iter().filter(|&&a| a).count(),
+                logit_tokens: batch.loss_targets.count,
+                dense_tokens: forward.split.as_ref().map_or(0, |s| s.n_dense()),
+            };
+            let step = counter.step(&tokens, Some(plan));
+            (step.sparse.total() as f64, step.dense.total() as f64)
+        });
+        Self {
+            selector: &setup.selector,
+            start_step: setup.config.start_step,
+            dense_answer_tokens: setup.config.dense_answer_tokens,
+            sparse_answer_fraction: setup.config.sparse_answer_fraction,
+            drop_sliced_input_grad: setup.config.reference_compat,
+            flops: Some(flops),
+        }
+    }
+}
 
 impl<B: Backend> SparseTraining<'_, B> {
     /// Whether optimizer step `step` (0-based) of a run of `total_steps` runs sparse.

@@ -22,14 +22,15 @@ use llama_burn::loss::{LossTargets, IGNORE_INDEX};
 use llama_burn::{LlamaConfig, LlamaForCausalLM};
 use lora::{LoraConfig, LoraTarget};
 use serde_json::{json, Value};
-use trainer::flops::{FlopsCounter, StepTokens};
+use sparselora::flops::{FlopsCounter, StepTokens};
+use sparselora::FactorCache;
 use trainer::grad_norm::IntoScalarF64;
 use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TimedSelector, TrainBatch};
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
-use crate::finetune::{FactorCache, SparseSetup};
+use crate::finetune::sparse_setup;
 
 /// The official benchmark's two workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,9 +247,9 @@ impl TrainJob for StepBench {
                         // The weights are a function of the preset, the seed (0) and the dtype.
                         identity: format!("random {} seed 0 {dtype:?}", self.model),
                     },
-                    None => FactorCache::None,
+                    None => FactorCache::InMemory,
                 };
-                Some(SparseSetup::<B>::new(path, factors, &base, &self.model, 0)?)
+                Some(sparse_setup(path, &base, &self.model, 0, |_| Ok(factors))?)
             }
             None => None,
         };
@@ -261,7 +262,7 @@ impl TrainJob for StepBench {
         let after_build = (memory.used(), memory.pool());
         let training = sparse_setup
             .as_ref()
-            .map(|setup| setup.training(&config, &lora));
+            .map(|setup| SparseTraining::from_setup(setup, &config, &lora));
         let timed = training
             .as_ref()
             .map(|t| TimedSelector::new(t.selector, &device));

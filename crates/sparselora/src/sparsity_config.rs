@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use llama_burn::sparsity::{Block, SparsityPlan, SparsityPlanError};
 use serde::{Deserialize, Serialize};
+use svd_estimator::SelectionMode;
 
 mod layer_set;
 #[cfg(test)]
@@ -104,30 +105,6 @@ pub struct BlockSparsity {
     pub layers: LayerSet,
     /// Fraction of channels dropped, in `[0, 1)`.
     pub sparsity: f64,
-}
-
-/// How a sparse forward chooses its channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SelectionMode {
-    /// The low-rank SVD estimator (SPEC 4).
-    #[default]
-    Estimated,
-    /// The same metrics on the true activations (an upper bound for the estimator).
-    Oracle,
-    /// A uniformly random channel set (a lower bound).
-    Random,
-}
-
-impl SelectionMode {
-    /// The name used in configs: `estimated`, `oracle` or `random`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Estimated => "estimated",
-            Self::Oracle => "oracle",
-            Self::Random => "random",
-        }
-    }
 }
 
 /// A sparsity config that cannot be read or does not fit the model.

@@ -35,9 +35,8 @@ use llama_burn::sparsity::{kept_channels, SparsityPlan};
 use llama_burn::LlamaConfig;
 use lora::{LoraConfig, LoraTarget};
 
-use crate::batch::PaddedBatch;
-use crate::sparsity_config::{SelectionMode, SparsityConfig, DEFAULT_ESTIMATOR_RANK};
-use crate::tokenize::IGNORE_INDEX;
+use crate::sparsity_config::{SparsityConfig, DEFAULT_ESTIMATOR_RANK};
+use crate::SelectionMode;
 
 /// The token counts of one forward/backward pass (a micro-batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,22 +67,22 @@ impl StepTokens {
         }
     }
 
-    /// The counts of a padded training batch: answer tokens are the labelled ones (all on the
-    /// dense path), logits are taken at the positions that predict one.
-    pub fn from_padded(batch: &PaddedBatch) -> Self {
-        let seq = batch.seq;
-        let labelled = |i: usize| batch.labels.get(i).is_some_and(|&l| l != IGNORE_INDEX);
-        let answer = (0..batch.batch * seq).filter(|&i| labelled(i)).count();
-        let logits = (0..batch.batch)
-            .flat_map(|row| (1..seq).map(move |t| row * seq + t))
+    /// The counts of a batch of `sequences x seq_len` tokens from its row-major answer mask
+    /// (`true` where the label is not ignored): answer tokens all on the dense path, logits taken
+    /// at the positions that predict one (an answer at a sequence's first position has none).
+    pub fn from_answer_mask(sequences: usize, seq_len: usize, answer: &[bool]) -> Self {
+        let labelled = |i: usize| answer.get(i).copied().unwrap_or(false);
+        let answers = (0..sequences * seq_len).filter(|&i| labelled(i)).count();
+        let logits = (0..sequences)
+            .flat_map(|row| (1..seq_len).map(move |t| row * seq_len + t))
             .filter(|&i| labelled(i))
             .count();
         Self {
-            sequences: batch.batch,
-            seq_len: seq,
-            answer_tokens: answer,
+            sequences,
+            seq_len,
+            answer_tokens: answers,
             logit_tokens: logits,
-            dense_tokens: answer,
+            dense_tokens: answers,
         }
     }
 
@@ -599,16 +598,10 @@ mod tests {
     }
 
     #[test]
-    fn counts_tokens_of_a_padded_batch() {
-        let ig = IGNORE_INDEX;
-        let batch = PaddedBatch {
-            batch: 2,
-            seq: 4,
-            input_ids: vec![0; 8],
-            attention_mask: vec![true; 8],
-            labels: vec![ig, ig, 5, 6, 7, ig, ig, 8],
-        };
-        let t = StepTokens::from_padded(&batch);
+    fn counts_tokens_of_a_labelled_batch() {
+        // Labels [ig, ig, 5, 6 | 7, ig, ig, 8].
+        let answer = [false, false, true, true, true, false, false, true];
+        let t = StepTokens::from_answer_mask(2, 4, &answer);
         // Answer tokens 5, 6, 7, 8; the label at position 0 (7) is predicted by no position.
         assert_eq!(t.tokens(), 8);
         assert_eq!((t.answer_tokens, t.logit_tokens, t.dense_tokens), (4, 3, 4));
