@@ -153,6 +153,43 @@ pub fn run_eval<B: Backend>(
     Ok(results)
 }
 
+/// The most frequent prediction of `r` with its share, e.g. `true (55%)`.
+fn most_predicted(r: &TaskAccuracy) -> String {
+    r.predictions
+        .iter()
+        .max_by_key(|(_, &n)| n)
+        .map(|(label, &n)| format!("{label} ({:.0}%)", 100.0 * n as f64 / r.total.max(1) as f64))
+        .unwrap_or_default()
+}
+
+/// The share of `r`'s predictions that are an answer of the task's label set (not `none`).
+fn answered(r: &TaskAccuracy) -> f64 {
+    let none = r.predictions.get("none").copied().unwrap_or(0);
+    1.0 - none as f64 / r.total.max(1) as f64
+}
+
+/// The accuracy table of a run before and after training, task by task: accuracy, how many
+/// generations gave an answer of the task's label set, and the most frequent prediction.
+pub fn print_before_after(before: &[TaskAccuracy], after: &[TaskAccuracy]) {
+    println!(
+        "| task | records | majority class | accuracy before | after | in the label set before | after | most predicted before | after |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for (b, a) in before.iter().zip(after) {
+        println!(
+            "| {} | {} | {:.1}% | {:.1}% | **{:.1}%** | {:.0}% | **{:.0}%** | {} | {} |",
+            a.task,
+            a.total,
+            100.0 * a.majority_baseline,
+            100.0 * b.accuracy,
+            100.0 * a.accuracy,
+            100.0 * answered(b),
+            100.0 * answered(a),
+            most_predicted(b),
+            most_predicted(a),
+        );
+    }
+}
+
 /// Prints the accuracy table with the macro average, each task's majority-class baseline and its
 /// most frequent prediction (a model that answers one label everywhere scores the baseline).
 pub fn print_table(results: &[TaskAccuracy]) {
@@ -160,14 +197,7 @@ pub fn print_table(results: &[TaskAccuracy]) {
         "| task | correct | total | accuracy | majority class | most predicted |\n|---|---|---|---|---|---|"
     );
     for r in results {
-        let top = r
-            .predictions
-            .iter()
-            .max_by_key(|(_, &n)| n)
-            .map(|(label, &n)| {
-                format!("{label} ({:.0}%)", 100.0 * n as f64 / r.total.max(1) as f64)
-            })
-            .unwrap_or_default();
+        let top = most_predicted(r);
         println!(
             "| {} | {} | {} | {:.1}% | {:.1}% | {} |",
             r.task,

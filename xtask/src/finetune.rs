@@ -20,7 +20,7 @@ use trainer::{
 };
 
 use crate::backend::{parse_dtype, BackendKind, TrainJob};
-use crate::eval::{print_table, run_eval, EvalArgs};
+use crate::eval::{print_before_after, print_table, run_eval, EvalArgs};
 use crate::model_source::{load_base, tokenizer_for};
 
 /// Fine-tune with LoRA, or with SparseLoRA given `--sparsity`.
@@ -89,8 +89,9 @@ pub struct Finetune {
     /// Prompts generated together during evaluation.
     #[arg(long, default_value_t = 16)]
     pub eval_batch_size: usize,
-    /// Evaluate the base model too, before training (for a before/after table).
-    #[arg(long)]
+    /// Evaluate the base model too, before training, for the closing before/after table
+    /// (`--eval-before false` skips it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub eval_before: bool,
     /// Stop after this many steps as if killed (testing resumption).
     #[arg(long, hide = true)]
@@ -237,14 +238,16 @@ impl TrainJob for FinetuneJob {
             batch_size: args.eval_batch_size,
             prompt_seam: trainer::PromptSeam::default(),
         };
-        if args.eval_before && args.eval_tasks != "none" {
+        let before = if args.eval_before && args.eval_tasks != "none" {
             eprintln!("evaluating the base model before training");
             let results = run_eval(&base.valid(), &tokenizer, &eval)?;
-            print_table(&results);
             std::fs::create_dir_all(&args.output)?;
             let json = serde_json::to_string_pretty(&results)?;
             std::fs::write(args.output.join("eval-before.json"), json)?;
-        }
+            Some(results)
+        } else {
+            None
+        };
 
         let sparsity = match &args.sparsity {
             Some(path) => Some(sparse_setup(
@@ -310,7 +313,10 @@ impl TrainJob for FinetuneJob {
         if args.eval_tasks != "none" {
             let model = model.valid();
             let results = run_eval(&model, &tokenizer, &eval)?;
-            print_table(&results);
+            match &before {
+                Some(before) => print_before_after(before, &results),
+                None => print_table(&results),
+            }
             let json = serde_json::to_string_pretty(&results)?;
             std::fs::write(args.output.join("eval.json"), json)?;
         }

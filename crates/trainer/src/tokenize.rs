@@ -342,9 +342,28 @@ mod tests {
         assert_eq!(ex.labels[n - 1], IGNORE_INDEX);
         assert_eq!(decode(&[ex.labels[n] as u32]), " the");
         assert_eq!(ex.num_targets(), ex.len() - n);
-        // The evaluation prompt also ends in the 16-space token: generation starts where the
-        // training prompt's mask ends, but sees "\n" + 16 spaces, where training saw 15 + " the".
-        let eval = tok.encode(&eval_prompt("q", ""), true).unwrap();
+        // The evaluation prompt alone also ends in the 16-space token: generation would start
+        // from "\n" + 16 spaces, where training saw 15 + " the".
+        let prompt = eval_prompt("q", "");
+        let eval = tok.encode(&prompt, true).unwrap();
         assert_eq!(eval.last(), alone.last());
+        // Encoded for continuation it ends as training's prompt does, one space short of the
+        // text, which the first generated token (" the") carries.
+        let (open, covered) = tok.encode_for_continuation(&prompt, true).unwrap();
+        assert_eq!(covered, prompt.len() - 1);
+        assert_eq!(decode(&open), prompt[..covered]);
+        assert_eq!(decode(&open[open.len() - 1..]), format!("\n{}", " ".repeat(15)));
+        assert_eq!(open[..open.len() - 1], eval[..eval.len() - 1]);
+        // The same holds for the training prompt: its ids for continuation are the training
+        // text's own up to the response.
+        let (train_open, train_covered) = tok
+            .encode_for_continuation(&training_prompt("q", ""), true)
+            .unwrap();
+        assert_eq!(train_open, ex.input_ids[..n]);
+        assert_eq!(train_covered, training_prompt("q", "").len() - 1);
+        // A prompt that does not end in whitespace is encoded whole.
+        let (whole, all) = tok.encode_for_continuation("Question: 2+2 =", true).unwrap();
+        assert_eq!(all, "Question: 2+2 =".len());
+        assert_eq!(whole, tok.encode("Question: 2+2 =", true).unwrap());
     }
 }
