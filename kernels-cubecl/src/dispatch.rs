@@ -124,6 +124,9 @@ pub(crate) trait Cube: Backend {
     /// The bool primitive as the [`CubeTensor`] it is.
     fn bool_into(tensor: BoolTensor<Self>) -> CubeTensor<Self::Runtime>;
 
+    /// The int primitive as the [`CubeTensor`] it is.
+    fn int_into(tensor: IntTensor<Self>) -> CubeTensor<Self::Runtime>;
+
     /// A [`CubeTensor`] as the int primitive it is.
     fn int_from(tensor: CubeTensor<Self::Runtime>) -> IntTensor<Self>;
 }
@@ -146,6 +149,10 @@ where
     }
 
     fn bool_into(tensor: BoolTensor<Self>) -> CubeTensor<R> {
+        tensor
+    }
+
+    fn int_into(tensor: IntTensor<Self>) -> CubeTensor<R> {
         tensor
     }
 

@@ -115,6 +115,28 @@ fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device
     vec![values(out), values(scores.grad(&grads).unwrap())]
 }
 
+fn cross_entropy_run<B: AutodiffBackend>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    // 24 answer positions over LLaMA3's vocabulary, as in the csr workload's loss.
+    let (n, vocab) = (24, 128_256);
+    let logits = load::<B, 2>(&data([n, vocab], 13, 12.0, 3.0), dtype, device).require_grad();
+    let targets: Vec<i64> = (0..n as i64)
+        .map(|i| (i * 5_347 + 11) % vocab as i64)
+        .collect();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), device);
+    let r = Tensor::<B, 1>::from_data(data([n], 14, 1.0, 0.5), device);
+    let out = if fused {
+        kernels_cubecl::cross_entropy::row_nll(logits.clone(), targets)
+    } else {
+        reference::row_nll(logits.clone(), targets)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(logits.grad(&grads).unwrap())]
+}
+
 /// Runs `cuda` (fused and reference, in each dtype) against `flex` (f32 reference); the fused
 /// error must stay within `tol` of the dtype and within twice the same-dtype reference's.
 fn check(name: &str, cuda: Run<AC>, flex: Run<AF>) {
@@ -169,6 +191,16 @@ fn rope_on_cuda() {
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn causal_softmax_on_cuda() {
     check("causal_softmax", softmax_run::<AC>, softmax_run::<AF>);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn cross_entropy_on_cuda() {
+    check(
+        "cross_entropy",
+        cross_entropy_run::<AC>,
+        cross_entropy_run::<AF>,
+    );
 }
 
 /// Channel scores with ties (many more once rounded to bf16), zeros of both signs, a NaN and a

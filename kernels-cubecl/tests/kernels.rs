@@ -13,7 +13,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{data, random, serial};
 
 use kernels_cubecl::{
-    causal_softmax, fused_available, fused_launches, reference, rms_norm, rope, swiglu, top_k,
+    causal_softmax, cross_entropy, fused_available, fused_launches, reference, rms_norm, rope,
+    swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -456,6 +457,61 @@ fn causal_softmax_matches_reference() {
     softmax_case(2, 2, 64, &[&[], &[0, 1, 2, 3, 4, 40]], 82); // vector loads
     softmax_case(1, 2, 300, &[&[7, 150]], 83);
     softmax_case(1, 1, 1, &[], 84);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy at the answer positions
+
+fn targets<B: Backend>(values: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+fn cross_entropy_case(vocab: usize, target_values: &[i64], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let n = target_values.len();
+    // Logits of a trained head's scale (tens), so that exp overflows without the max shift.
+    let logits = data([n, vocab], seed, 12.0, 3.0);
+    let r = data([n], seed + 1, 1.0, 0.5);
+    let what = format!("cross_entropy n={n} vocab={vocab}");
+
+    let fused = launches(1, &what, || {
+        cross_entropy::row_nll(
+            tensor::<W, 2>(&logits, &dw),
+            targets::<W>(target_values, &dw),
+        )
+    });
+    let expected = reference::row_nll(
+        tensor::<Flex, 2>(&logits, &df),
+        targets::<Flex>(target_values, &df),
+    );
+    assert_close(fused, expected, &what);
+
+    let lw = tensor::<AW, 2>(&logits, &dw).require_grad();
+    let out = launches(1, &what, || {
+        cross_entropy::row_nll(lw.clone(), targets::<AW>(target_values, &dw))
+    });
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let lf = tensor::<AF, 2>(&logits, &df).require_grad();
+    let out_ref = reference::row_nll(lf.clone(), targets::<AF>(target_values, &df));
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("{what} autodiff"));
+    assert_close(
+        lw.grad(&grads).unwrap(),
+        lf.grad(&grads_ref).unwrap(),
+        &format!("{what} dlogits"),
+    );
+}
+
+#[test]
+fn cross_entropy_matches_reference() {
+    let _serial = serial();
+    // Targets at the first and last entry of a row and in the middle of a vector.
+    cross_entropy_case(1000, &[0, 999, 517, 3], 91); // vector loads
+    cross_entropy_case(4099, &[4098, 0, 2050], 92); // odd width: scalar loads
+    cross_entropy_case(49_152, &[11, 49_151], 93); // SmolLM2's vocabulary
+    cross_entropy_case(7, &[6], 94); // fewer entries than units
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -352,7 +352,10 @@ mod tests {
         let (open, covered) = tok.encode_for_continuation(&prompt, true).unwrap();
         assert_eq!(covered, prompt.len() - 1);
         assert_eq!(decode(&open), prompt[..covered]);
-        assert_eq!(decode(&open[open.len() - 1..]), format!("\n{}", " ".repeat(15)));
+        assert_eq!(
+            decode(&open[open.len() - 1..]),
+            format!("\n{}", " ".repeat(15))
+        );
         assert_eq!(open[..open.len() - 1], eval[..eval.len() - 1]);
         // The same holds for the training prompt: its ids for continuation are the training
         // text's own up to the response.
@@ -362,7 +365,9 @@ mod tests {
         assert_eq!(train_open, ex.input_ids[..n]);
         assert_eq!(train_covered, training_prompt("q", "").len() - 1);
         // A prompt that does not end in whitespace is encoded whole.
-        let (whole, all) = tok.encode_for_continuation("Question: 2+2 =", true).unwrap();
+        let (whole, all) = tok
+            .encode_for_continuation("Question: 2+2 =", true)
+            .unwrap();
         assert_eq!(all, "Question: 2+2 =".len());
         assert_eq!(whole, tok.encode("Question: 2+2 =", true).unwrap());
     }
