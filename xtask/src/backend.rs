@@ -93,3 +93,15 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
         other => Err(format!("unknown dtype `{other}` (f32, bf16, f16)")),
     }
 }
+
+/// cuBLASLt GEMMs run so far (0 without the `cuda` feature).
+pub(crate) fn gemm_calls() -> u64 {
+    #[cfg(feature = "cuda")]
+    {
+        sparse_ops::cublaslt::calls()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}

@@ -164,18 +164,6 @@ fn step<B: AutodiffBackend>(
     (loss.first().copied().unwrap_or(f32::NAN) as f64, out)
 }
 
-/// cuBLASLt GEMMs run so far (0 without the `cuda` feature).
-pub(crate) fn gemm_calls() -> u64 {
-    #[cfg(feature = "cuda")]
-    {
-        sparse_ops::cublaslt::calls()
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        0
-    }
-}
-
 fn relative(ours: &[f32], reference: &[f32]) -> f64 {
     if ours.len() != reference.len() {
         return f64::INFINITY;
@@ -285,7 +273,7 @@ impl TrainJob for CheckStep {
         println!(
             "fused kernel launches: {}; cuBLASLt GEMMs: {}",
             kernels_cubecl::fused_launches(),
-            gemm_calls()
+            crate::backend::gemm_calls()
         );
         if !failures.is_empty() {
             bail!(

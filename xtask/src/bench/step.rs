@@ -431,7 +431,7 @@ impl TrainJob for StepBench {
                 "pool_reserved_gib": gib(pool.reserved),
             })),
             "fused_kernel_launches": kernels_cubecl::fused_launches(),
-            "cublaslt_gemms": crate::check_step::gemm_calls(),
+            "cublaslt_gemms": crate::backend::gemm_calls(),
         });
         if let Some(peft) = peft {
             let peft_ms = peft.get("median_ms").and_then(Value::as_f64);
