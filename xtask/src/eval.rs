@@ -106,7 +106,9 @@ impl BackendJob for Eval {
 fn task_records(task: Task, data_dir: Option<&Path>) -> anyhow::Result<Vec<trainer::Record>> {
     let path = match data_dir {
         Some(dir) => dir.join(task.data_file()),
-        None => Path::new("datasets").join(task.sample_file().context("no shipped sample")?),
+        None => crate::repo::shipped(
+            Path::new("datasets").join(task.sample_file().context("no shipped sample")?),
+        ),
     };
     load_records(&path).with_context(|| format!("evaluation data of {task}"))
 }

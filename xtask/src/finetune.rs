@@ -174,7 +174,7 @@ impl TrainJob for FinetuneJob {
         if !task.is_training() {
             bail!("--task {task} is an evaluation set; train on csr170k or math10k");
         }
-        let mut config = TrainConfig::from_toml_file(&args.config)?;
+        let mut config = TrainConfig::from_toml_file(&crate::repo::shipped(&args.config))?;
         if let Some(steps) = args.max_steps {
             config.max_steps = Some(steps);
         }
@@ -184,9 +184,11 @@ impl TrainJob for FinetuneJob {
         }
         let lora_config = args.lora_config()?;
         let data_path = match &args.data {
-            Some(p) => p.clone(),
-            None => PathBuf::from("datasets")
-                .join(task.sample_file().context("task has no shipped sample")?),
+            Some(p) => crate::repo::shipped(p),
+            None => crate::repo::shipped(
+                Path::new("datasets")
+                    .join(task.sample_file().context("task has no shipped sample")?),
+            ),
         };
         let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
         let (base, source) = load_base::<B>(
@@ -333,7 +335,7 @@ pub(crate) fn sparse_setup<B: Backend>(
     seed: u64,
     cache: impl FnOnce(usize) -> anyhow::Result<FactorCache>,
 ) -> anyhow::Result<SparseSetup<B>> {
-    let config = SparsityConfig::from_file(path)?;
+    let config = SparsityConfig::from_file(&crate::repo::shipped(path))?;
     if let Some(warning) = config.model_warning(base_name) {
         eprintln!("warning: {warning}");
     }

@@ -11,6 +11,7 @@ mod generate;
 mod heatmap;
 mod model_source;
 mod plot;
+mod repo;
 mod sensitivity;
 mod svd;
 mod verify;

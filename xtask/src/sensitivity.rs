@@ -296,10 +296,12 @@ fn data_file(args: &Sensitivity) -> anyhow::Result<(Task, PathBuf)> {
         "--task {task} is an evaluation set; use csr170k or math10k"
     );
     let data_path = match &args.data {
-        Some(p) => p.clone(),
-        None => PathBuf::from("datasets").join(
-            task.sample_file()
-                .context("the task has no shipped sample")?,
+        Some(p) => crate::repo::shipped(p),
+        None => crate::repo::shipped(
+            Path::new("datasets").join(
+                task.sample_file()
+                    .context("the task has no shipped sample")?,
+            ),
         ),
     };
     Ok((task, data_path))
