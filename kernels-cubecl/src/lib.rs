@@ -59,6 +59,7 @@ mod dispatch;
 
 pub mod adamw;
 pub mod causal_softmax;
+pub mod channel_scatter;
 pub mod cross_entropy;
 pub mod rms_norm;
 pub mod rope;
@@ -75,6 +76,7 @@ pub use top_k::top_k;
 /// run on backends without the fast path.
 pub mod reference {
     pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
+    pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
     pub use crate::cross_entropy::reference::row_nll;
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;

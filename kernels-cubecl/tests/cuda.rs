@@ -137,9 +137,36 @@ fn cross_entropy_run<B: AutodiffBackend>(
     vec![values(out), values(logits.grad(&grads).unwrap())]
 }
 
+fn scatter_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
+    // 819 of LLaMA3-8B's 1024 key/value channels over 4096 tokens, added to a full-width output.
+    let (rows, width) = (4096, 1024);
+    let kept_cols: Vec<i64> = (0..width as i64).filter(|c| c % 5 != 2).collect();
+    let k = kept_cols.len();
+    let base = load::<B, 2>(&data([rows, width], 15, 1.0, 0.0), dtype, device).require_grad();
+    let kept = load::<B, 2>(&data([rows, k], 16, 1.0, 0.3), dtype, device).require_grad();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(kept_cols, [k]), device);
+    let r = load::<B, 2>(&data([rows, width], 17, 1.0, 0.0), dtype, device);
+    let out = if fused {
+        kernels_cubecl::channel_scatter::scatter_add_columns(base.clone(), kept.clone(), idx)
+    } else {
+        reference::scatter_add_columns(base.clone(), kept.clone(), idx)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![
+        values(out),
+        values(base.grad(&grads).unwrap()),
+        values(kept.grad(&grads).unwrap()),
+    ]
+}
+
 /// Runs `cuda` (fused and reference, in each dtype) against `flex` (f32 reference); the fused
 /// error must stay within `tol` of the dtype and within twice the same-dtype reference's.
 fn check(name: &str, cuda: Run<AC>, flex: Run<AF>) {
+    check_launches(name, cuda, flex, 2);
+}
+
+/// [`check`] for a kernel that launches `launches` fused kernels per forward + backward.
+fn check_launches(name: &str, cuda: Run<AC>, flex: Run<AF>, launches: u64) {
     let _serial = serial();
     assert!(fused_available::<AC>());
     let device = Default::default();
@@ -151,10 +178,9 @@ fn check(name: &str, cuda: Run<AC>, flex: Run<AF>) {
     ] {
         let before = fused_launches();
         let fused = cuda(true, dtype, &device);
-        // One forward and one backward kernel.
         assert_eq!(
             fused_launches() - before,
-            2,
+            launches,
             "{name} {dtype:?}: fused launches"
         );
         let plain = cuda(false, dtype, &device);
@@ -201,6 +227,13 @@ fn cross_entropy_on_cuda() {
         cross_entropy_run::<AC>,
         cross_entropy_run::<AF>,
     );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn channel_scatter_on_cuda() {
+    // The position map (2 launches), the pass over the output, the gather backward.
+    check_launches("channel_scatter", scatter_run::<AC>, scatter_run::<AF>, 4);
 }
 
 /// Channel scores with ties (many more once rounded to bf16), zeros of both signs, a NaN and a

@@ -13,8 +13,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{data, random, serial};
 
 use kernels_cubecl::{
-    causal_softmax, cross_entropy, fused_available, fused_launches, reference, rms_norm, rope,
-    swiglu, top_k,
+    causal_softmax, channel_scatter, cross_entropy, fused_available, fused_launches, reference,
+    rms_norm, rope, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -512,6 +512,97 @@ fn cross_entropy_matches_reference() {
     cross_entropy_case(4099, &[4098, 0, 2050], 92); // odd width: scalar loads
     cross_entropy_case(49_152, &[11, 49_151], 93); // SmolLM2's vocabulary
     cross_entropy_case(7, &[6], 94); // fewer entries than units
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column scatter (a channel slice's output back to full width)
+
+fn scatter_case(rows: usize, width: usize, kept_cols: &[i64], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let k = kept_cols.len();
+    let kept = data([rows, k], seed, 1.0, 0.2);
+    let base = data([rows, width], seed + 1, 1.0, -0.1);
+    let r = data([rows, width], seed + 2, 1.0, 0.0);
+    let what = format!("scatter rows={rows} width={width} k={k}");
+
+    // Forward, plain backend: the position map (2 launches) and the pass over the output.
+    let fused = launches(3, &what, || {
+        channel_scatter::scatter_columns(
+            tensor::<W, 2>(&kept, &dw),
+            targets::<W>(kept_cols, &dw),
+            width,
+        )
+    });
+    let expected = reference::scatter_columns(
+        tensor::<Flex, 2>(&kept, &df),
+        targets::<Flex>(kept_cols, &df),
+        width,
+    );
+    assert_close(fused, expected, &what);
+    let fused = launches(3, &what, || {
+        channel_scatter::scatter_add_columns(
+            tensor::<W, 2>(&base, &dw),
+            tensor::<W, 2>(&kept, &dw),
+            targets::<W>(kept_cols, &dw),
+        )
+    });
+    let expected = reference::scatter_add_columns(
+        tensor::<Flex, 2>(&base, &df),
+        tensor::<Flex, 2>(&kept, &df),
+        targets::<Flex>(kept_cols, &df),
+    );
+    assert_close(fused, expected, &format!("{what} add"));
+
+    // Gradients of both inputs under autodiff (the backward is one gather launch).
+    let (bw, kw) = (
+        tensor::<AW, 2>(&base, &dw).require_grad(),
+        tensor::<AW, 2>(&kept, &dw).require_grad(),
+    );
+    let out = launches(3, &what, || {
+        channel_scatter::scatter_add_columns(bw.clone(), kw.clone(), targets::<AW>(kept_cols, &dw))
+    });
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let (bf, kf) = (
+        tensor::<AF, 2>(&base, &df).require_grad(),
+        tensor::<AF, 2>(&kept, &df).require_grad(),
+    );
+    let out_ref =
+        reference::scatter_add_columns(bf.clone(), kf.clone(), targets::<AF>(kept_cols, &df));
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("{what} add autodiff"));
+    assert_close(
+        bw.grad(&grads).unwrap(),
+        bf.grad(&grads_ref).unwrap(),
+        &format!("{what} dbase"),
+    );
+    assert_close(
+        kw.grad(&grads).unwrap(),
+        kf.grad(&grads_ref).unwrap(),
+        &format!("{what} dkept"),
+    );
+
+    let kw = tensor::<AW, 2>(&kept, &dw).require_grad();
+    let out = channel_scatter::scatter_columns(kw.clone(), targets::<AW>(kept_cols, &dw), width);
+    let grads = (out * tensor(&r, &dw)).sum().backward();
+    let kf = tensor::<AF, 2>(&kept, &df).require_grad();
+    let out_ref = reference::scatter_columns(kf.clone(), targets::<AF>(kept_cols, &df), width);
+    let grads_ref = (out_ref * tensor(&r, &df)).sum().backward();
+    assert_close(
+        kw.grad(&grads).unwrap(),
+        kf.grad(&grads_ref).unwrap(),
+        &format!("{what} dkept (no base)"),
+    );
+}
+
+#[test]
+fn channel_scatter_matches_reference() {
+    let _serial = serial();
+    scatter_case(5, 16, &[3, 0, 15, 7], 101); // unsorted, both ends
+    scatter_case(33, 1000, &(0..1000).step_by(7).collect::<Vec<_>>(), 102);
+    scatter_case(2, 9, &[4], 103);
+    scatter_case(3, 6, &[5, 4, 3, 2, 1, 0], 104); // every column
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ pub fn linear_in_compact<B: Backend, const D: usize>(
 
 /// Writes `kept` (`[..., k]`) into the channels `idx` of a zero tensor of width `width`
 /// (`[..., width]`): the sliced output in place, e.g. to add a full-width LoRA output to it.
+///
+/// On burn-wgpu/burn-cuda this is `kernels_cubecl`'s column scatter (one pass over the output,
+/// a gather backward) instead of burn's `scatter`, which runs one thread per column there.
 pub fn scatter_channels<B: Backend, const D: usize>(
     kept: Tensor<B, D>,
     idx: Tensor<B, 1, Int>,
@@ -63,15 +66,7 @@ pub fn scatter_channels<B: Backend, const D: usize>(
     let k = dims[D - 1];
     dims[D - 1] = width;
     let rows: usize = dims[..D - 1].iter().product();
-    let zeros = Tensor::<B, 2>::zeros([rows, width], (&kept.device(), kept.dtype()));
-    let index = idx.reshape([1, k]).expand([rows, k]);
-    zeros
-        .scatter(
-            1,
-            index,
-            kept.reshape([rows, k]),
-            burn::tensor::IndexingUpdateOp::Add,
-        )
+    kernels_cubecl::channel_scatter::scatter_columns(kept.reshape([rows, k]), idx, width)
         .reshape(dims)
 }
 

@@ -1,0 +1,103 @@
+//! The column scatter under `Autodiff`: the fused forward, recording [`ScatterBackward`] (no
+//! base) or [`ScatterAddBackward`], whose state is the indices: the base's gradient is the
+//! output's, the kept values' is the output gradient's kept columns.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+
+use super::kernel;
+use crate::dispatch::Cube;
+
+/// Backward of `out = scatter(kept, idx)`: `dkept = dout[:, idx]`.
+#[derive(Debug)]
+pub(super) struct ScatterBackward;
+
+impl<C: Cube> Backward<C, 1> for ScatterBackward {
+    /// The kept columns' indices.
+    type State = IntTensor<C>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let idx = ops.state;
+        unary::<C, _>(ops.parents, ops.node, grads, |dout| {
+            C::float_from(kernel::gather_columns(
+                C::float_into(dout),
+                C::int_into(idx),
+            ))
+        });
+    }
+}
+
+/// Backward of `out = base + scatter(kept, idx)`: `dbase = dout`, `dkept = dout[:, idx]`.
+#[derive(Debug)]
+pub(super) struct ScatterAddBackward;
+
+impl<C: Cube> Backward<C, 2> for ScatterAddBackward {
+    /// The kept columns' indices.
+    type State = IntTensor<C>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let idx = ops.state;
+        let dout = grads.consume::<C>(&ops.node);
+        let [base_node, kept_node] = ops.parents;
+        if let Some(node) = kept_node {
+            let dkept = kernel::gather_columns(C::float_into(dout.clone()), C::int_into(idx));
+            grads.register::<C>(node.id, C::float_from(dkept));
+        }
+        if let Some(node) = base_node {
+            grads.register::<C>(node.id, dout);
+        }
+    }
+}
+
+/// The fused `scatter(kept, idx)` (tracked or not).
+pub(super) fn scatter<C: Cube>(
+    kept: FloatTensor<Autodiff<C>>,
+    idx: IntTensor<C>,
+    width: usize,
+) -> FloatTensor<Autodiff<C>> {
+    let out = C::float_from(kernel::forward(
+        None,
+        C::float_into(kept.primitive.clone()),
+        C::int_into(idx.clone()),
+        width,
+    ));
+    match <ScatterBackward as Backward<C, 1>>::prepare::<NoCheckpointing>(
+        ScatterBackward,
+        [kept.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(idx, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// The fused `base + scatter(kept, idx)` (tracked or not).
+pub(super) fn scatter_add<C: Cube>(
+    base: FloatTensor<Autodiff<C>>,
+    kept: FloatTensor<Autodiff<C>>,
+    idx: IntTensor<C>,
+    width: usize,
+) -> FloatTensor<Autodiff<C>> {
+    let out = C::float_from(kernel::forward(
+        Some(C::float_into(base.primitive.clone())),
+        C::float_into(kept.primitive.clone()),
+        C::int_into(idx.clone()),
+        width,
+    ));
+    match <ScatterAddBackward as Backward<C, 2>>::prepare::<NoCheckpointing>(
+        ScatterAddBackward,
+        [base.node.clone(), kept.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(idx, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}

@@ -1,0 +1,215 @@
+//! The column scatter kernels: a column -> kept-position map (`-1` where a column is not kept),
+//! then one pass over the output that reads `base` and the kept value of its column; the backward
+//! gathers the output gradient's kept columns.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+
+use crate::common::{address_type, count_launch, elementwise_launch};
+
+/// `positions[c] = -1` for every column `c`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn clear_positions_kernel(positions: &mut Tensor<i32>, width: usize) {
+    let c = ABSOLUTE_POS;
+    if c < width {
+        positions[c] = -1i32;
+    }
+}
+
+/// `positions[idx[j]] = j` for every kept position `j` (the indices are distinct).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn set_positions_kernel<M: Int>(
+    idx: &Tensor<M>,
+    positions: &mut Tensor<i32>,
+    k: usize,
+    #[define(M)] _dtype: StorageType,
+) {
+    let j = ABSOLUTE_POS;
+    if j < k {
+        let c = usize::cast_from(idx[j * idx.stride(0)]);
+        positions[c] = i32::cast_from(j);
+    }
+}
+
+/// `out[r, c] = base[r, c] + kept[r, positions[c]]` (no `base` term without one; no `kept` term
+/// where `positions[c] < 0`).
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn scatter_forward_kernel<F: Float>(
+    base: &Tensor<F>,
+    kept: &Tensor<F>,
+    positions: &Tensor<i32>,
+    out: &mut Tensor<F>,
+    rows: usize,
+    width: usize,
+    k: usize,
+    #[comptime] has_base: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let at = ABSOLUTE_POS;
+    if at >= rows * width {
+        terminate!();
+    }
+    let (r, c) = (at / width, at % width);
+    let p = positions[c];
+    let mut value = F::new(0.0);
+    if has_base {
+        value = base[at];
+    }
+    if p >= 0 {
+        value += kept[r * k + usize::cast_from(p)];
+    }
+    out[at] = value;
+}
+
+/// `dkept[r, j] = dout[r, idx[j]]`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn gather_columns_kernel<F: Float, M: Int>(
+    dout: &Tensor<F>,
+    idx: &Tensor<M>,
+    dkept: &mut Tensor<F>,
+    rows: usize,
+    width: usize,
+    k: usize,
+    #[define(F, M)] _dtypes: [StorageType; 2],
+) {
+    let at = ABSOLUTE_POS;
+    if at >= rows * k {
+        terminate!();
+    }
+    let (r, j) = (at / k, at % k);
+    let c = usize::cast_from(idx[j * idx.stride(0)]);
+    dkept[at] = dout[r * width + c];
+}
+
+/// The column -> kept-position map of `idx` over `width` columns, `[width]` i32.
+fn positions<R: CubeRuntime>(idx: &CubeTensor<R>, width: usize) -> CubeTensor<R> {
+    let k = idx.meta.shape()[0];
+    let positions = empty_device_contiguous_dtype(
+        idx.client.clone(),
+        idx.device.clone(),
+        Shape::new([width]),
+        DType::I32,
+    );
+    let client = idx.client.clone();
+    let (dim, count) = elementwise_launch(idx, width);
+    count_launch();
+    // SAFETY: `c < width` indexes the `[width]` output.
+    unsafe {
+        clear_positions_kernel::launch_unchecked::<R>(
+            &client,
+            count,
+            dim,
+            address_type(&[&positions]),
+            positions.clone().into_tensor_arg(),
+            width,
+        )
+    };
+    let (dim, count) = elementwise_launch(idx, k.max(1));
+    count_launch();
+    // SAFETY: `j < k` indexes `idx`; the caller checked every index is below `width`.
+    unsafe {
+        set_positions_kernel::launch_unchecked::<R>(
+            &client,
+            count,
+            dim,
+            address_type(&[idx, &positions]),
+            idx.clone().into_tensor_arg(),
+            positions.clone().into_tensor_arg(),
+            k,
+            idx.dtype.into(),
+        )
+    };
+    positions
+}
+
+/// The forward: `kept` `[rows, k]` (float), `idx` `[k]` (int, distinct, each below `width`),
+/// `base` `[rows, width]` in `kept`'s dtype or none; output contiguous `[rows, width]`.
+pub(crate) fn forward<R: CubeRuntime>(
+    base: Option<CubeTensor<R>>,
+    kept: CubeTensor<R>,
+    idx: CubeTensor<R>,
+    width: usize,
+) -> CubeTensor<R> {
+    let kept = into_contiguous(kept);
+    let (rows, k) = (kept.meta.shape()[0], kept.meta.shape()[1]);
+    let dtype = kept.dtype;
+    let positions = positions(&idx, width);
+    let out = empty_device_contiguous_dtype(
+        kept.client.clone(),
+        kept.device.clone(),
+        Shape::new([rows, width]),
+        dtype,
+    );
+    let has_base = base.is_some();
+    // Without a base the kernel never reads it: `kept` stands in for the argument.
+    let base = base.map(into_contiguous).unwrap_or_else(|| kept.clone());
+    let client = kept.client.clone();
+    let (dim, count) = elementwise_launch(&out, rows * width);
+    let address = address_type(&[&base, &kept, &positions, &out]);
+    count_launch();
+    // SAFETY: `at < rows * width` indexes `base` and `out`; `positions[c]`, when set, is below
+    // `k`, so `r * k + p` indexes `kept`.
+    unsafe {
+        scatter_forward_kernel::launch_unchecked::<R>(
+            &client,
+            count,
+            dim,
+            address,
+            base.into_tensor_arg(),
+            kept.into_tensor_arg(),
+            positions.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            width,
+            k,
+            has_base,
+            dtype.into(),
+        )
+    };
+    out
+}
+
+/// The kept values' gradient: `dout`'s columns `idx`, contiguous `[rows, k]`.
+pub(crate) fn gather_columns<R: CubeRuntime>(
+    dout: CubeTensor<R>,
+    idx: CubeTensor<R>,
+) -> CubeTensor<R> {
+    let dout = into_contiguous(dout);
+    let (rows, width) = (dout.meta.shape()[0], dout.meta.shape()[1]);
+    let k = idx.meta.shape()[0];
+    let dtype = dout.dtype;
+    let dkept = empty_device_contiguous_dtype(
+        dout.client.clone(),
+        dout.device.clone(),
+        Shape::new([rows, k]),
+        dtype,
+    );
+    let client = dout.client.clone();
+    let (dim, count) = elementwise_launch(&dkept, (rows * k).max(1));
+    let address = address_type(&[&dout, &idx, &dkept]);
+    let dtypes = [dtype.into(), idx.dtype.into()];
+    count_launch();
+    // SAFETY: `at < rows * k` indexes `dkept`; `idx[j] < width`, so `r * width + c` indexes
+    // `dout`.
+    unsafe {
+        gather_columns_kernel::launch_unchecked::<R>(
+            &client,
+            count,
+            dim,
+            address,
+            dout.into_tensor_arg(),
+            idx.into_tensor_arg(),
+            dkept.clone().into_tensor_arg(),
+            rows,
+            width,
+            k,
+            dtypes,
+        )
+    };
+    dkept
+}

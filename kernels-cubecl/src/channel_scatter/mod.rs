@@ -1,0 +1,100 @@
+//! Writing a channel slice's output back to full width: `kept` (`[rows, k]`, the output channels
+//! `idx` of a sliced product) into the columns `idx` of a zero tensor, or added into a full-width
+//! `base` (the dense LoRA output) — issue #10's scatter "fused with the dense LoRA output add".
+//!
+//! burn-cubecl 0.21's `scatter` runs one thread per column looping over the rows (docs/perf.md:
+//! 203 ms in 244 calls at LLaMA3-8B), and a separate add would read and write the full width once
+//! more. Here: a column -> kept-position map (two tiny launches), then one pass over the output,
+//! each element reading its `base` value and, where its column is kept, its kept value. The
+//! backward gathers the output gradient's kept columns (one pass over `[rows, k]`); the base's
+//! gradient is the output's.
+
+mod backward;
+mod kernel;
+pub mod reference;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+
+use crate::common::float_dtype;
+use crate::dispatch::{cast, on_route, route, Cube};
+
+/// `kept` (`[rows, k]`) written into the columns `idx` (`[k]`, distinct, each below `width`) of a
+/// `[rows, width]` zero tensor. On burn-wgpu/burn-cuda three kernels forward and one backward;
+/// elsewhere, for other dtypes or an empty input, the [reference](reference::scatter_columns).
+/// Indices outside `0..width` or repeated are the caller's to rule out (the kernels do not check).
+pub fn scatter_columns<B: Backend>(
+    kept: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+    width: usize,
+) -> Tensor<B, 2> {
+    let [rows, k] = kept.dims();
+    let fits = float_dtype(kept.dtype()) && idx.dims() == [k] && rows * k > 0 && width > 0;
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::scatter_columns(kept, idx, width);
+    };
+    on_route!(route, C =>
+        plain: cast(plain::<C>(None, cast(kept), cast(idx), width)),
+        autodiff: {
+            let kept: Tensor<Autodiff<C>, 2> = cast(kept);
+            let idx: Tensor<Autodiff<C>, 1, Int> = cast(idx);
+            let out = backward::scatter::<C>(
+                kept.into_primitive().tensor(),
+                idx.into_primitive(),
+                width,
+            );
+            cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
+        },
+    )
+}
+
+/// `base` (`[rows, width]`) with `kept` (`[rows, k]`, same dtype) added into its columns `idx`
+/// (`[k]`, distinct, each below `width`). Dispatch as [`scatter_columns`].
+pub fn scatter_add_columns<B: Backend>(
+    base: Tensor<B, 2>,
+    kept: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+) -> Tensor<B, 2> {
+    let [rows, width] = base.dims();
+    let [kept_rows, k] = kept.dims();
+    let fits = float_dtype(kept.dtype())
+        && base.dtype() == kept.dtype()
+        && kept_rows == rows
+        && idx.dims() == [k]
+        && rows * k > 0
+        && width > 0;
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::scatter_add_columns(base, kept, idx);
+    };
+    on_route!(route, C =>
+        plain: cast(plain::<C>(Some(cast(base)), cast(kept), cast(idx), width)),
+        autodiff: {
+            let base: Tensor<Autodiff<C>, 2> = cast(base);
+            let kept: Tensor<Autodiff<C>, 2> = cast(kept);
+            let idx: Tensor<Autodiff<C>, 1, Int> = cast(idx);
+            let out = backward::scatter_add::<C>(
+                base.into_primitive().tensor(),
+                kept.into_primitive().tensor(),
+                idx.into_primitive(),
+                width,
+            );
+            cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
+        },
+    )
+}
+
+fn plain<C: Cube>(
+    base: Option<Tensor<C, 2>>,
+    kept: Tensor<C, 2>,
+    idx: Tensor<C, 1, Int>,
+    width: usize,
+) -> Tensor<C, 2> {
+    let out = kernel::forward(
+        base.map(|b| C::float_into(b.into_primitive().tensor())),
+        C::float_into(kept.into_primitive().tensor()),
+        C::int_into(idx.into_primitive()),
+        width,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(C::float_from(out)))
+}
