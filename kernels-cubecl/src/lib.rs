@@ -63,6 +63,7 @@ pub mod channel_scatter;
 pub mod cross_entropy;
 pub mod rms_norm;
 pub mod rope;
+pub mod sequence_mean;
 pub mod swiglu;
 pub mod top_k;
 
@@ -80,6 +81,7 @@ pub mod reference {
     pub use crate::cross_entropy::reference::row_nll;
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;
+    pub use crate::sequence_mean::reference::sequence_means;
     pub use crate::swiglu::reference::swiglu;
     pub use crate::top_k::reference::top_k;
 }

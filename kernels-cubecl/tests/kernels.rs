@@ -14,7 +14,7 @@ use common::{data, random, serial};
 
 use kernels_cubecl::{
     causal_softmax, channel_scatter, cross_entropy, fused_available, fused_launches, reference,
-    rms_norm, rope, swiglu, top_k,
+    rms_norm, rope, sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -603,6 +603,56 @@ fn channel_scatter_matches_reference() {
     scatter_case(33, 1000, &(0..1000).step_by(7).collect::<Vec<_>>(), 102);
     scatter_case(2, 9, &[4], 103);
     scatter_case(3, 6, &[5, 4, 3, 2, 1, 0], 104); // every column
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequence means (the estimator's MLP input)
+
+fn sequence_mean_case(b: usize, s: usize, d: usize, invalid: &[&[usize]], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let x = data([b, s, d], seed, 1.0, 0.3);
+    let what = format!("sequence_means b={b} s={s} d={d}");
+    for mask_padding in [true, false] {
+        let fused = launches(2, &what, || {
+            sequence_mean::sequence_means(
+                tensor::<W, 3>(&x, &dw),
+                key_valid::<W>(b, s, invalid, &dw),
+                mask_padding,
+            )
+        });
+        let expected = reference::sequence_means(
+            tensor::<Flex, 3>(&x, &df),
+            key_valid::<Flex>(b, s, invalid, &df),
+            mask_padding,
+        );
+        assert_close(
+            fused,
+            expected,
+            &format!("{what} mask_padding={mask_padding}"),
+        );
+        // Under autodiff too (no gradient: the estimator's input).
+        let fused = launches(2, &what, || {
+            sequence_mean::sequence_means(
+                tensor::<AW, 3>(&x, &dw).require_grad(),
+                key_valid::<AW>(b, s, invalid, &dw),
+                mask_padding,
+            )
+        });
+        let expected = reference::sequence_means(
+            tensor::<Flex, 3>(&x, &df),
+            key_valid::<Flex>(b, s, invalid, &df),
+            mask_padding,
+        );
+        assert_close(fused, expected, &format!("{what} autodiff"));
+    }
+}
+
+#[test]
+fn sequence_means_match_reference() {
+    let _serial = serial();
+    sequence_mean_case(3, 70, 64, &[&[0, 1, 2], &[69], &[]], 111); // vector loads, 3 chunks
+    sequence_mean_case(2, 5, 7, &[&[], &[0, 1, 2, 3, 4]], 112); // odd width; an empty sequence
+    sequence_mean_case(1, 512, 576, &[&(0..100).collect::<Vec<_>>()], 113);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -75,6 +75,9 @@ pub fn token_rows<B: Backend>(
 /// The mean of each sequence, `[batch, d]` in f32: over its real tokens when `mask_padding`
 /// (a sequence without any is all zeros), over every position otherwise (the reference code).
 ///
+/// On burn's cubecl backends two kernels that read `x` once in its dtype
+/// ([`kernels_cubecl::sequence_mean`]); elsewhere burn ops.
+///
 /// # Shapes
 /// - `x`: `[batch, seq, d]`, `tokens`: `[batch, seq]` true for real tokens
 pub fn sequence_means<B: Backend>(
@@ -82,17 +85,7 @@ pub fn sequence_means<B: Backend>(
     tokens: Tensor<B, 2, Bool>,
     mask_padding: bool,
 ) -> Tensor<B, 2> {
-    let [b, _, d] = x.dims();
-    let x = x.cast(DType::F32);
-    if !mask_padding {
-        return x.mean_dim(1).reshape([b, d]);
-    }
-    let weights = tokens.float().cast(DType::F32); // [b, s]
-    let counts = weights.clone().sum_dim(1).clamp_min(1.0); // [b, 1]
-    let sums = (x * weights.unsqueeze_dim::<3>(2))
-        .sum_dim(1)
-        .reshape([b, d]);
-    sums / counts
+    kernels_cubecl::sequence_mean::sequence_means(x, tokens, mask_padding)
 }
 
 /// The L2 norm of each column of `y` (`[rows, channels]`) over its rows: `[channels]`, f32.
