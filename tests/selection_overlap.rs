@@ -72,7 +72,7 @@ fn agreement(set: Tensor<B, 1, Int>, oracle: Tensor<B, 1, Int>, scores: &[f64]) 
 }
 
 /// `x W^T` of a frozen projection, f32.
-fn project(x: Tensor<B, 2>, projection: &llama_burn::projection::Projection<B>) -> Tensor<B, 2> {
+fn project(x: Tensor<B, 2>, projection: &lora::LoraLinear<B>) -> Tensor<B, 2> {
     x.matmul(projection.weight.val().transpose())
 }
 

@@ -12,19 +12,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use llama_burn::adapters::module_path;
-use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, SparsityPlan};
-use lora::LoraTarget;
+use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, LlamaProjection, SparsityPlan};
 
 use crate::svd::{estimator_factors, FACTOR_TOLERANCE};
 
 /// Projections the estimator needs factors for: the output-sliced ones.
-pub const ESTIMATED: [LoraTarget; 5] = [
-    LoraTarget::Gate,
-    LoraTarget::Up,
-    LoraTarget::Q,
-    LoraTarget::K,
-    LoraTarget::V,
+pub const ESTIMATED: [LlamaProjection; 5] = [
+    LlamaProjection::Gate,
+    LlamaProjection::Up,
+    LlamaProjection::Q,
+    LlamaProjection::K,
+    LlamaProjection::V,
 ];
 
 /// v2: factors from the converged SVD (v1 caches hold 2-iteration factors, 23-112% off the exact
@@ -140,7 +138,7 @@ impl std::fmt::Display for BuildReason {
 
 /// Whether a sparsity plan needs factors of `target` in `layer`: gate/up where the MLP is sparse,
 /// q/k/v where attention is.
-pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LoraTarget) -> bool {
+pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LlamaProjection) -> bool {
     let block = if target.is_attention() {
         Block::Attn
     } else {
@@ -150,16 +148,16 @@ pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LoraTarget) -> bool
 }
 
 /// `(in, out)` of a projection of `config`.
-fn projection_dims(config: &LlamaConfig, target: LoraTarget) -> (usize, usize) {
+fn projection_dims(config: &LlamaConfig, target: LlamaProjection) -> (usize, usize) {
     let (d, ff) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim();
     let kv = config.n_kv_heads() * config.head_dim();
     match target {
-        LoraTarget::Gate | LoraTarget::Up => (d, ff),
-        LoraTarget::Down => (ff, d),
-        LoraTarget::Q => (d, q),
-        LoraTarget::O => (q, d),
-        LoraTarget::K | LoraTarget::V => (d, kv),
+        LlamaProjection::Gate | LlamaProjection::Up => (d, ff),
+        LlamaProjection::Down => (ff, d),
+        LlamaProjection::Q => (d, q),
+        LlamaProjection::O => (q, d),
+        LlamaProjection::K | LlamaProjection::V => (d, kv),
     }
 }
 
@@ -192,7 +190,7 @@ impl<B: Backend> SvdCache<B> {
     pub fn build(
         model: &LlamaForCausalLM<B>,
         rank: usize,
-        wanted: impl Fn(usize, LoraTarget) -> bool,
+        wanted: impl Fn(usize, LlamaProjection) -> bool,
     ) -> Self {
         let (mut factors, mut unconverged) = (BTreeMap::new(), BTreeMap::new());
         for (i, layer) in model.model.layers.iter().enumerate() {
@@ -204,7 +202,7 @@ impl<B: Backend> SvdCache<B> {
                 // SparseLoRA run out of memory within 25 steps).
                 let weight = layer.projection(target).weight.val().detach();
                 let built = estimator_factors(weight, rank);
-                let path = module_path(i, target);
+                let path = target.path(i);
                 if built.error_bound > FACTOR_TOLERANCE {
                     unconverged.insert(path.clone(), built.error_bound);
                 }
@@ -281,11 +279,11 @@ impl<B: Backend> SvdCache<B> {
     pub fn check_covers(
         &self,
         config: &LlamaConfig,
-        needed: impl Fn(usize, LoraTarget) -> bool,
+        needed: impl Fn(usize, LlamaProjection) -> bool,
     ) -> Result<(), CoverageError> {
         for layer in 0..config.num_hidden_layers {
             for target in ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
-                let module = module_path(layer, target);
+                let module = target.path(layer);
                 let Some((w1, w2)) = self.factors.get(&module) else {
                     return Err(CoverageError::Missing { module });
                 };

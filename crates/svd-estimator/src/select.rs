@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
-use llama_burn::adapters::module_path;
 use llama_burn::attention::LlamaAttention;
 use llama_burn::mlp::LlamaMlp;
-use llama_burn::projection::Projection;
 use llama_burn::sparsity::kept_channels;
-use llama_burn::{AttnChannels, Block, ChannelSelector, LlamaConfig, SparsityPlan};
-use lora::LoraTarget;
+use llama_burn::{
+    AttnChannels, Block, ChannelSelector, LlamaConfig, LlamaProjection, SparsityPlan,
+};
+use lora::LoraLinear;
 
 use crate::cache::{plan_needs, CoverageError, SvdCache};
 use crate::mode::SelectionMode;
@@ -151,16 +151,18 @@ impl<B: Backend> SvdChannelSelector<B> {
                     if plan.ratio(layer, block) <= 0.0 {
                         continue;
                     }
-                    let members: &[LoraTarget] = match block {
-                        Block::Attn => &[LoraTarget::Q, LoraTarget::K, LoraTarget::V],
-                        Block::Mlp => &[LoraTarget::Gate, LoraTarget::Up],
+                    let members: &[LlamaProjection] = match block {
+                        Block::Attn => {
+                            &[LlamaProjection::Q, LlamaProjection::K, LlamaProjection::V]
+                        }
+                        Block::Mlp => &[LlamaProjection::Gate, LlamaProjection::Up],
                     };
                     // Constants: no autodiff history may reach the estimates (see
                     // `SvdCache::build`).
                     let parts: Option<Vec<_>> = members
                         .iter()
                         .map(|&target| {
-                            let (w1, w2) = cache.factors.get(&module_path(layer, target))?;
+                            let (w1, w2) = cache.factors.get(&target.path(layer))?;
                             Some((w1.clone().detach(), w2.clone().detach()))
                         })
                         .collect();
@@ -189,7 +191,7 @@ impl<B: Backend> SvdChannelSelector<B> {
     }
 
     /// `rows` (`[n, in]`, f32) through the true `projection` (oracle mode): `[n, out]` in f32.
-    fn project_exactly(projection: &Projection<B>, rows: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn project_exactly(projection: &LoraLinear<B>, rows: Tensor<B, 2>) -> Tensor<B, 2> {
         let weight = projection.weight.val().detach();
         let y = rows.cast(weight.dtype()).matmul(weight.transpose());
         y.cast(DType::F32)
