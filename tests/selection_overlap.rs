@@ -205,12 +205,17 @@ fn estimated_channels_overlap_the_oracle_far_more_than_random_ones() {
         let block = &model.model.layers[layer];
         let (attn_x, mlp_x) = (&inputs[layer].attn_input, &inputs[layer].mlp_input);
         let mlp = |s: &SvdChannelSelector<B>| {
-            s.mlp(layer, &block.mlp, mlp_x.clone(), mask.clone())
+            s.mlp(layer, block.mlp.projections(), mlp_x.clone(), mask.clone())
                 .unwrap()
         };
         let attn = |s: &SvdChannelSelector<B>| {
-            s.attention(layer, &block.self_attn, attn_x.clone(), mask.clone())
-                .unwrap()
+            s.attention(
+                layer,
+                block.self_attn.projections(),
+                attn_x.clone(),
+                mask.clone(),
+            )
+            .unwrap()
         };
         let scores = oracle_scores(&model, layer, &inputs[layer], &mask);
         let (truth, e, r) = (attn(&oracle), attn(&estimated), attn(&random));

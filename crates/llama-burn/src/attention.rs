@@ -10,7 +10,7 @@ use lora::LoraLinear;
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
 use crate::rope::RopeAngles;
-use crate::sparsity::{AttnChannels, SparseForward};
+use crate::sparsity::{AttentionProjections, AttnChannels, SparseForward};
 
 /// Which keys each query may read.
 #[derive(Debug, Clone)]
@@ -57,6 +57,19 @@ impl<B: Backend> LlamaAttention<B> {
             n_heads: nq,
             n_kv_heads: nkv,
             head_dim: hd,
+        }
+    }
+
+    /// The projections and head layout, as a channel selector reads them.
+    pub fn projections(&self) -> AttentionProjections<'_, B> {
+        AttentionProjections {
+            q_proj: &self.q_proj,
+            k_proj: &self.k_proj,
+            v_proj: &self.v_proj,
+            o_proj: &self.o_proj,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
         }
     }
 

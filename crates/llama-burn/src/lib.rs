@@ -42,7 +42,8 @@ pub use loss::causal_lm_loss;
 pub use model::{ForwardOutput, LayerInputs, LlamaForCausalLM};
 pub use projection::LlamaProjection;
 pub use sparsity::{
-    AttnChannels, Block, ChannelSelector, LayerSparsity, SparseForward, SparsityPlan, TokenSplit,
+    AttentionProjections, AttnChannels, Block, ChannelSelector, LayerSparsity, MlpProjections,
+    SparseForward, SparsityPlan, TokenSplit,
 };
 pub use tokenizer::LlamaTokenizer;
 

@@ -6,7 +6,7 @@ use kernels_cubecl::swiglu;
 use lora::LoraLinear;
 
 use crate::config::LlamaConfig;
-use crate::sparsity::SparseForward;
+use crate::sparsity::{MlpProjections, SparseForward};
 
 /// The MLP of one decoder layer.
 #[derive(Module, Debug)]
@@ -27,6 +27,15 @@ impl<B: Backend> LlamaMlp<B> {
             gate_proj: LoraLinear::new(d, ff, device),
             up_proj: LoraLinear::new(d, ff, device),
             down_proj: LoraLinear::new(ff, d, device),
+        }
+    }
+
+    /// The projections, as a channel selector reads them.
+    pub fn projections(&self) -> MlpProjections<'_, B> {
+        MlpProjections {
+            gate_proj: &self.gate_proj,
+            up_proj: &self.up_proj,
+            down_proj: &self.down_proj,
         }
     }
 

@@ -67,7 +67,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
             let x = attn_input.clone().detach();
             s.forward
                 .selector
-                .attention(s.layer, &self.self_attn, x, s.tokens.clone())
+                .attention(s.layer, self.self_attn.projections(), x, s.tokens.clone())
         });
         let attn = match (&sparse, channels) {
             (Some(s), Some(channels)) => {
@@ -90,7 +90,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
             let x = mlp_input.clone().detach();
             s.forward
                 .selector
-                .mlp(s.layer, &self.mlp, x, s.tokens.clone())
+                .mlp(s.layer, self.mlp.projections(), x, s.tokens.clone())
         });
         let mlp = match (&sparse, channels) {
             (Some(s), Some(idx)) => self.mlp.forward_sparse(mlp_input, &idx, s.forward),
@@ -134,6 +134,35 @@ pub struct LlamaForCausalLM<B: Backend> {
     /// The LoRA hyper-parameters of the attached adapters (see `adapters.rs`).
     #[module(skip)]
     pub(crate) lora_config: Option<LoraConfig>,
+}
+
+// The constructors live beside the model they build, so that `config.rs` (which every block
+// reads) does not import the model: no import cycle inside the crate.
+impl LlamaConfig {
+    /// Builds a model whose weights are initialised lazily, on first use: loaders overwrite them
+    /// without ever drawing random numbers.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
+        LlamaForCausalLM::new(self, device)
+    }
+
+    /// Builds a model with random weights drawn now, in a fixed order, from the backend's
+    /// generator: seed the backend first (`B::seed`) and the model is reproducible, whatever
+    /// else later draws random numbers (lazy weights would take their values from whatever the
+    /// generator holds at their first use).
+    pub fn init_random<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
+        struct Materialize;
+        impl<B: Backend> burn::module::ModuleVisitor<B> for Materialize {
+            fn visit_float<const D: usize>(
+                &mut self,
+                param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+            ) {
+                let _ = param.val();
+            }
+        }
+        let model = self.init::<B>(device);
+        burn::module::Module::visit(&model, &mut Materialize);
+        model
+    }
 }
 
 /// Everything one forward pass can return.

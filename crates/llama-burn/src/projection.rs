@@ -5,7 +5,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::tensor::{backend::Backend, Tensor};
 use lora::{LoraError, TargetModules};
+
+use crate::model::LlamaForCausalLM;
 
 /// A projection of a LLaMA decoder layer (each one a [`lora::LoraLinear`]).
 ///
@@ -125,6 +128,32 @@ impl FromStr for LlamaProjection {
 impl fmt::Display for LlamaProjection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.short_name())
+    }
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// The frozen `[out, in]` weights of the projections `which` of every layer that `wanted`
+    /// accepts, each under its HF module path (`model.layers.3.mlp.gate_proj`), layer by layer
+    /// and in the order of `which`: the named weights a model-agnostic consumer (SparseLoRA's
+    /// estimator) builds from. Lazy, so a consumer's work interleaves with the reads as if it
+    /// walked the model itself.
+    pub fn projection_weights<'a>(
+        &'a self,
+        which: &'a [LlamaProjection],
+        wanted: impl Fn(usize, LlamaProjection) -> bool + 'a,
+    ) -> impl Iterator<Item = (String, Tensor<B, 2>)> + 'a {
+        let wanted = std::rc::Rc::new(wanted);
+        self.model
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, layer)| {
+                let wanted = wanted.clone();
+                which
+                    .iter()
+                    .filter(move |&&p| wanted(i, p))
+                    .map(move |&p| (p.path(i), layer.projection(p).weight.val()))
+            })
     }
 }
 

@@ -6,11 +6,9 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData, Tolerance};
-use llama_burn::attention::LlamaAttention;
-use llama_burn::mlp::LlamaMlp;
 use llama_burn::{
-    AttnChannels, ChannelSelector, LlamaConfig, LlamaForCausalLM, LlamaProjection, SparseForward,
-    TokenSplit,
+    AttentionProjections, AttnChannels, ChannelSelector, LlamaConfig, LlamaForCausalLM,
+    LlamaProjection, MlpProjections, SparseForward, TokenSplit,
 };
 use lora::{LoraAdapter, LoraConfig, LoraLinear};
 
@@ -30,7 +28,7 @@ impl ChannelSelector<B> for FixedChannels {
     fn attention(
         &self,
         layer: usize,
-        _attn: &LlamaAttention<B>,
+        _attn: AttentionProjections<'_, B>,
         _x: Tensor<B, 3>,
         _tokens: Tensor<B, 2, Bool>,
     ) -> Option<AttnChannels<B>> {
@@ -45,7 +43,7 @@ impl ChannelSelector<B> for FixedChannels {
     fn mlp(
         &self,
         layer: usize,
-        _mlp: &LlamaMlp<B>,
+        _mlp: MlpProjections<'_, B>,
         _x: Tensor<B, 3>,
         _tokens: Tensor<B, 2, Bool>,
     ) -> Option<Tensor<B, 1, Int>> {

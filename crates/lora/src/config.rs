@@ -2,10 +2,8 @@
 //!
 //! Defaults are SparseLoRA's (rank 32, alpha 64, dropout 0, q/k/v/o), see SPEC.md section 3.
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::LoraAdapter;
 use crate::error::{LoraError, Result};
 use crate::target::TargetModules;
 
@@ -98,20 +96,6 @@ impl LoraConfig {
             return bad("no target modules".into());
         }
         Ok(())
-    }
-
-    /// A freshly initialised adapter for a `[d_out, d_in]` projection: A Kaiming-uniform as
-    /// PEFT draws it, B zero. See [`LoraAdapter::new`].
-    ///
-    /// # Panics
-    /// If the config is invalid (see [`Self::validate`]).
-    pub fn init<B: Backend>(
-        &self,
-        d_in: usize,
-        d_out: usize,
-        device: &B::Device,
-    ) -> LoraAdapter<B> {
-        LoraAdapter::new(self, d_in, d_out, device)
     }
 }
 

@@ -186,28 +186,34 @@ pub struct SvdCache<B: Backend> {
 
 impl<B: Backend> SvdCache<B> {
     /// Computes the factors of every projection in `ESTIMATED` of the layers `wanted` accepts,
-    /// on the model's device.
+    /// on the model's device: [`Self::from_weights`] on the model's named projection weights.
     pub fn build(
         model: &LlamaForCausalLM<B>,
         rank: usize,
         wanted: impl Fn(usize, LlamaProjection) -> bool,
     ) -> Self {
+        Self::from_weights(model.projection_weights(&ESTIMATED, wanted), rank)
+    }
+
+    /// Computes the rank-`rank` factors of each named `[out, in]` weight (in the order given: the
+    /// randomized SVD draws from the backend's generator), keyed by its name (a module path such
+    /// as `model.layers.3.mlp.gate_proj`, which the selector looks factors up by).
+    pub fn from_weights(
+        weights: impl IntoIterator<Item = (String, Tensor<B, 2>)>,
+        rank: usize,
+    ) -> Self {
         let (mut factors, mut unconverged) = (BTreeMap::new(), BTreeMap::new());
-        for (i, layer) in model.model.layers.iter().enumerate() {
-            for target in ESTIMATED.into_iter().filter(|&t| wanted(i, t)) {
-                // Detached: the factors are constants. Built from a weight that still requires a
-                // gradient (the base before LoRA freezes it), they would carry autodiff history,
-                // and every estimate made with them would add backward steps to the graph that
-                // no backward ever consumes: memory that grows every step (it ran an 8B
-                // SparseLoRA run out of memory within 25 steps).
-                let weight = layer.projection(target).weight.val().detach();
-                let built = estimator_factors(weight, rank);
-                let path = target.path(i);
-                if built.error_bound > FACTOR_TOLERANCE {
-                    unconverged.insert(path.clone(), built.error_bound);
-                }
-                factors.insert(path, (built.w1.detach(), built.w2.detach()));
+        for (name, weight) in weights {
+            // Detached: the factors are constants. Built from a weight that still requires a
+            // gradient (the base before LoRA freezes it), they would carry autodiff history,
+            // and every estimate made with them would add backward steps to the graph that
+            // no backward ever consumes: memory that grows every step (it ran an 8B
+            // SparseLoRA run out of memory within 25 steps).
+            let built = estimator_factors(weight.detach(), rank);
+            if built.error_bound > FACTOR_TOLERANCE {
+                unconverged.insert(name.clone(), built.error_bound);
             }
+            factors.insert(name, (built.w1.detach(), built.w2.detach()));
         }
         Self {
             rank,
