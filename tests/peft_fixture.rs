@@ -14,8 +14,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Tensor, TensorData};
 use integration_tests::{fixture, scratch, TestBackend};
 use llama_burn::golden::relative_error;
-use llama_burn::{causal_lm_loss, load_hf_folder, LlamaForCausalLM};
-use lora::{LoraAdapter, LoraConfig, LoraTarget};
+use llama_burn::{causal_lm_loss, load_hf_folder, LlamaForCausalLM, LlamaProjection};
+use lora::{LoraAdapter, LoraConfig};
 use peft_support::{batch, expected, floats, values};
 use serde_json::{json, Value};
 
@@ -149,7 +149,10 @@ fn peft_adapter_loads_for_inference_and_changes_the_base() {
         .cloned()
         .unwrap();
     assert_eq!((config.r, config.alpha, config.dropout), (8, 16.0, 0.0));
-    assert_eq!(config.targets, LoraTarget::ALL.to_vec());
+    assert_eq!(
+        config.targets,
+        LlamaProjection::target_modules(&LlamaProjection::ALL)
+    );
 
     let plain = logits_of(&base::<TestBackend>(), &json);
     let effect = relative_error(&values(plain), &floats(&json["logits"]));
@@ -199,7 +202,10 @@ fn fresh_lora_leaves_outputs_unchanged_and_trains_only_adapters() {
     let device = Default::default();
     let config = LoraConfig::new()
         .with_r(4)
-        .with_targets([LoraTarget::Q, LoraTarget::Up]);
+        .with_targets(LlamaProjection::target_modules(&[
+            LlamaProjection::Q,
+            LlamaProjection::Up,
+        ]));
     let plain = values(logits_of(&base::<Ad>(), &json));
     let model = base::<Ad>().with_lora(&config, &device);
     assert_eq!(model.lora_adapters().len(), 2 * 2);
@@ -245,7 +251,9 @@ fn lora_built_on_the_inner_backend_keeps_its_split_through_train() {
 #[test]
 fn merging_non_finite_weights_is_refused_by_module() {
     let device = Default::default();
-    let config = LoraConfig::new().with_r(1).with_targets([LoraTarget::V]);
+    let config = LoraConfig::new()
+        .with_r(1)
+        .with_targets(LlamaProjection::target_modules(&[LlamaProjection::V]));
     let mut model = base::<TestBackend>().with_lora(&config, &device);
     let proj = &mut model.model.layers[1].self_attn.v_proj;
     let (d_out, d_in) = proj.dims();
@@ -303,17 +311,23 @@ fn ours_saved_adapter_fixture_is_current() {
 /// our init and B a fixed non-zero pattern, plus our logits on the fixture batch.
 fn write_ours(dir: &std::path::Path, json: &Value, base_name: &str) {
     let device = Default::default();
-    let config = LoraConfig::new().with_r(4).with_alpha(8.0).with_targets([
-        LoraTarget::Q,
-        LoraTarget::V,
-        LoraTarget::Gate,
-        LoraTarget::Down,
-    ]);
+    let config =
+        LoraConfig::new()
+            .with_r(4)
+            .with_alpha(8.0)
+            .with_targets(LlamaProjection::target_modules(&[
+                LlamaProjection::Q,
+                LlamaProjection::V,
+                LlamaProjection::Gate,
+                LlamaProjection::Down,
+            ]));
     let mut model = base::<TestBackend>().with_lora(&config, &device);
     for layer in &mut model.model.layers {
-        for target in config.targets.clone() {
+        for target in LlamaProjection::ALL {
             let proj = layer.projection_mut(target);
-            let adapter = proj.lora.take().unwrap();
+            let Some(adapter) = proj.lora.take() else {
+                continue;
+            };
             let (d_out, _) = adapter.dims();
             let b: Vec<f32> = (0..d_out * config.r)
                 .map(|i| 0.1 * ((i * 7 + 3) as f32).sin())

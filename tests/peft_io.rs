@@ -9,8 +9,8 @@ use burn::tensor::{DType, Distribution, Tensor};
 use integration_tests::{
     fixture, read_safetensors, scratch, write_safetensors, RawTensor, TestBackend,
 };
-use llama_burn::{load_hf_folder, LlamaForCausalLM};
-use lora::{load_peft, LoraAdapter, LoraConfig, LoraError, LoraTarget};
+use llama_burn::{load_hf_folder, LlamaForCausalLM, LlamaProjection};
+use lora::{load_peft, LoraAdapter, LoraConfig, LoraError};
 use peft_support::{batch, expected, scratch_copy_of_fixture_adapter, values};
 use serde_json::Value;
 
@@ -25,9 +25,11 @@ fn random_adapted(config: &LoraConfig) -> LlamaForCausalLM<TestBackend> {
     let device = Default::default();
     let mut model = base().with_lora(config, &device);
     for layer in &mut model.model.layers {
-        for target in config.targets.clone() {
+        for target in LlamaProjection::ALL {
             let proj = layer.projection_mut(target);
-            let adapter = proj.lora.take().unwrap();
+            let Some(adapter) = proj.lora.take() else {
+                continue;
+            };
             let (d_out, _) = adapter.dims();
             let b = Tensor::<TestBackend, 2>::random(
                 [d_out, config.r],
@@ -51,7 +53,11 @@ fn peft_save_load_round_trip_is_exact() {
         .with_r(4)
         .with_alpha(12.0)
         .with_dropout(0.05)
-        .with_targets([LoraTarget::K, LoraTarget::O, LoraTarget::Up]);
+        .with_targets(LlamaProjection::target_modules(&[
+            LlamaProjection::K,
+            LlamaProjection::O,
+            LlamaProjection::Up,
+        ]));
     let model = random_adapted(&config);
     let dir = scratch("peft-round-trip");
     model.save_peft_adapter(&dir, "my/base").unwrap();
@@ -141,6 +147,46 @@ fn peft_bf16_and_f16_adapters_load_as_f32() {
         assert_eq!(w.a.shape.to_vec(), vec![8, 64]);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// `all-linear` targets every projection of every layer: the fixture (all seven adapted) loads
+/// under it exactly as under its list of names, and saves back as `all-linear`.
+#[test]
+fn peft_all_linear_targets_every_projection() {
+    let dir = scratch_copy_of_fixture_adapter("peft-all-linear");
+    let cfg_path = dir.join("adapter_config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["target_modules"] = serde_json::json!("all-linear");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let device = Default::default();
+    let all_linear = base().load_peft_adapter(&dir, &device).unwrap();
+    let listed = base()
+        .load_peft_adapter(&fixture("peft-tiny/adapter"), &device)
+        .unwrap();
+    assert_eq!(
+        all_linear.lora_config().unwrap().targets,
+        lora::TargetModules::AllLinear
+    );
+    assert_eq!(
+        all_linear.lora_adapters().len(),
+        listed.lora_adapters().len()
+    );
+    let json = expected();
+    let (ids, mask, _) = batch::<TestBackend>(&json, &device);
+    assert_eq!(
+        values(all_linear.forward(ids.clone(), mask.clone())),
+        values(listed.forward(ids, mask)),
+    );
+
+    let saved = scratch("peft-all-linear-saved");
+    all_linear.save_peft_adapter(&saved, "my/base").unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["target_modules"], "all-linear");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&saved);
 }
 
 /// Loads a modified copy of the fixture adapter and returns the error.
@@ -244,6 +290,26 @@ fn peft_missing_unexpected_and_misshapen_tensors_are_named() {
     );
     assert!(matches!(&err, LoraError::UnexpectedTensor { .. }), "{err}");
     assert_mentions(&err, &["base_model.model.lm_head.weight"]);
+
+    // A target_modules name that matches no projection of the model (PEFT refuses it too).
+    let err = load_err(
+        "peft-unknown-target",
+        |c| {
+            c["target_modules"] = serde_json::json!([
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+                "qkv_proj"
+            ])
+        },
+        |_| {},
+    );
+    assert!(matches!(&err, LoraError::UnknownTarget { .. }), "{err}");
+    assert_mentions(&err, &["`qkv_proj`"]);
 
     // A module that is not among target_modules.
     let err = load_err(

@@ -72,7 +72,7 @@ fn agreement(set: Tensor<B, 1, Int>, oracle: Tensor<B, 1, Int>, scores: &[f64]) 
 }
 
 /// `x W^T` of a frozen projection, f32.
-fn project(x: Tensor<B, 2>, projection: &llama_burn::projection::Projection<B>) -> Tensor<B, 2> {
+fn project(x: Tensor<B, 2>, projection: &lora::LoraLinear<B>) -> Tensor<B, 2> {
     x.matmul(projection.weight.val().transpose())
 }
 
@@ -205,12 +205,17 @@ fn estimated_channels_overlap_the_oracle_far_more_than_random_ones() {
         let block = &model.model.layers[layer];
         let (attn_x, mlp_x) = (&inputs[layer].attn_input, &inputs[layer].mlp_input);
         let mlp = |s: &SvdChannelSelector<B>| {
-            s.mlp(layer, &block.mlp, mlp_x.clone(), mask.clone())
+            s.mlp(layer, block.mlp.projections(), mlp_x.clone(), mask.clone())
                 .unwrap()
         };
         let attn = |s: &SvdChannelSelector<B>| {
-            s.attention(layer, &block.self_attn, attn_x.clone(), mask.clone())
-                .unwrap()
+            s.attention(
+                layer,
+                block.self_attn.projections(),
+                attn_x.clone(),
+                mask.clone(),
+            )
+            .unwrap()
         };
         let scores = oracle_scores(&model, layer, &inputs[layer], &mask);
         let (truth, e, r) = (attn(&oracle), attn(&estimated), attn(&random));

@@ -11,8 +11,7 @@
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use integration_tests::{smollm2_files, TestBackend};
-use llama_burn::load_gguf;
-use lora::LoraTarget;
+use llama_burn::{load_gguf, LlamaProjection};
 use svd_estimator::{estimator_factors, symmetric_eigen};
 
 type B = TestBackend;
@@ -257,12 +256,12 @@ fn estimator_factors_match_the_exact_truncation_on_smollm2() {
     let layer = &model.model.layers[LAYER];
     println!("layer {LAYER}, rank {RANK}: |w1 w2 - exact truncation|_F / |exact|_F");
     for target in [
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
+        LlamaProjection::Gate,
+        LlamaProjection::Up,
+        LlamaProjection::Down,
+        LlamaProjection::Q,
+        LlamaProjection::K,
+        LlamaProjection::V,
     ] {
         let weight = layer.projection(target).weight.val();
         let (exact, gap) = exact_truncation(weight.clone().transpose().cast(DType::F64));

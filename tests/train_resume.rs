@@ -6,8 +6,8 @@ use std::path::Path;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use integration_tests::scratch;
-use llama_burn::{LlamaConfig, LlamaForCausalLM};
-use lora::{LoraConfig, LoraTarget};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use lora::LoraConfig;
 use trainer::checkpoint::latest_checkpoint;
 use trainer::{CollateConfig, ExampleBatches, RunOptions, TrainConfig, TrainError, TrainExample};
 
@@ -51,7 +51,11 @@ fn model(device: &burn::backend::flex::FlexDevice) -> LlamaForCausalLM<B> {
     let lora = LoraConfig {
         r: 4,
         alpha: 8.0,
-        targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+        targets: LlamaProjection::target_modules(&[
+            LlamaProjection::Q,
+            LlamaProjection::V,
+            LlamaProjection::Down,
+        ]),
         ..LoraConfig::default()
     };
     config.init_random::<B>(device).with_lora(&lora, device)

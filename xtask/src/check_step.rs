@@ -18,8 +18,8 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Distribution, Tensor};
 use clap::Args;
-use llama_burn::{LlamaConfig, LlamaForCausalLM};
-use lora::{LoraAdapter, LoraConfig, LoraTarget};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use lora::{LoraAdapter, LoraConfig};
 use sparselora::FactorCache;
 use trainer::step::{backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TrainBatch};
@@ -94,10 +94,10 @@ fn reference_model(
     let lora = LoraConfig::new()
         .with_r(8)
         .with_alpha(16.0)
-        .with_targets(LoraTarget::ALL);
+        .with_targets(LlamaProjection::target_modules(&LlamaProjection::ALL));
     let mut model = base.with_lora(&lora, &device);
     for layer in model.model.layers.iter_mut() {
-        for target in LoraTarget::ALL {
+        for target in LlamaProjection::ALL {
             let projection = layer.projection_mut(target);
             let (out, d_in) = projection.dims();
             let draw = |shape: [usize; 2], scale: f64| {

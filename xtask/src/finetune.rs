@@ -9,8 +9,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use llama_burn::{Block, LlamaForCausalLM};
-use lora::{LoraConfig, LoraTarget};
+use llama_burn::{Block, LlamaForCausalLM, LlamaProjection};
+use lora::LoraConfig;
 use sparselora::{FactorCache, FactorOrigin, SetupError, SparseSetup, SparsityConfig};
 use trainer::metrics::StepMetrics;
 use trainer::sparse_step::SparseTraining;
@@ -105,16 +105,13 @@ impl Finetune {
     }
 
     fn lora_config(&self) -> anyhow::Result<LoraConfig> {
-        let targets = self
-            .lora_targets
-            .split(',')
-            .map(|t| t.trim().parse::<LoraTarget>())
-            .collect::<Result<Vec<_>, _>>()
+        // LLaMA's short names (`q`, ..., `down`) become LoRA's module names (`q_proj`, ...).
+        let targets = LlamaProjection::parse_list(&self.lora_targets)
             .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
         let config = LoraConfig {
             r: self.lora_rank,
             alpha: self.lora_alpha,
-            targets,
+            targets: LlamaProjection::target_modules(&targets),
             ..LoraConfig::default()
         };
         config.validate().context("LoRA config")?;

@@ -7,76 +7,92 @@
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{backend::Backend, Tensor};
-use lora::{LoraAdapter, LoraConfig, LoraError, LoraTarget, PeftAdapter};
+use burn::tensor::backend::Backend;
+use lora::{LoraAdapter, LoraConfig, LoraError, LoraLinear, PeftAdapter};
 
 use crate::model::{LlamaDecoderLayer, LlamaForCausalLM};
-use crate::projection::Projection;
-
-/// The HF module path of a layer's projection: `model.layers.{layer}.self_attn.q_proj`.
-pub fn module_path(layer: usize, target: LoraTarget) -> String {
-    let block = if target.is_attention() {
-        "self_attn"
-    } else {
-        "mlp"
-    };
-    format!("model.layers.{layer}.{block}.{}", target.module_name())
-}
+use crate::projection::LlamaProjection;
 
 impl<B: Backend> LlamaDecoderLayer<B> {
-    /// The projection `target` names.
-    pub fn projection(&self, target: LoraTarget) -> &Projection<B> {
-        match target {
-            LoraTarget::Q => &self.self_attn.q_proj,
-            LoraTarget::K => &self.self_attn.k_proj,
-            LoraTarget::V => &self.self_attn.v_proj,
-            LoraTarget::O => &self.self_attn.o_proj,
-            LoraTarget::Gate => &self.mlp.gate_proj,
-            LoraTarget::Up => &self.mlp.up_proj,
-            LoraTarget::Down => &self.mlp.down_proj,
+    /// The projection `which` names.
+    pub fn projection(&self, which: LlamaProjection) -> &LoraLinear<B> {
+        match which {
+            LlamaProjection::Q => &self.self_attn.q_proj,
+            LlamaProjection::K => &self.self_attn.k_proj,
+            LlamaProjection::V => &self.self_attn.v_proj,
+            LlamaProjection::O => &self.self_attn.o_proj,
+            LlamaProjection::Gate => &self.mlp.gate_proj,
+            LlamaProjection::Up => &self.mlp.up_proj,
+            LlamaProjection::Down => &self.mlp.down_proj,
         }
     }
 
-    /// The projection `target` names, mutably.
-    pub fn projection_mut(&mut self, target: LoraTarget) -> &mut Projection<B> {
-        match target {
-            LoraTarget::Q => &mut self.self_attn.q_proj,
-            LoraTarget::K => &mut self.self_attn.k_proj,
-            LoraTarget::V => &mut self.self_attn.v_proj,
-            LoraTarget::O => &mut self.self_attn.o_proj,
-            LoraTarget::Gate => &mut self.mlp.gate_proj,
-            LoraTarget::Up => &mut self.mlp.up_proj,
-            LoraTarget::Down => &mut self.mlp.down_proj,
+    /// The projection `which` names, mutably.
+    pub fn projection_mut(&mut self, which: LlamaProjection) -> &mut LoraLinear<B> {
+        match which {
+            LlamaProjection::Q => &mut self.self_attn.q_proj,
+            LlamaProjection::K => &mut self.self_attn.k_proj,
+            LlamaProjection::V => &mut self.self_attn.v_proj,
+            LlamaProjection::O => &mut self.self_attn.o_proj,
+            LlamaProjection::Gate => &mut self.mlp.gate_proj,
+            LlamaProjection::Up => &mut self.mlp.up_proj,
+            LlamaProjection::Down => &mut self.mlp.down_proj,
         }
     }
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
     /// Attaches fresh adapters (A Kaiming-uniform, B zero: the model's outputs are unchanged) to
-    /// `config.targets` of every layer, replacing any attached before, and freezes every other
-    /// parameter: after this only the adapters' A and B receive gradients.
+    /// every projection whose module path `config` targets (`all-linear`: all seven of every
+    /// layer; the LM head is never adapted), replacing any attached before, and freezes every
+    /// other parameter ([`lora::freeze_base`]): after this only the adapters' A and B receive
+    /// gradients.
     ///
     /// Build the model on an autodiff backend to train it; a model built on the inner backend
     /// keeps the same trainable/frozen split through `Module::train`.
     ///
     /// # Panics
-    /// If `config` is invalid ([`LoraConfig::validate`]).
+    /// If `config` is invalid ([`LoraConfig::validate`]) or names a module this model lacks
+    /// ([`Self::check_targets`]).
     pub fn with_lora(mut self, config: &LoraConfig, device: &B::Device) -> Self {
-        if let Err(e) = config.validate() {
+        if let Err(e) = config.validate().and_then(|()| self.check_targets(config)) {
             panic!("{e}");
         }
-        for layer in &mut self.model.layers {
-            for target in LoraTarget::ALL {
-                let proj = layer.projection_mut(target);
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            for which in LlamaProjection::ALL {
+                let proj = layer.projection_mut(which);
                 let (d_out, d_in) = proj.dims();
                 proj.lora = config
-                    .targets(target)
+                    .targets_module(&which.path(i))
                     .then(|| config.init(d_in, d_out, device));
             }
         }
         self.lora_config = Some(config.clone());
-        self.freeze_base()
+        lora::freeze_base(self)
+    }
+
+    /// Checks that every name of `config.targets` matches some projection of this model, as PEFT
+    /// does: a misspelt name would otherwise silently train nothing.
+    ///
+    /// # Errors
+    /// [`LoraError::UnknownTarget`] naming the first name that matches nothing.
+    pub fn check_targets(&self, config: &LoraConfig) -> Result<(), LoraError> {
+        let paths: Vec<String> = (0..self.model.layers.len())
+            .flat_map(|i| LlamaProjection::ALL.map(|which| which.path(i)))
+            .collect();
+        match config
+            .targets
+            .unmatched(paths.iter().map(String::as_str))
+            .first()
+        {
+            None => Ok(()),
+            Some(name) => Err(LoraError::UnknownTarget {
+                name: (*name).to_owned(),
+                hint: "this model adapts model.layers.N.self_attn.{q,k,v,o}_proj and \
+                       model.layers.N.mlp.{gate,up,down}_proj"
+                    .into(),
+            }),
+        }
     }
 
     /// The LoRA hyper-parameters of the attached adapters; `None` without adapters.
@@ -89,9 +105,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
     pub fn lora_adapters(&self) -> Vec<(String, &LoraAdapter<B>)> {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
-            for target in LoraTarget::ALL {
-                if let Some(adapter) = &layer.projection(target).lora {
-                    out.push((module_path(i, target), adapter));
+            for which in LlamaProjection::ALL {
+                if let Some(adapter) = &layer.projection(which).lora {
+                    out.push((which.path(i), adapter));
                 }
             }
         }
@@ -113,6 +129,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// before, and freezes the base as [`Self::with_lora`] does.
     ///
     /// # Errors
+    /// [`LoraError::UnknownTarget`] when a `target_modules` name matches no projection,
     /// [`LoraError::MissingTensor`] when a targeted projection of some layer has no weights,
     /// [`LoraError::UnexpectedTensor`] when the file adapts a module this model lacks (e.g. a
     /// layer past the last), [`LoraError::ShapeMismatch`] when A or B does not fit its projection.
@@ -127,15 +144,16 @@ impl<B: Backend> LlamaForCausalLM<B> {
             weights_path,
             ..
         } = adapter;
+        self.check_targets(&config)?;
         let r = config.r;
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            for target in LoraTarget::ALL {
-                let proj = layer.projection_mut(target);
-                if !config.targets(target) {
+            for which in LlamaProjection::ALL {
+                let proj = layer.projection_mut(which);
+                let module = which.path(i);
+                if !config.targets_module(&module) {
                     proj.lora = None;
                     continue;
                 }
-                let module = module_path(i, target);
                 let (a_name, b_name) = lora::peft_tensor_names(&module);
                 let w = weights
                     .remove(&module)
@@ -170,7 +188,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             });
         }
         self.lora_config = Some(config);
-        Ok(self.freeze_base())
+        Ok(lora::freeze_base(self))
     }
 
     /// Writes the attached adapters as a PEFT adapter folder that `PeftModel.from_pretrained`
@@ -197,60 +215,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// [`LoraError::NonFinite`] naming the first module whose merged weight is not finite.
     pub fn merge_lora(mut self) -> Result<Self, LoraError> {
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            for target in LoraTarget::ALL {
-                layer
-                    .projection_mut(target)
-                    .merge_lora(&module_path(i, target))?;
+            for which in LlamaProjection::ALL {
+                layer.projection_mut(which).merge_lora(&which.path(i))?;
             }
         }
         self.lora_config = None;
         Ok(self)
-    }
-
-    /// Marks adapter parameters trainable and every other parameter frozen.
-    fn freeze_base(self) -> Self {
-        self.map(&mut SetTrainable {
-            inside: AdapterDepth::default(),
-        })
-    }
-}
-
-/// Whether a module walk is inside a [`LoraAdapter`]; fed by `ModuleMapper::enter_module` /
-/// `exit_module`, whose `container_type` is the struct owning the field being entered.
-#[derive(Debug, Default)]
-pub(crate) struct AdapterDepth(usize);
-
-impl AdapterDepth {
-    const CONTAINER: &'static str = "Struct:LoraAdapter";
-
-    pub(crate) fn enter(&mut self, container_type: &str) {
-        self.0 += usize::from(container_type == Self::CONTAINER);
-    }
-
-    pub(crate) fn exit(&mut self, container_type: &str) {
-        self.0 -= usize::from(container_type == Self::CONTAINER);
-    }
-
-    pub(crate) fn get(&self) -> bool {
-        self.0 > 0
-    }
-}
-
-/// Sets `require_grad` on adapter parameters and clears it everywhere else.
-struct SetTrainable {
-    inside: AdapterDepth,
-}
-
-impl<B: Backend> ModuleMapper<B> for SetTrainable {
-    fn enter_module(&mut self, _name: &str, container_type: &str) {
-        self.inside.enter(container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, container_type: &str) {
-        self.inside.exit(container_type);
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.set_require_grad(self.inside.get())
     }
 }

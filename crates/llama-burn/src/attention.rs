@@ -5,11 +5,12 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
+use lora::LoraLinear;
+
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
-use crate::projection::Projection;
 use crate::rope::RopeAngles;
-use crate::sparsity::{AttnChannels, SparseForward};
+use crate::sparsity::{AttentionProjections, AttnChannels, SparseForward};
 
 /// Which keys each query may read.
 #[derive(Debug, Clone)]
@@ -28,13 +29,13 @@ pub enum AttentionMask<B: Backend> {
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
     /// `[n_heads * head_dim, d_model]`
-    pub q_proj: Projection<B>,
+    pub q_proj: LoraLinear<B>,
     /// `[n_kv_heads * head_dim, d_model]`
-    pub k_proj: Projection<B>,
+    pub k_proj: LoraLinear<B>,
     /// `[n_kv_heads * head_dim, d_model]`
-    pub v_proj: Projection<B>,
+    pub v_proj: LoraLinear<B>,
     /// `[d_model, n_heads * head_dim]`
-    pub o_proj: Projection<B>,
+    pub o_proj: LoraLinear<B>,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads; query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
@@ -49,13 +50,26 @@ impl<B: Backend> LlamaAttention<B> {
         let (d, hd) = (config.hidden_size, config.head_dim());
         let (nq, nkv) = (config.num_attention_heads, config.n_kv_heads());
         Self {
-            q_proj: Projection::new(d, nq * hd, device),
-            k_proj: Projection::new(d, nkv * hd, device),
-            v_proj: Projection::new(d, nkv * hd, device),
-            o_proj: Projection::new(nq * hd, d, device),
+            q_proj: LoraLinear::new(d, nq * hd, device),
+            k_proj: LoraLinear::new(d, nkv * hd, device),
+            v_proj: LoraLinear::new(d, nkv * hd, device),
+            o_proj: LoraLinear::new(nq * hd, d, device),
             n_heads: nq,
             n_kv_heads: nkv,
             head_dim: hd,
+        }
+    }
+
+    /// The projections and head layout, as a channel selector reads them.
+    pub fn projections(&self) -> AttentionProjections<'_, B> {
+        AttentionProjections {
+            q_proj: &self.q_proj,
+            k_proj: &self.k_proj,
+            v_proj: &self.v_proj,
+            o_proj: &self.o_proj,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
         }
     }
 
@@ -83,7 +97,7 @@ impl<B: Backend> LlamaAttention<B> {
     /// reads only its chosen input channels; adapters add their dense outputs on top. Token rows
     /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
     ///
-    /// The projections run dense and masked ([`Projection::forward_out_masked`]): the paper's
+    /// The projections run dense and masked ([`LoraLinear::forward_out_masked`]): the paper's
     /// attention sparsities keep 25-80% of the channels, where a sliced product saves less than
     /// gathering the weight rows and scattering the output back costs (docs/perf.md). The values
     /// and gradients are those of the sliced products.
@@ -102,7 +116,7 @@ impl<B: Backend> LlamaAttention<B> {
         let dtype = x.dtype();
         let rows = x.reshape([b * s, d]);
         let drop = sparse.drop_sliced_input_grad;
-        let masked = |p: &Projection<B>, idx: &Tensor<B, 1, Int>| {
+        let masked = |p: &LoraLinear<B>, idx: &Tensor<B, 1, Int>| {
             let width = p.dims().0;
             let keep = sparse.channel_keep(idx, width, dtype);
             p.forward_out_masked(rows.clone(), keep, drop)

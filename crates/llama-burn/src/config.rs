@@ -6,11 +6,9 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LlamaError, Result};
-use crate::model::LlamaForCausalLM;
 
 /// Frequency scaling of RoPE. Only LLaMA-3.1's `llama3` rule (and none) is supported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,31 +349,6 @@ impl LlamaConfig {
         self.pad_token_id
             .or(self.eos_ids().first().copied())
             .unwrap_or(0)
-    }
-
-    /// Builds a model whose weights are initialised lazily, on first use: loaders overwrite them
-    /// without ever drawing random numbers.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
-        LlamaForCausalLM::new(self, device)
-    }
-
-    /// Builds a model with random weights drawn now, in a fixed order, from the backend's
-    /// generator: seed the backend first (`B::seed`) and the model is reproducible, whatever
-    /// else later draws random numbers (lazy weights would take their values from whatever the
-    /// generator holds at their first use).
-    pub fn init_random<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
-        struct Materialize;
-        impl<B: Backend> burn::module::ModuleVisitor<B> for Materialize {
-            fn visit_float<const D: usize>(
-                &mut self,
-                param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-            ) {
-                let _ = param.val();
-            }
-        }
-        let model = self.init::<B>(device);
-        burn::module::Module::visit(&model, &mut Materialize);
-        model
     }
 }
 

@@ -1,7 +1,7 @@
 //! LLaMA-family causal language models in burn, computing what HF `transformers`'
 //! `LlamaForCausalLM` computes: HF-folder (safetensors) and GGUF loading, the `tokenizers`
 //! tokenizer, a padded training forward and batched greedy generation with a KV cache.
-//! LoRA adapters (the `lora` crate) attach to its projections (`LlamaForCausalLM::with_lora`,
+//! Its projections are `lora::LoraLinear`s; adapters attach by module path (`LlamaForCausalLM::with_lora`,
 //! `load_peft_adapter`, `merge_lora`, see [`adapters`]), and [`causal_lm_loss`] is HF's training
 //! loss.
 //!
@@ -40,8 +40,10 @@ pub use gguf_load::load_gguf;
 pub use hf_load::load_hf_folder;
 pub use loss::causal_lm_loss;
 pub use model::{ForwardOutput, LayerInputs, LlamaForCausalLM};
+pub use projection::LlamaProjection;
 pub use sparsity::{
-    AttnChannels, Block, ChannelSelector, LayerSparsity, SparseForward, SparsityPlan, TokenSplit,
+    AttentionProjections, AttnChannels, Block, ChannelSelector, LayerSparsity, MlpProjections,
+    SparseForward, SparsityPlan, TokenSplit,
 };
 pub use tokenizer::LlamaTokenizer;
 

@@ -3,20 +3,20 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use kernels_cubecl::swiglu;
+use lora::LoraLinear;
 
 use crate::config::LlamaConfig;
-use crate::projection::Projection;
-use crate::sparsity::SparseForward;
+use crate::sparsity::{MlpProjections, SparseForward};
 
 /// The MLP of one decoder layer.
 #[derive(Module, Debug)]
 pub struct LlamaMlp<B: Backend> {
     /// `[d_ff, d_model]`
-    pub gate_proj: Projection<B>,
+    pub gate_proj: LoraLinear<B>,
     /// `[d_ff, d_model]`
-    pub up_proj: Projection<B>,
+    pub up_proj: LoraLinear<B>,
     /// `[d_model, d_ff]`
-    pub down_proj: Projection<B>,
+    pub down_proj: LoraLinear<B>,
 }
 
 impl<B: Backend> LlamaMlp<B> {
@@ -24,9 +24,18 @@ impl<B: Backend> LlamaMlp<B> {
     pub fn new(config: &LlamaConfig, device: &B::Device) -> Self {
         let (d, ff) = (config.hidden_size, config.intermediate_size);
         Self {
-            gate_proj: Projection::new(d, ff, device),
-            up_proj: Projection::new(d, ff, device),
-            down_proj: Projection::new(ff, d, device),
+            gate_proj: LoraLinear::new(d, ff, device),
+            up_proj: LoraLinear::new(d, ff, device),
+            down_proj: LoraLinear::new(ff, d, device),
+        }
+    }
+
+    /// The projections, as a channel selector reads them.
+    pub fn projections(&self) -> MlpProjections<'_, B> {
+        MlpProjections {
+            gate_proj: &self.gate_proj,
+            up_proj: &self.up_proj,
+            down_proj: &self.down_proj,
         }
     }
 

@@ -3,20 +3,18 @@
 //! Module fields carry the HF checkpoint names (`model.layers.3.self_attn.q_proj.weight`), so
 //! safetensors checkpoints load without remapping.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
 use kernels_cubecl::reference::additive_causal_mask;
-use lora::LoraConfig;
+use lora::{LoraConfig, LoraLinear};
 
-use crate::adapters::AdapterDepth;
 use crate::attention::{AttentionMask, LlamaAttention};
 use crate::cache::{KvCache, LayerKvCache};
 use crate::config::LlamaConfig;
 use crate::mlp::LlamaMlp;
 use crate::norm::RmsNorm;
-use crate::projection::Projection;
 use crate::rope::{RopeAngles, RotaryEmbedding};
 use crate::sparsity::SparseForward;
 
@@ -69,7 +67,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
             let x = attn_input.clone().detach();
             s.forward
                 .selector
-                .attention(s.layer, &self.self_attn, x, s.tokens.clone())
+                .attention(s.layer, self.self_attn.projections(), x, s.tokens.clone())
         });
         let attn = match (&sparse, channels) {
             (Some(s), Some(channels)) => {
@@ -92,7 +90,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
             let x = mlp_input.clone().detach();
             s.forward
                 .selector
-                .mlp(s.layer, &self.mlp, x, s.tokens.clone())
+                .mlp(s.layer, self.mlp.projections(), x, s.tokens.clone())
         });
         let mlp = match (&sparse, channels) {
             (Some(s), Some(idx)) => self.mlp.forward_sparse(mlp_input, &idx, s.forward),
@@ -127,7 +125,7 @@ pub struct LlamaForCausalLM<B: Backend> {
     /// The decoder stack.
     pub model: LlamaModel<B>,
     /// `[vocab, d_model]`; `None` when tied to `model.embed_tokens`.
-    pub lm_head: Option<Projection<B>>,
+    pub lm_head: Option<LoraLinear<B>>,
     /// The architecture this model was built from.
     #[module(skip)]
     pub config: LlamaConfig,
@@ -136,6 +134,35 @@ pub struct LlamaForCausalLM<B: Backend> {
     /// The LoRA hyper-parameters of the attached adapters (see `adapters.rs`).
     #[module(skip)]
     pub(crate) lora_config: Option<LoraConfig>,
+}
+
+// The constructors live beside the model they build, so that `config.rs` (which every block
+// reads) does not import the model: no import cycle inside the crate.
+impl LlamaConfig {
+    /// Builds a model whose weights are initialised lazily, on first use: loaders overwrite them
+    /// without ever drawing random numbers.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
+        LlamaForCausalLM::new(self, device)
+    }
+
+    /// Builds a model with random weights drawn now, in a fixed order, from the backend's
+    /// generator: seed the backend first (`B::seed`) and the model is reproducible, whatever
+    /// else later draws random numbers (lazy weights would take their values from whatever the
+    /// generator holds at their first use).
+    pub fn init_random<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
+        struct Materialize;
+        impl<B: Backend> burn::module::ModuleVisitor<B> for Materialize {
+            fn visit_float<const D: usize>(
+                &mut self,
+                param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+            ) {
+                let _ = param.val();
+            }
+        }
+        let model = self.init::<B>(device);
+        burn::module::Module::visit(&model, &mut Materialize);
+        model
+    }
 }
 
 /// Everything one forward pass can return.
@@ -155,7 +182,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             .collect();
         let embed_tokens = EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device);
         let lm_head = (!config.tie_word_embeddings)
-            .then(|| Projection::new(config.hidden_size, config.vocab_size, device));
+            .then(|| LoraLinear::new(config.hidden_size, config.vocab_size, device));
         Self {
             model: LlamaModel {
                 embed_tokens,
@@ -182,10 +209,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// Casts every base weight to `dtype` (e.g. bf16 on a GPU, f32 on CPU); LoRA adapters stay
     /// f32.
     pub fn with_dtype(self, dtype: DType) -> Self {
-        self.map(&mut CastBase {
-            dtype,
-            inside: AdapterDepth::default(),
-        })
+        lora::cast_base(self, dtype)
     }
 
     /// The training/scoring forward over a padded batch.
@@ -369,34 +393,4 @@ fn training_positions<B: Backend>(input_ids: &Tensor<B, 2, Int>) -> Tensor<B, 2,
     Tensor::<B, 1, Int>::arange(0..seq as i64, &input_ids.device())
         .unsqueeze::<2>()
         .expand([batch, seq])
-}
-
-/// Casts every float parameter outside LoRA adapters.
-struct CastBase {
-    dtype: DType,
-    inside: AdapterDepth,
-}
-
-impl<B: Backend> ModuleMapper<B> for CastBase {
-    fn enter_module(&mut self, _name: &str, container_type: &str) {
-        self.inside.enter(container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, container_type: &str) {
-        self.inside.exit(container_type);
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if self.inside.get() {
-            return param;
-        }
-        let dtype = self.dtype;
-        // The frozen weights live as long as the model: cast them into the backend's persistent
-        // (exact-size) memory. On cubecl's default pool a 1 GiB LLaMA3-8B embedding otherwise
-        // claims a 9 GiB page of the activations' pool (docs/perf.md). No-op elsewhere.
-        param.map(|t| {
-            let device = t.device();
-            B::memory_persistent_allocations(&device, t, move |t| t.cast(dtype))
-        })
-    }
 }

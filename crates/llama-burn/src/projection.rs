@@ -1,258 +1,201 @@
-//! A frozen, bias-free projection with the weight in PyTorch layout `[out, in]`, optionally
-//! carrying a trainable LoRA adapter (PEFT's `lora.Linear` around `base_layer`).
-//!
-//! The `[out, in]` layout makes output-channel slicing (gate/up/q/k/v under SparseLoRA) a
-//! contiguous row gather, and lets HF weights load without a transpose.
+//! The seven linear projections of a LLaMA decoder layer, by name: what LoRA targets, what
+//! SparseLoRA's estimator factorises, and the short names the command line accepts (`q`, ...,
+//! `down`) mapped to HF's module names (`q_proj`, ..., `down_proj`).
 
-use burn::module::{Module, Param};
-use burn::nn::Initializer;
-use burn::tensor::cast::ToElement;
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
-use lora::{LoraAdapter, LoraError};
+use std::fmt;
+use std::str::FromStr;
 
-/// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
-#[derive(Module, Debug)]
-pub struct Projection<B: Backend> {
-    /// `[out, in]`
-    pub weight: Param<Tensor<B, 2>>,
-    /// The LoRA adapter, when one is attached (f32 whatever the weight's dtype).
-    pub lora: Option<LoraAdapter<B>>,
+use burn::tensor::{backend::Backend, Tensor};
+use lora::{LoraError, TargetModules};
+
+use crate::model::LlamaForCausalLM;
+
+/// A projection of a LLaMA decoder layer (each one a [`lora::LoraLinear`]).
+///
+/// Parses from the short name (`q`) or HF's module name (`q_proj`), case-insensitively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LlamaProjection {
+    /// `self_attn.q_proj`
+    Q,
+    /// `self_attn.k_proj`
+    K,
+    /// `self_attn.v_proj`
+    V,
+    /// `self_attn.o_proj`
+    O,
+    /// `mlp.gate_proj`
+    Gate,
+    /// `mlp.up_proj`
+    Up,
+    /// `mlp.down_proj`
+    Down,
 }
 
-impl<B: Backend> Projection<B> {
-    /// A projection with weights drawn like PyTorch's `nn.Linear` (uniform +-1/sqrt(in)), no
-    /// adapter.
-    pub fn new(d_in: usize, d_out: usize, device: &B::Device) -> Self {
-        let bound = 1.0 / (d_in as f64).sqrt();
-        // Lazy: a loader that overwrites the weight never pays for the random draw.
-        let weight = Initializer::Uniform {
-            min: -bound,
-            max: bound,
+impl LlamaProjection {
+    /// Every projection, in layer order.
+    pub const ALL: [LlamaProjection; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// The attention projections: SparseLoRA's (and `lora::LoraConfig`'s) default LoRA targets.
+    pub const ATTENTION: [LlamaProjection; 4] = [Self::Q, Self::K, Self::V, Self::O];
+
+    /// The HF / PEFT module name: `q_proj`, ..., `down_proj`.
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
         }
-        .init([d_out, d_in], device);
-        Self { weight, lora: None }
     }
 
-    /// With an adapter, the adapter's update (computed in the input's dtype when that is bf16/f16,
-    /// as PEFT under autocast) is added to the base output.
-    ///
-    /// # Shapes
-    /// - `x`: `[..., in]`, output `[..., out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.lora.is_none() {
-            return sparse_ops::linear(x, self.weight.val());
-        }
-        let base = sparse_ops::linear(x.clone(), self.weight.val());
-        self.add_adapter(base, x)
+    /// The short name: `q`, ..., `down`.
+    pub fn short_name(self) -> &'static str {
+        let name = self.module_name();
+        &name[..name.len() - "_proj".len()]
     }
 
-    /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
-    /// written into a full-width output (zeros elsewhere), plus the dense adapter output.
-    ///
-    /// With `drop_base_input_grad` and an adapter, no gradient flows to `x` through the frozen
-    /// slice (the reference code's behaviour; see [`crate::sparsity::SparseForward`]).
-    ///
-    /// # Shapes
-    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..out`, output `[n, out]`
-    pub fn forward_out_sliced(
-        &self,
-        x: Tensor<B, 2>,
-        idx: &Tensor<B, 1, Int>,
-        drop_base_input_grad: bool,
-    ) -> Tensor<B, 2> {
-        let (out, _) = self.dims();
-        let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let kept = sparse_ops::linear_out_sliced(base_input, self.weight.val(), idx.clone());
-        let base = sparse_ops::scatter_channels(kept, idx.clone(), out);
-        self.add_adapter(base, x)
+    /// Whether the projection belongs to the attention block (else to the MLP).
+    pub fn is_attention(self) -> bool {
+        matches!(self, Self::Q | Self::K | Self::V | Self::O)
     }
 
-    /// SparseLoRA input slicing (o/down): the base reads only the input channels `idx`; the
-    /// adapter reads all of `x`.
-    ///
-    /// # Shapes
-    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..in`, output `[n, out]`
-    pub fn forward_in_sliced(
-        &self,
-        x: Tensor<B, 2>,
-        idx: &Tensor<B, 1, Int>,
-        drop_base_input_grad: bool,
-    ) -> Tensor<B, 2> {
-        let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let base = sparse_ops::linear_in_sliced(base_input, self.weight.val(), idx.clone());
-        self.add_adapter(base, x)
-    }
-
-    /// SparseLoRA output slicing in masked-dense form (q/k/v): the full base product times
-    /// `keep` (`[n, out]` or `[1, out]`, 1 on the kept channels of each row), plus the dense
-    /// adapter output. The same values and gradients as [`Self::forward_out_sliced`]; cheaper when
-    /// most channels are kept, since it needs no gather of the weight and no scatter to full width.
-    ///
-    /// # Shapes
-    /// - `x`: `[n, in]`, `keep`: `[n, out]` or `[1, out]`, output `[n, out]`
-    pub fn forward_out_masked(
-        &self,
-        x: Tensor<B, 2>,
-        keep: Tensor<B, 2>,
-        drop_base_input_grad: bool,
-    ) -> Tensor<B, 2> {
-        let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let base = sparse_ops::linear(base_input, self.weight.val()) * keep;
-        self.add_adapter(base, x)
-    }
-
-    /// SparseLoRA input slicing in masked-dense form (o): the base reads `x * keep` (`keep`:
-    /// `[n, in]` or `[1, in]`), the adapter all of `x`. The same values and gradients as
-    /// [`Self::forward_in_sliced`].
-    ///
-    /// # Shapes
-    /// - `x`: `[n, in]`, `keep`: `[n, in]` or `[1, in]`, output `[n, out]`
-    pub fn forward_in_masked(
-        &self,
-        x: Tensor<B, 2>,
-        keep: Tensor<B, 2>,
-        drop_base_input_grad: bool,
-    ) -> Tensor<B, 2> {
-        let base_input = self.base_input(x.clone(), drop_base_input_grad) * keep;
-        let base = sparse_ops::linear(base_input, self.weight.val());
-        self.add_adapter(base, x)
-    }
-
-    fn base_input<const D: usize>(&self, x: Tensor<B, D>, drop_grad: bool) -> Tensor<B, D> {
-        if drop_grad && self.lora.is_some() {
-            x.detach()
+    /// The HF module path of this projection in `layer`: `model.layers.{layer}.self_attn.q_proj`.
+    pub fn path(self, layer: usize) -> String {
+        let block = if self.is_attention() {
+            "self_attn"
         } else {
-            x
-        }
-    }
-
-    /// `base + adapter(x)`, summed in f32 (and cast back) when their dtypes differ.
-    fn add_adapter<const D: usize>(&self, base: Tensor<B, D>, x: Tensor<B, D>) -> Tensor<B, D> {
-        let Some(lora) = &self.lora else {
-            return base;
+            "mlp"
         };
-        let update = lora.forward(x);
-        let dtype = base.dtype();
-        if dtype == update.dtype() {
-            base + update
-        } else {
-            (base.cast(update.dtype()) + update).cast(dtype)
-        }
+        format!("model.layers.{layer}.{block}.{}", self.module_name())
     }
 
-    /// `(out, in)`.
-    pub fn dims(&self) -> (usize, usize) {
-        let [out, d_in] = self.weight.dims();
-        (out, d_in)
-    }
-
-    /// Folds the adapter into the weight, `W += scaling * B A` computed in f32 and cast back to
-    /// `W`'s dtype, and removes it. Without an adapter this does nothing.
+    /// Parses a comma-separated list such as `"q,k,v,o"` or `"q_proj, v_proj"`; returns the
+    /// projections in layer order without repeats.
     ///
     /// # Errors
-    /// [`LoraError::NonFinite`] naming `module` when the merged weight would hold a NaN or an
-    /// infinity; the projection is then left as it was, adapter included.
-    pub fn merge_lora(&mut self, module: &str) -> Result<(), LoraError> {
-        let Some(lora) = &self.lora else {
-            return Ok(());
-        };
-        let weight = self.weight.val();
-        let dtype = weight.dtype();
-        let merged = weight.cast(DType::F32) + lora.delta_weight();
-        let merged = merged.cast(dtype).detach();
-        let finite = merged.clone().is_finite().all().into_scalar().to_bool();
-        if !finite {
-            return Err(LoraError::NonFinite {
-                module: module.to_owned(),
-            });
+    /// [`LoraError::UnknownTarget`] naming the first unknown entry, or
+    /// [`LoraError::InvalidConfig`] when the list is empty.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, LoraError> {
+        let mut parsed = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Self>, _>>()?;
+        parsed.sort();
+        parsed.dedup();
+        if parsed.is_empty() {
+            return Err(LoraError::InvalidConfig(format!(
+                "no LoRA targets in `{list}`"
+            )));
         }
-        let require_grad = self.weight.is_require_grad();
-        self.weight = self
-            .weight
-            .clone()
-            .map(|_| merged.set_require_grad(require_grad));
-        self.lora = None;
-        Ok(())
+        Ok(parsed)
+    }
+
+    /// LoRA's `target_modules` for `projections`: their HF module names, in the order given.
+    pub fn target_modules(projections: &[Self]) -> TargetModules {
+        TargetModules::names(projections.iter().map(|p| p.module_name()))
+    }
+}
+
+impl FromStr for LlamaProjection {
+    type Err = LoraError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let short = lower.strip_suffix("_proj").unwrap_or(&lower);
+        Self::ALL
+            .into_iter()
+            .find(|t| t.short_name() == short)
+            .ok_or_else(|| LoraError::UnknownTarget {
+                name: s.to_owned(),
+                hint: "expected q, k, v, o, gate, up, down or q_proj, ..., down_proj".into(),
+            })
+    }
+}
+
+impl fmt::Display for LlamaProjection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short_name())
+    }
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// The frozen `[out, in]` weights of the projections `which` of every layer that `wanted`
+    /// accepts, each under its HF module path (`model.layers.3.mlp.gate_proj`), layer by layer
+    /// and in the order of `which`: the named weights a model-agnostic consumer (SparseLoRA's
+    /// estimator) builds from. Lazy, so a consumer's work interleaves with the reads as if it
+    /// walked the model itself.
+    pub fn projection_weights<'a>(
+        &'a self,
+        which: &'a [LlamaProjection],
+        wanted: impl Fn(usize, LlamaProjection) -> bool + 'a,
+    ) -> impl Iterator<Item = (String, Tensor<B, 2>)> + 'a {
+        let wanted = std::rc::Rc::new(wanted);
+        self.model
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, layer)| {
+                let wanted = wanted.clone();
+                which
+                    .iter()
+                    .filter(move |&&p| wanted(i, p))
+                    .map(move |&p| (p.path(i), layer.projection(p).weight.val()))
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData, Tolerance};
-    use lora::LoraConfig;
-
-    type TestBackend = burn::backend::Flex;
-
-    fn adapted(device: &burn::tensor::Device<TestBackend>) -> Projection<TestBackend> {
-        let config = LoraConfig::new().with_r(2).with_alpha(4.0);
-        let mut proj = Projection::<TestBackend>::new(8, 6, device);
-        let a = Tensor::<TestBackend, 2>::random([2, 8], Distribution::Default, device);
-        let b = Tensor::<TestBackend, 2>::random([6, 2], Distribution::Default, device);
-        proj.lora = Some(LoraAdapter::from_weights(
-            &config,
-            a.into_data(),
-            b.into_data(),
-            device,
-        ));
-        proj
-    }
 
     #[test]
-    fn adapter_adds_scaled_low_rank_update() {
-        let device = Default::default();
-        let proj = adapted(&device);
-        let x = Tensor::<TestBackend, 3>::random([2, 3, 8], Distribution::Default, &device);
-        let lora = proj.lora.as_ref().unwrap();
-        let w = proj.weight.val() + lora.delta_weight();
-        let expected = sparse_ops::linear(x.clone(), w);
-        proj.forward(x)
-            .into_data()
-            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
-    }
-
-    #[test]
-    fn half_precision_base_keeps_an_f32_adapter() {
-        let device = Default::default();
-        let mut proj = adapted(&device);
-        proj.weight = proj.weight.map(|w| w.cast(DType::F16));
-        let x = Tensor::<TestBackend, 2>::random([4, 8], Distribution::Default, &device);
-        let y = proj.forward(x.clone().cast(DType::F16));
-        assert_eq!(y.dtype(), DType::F16);
-        let lora = proj.lora.as_ref().unwrap();
-        assert_eq!(lora.lora_a.val().dtype(), DType::F32);
-        let w = proj.weight.val().cast(DType::F32) + lora.delta_weight();
-        let expected = sparse_ops::linear(x.cast(DType::F16).cast(DType::F32), w);
-        y.cast(DType::F32)
-            .into_data()
-            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(2e-2));
-    }
-
-    #[test]
-    fn merge_folds_the_update_in_and_drops_the_adapter() {
-        let device = Default::default();
-        let mut proj = adapted(&device);
-        let x = Tensor::<TestBackend, 2>::random([4, 8], Distribution::Default, &device);
-        let before = proj.forward(x.clone());
-        proj.merge_lora("p").unwrap();
-        assert!(proj.lora.is_none());
-        proj.forward(x)
-            .into_data()
-            .assert_approx_eq::<f32>(&before.into_data(), Tolerance::default());
-
-        let mut bad = adapted(&device);
-        let config = LoraConfig::new().with_r(1);
-        bad.lora = Some(LoraAdapter::from_weights(
-            &config,
-            TensorData::new(vec![f32::NAN; 8], [1, 8]),
-            TensorData::new(vec![1.0f32; 6], [6, 1]),
-            &device,
-        ));
-        let err = bad.merge_lora("model.layers.3.mlp.up_proj").unwrap_err();
-        assert!(err.to_string().contains("model.layers.3.mlp.up_proj"));
-        assert!(
-            bad.lora.is_some(),
-            "a refused merge leaves the adapter in place"
+    fn parses_short_and_module_names() {
+        assert_eq!(
+            LlamaProjection::parse_list("q,k,v,o").unwrap(),
+            LlamaProjection::ATTENTION.to_vec()
         );
+        assert_eq!(
+            LlamaProjection::parse_list("down_proj, q_proj,q").unwrap(),
+            vec![LlamaProjection::Q, LlamaProjection::Down]
+        );
+        assert_eq!(
+            "Gate".parse::<LlamaProjection>().unwrap(),
+            LlamaProjection::Gate
+        );
+        for t in LlamaProjection::ALL {
+            assert_eq!(t.module_name().parse::<LlamaProjection>().unwrap(), t);
+            assert_eq!(t.to_string().parse::<LlamaProjection>().unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_and_empty() {
+        let err = LlamaProjection::parse_list("q,lm_head").unwrap_err();
+        assert!(err.to_string().contains("`lm_head`"), "{err}");
+        assert!(LlamaProjection::parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn short_names_map_to_module_names_that_target_their_paths() {
+        let targets =
+            LlamaProjection::target_modules(&LlamaProjection::parse_list("q,down").unwrap());
+        assert_eq!(targets, TargetModules::names(["q_proj", "down_proj"]));
+        assert!(targets.matches(&LlamaProjection::Q.path(3)));
+        assert!(targets.matches(&LlamaProjection::Down.path(0)));
+        assert!(!targets.matches(&LlamaProjection::K.path(0)));
+        assert_eq!(LlamaProjection::Up.path(2), "model.layers.2.mlp.up_proj");
     }
 }

@@ -2,8 +2,10 @@
 //! sparse forward computes, and which tokens take the dense path.
 //!
 //! The model does not know how channels are chosen. It asks a [`ChannelSelector`] once per layer
-//! and block, handing it the block's normalised input and the block itself (so an oracle can run
-//! the true projections), and computes the block on the returned channels:
+//! and block, handing it the block's normalised input and the block's projections
+//! ([`AttentionProjections`], [`MlpProjections`]: plain [`LoraLinear`]s, so an oracle can run the
+//! true projections and a selector needs no model type), and computes the block on the returned
+//! channels:
 //!
 //! - attention: q/k/v output channels (`x W[idx,:]^T`, scattered back into full width so RoPE and
 //!   the attention scores see zeros in the dropped channels) and o_proj input channels;
@@ -16,8 +18,7 @@
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use crate::attention::LlamaAttention;
-use crate::mlp::LlamaMlp;
+use lora::LoraLinear;
 
 /// The two blocks of a decoder layer, as a sparsity config names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,6 +159,37 @@ pub struct AttnChannels<B: Backend> {
     pub o: Tensor<B, 1, Int>,
 }
 
+/// The projections of one grouped-query attention block, as a [`ChannelSelector`] sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionProjections<'a, B: Backend> {
+    /// `[n_heads * head_dim, d_model]`
+    pub q_proj: &'a LoraLinear<B>,
+    /// `[n_kv_heads * head_dim, d_model]`
+    pub k_proj: &'a LoraLinear<B>,
+    /// `[n_kv_heads * head_dim, d_model]`
+    pub v_proj: &'a LoraLinear<B>,
+    /// `[d_model, n_heads * head_dim]`
+    pub o_proj: &'a LoraLinear<B>,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads; query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// The projections of one gated MLP block (`down(act(gate(x)) * up(x))`), as a
+/// [`ChannelSelector`] sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct MlpProjections<'a, B: Backend> {
+    /// `[d_ff, d_model]`
+    pub gate_proj: &'a LoraLinear<B>,
+    /// `[d_ff, d_model]`
+    pub up_proj: &'a LoraLinear<B>,
+    /// `[d_model, d_ff]`
+    pub down_proj: &'a LoraLinear<B>,
+}
+
 /// Chooses, per layer and batch, the channels a sparse forward computes. Implemented by the SVD
 /// estimator (and its oracle mode) in the `svd-estimator` crate; the model only calls it.
 ///
@@ -171,7 +203,7 @@ pub trait ChannelSelector<B: Backend> {
     fn attention(
         &self,
         layer: usize,
-        attn: &LlamaAttention<B>,
+        attn: AttentionProjections<'_, B>,
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<AttnChannels<B>>;
@@ -183,7 +215,7 @@ pub trait ChannelSelector<B: Backend> {
     fn mlp(
         &self,
         layer: usize,
-        mlp: &LlamaMlp<B>,
+        mlp: MlpProjections<'_, B>,
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<Tensor<B, 1, Int>>;

@@ -6,13 +6,11 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData, Tolerance};
-use llama_burn::attention::LlamaAttention;
-use llama_burn::mlp::LlamaMlp;
-use llama_burn::projection::Projection;
 use llama_burn::{
-    AttnChannels, ChannelSelector, LlamaConfig, LlamaForCausalLM, SparseForward, TokenSplit,
+    AttentionProjections, AttnChannels, ChannelSelector, LlamaConfig, LlamaForCausalLM,
+    LlamaProjection, MlpProjections, SparseForward, TokenSplit,
 };
-use lora::{LoraAdapter, LoraConfig, LoraTarget};
+use lora::{LoraAdapter, LoraConfig, LoraLinear};
 
 type B = Autodiff<Flex>;
 
@@ -30,7 +28,7 @@ impl ChannelSelector<B> for FixedChannels {
     fn attention(
         &self,
         layer: usize,
-        _attn: &LlamaAttention<B>,
+        _attn: AttentionProjections<'_, B>,
         _x: Tensor<B, 3>,
         _tokens: Tensor<B, 2, Bool>,
     ) -> Option<AttnChannels<B>> {
@@ -45,7 +43,7 @@ impl ChannelSelector<B> for FixedChannels {
     fn mlp(
         &self,
         layer: usize,
-        _mlp: &LlamaMlp<B>,
+        _mlp: MlpProjections<'_, B>,
         _x: Tensor<B, 3>,
         _tokens: Tensor<B, 2, Bool>,
     ) -> Option<Tensor<B, 1, Int>> {
@@ -71,13 +69,13 @@ fn subset(width: usize, k: usize, seed: u64) -> Vec<i64> {
 
 /// The tiny model with adapters on `targets`, both A and B random (a fresh B is zero, which
 /// would hide every A gradient).
-fn model(targets: &[LoraTarget]) -> LlamaForCausalLM<B> {
+fn model(targets: &[LlamaProjection]) -> LlamaForCausalLM<B> {
     let device = Default::default();
     let config = LlamaConfig::preset("tiny").unwrap();
     let lora = LoraConfig::new()
         .with_r(4)
         .with_alpha(8.0)
-        .with_targets(targets.iter().copied());
+        .with_targets(LlamaProjection::target_modules(targets));
     let mut model = config.init_random::<B>(&device).with_lora(&lora, &device);
     for layer in &mut model.model.layers {
         for &target in targets {
@@ -106,7 +104,7 @@ fn channel_mask(width: usize, kept: &[i64]) -> Tensor<B, 1> {
     Tensor::from_data(TensorData::new(m, [width]), &Default::default())
 }
 
-fn mask_rows(proj: &mut Projection<B>, kept: &[i64]) {
+fn mask_rows(proj: &mut LoraLinear<B>, kept: &[i64]) {
     let (out, d_in) = proj.dims();
     let m = channel_mask(out, kept)
         .reshape([out, 1])
@@ -114,7 +112,7 @@ fn mask_rows(proj: &mut Projection<B>, kept: &[i64]) {
     proj.weight = proj.weight.clone().map(|w| w * m);
 }
 
-fn mask_cols(proj: &mut Projection<B>, kept: &[i64]) {
+fn mask_cols(proj: &mut LoraLinear<B>, kept: &[i64]) {
     let (out, d_in) = proj.dims();
     let m = channel_mask(d_in, kept)
         .reshape([1, d_in])
@@ -203,7 +201,7 @@ fn assert_same(
     }
 }
 
-fn compare(targets: &[LoraTarget], channels: FixedChannels, masked: bool) {
+fn compare(targets: &[LlamaProjection], channels: FixedChannels, masked: bool) {
     let model = model(targets);
     let (ids, mask) = batch();
     let probe = Tensor::<B, 3>::random(
@@ -255,17 +253,27 @@ fn keeping_every_channel_equals_the_dense_model() {
         mlp: vec![Some(all(176)); 2],
     };
     compare(
-        &[LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O],
+        &[
+            LlamaProjection::Q,
+            LlamaProjection::K,
+            LlamaProjection::V,
+            LlamaProjection::O,
+        ],
         channels(),
         false,
     );
-    compare(&LoraTarget::ALL, channels(), false);
+    compare(&LlamaProjection::ALL, channels(), false);
 }
 
 #[test]
 fn sparse_attention_and_compact_mlp_match_masked_dense() {
     compare(
-        &[LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O],
+        &[
+            LlamaProjection::Q,
+            LlamaProjection::K,
+            LlamaProjection::V,
+            LlamaProjection::O,
+        ],
         random_channels(7),
         true,
     );
@@ -273,7 +281,7 @@ fn sparse_attention_and_compact_mlp_match_masked_dense() {
 
 #[test]
 fn sparse_blocks_with_adapters_everywhere_match_masked_dense() {
-    compare(&LoraTarget::ALL, random_channels(11), true);
+    compare(&LlamaProjection::ALL, random_channels(11), true);
 }
 
 #[test]
@@ -314,7 +322,7 @@ fn token_split_routes_rows_and_their_gradients() {
 
 #[test]
 fn answer_tokens_dense_everywhere_is_the_dense_model() {
-    let model = model(&[LoraTarget::Q, LoraTarget::V]);
+    let model = model(&[LlamaProjection::Q, LlamaProjection::V]);
     let (ids, mask) = batch();
     let channels = random_channels(3);
     let sparse = SparseForward {
@@ -341,7 +349,7 @@ fn answer_tokens_dense_everywhere_is_the_dense_model() {
 
 #[test]
 fn reference_compat_drops_the_base_input_gradient_of_sliced_adapted_projections() {
-    let model = model(&[LoraTarget::Q]);
+    let model = model(&[LlamaProjection::Q]);
     let proj = &model.model.layers[0].self_attn.q_proj;
     let device = Default::default();
     let x = Tensor::<B, 2>::random([3, 64], Distribution::Normal(0.0, 1.0), &device).require_grad();

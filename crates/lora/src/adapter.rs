@@ -165,6 +165,24 @@ impl<B: Backend> LoraAdapter<B> {
     }
 }
 
+// Beside the adapter it builds, so that `config.rs` does not import `adapter.rs` (which imports
+// the config): no import cycle inside the crate.
+impl LoraConfig {
+    /// A freshly initialised adapter for a `[d_out, d_in]` projection: A Kaiming-uniform as
+    /// PEFT draws it, B zero. See [`LoraAdapter::new`].
+    ///
+    /// # Panics
+    /// If the config is invalid (see [`Self::validate`]).
+    pub fn init<B: Backend>(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> LoraAdapter<B> {
+        LoraAdapter::new(self, d_in, d_out, device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

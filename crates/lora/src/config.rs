@@ -1,13 +1,11 @@
-//! The LoRA hyper-parameters: rank, alpha, dropout and which projections are adapted.
+//! The LoRA hyper-parameters: rank, alpha, dropout and which modules are adapted.
 //!
 //! Defaults are SparseLoRA's (rank 32, alpha 64, dropout 0, q/k/v/o), see SPEC.md section 3.
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::LoraAdapter;
 use crate::error::{LoraError, Result};
-use crate::target::{canonical, LoraTarget};
+use crate::target::TargetModules;
 
 /// LoRA hyper-parameters, shared by every adapted projection of a model.
 ///
@@ -22,8 +20,8 @@ pub struct LoraConfig {
     /// Dropout probability on the adapter input, in `[0, 1)`; active only while training (on
     /// an autodiff backend).
     pub dropout: f64,
-    /// The adapted projections of every layer.
-    pub targets: Vec<LoraTarget>,
+    /// The adapted modules (PEFT's `target_modules`).
+    pub targets: TargetModules,
 }
 
 impl Default for LoraConfig {
@@ -32,13 +30,14 @@ impl Default for LoraConfig {
             r: 32,
             alpha: 64.0,
             dropout: 0.0,
-            targets: LoraTarget::ATTENTION.to_vec(),
+            targets: TargetModules::names(["q_proj", "k_proj", "v_proj", "o_proj"]),
         }
     }
 }
 
 impl LoraConfig {
-    /// The defaults: rank 32, alpha 64, dropout 0, targets q, k, v, o.
+    /// The defaults: rank 32, alpha 64, dropout 0, targets `q_proj`, `k_proj`, `v_proj`,
+    /// `o_proj` (the attention projections under HF's names).
     pub fn new() -> Self {
         Self::default()
     }
@@ -61,9 +60,9 @@ impl LoraConfig {
         self
     }
 
-    /// Sets the targets (sorted into layer order, repeats removed).
-    pub fn with_targets(mut self, targets: impl IntoIterator<Item = LoraTarget>) -> Self {
-        self.targets = canonical(targets.into_iter().collect());
+    /// Sets the targeted modules.
+    pub fn with_targets(mut self, targets: TargetModules) -> Self {
+        self.targets = targets;
         self
     }
 
@@ -72,9 +71,10 @@ impl LoraConfig {
         self.alpha / self.r as f64
     }
 
-    /// Whether `target` carries an adapter.
-    pub fn targets(&self, target: LoraTarget) -> bool {
-        self.targets.contains(&target)
+    /// Whether the module at `path` (`model.layers.3.self_attn.q_proj`) carries an adapter; see
+    /// [`TargetModules::matches`].
+    pub fn targets_module(&self, path: &str) -> bool {
+        self.targets.matches(path)
     }
 
     /// Checks `r > 0`, a finite `alpha`, `dropout` in `[0, 1)` and at least one target.
@@ -93,23 +93,9 @@ impl LoraConfig {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         if self.targets.is_empty() {
-            return bad("no target projections".into());
+            return bad("no target modules".into());
         }
         Ok(())
-    }
-
-    /// A freshly initialised adapter for a `[d_out, d_in]` projection: A Kaiming-uniform as
-    /// PEFT draws it, B zero. See [`LoraAdapter::new`].
-    ///
-    /// # Panics
-    /// If the config is invalid (see [`Self::validate`]).
-    pub fn init<B: Backend>(
-        &self,
-        d_in: usize,
-        d_out: usize,
-        device: &B::Device,
-    ) -> LoraAdapter<B> {
-        LoraAdapter::new(self, d_in, d_out, device)
     }
 }
 
@@ -121,7 +107,12 @@ mod tests {
     fn defaults_follow_the_spec() {
         let c = LoraConfig::new();
         assert_eq!((c.r, c.alpha, c.dropout), (32, 64.0, 0.0));
-        assert_eq!(c.targets, LoraTarget::ATTENTION.to_vec());
+        assert_eq!(
+            c.targets,
+            TargetModules::names(["q_proj", "k_proj", "v_proj", "o_proj"])
+        );
+        assert!(c.targets_module("model.layers.0.self_attn.k_proj"));
+        assert!(!c.targets_module("model.layers.0.mlp.up_proj"));
         assert_eq!(c.scaling(), 2.0);
         c.validate().unwrap();
     }
@@ -133,16 +124,21 @@ mod tests {
         assert!(msg(LoraConfig::new().with_dropout(1.0)).contains("dropout"));
         assert!(msg(LoraConfig::new().with_dropout(-0.1)).contains("dropout"));
         assert!(msg(LoraConfig::new().with_alpha(f64::NAN)).contains("alpha"));
-        assert!(msg(LoraConfig::new().with_targets([])).contains("target"));
+        assert!(
+            msg(LoraConfig::new().with_targets(TargetModules::names(Vec::<String>::new())))
+                .contains("target")
+        );
     }
 
     #[test]
     fn deserialises_with_defaults() {
         let c: LoraConfig =
-            serde_json::from_str(r#"{"r": 8, "targets": ["q_proj", "v"]}"#).unwrap();
+            serde_json::from_str(r#"{"r": 8, "targets": ["q_proj", "v_proj"]}"#).unwrap();
         assert_eq!(c.r, 8);
         assert_eq!(c.alpha, 64.0);
-        assert_eq!(c.targets, vec![LoraTarget::Q, LoraTarget::V]);
+        assert_eq!(c.targets, TargetModules::names(["q_proj", "v_proj"]));
+        let c: LoraConfig = serde_json::from_str(r#"{"targets": "all-linear"}"#).unwrap();
+        assert_eq!(c.targets, TargetModules::AllLinear);
         assert!(serde_json::from_str::<LoraConfig>(r#"{"rank": 8}"#).is_err());
     }
 }

@@ -9,11 +9,14 @@ pub enum LoraError {
     /// A LoRA configuration value is out of range.
     #[error("invalid LoRA config: {0}")]
     InvalidConfig(String),
-    /// A target name is not one of q, k, v, o, gate, up, down (or their `*_proj` forms).
-    #[error(
-        "unknown LoRA target `{0}` (expected q, k, v, o, gate, up, down or q_proj, ..., down_proj)"
-    )]
-    UnknownTarget(String),
+    /// A `target_modules` name matches no adaptable module of the model.
+    #[error("LoRA target module `{name}` matches none of the model's adaptable modules ({hint})")]
+    UnknownTarget {
+        /// The name as given.
+        name: String,
+        /// What the model offers, e.g. `q_proj, k_proj, ..., down_proj`.
+        hint: String,
+    },
     /// A file that must exist does not.
     #[error("missing file {path}: {hint}")]
     MissingFile {

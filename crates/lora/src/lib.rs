@@ -1,24 +1,35 @@
-//! LoRA adapters for the frozen projections of `llama-burn` models, with PEFT-format I/O.
+//! LoRA for burn models, computing what PEFT's `tuners/lora` computes, with PEFT-format I/O.
 //!
-//! - [`LoraConfig`]: rank, alpha, dropout and [`LoraTarget`]s (defaults: r 32, alpha 64, q/k/v/o).
+//! - [`LoraLinear`]: a frozen `[out, in]` linear layer with an optional adapter, its dense and
+//!   SparseLoRA (sliced / masked) forwards through `sparse_ops`, and merge/unmerge through one
+//!   [`LoraAdapter::delta_weight`].
 //! - [`LoraAdapter`]: `lora_a [r, in]`, `lora_b [out, r]`, `scaling = alpha / r`, initialised and
 //!   applied exactly as PEFT's `lora.Linear` (`scaling * B A x`), always in f32.
+//! - [`LoraConfig`]: rank, alpha, dropout and [`TargetModules`] (PEFT's `target_modules`: names
+//!   matched against module paths, or `all-linear`; defaults: r 32, alpha 64, the attention
+//!   projections).
+//! - [`freeze_base`] / [`cast_base`]: freeze or cast every parameter of any burn module outside
+//!   its adapters.
 //! - [`save_peft`] / [`load_peft`]: `adapter_config.json` + `adapter_model.safetensors`, which
 //!   `peft.PeftModel.from_pretrained` loads and `save_pretrained` writes.
 //!
-//! The model decides where adapters go (`llama_burn::LlamaForCausalLM::with_lora`); this crate
-//! knows nothing of LLaMA beyond the projection names.
+//! The model decides where adapters go: it holds `LoraLinear`s and asks
+//! [`LoraConfig::targets_module`] with each one's module path (`llama_burn::LlamaForCausalLM::with_lora`).
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod base;
 pub mod config;
 pub mod error;
+pub mod linear;
 pub mod peft;
 pub mod peft_config;
 pub mod target;
 
 pub use adapter::LoraAdapter;
+pub use base::{cast_base, freeze_base};
 pub use config::LoraConfig;
 pub use error::{LoraError, Result};
+pub use linear::LoraLinear;
 pub use peft::{load_peft, peft_tensor_names, save_peft, LoraWeights, PeftAdapter};
-pub use target::LoraTarget;
+pub use target::TargetModules;

@@ -16,7 +16,6 @@ use crate::adapter::LoraAdapter;
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
 use crate::peft_config::{config_json, parse_config, CONFIG_FILE};
-use crate::target::LoraTarget;
 
 /// The weights file's name inside an adapter folder.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -201,16 +200,12 @@ pub fn load_peft(dir: &Path) -> Result<PeftAdapter> {
                 format!("not of the form {PREFIX}<module>.lora_A.weight / .lora_B.weight"),
             )
         })?;
-        let leaf = module.rsplit('.').next().unwrap_or(module);
-        match leaf.parse::<LoraTarget>() {
-            Ok(t) if config.targets(t) && leaf == t.module_name() => {}
-            _ => {
-                let targets: Vec<&str> = config.targets.iter().map(|t| t.module_name()).collect();
-                return Err(unexpected(
-                    name,
-                    format!("`{leaf}` is not among target_modules {targets:?}"),
-                ));
-            }
+        if !config.targets_module(module) {
+            let leaf = module.rsplit('.').next().unwrap_or(module);
+            return Err(unexpected(
+                name,
+                format!("`{leaf}` is not among target_modules {}", config.targets),
+            ));
         }
         let view = file.tensor(name).map_err(|e| LoraError::Safetensors {
             path: weights_path.clone(),

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
-use crate::target::{canonical, LoraTarget};
+use crate::target::TargetModules;
 
 /// The config file's name inside an adapter folder.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -49,10 +49,6 @@ pub fn config_json(config: &LoraConfig, base_model_name_or_path: &str) -> Value 
     } else {
         json!(config.alpha)
     };
-    let targets: Vec<&str> = canonical(config.targets.clone())
-        .into_iter()
-        .map(LoraTarget::module_name)
-        .collect();
     json!({
         "alpha_pattern": {},
         "base_model_name_or_path": base_model_name_or_path,
@@ -70,7 +66,7 @@ pub fn config_json(config: &LoraConfig, base_model_name_or_path: &str) -> Value 
         "r": config.r,
         "rank_pattern": {},
         "revision": null,
-        "target_modules": targets,
+        "target_modules": config.targets,
         "task_type": "CAUSAL_LM",
         "use_dora": false,
         "use_rslora": false,
@@ -92,8 +88,8 @@ fn is_off(value: &Value) -> bool {
 ///
 /// # Errors
 /// [`LoraError::Parse`] for malformed JSON or a field of the wrong type,
-/// [`LoraError::Unsupported`] naming the first option we do not implement,
-/// [`LoraError::UnknownTarget`] for a target module other than the LLaMA projections.
+/// [`LoraError::Unsupported`] naming the first option we do not implement (a regex
+/// `target_modules` included).
 pub fn parse_config(path: &Path, text: &str) -> Result<(LoraConfig, Option<String>)> {
     let parse_err = |message: String| LoraError::Parse {
         path: path.to_owned(),
@@ -158,16 +154,17 @@ pub fn parse_config(path: &Path, text: &str) -> Result<(LoraConfig, Option<Strin
     let dropout = number("lora_dropout", 0.0)?;
 
     let targets = match get("target_modules") {
-        Some(Value::Array(names)) => names
-            .iter()
-            .map(|n| match n.as_str() {
-                Some(name) => name.parse::<LoraTarget>(),
-                None => Err(parse_err(format!(
-                    "`target_modules` entry is not a string: {n}"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        Some(Value::String(s)) if s == "all-linear" => LoraTarget::ALL.to_vec(),
+        Some(Value::Array(names)) => TargetModules::names(
+            names
+                .iter()
+                .map(|n| {
+                    n.as_str().ok_or_else(|| {
+                        parse_err(format!("`target_modules` entry is not a string: {n}"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        Some(Value::String(s)) if s == crate::target::ALL_LINEAR => TargetModules::AllLinear,
         Some(v) => return Err(unsupported("target_modules", v)),
         None => return Err(parse_err("`target_modules` is missing".into())),
     };
@@ -176,7 +173,7 @@ pub fn parse_config(path: &Path, text: &str) -> Result<(LoraConfig, Option<Strin
         r,
         alpha,
         dropout,
-        targets: canonical(targets),
+        targets,
     };
     config.validate().map_err(|e| parse_err(e.to_string()))?;
     let base = get("base_model_name_or_path")
@@ -199,13 +196,18 @@ mod tests {
             .with_r(4)
             .with_alpha(12.0)
             .with_dropout(0.05)
-            .with_targets([LoraTarget::Down, LoraTarget::Q]);
+            .with_targets(TargetModules::names(["q_proj", "down_proj"]));
         let json = config_json(&config, "base/model");
         assert_eq!(json["lora_alpha"], json!(12));
         assert_eq!(json["target_modules"], json!(["q_proj", "down_proj"]));
         let (back, base) = parse(json).unwrap();
         assert_eq!(back, config);
         assert_eq!(base.as_deref(), Some("base/model"));
+
+        let config = config.with_targets(TargetModules::AllLinear);
+        let json = config_json(&config, "base/model");
+        assert_eq!(json["target_modules"], json!("all-linear"));
+        assert_eq!(parse(json).unwrap().0, config);
     }
 
     #[test]
@@ -253,8 +255,10 @@ mod tests {
             v[key] = value;
             assert!(matches!(parse(v), Err(LoraError::Parse { .. })), "{key}");
         }
+        // Names are the model's to check (`lm_head` may well be a module of some model).
         let mut v = base;
         v["target_modules"] = json!(["q_proj", "lm_head"]);
-        assert!(matches!(parse(v), Err(LoraError::UnknownTarget(n)) if n == "lm_head"));
+        let (config, _) = parse(v).unwrap();
+        assert_eq!(config.targets, TargetModules::names(["q_proj", "lm_head"]));
     }
 }

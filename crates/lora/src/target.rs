@@ -1,132 +1,128 @@
-//! Which projections of a LLaMA layer carry an adapter, under PEFT's module names.
-
-use std::fmt;
-use std::str::FromStr;
+//! Which modules of a model carry an adapter, with PEFT's `target_modules` semantics.
+//!
+//! PEFT accepts a list of names, where a module is targeted when its path equals a name or ends
+//! with `.name` (`"q_proj"` targets `model.layers.3.self_attn.q_proj`), or the string
+//! `"all-linear"`: every linear layer except the output head. (PEFT's third form, a regex string,
+//! is not supported.) The model decides which of its modules are linear layers and asks
+//! [`TargetModules::matches`] for each; this crate knows no model's module names.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::LoraError;
 
-/// A projection of a LLaMA decoder layer that can carry a LoRA adapter.
+/// PEFT's spelling of [`TargetModules::AllLinear`].
+pub const ALL_LINEAR: &str = "all-linear";
+
+/// The modules that carry an adapter (PEFT's `target_modules`).
 ///
-/// Parses from the short name (`q`) or PEFT's module name (`q_proj`); serialises as the short
-/// name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LoraTarget {
-    /// `self_attn.q_proj`
-    Q,
-    /// `self_attn.k_proj`
-    K,
-    /// `self_attn.v_proj`
-    V,
-    /// `self_attn.o_proj`
-    O,
-    /// `mlp.gate_proj`
-    Gate,
-    /// `mlp.up_proj`
-    Up,
-    /// `mlp.down_proj`
-    Down,
+/// Serialises as PEFT writes it: a list of names, or the string `"all-linear"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetModules {
+    /// Modules whose path equals one of these names or ends with `.name`.
+    Names(Vec<String>),
+    /// Every linear layer of the model except the output head. The model applies the exception:
+    /// it never asks about its head.
+    AllLinear,
 }
 
-impl LoraTarget {
-    /// Every target, in layer order.
-    pub const ALL: [LoraTarget; 7] = [
-        Self::Q,
-        Self::K,
-        Self::V,
-        Self::O,
-        Self::Gate,
-        Self::Up,
-        Self::Down,
-    ];
-
-    /// The default of SparseLoRA and of this crate: the attention projections.
-    pub const ATTENTION: [LoraTarget; 4] = [Self::Q, Self::K, Self::V, Self::O];
-
-    /// The PEFT / HF module name: `q_proj`, ..., `down_proj`.
-    pub fn module_name(self) -> &'static str {
-        match self {
-            Self::Q => "q_proj",
-            Self::K => "k_proj",
-            Self::V => "v_proj",
-            Self::O => "o_proj",
-            Self::Gate => "gate_proj",
-            Self::Up => "up_proj",
-            Self::Down => "down_proj",
+impl TargetModules {
+    /// A list of names, repeats removed (first occurrence kept, so the order given is the order
+    /// written to `adapter_config.json`).
+    pub fn names<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
+        let mut out: Vec<String> = Vec::new();
+        for name in names {
+            let name = name.into();
+            if !out.contains(&name) {
+                out.push(name);
+            }
         }
+        Self::Names(out)
     }
 
-    /// The short name: `q`, ..., `down`.
-    pub fn short_name(self) -> &'static str {
-        let name = self.module_name();
-        &name[..name.len() - "_proj".len()]
-    }
-
-    /// Whether the projection belongs to the attention block (else to the MLP).
-    pub fn is_attention(self) -> bool {
-        matches!(self, Self::Q | Self::K | Self::V | Self::O)
-    }
-
-    /// Parses a comma-separated list such as `"q,k,v,o"` or `"q_proj, v_proj"`; returns the
-    /// targets in layer order without repeats.
+    /// Parses `"all-linear"` or a comma-separated list of names (`"q_proj, v_proj"`).
     ///
     /// # Errors
-    /// [`LoraError::UnknownTarget`] naming the first unknown entry, or
-    /// [`LoraError::InvalidConfig`] when the list is empty.
-    pub fn parse_list(list: &str) -> Result<Vec<Self>, LoraError> {
-        let parsed = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::parse)
-            .collect::<Result<Vec<Self>, _>>()?;
-        let targets = canonical(parsed);
+    /// [`LoraError::InvalidConfig`] when the list holds no name.
+    pub fn parse_list(list: &str) -> Result<Self, LoraError> {
+        if list.trim() == ALL_LINEAR {
+            return Ok(Self::AllLinear);
+        }
+        let targets = Self::names(list.split(',').map(str::trim).filter(|s| !s.is_empty()));
         if targets.is_empty() {
             return Err(LoraError::InvalidConfig(format!(
-                "no LoRA targets in `{list}`"
+                "no LoRA target modules in `{list}`"
             )));
         }
         Ok(targets)
     }
-}
 
-/// Sorts targets into layer order and removes repeats.
-pub(crate) fn canonical(mut targets: Vec<LoraTarget>) -> Vec<LoraTarget> {
-    targets.sort();
-    targets.dedup();
-    targets
-}
+    /// Whether the module at `path` (e.g. `model.layers.3.self_attn.q_proj`) is targeted: its
+    /// path equals a name or ends with `.name`; any path under [`Self::AllLinear`].
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::AllLinear => true,
+            Self::Names(names) => names.iter().any(|name| {
+                path.strip_suffix(name.as_str())
+                    .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+            }),
+        }
+    }
 
-impl FromStr for LoraTarget {
-    type Err = LoraError;
+    /// Whether the list names no module ([`Self::AllLinear`] is never empty).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Names(names) if names.is_empty())
+    }
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim().to_ascii_lowercase();
-        let short = lower.strip_suffix("_proj").unwrap_or(&lower);
-        Self::ALL
-            .into_iter()
-            .find(|t| t.short_name() == short)
-            .ok_or_else(|| LoraError::UnknownTarget(s.to_owned()))
+    /// The names that match none of `paths` (a model's adaptable modules): PEFT refuses such a
+    /// config, since a misspelt name would otherwise silently train nothing.
+    pub fn unmatched<'a>(&self, paths: impl IntoIterator<Item = &'a str> + Clone) -> Vec<&str> {
+        match self {
+            Self::AllLinear => Vec::new(),
+            Self::Names(names) => names
+                .iter()
+                .filter(|name| {
+                    let one = Self::Names(vec![(*name).clone()]);
+                    !paths.clone().into_iter().any(|path| one.matches(path))
+                })
+                .map(String::as_str)
+                .collect(),
+        }
     }
 }
 
-impl fmt::Display for LoraTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.short_name())
+impl std::fmt::Display for TargetModules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AllLinear => f.write_str(ALL_LINEAR),
+            Self::Names(names) => write!(f, "{names:?}"),
+        }
     }
 }
 
-impl Serialize for LoraTarget {
+impl Serialize for TargetModules {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.short_name())
+        match self {
+            Self::AllLinear => serializer.serialize_str(ALL_LINEAR),
+            Self::Names(names) => names.serialize(serializer),
+        }
     }
 }
 
-impl<'de> Deserialize<'de> for LoraTarget {
+impl<'de> Deserialize<'de> for TargetModules {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        name.parse().map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::One(s) if s == ALL_LINEAR => Ok(Self::AllLinear),
+            Raw::One(s) => Err(serde::de::Error::custom(format!(
+                "target modules `{s}`: expected a list of names or \"{ALL_LINEAR}\""
+            ))),
+            Raw::List(names) => Ok(Self::names(names)),
+        }
     }
 }
 
@@ -135,34 +131,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_short_and_peft_names() {
+    fn names_match_whole_path_components() {
+        let t = TargetModules::names(["q_proj", "mlp.down_proj"]);
+        assert!(t.matches("model.layers.3.self_attn.q_proj"));
+        assert!(t.matches("q_proj"));
+        assert!(t.matches("model.layers.0.mlp.down_proj"));
+        assert!(!t.matches("model.layers.0.self_attn.qq_proj"));
+        assert!(!t.matches("model.layers.0.other.down_proj"));
+        assert!(TargetModules::AllLinear.matches("anything.at.all"));
+    }
+
+    #[test]
+    fn parses_lists_and_all_linear() {
         assert_eq!(
-            LoraTarget::parse_list("q,k,v,o").unwrap(),
-            LoraTarget::ATTENTION.to_vec()
+            TargetModules::parse_list("q_proj, v_proj,q_proj").unwrap(),
+            TargetModules::names(["q_proj", "v_proj"])
         );
         assert_eq!(
-            LoraTarget::parse_list("down_proj, q_proj,q").unwrap(),
-            vec![LoraTarget::Q, LoraTarget::Down]
+            TargetModules::parse_list(" all-linear ").unwrap(),
+            TargetModules::AllLinear
         );
-        assert_eq!("Gate".parse::<LoraTarget>().unwrap(), LoraTarget::Gate);
-        for t in LoraTarget::ALL {
-            assert_eq!(t.module_name().parse::<LoraTarget>().unwrap(), t);
-            assert_eq!(t.to_string().parse::<LoraTarget>().unwrap(), t);
+        assert!(TargetModules::parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn unmatched_names_are_reported() {
+        let t = TargetModules::names(["q_proj", "lm_head"]);
+        let paths = [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.mlp.up_proj",
+        ];
+        assert_eq!(t.unmatched(paths), vec!["lm_head"]);
+        assert!(TargetModules::AllLinear.unmatched(paths).is_empty());
+    }
+
+    #[test]
+    fn serde_round_trips_both_forms() {
+        for (t, json) in [
+            (TargetModules::AllLinear, r#""all-linear""#),
+            (
+                TargetModules::names(["down_proj", "q_proj"]),
+                r#"["down_proj","q_proj"]"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&t).unwrap(), json);
+            assert_eq!(serde_json::from_str::<TargetModules>(json).unwrap(), t);
         }
-    }
-
-    #[test]
-    fn rejects_unknown_and_empty() {
-        let err = LoraTarget::parse_list("q,lm_head").unwrap_err();
-        assert!(err.to_string().contains("`lm_head`"), "{err}");
-        assert!(LoraTarget::parse_list(" , ").is_err());
-    }
-
-    #[test]
-    fn serde_uses_short_names() {
-        let json = serde_json::to_string(&[LoraTarget::Q, LoraTarget::Down]).unwrap();
-        assert_eq!(json, r#"["q","down"]"#);
-        let back: Vec<LoraTarget> = serde_json::from_str(r#"["q_proj","up"]"#).unwrap();
-        assert_eq!(back, vec![LoraTarget::Q, LoraTarget::Up]);
+        assert!(serde_json::from_str::<TargetModules>(r#"".*proj""#).is_err());
     }
 }

@@ -32,8 +32,8 @@ use std::fmt;
 use std::ops::AddAssign;
 
 use llama_burn::sparsity::{kept_channels, SparsityPlan};
-use llama_burn::LlamaConfig;
-use lora::{LoraConfig, LoraTarget};
+use llama_burn::{LlamaConfig, LlamaProjection};
+use lora::LoraConfig;
 
 use crate::sparsity_config::{SparsityConfig, DEFAULT_ESTIMATOR_RANK};
 use crate::SelectionMode;
@@ -282,13 +282,13 @@ impl<'a> FlopsCounter<'a> {
         let (dq, dkv) = (c(nq * hd), c(nkv * hd));
         let (b, s, n) = (c(tokens.sequences), c(tokens.seq_len), c(tokens.tokens()));
         let n_dense = c(tokens.dense_tokens).min(n);
-        let has = |t: LoraTarget| self.lora.targets(t);
 
         let mut fl = Flops::default();
         // Whether the residual stream depends on a trainable parameter (then gradients flow).
         let mut tracked = false;
         for layer in 0..m.num_hidden_layers {
             let ratios = plan.map(|p| p.layer(layer)).unwrap_or_default();
+            let has = |t: LlamaProjection| self.lora.targets_module(&t.path(layer));
             let rows = |sparse: bool| {
                 if sparse {
                     Rows {
@@ -310,12 +310,13 @@ impl<'a> FlopsCounter<'a> {
             };
             let x_tracked = tracked;
             let qkv = [
-                (LoraTarget::Q, dq, k_q),
-                (LoraTarget::K, dkv, k_kv),
-                (LoraTarget::V, dkv, k_kv),
+                (LlamaProjection::Q, dq, k_q),
+                (LlamaProjection::K, dkv, k_kv),
+                (LlamaProjection::V, dkv, k_kv),
             ]
             .map(|(target, out, kept)| {
-                self.projection(&mut fl, target, d, out, kept * d, rows(sparse), x_tracked);
+                let shape = (d, out, kept * d);
+                self.projection(&mut fl, has(target), shape, rows(sparse), x_tracked);
                 x_tracked || has(target)
             });
             let core = 2 * b * s * s * c(nq * hd);
@@ -324,16 +325,15 @@ impl<'a> FlopsCounter<'a> {
             let needed = [q_tr, k_tr, q_tr || k_tr, v_tr]; // dQ, dK, dP, dV
             fl.attention_backward += core * needed.iter().filter(|&&x| x).count() as u128;
             let o_in_tracked = qkv.iter().any(|&x| x);
+            let shape = (dq, d, d * k_q);
             self.projection(
                 &mut fl,
-                LoraTarget::O,
-                dq,
-                d,
-                d * k_q,
+                has(LlamaProjection::O),
+                shape,
                 rows(sparse),
                 o_in_tracked,
             );
-            tracked = o_in_tracked || has(LoraTarget::O);
+            tracked = o_in_tracked || has(LlamaProjection::O);
             if sparse {
                 fl.estimator += 2 * n * (self.estimate(d, dq) + 2 * self.estimate(d, dkv));
             }
@@ -346,20 +346,20 @@ impl<'a> FlopsCounter<'a> {
                 d_ff
             };
             let x_tracked = tracked;
-            for target in [LoraTarget::Gate, LoraTarget::Up] {
-                self.projection(&mut fl, target, d, d_ff, k * d, rows(sparse), x_tracked);
+            for target in [LlamaProjection::Gate, LlamaProjection::Up] {
+                let shape = (d, d_ff, k * d);
+                self.projection(&mut fl, has(target), shape, rows(sparse), x_tracked);
             }
-            let h_tracked = x_tracked || has(LoraTarget::Gate) || has(LoraTarget::Up);
+            let h_tracked = x_tracked || has(LlamaProjection::Gate) || has(LlamaProjection::Up);
+            let shape = (d_ff, d, d * k);
             self.projection(
                 &mut fl,
-                LoraTarget::Down,
-                d_ff,
-                d,
-                d * k,
+                has(LlamaProjection::Down),
+                shape,
                 rows(sparse),
                 h_tracked,
             );
-            tracked = h_tracked || has(LoraTarget::Down);
+            tracked = h_tracked || has(LlamaProjection::Down);
             if sparse {
                 fl.estimator += 2 * b * 2 * self.estimate(d, d_ff);
             }
@@ -373,20 +373,17 @@ impl<'a> FlopsCounter<'a> {
         fl
     }
 
-    /// One projection (`d_out x d_in`, `kept` weight elements on sliced rows) and its adapter.
-    #[allow(clippy::too_many_arguments)]
+    /// One projection (`shape = (d_in, d_out, kept)`: `kept` weight elements on sliced rows) and
+    /// its adapter when `adapter`.
     fn projection(
         &self,
         fl: &mut Flops,
-        target: LoraTarget,
-        d_in: u128,
-        d_out: u128,
-        kept: u128,
+        adapter: bool,
+        (d_in, d_out, kept): (u128, u128, u128),
         rows: Rows,
         input_tracked: bool,
     ) {
         let full = d_in * d_out;
-        let adapter = self.lora.targets(target);
         fl.base_forward += 2 * (rows.full * full + rows.sliced * kept);
         if input_tracked {
             let sliced_grad = if self.drop_sliced_input_grad && adapter {
@@ -448,7 +445,9 @@ mod tests {
     fn hand_checked_toy_model() {
         let model = toy();
         assert_eq!(model.head_dim(), 2);
-        let lora = LoraConfig::new().with_r(1).with_targets([LoraTarget::Q]);
+        let lora = LoraConfig::new()
+            .with_r(1)
+            .with_targets(LlamaProjection::target_modules(&[LlamaProjection::Q]));
         // One sequence of 3 tokens, the last one the answer.
         let tokens = StepTokens::synthetic(1, 3, 1);
         assert_eq!((tokens.answer_tokens, tokens.logit_tokens), (1, 1));
@@ -527,7 +526,10 @@ mod tests {
         let model = toy();
         let lora = LoraConfig::new()
             .with_r(1)
-            .with_targets([LoraTarget::Q, LoraTarget::O]);
+            .with_targets(LlamaProjection::target_modules(&[
+                LlamaProjection::Q,
+                LlamaProjection::O,
+            ]));
         let tokens = StepTokens::synthetic(1, 3, 1);
         let plan = toy_plan();
         let base = FlopsCounter {

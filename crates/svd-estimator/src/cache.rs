@@ -12,19 +12,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use llama_burn::adapters::module_path;
-use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, SparsityPlan};
-use lora::LoraTarget;
+use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, LlamaProjection, SparsityPlan};
 
 use crate::svd::{estimator_factors, FACTOR_TOLERANCE};
 
 /// Projections the estimator needs factors for: the output-sliced ones.
-pub const ESTIMATED: [LoraTarget; 5] = [
-    LoraTarget::Gate,
-    LoraTarget::Up,
-    LoraTarget::Q,
-    LoraTarget::K,
-    LoraTarget::V,
+pub const ESTIMATED: [LlamaProjection; 5] = [
+    LlamaProjection::Gate,
+    LlamaProjection::Up,
+    LlamaProjection::Q,
+    LlamaProjection::K,
+    LlamaProjection::V,
 ];
 
 /// v2: factors from the converged SVD (v1 caches hold 2-iteration factors, 23-112% off the exact
@@ -140,7 +138,7 @@ impl std::fmt::Display for BuildReason {
 
 /// Whether a sparsity plan needs factors of `target` in `layer`: gate/up where the MLP is sparse,
 /// q/k/v where attention is.
-pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LoraTarget) -> bool {
+pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LlamaProjection) -> bool {
     let block = if target.is_attention() {
         Block::Attn
     } else {
@@ -150,16 +148,16 @@ pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LoraTarget) -> bool
 }
 
 /// `(in, out)` of a projection of `config`.
-fn projection_dims(config: &LlamaConfig, target: LoraTarget) -> (usize, usize) {
+fn projection_dims(config: &LlamaConfig, target: LlamaProjection) -> (usize, usize) {
     let (d, ff) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim();
     let kv = config.n_kv_heads() * config.head_dim();
     match target {
-        LoraTarget::Gate | LoraTarget::Up => (d, ff),
-        LoraTarget::Down => (ff, d),
-        LoraTarget::Q => (d, q),
-        LoraTarget::O => (q, d),
-        LoraTarget::K | LoraTarget::V => (d, kv),
+        LlamaProjection::Gate | LlamaProjection::Up => (d, ff),
+        LlamaProjection::Down => (ff, d),
+        LlamaProjection::Q => (d, q),
+        LlamaProjection::O => (q, d),
+        LlamaProjection::K | LlamaProjection::V => (d, kv),
     }
 }
 
@@ -188,28 +186,34 @@ pub struct SvdCache<B: Backend> {
 
 impl<B: Backend> SvdCache<B> {
     /// Computes the factors of every projection in `ESTIMATED` of the layers `wanted` accepts,
-    /// on the model's device.
+    /// on the model's device: [`Self::from_weights`] on the model's named projection weights.
     pub fn build(
         model: &LlamaForCausalLM<B>,
         rank: usize,
-        wanted: impl Fn(usize, LoraTarget) -> bool,
+        wanted: impl Fn(usize, LlamaProjection) -> bool,
+    ) -> Self {
+        Self::from_weights(model.projection_weights(&ESTIMATED, wanted), rank)
+    }
+
+    /// Computes the rank-`rank` factors of each named `[out, in]` weight (in the order given: the
+    /// randomized SVD draws from the backend's generator), keyed by its name (a module path such
+    /// as `model.layers.3.mlp.gate_proj`, which the selector looks factors up by).
+    pub fn from_weights(
+        weights: impl IntoIterator<Item = (String, Tensor<B, 2>)>,
+        rank: usize,
     ) -> Self {
         let (mut factors, mut unconverged) = (BTreeMap::new(), BTreeMap::new());
-        for (i, layer) in model.model.layers.iter().enumerate() {
-            for target in ESTIMATED.into_iter().filter(|&t| wanted(i, t)) {
-                // Detached: the factors are constants. Built from a weight that still requires a
-                // gradient (the base before LoRA freezes it), they would carry autodiff history,
-                // and every estimate made with them would add backward steps to the graph that
-                // no backward ever consumes: memory that grows every step (it ran an 8B
-                // SparseLoRA run out of memory within 25 steps).
-                let weight = layer.projection(target).weight.val().detach();
-                let built = estimator_factors(weight, rank);
-                let path = module_path(i, target);
-                if built.error_bound > FACTOR_TOLERANCE {
-                    unconverged.insert(path.clone(), built.error_bound);
-                }
-                factors.insert(path, (built.w1.detach(), built.w2.detach()));
+        for (name, weight) in weights {
+            // Detached: the factors are constants. Built from a weight that still requires a
+            // gradient (the base before LoRA freezes it), they would carry autodiff history,
+            // and every estimate made with them would add backward steps to the graph that
+            // no backward ever consumes: memory that grows every step (it ran an 8B
+            // SparseLoRA run out of memory within 25 steps).
+            let built = estimator_factors(weight.detach(), rank);
+            if built.error_bound > FACTOR_TOLERANCE {
+                unconverged.insert(name.clone(), built.error_bound);
             }
+            factors.insert(name, (built.w1.detach(), built.w2.detach()));
         }
         Self {
             rank,
@@ -281,11 +285,11 @@ impl<B: Backend> SvdCache<B> {
     pub fn check_covers(
         &self,
         config: &LlamaConfig,
-        needed: impl Fn(usize, LoraTarget) -> bool,
+        needed: impl Fn(usize, LlamaProjection) -> bool,
     ) -> Result<(), CoverageError> {
         for layer in 0..config.num_hidden_layers {
             for target in ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
-                let module = module_path(layer, target);
+                let module = target.path(layer);
                 let Some((w1, w2)) = self.factors.get(&module) else {
                     return Err(CoverageError::Missing { module });
                 };

@@ -8,13 +8,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
-use llama_burn::adapters::module_path;
-use llama_burn::attention::LlamaAttention;
-use llama_burn::mlp::LlamaMlp;
-use llama_burn::projection::Projection;
 use llama_burn::sparsity::kept_channels;
-use llama_burn::{AttnChannels, Block, ChannelSelector, LlamaConfig, SparsityPlan};
-use lora::LoraTarget;
+use llama_burn::{
+    AttentionProjections, AttnChannels, Block, ChannelSelector, LlamaConfig, LlamaProjection,
+    MlpProjections, SparsityPlan,
+};
+use lora::LoraLinear;
 
 use crate::cache::{plan_needs, CoverageError, SvdCache};
 use crate::mode::SelectionMode;
@@ -151,16 +150,18 @@ impl<B: Backend> SvdChannelSelector<B> {
                     if plan.ratio(layer, block) <= 0.0 {
                         continue;
                     }
-                    let members: &[LoraTarget] = match block {
-                        Block::Attn => &[LoraTarget::Q, LoraTarget::K, LoraTarget::V],
-                        Block::Mlp => &[LoraTarget::Gate, LoraTarget::Up],
+                    let members: &[LlamaProjection] = match block {
+                        Block::Attn => {
+                            &[LlamaProjection::Q, LlamaProjection::K, LlamaProjection::V]
+                        }
+                        Block::Mlp => &[LlamaProjection::Gate, LlamaProjection::Up],
                     };
                     // Constants: no autodiff history may reach the estimates (see
                     // `SvdCache::build`).
                     let parts: Option<Vec<_>> = members
                         .iter()
                         .map(|&target| {
-                            let (w1, w2) = cache.factors.get(&module_path(layer, target))?;
+                            let (w1, w2) = cache.factors.get(&target.path(layer))?;
                             Some((w1.clone().detach(), w2.clone().detach()))
                         })
                         .collect();
@@ -189,7 +190,7 @@ impl<B: Backend> SvdChannelSelector<B> {
     }
 
     /// `rows` (`[n, in]`, f32) through the true `projection` (oracle mode): `[n, out]` in f32.
-    fn project_exactly(projection: &Projection<B>, rows: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn project_exactly(projection: &LoraLinear<B>, rows: Tensor<B, 2>) -> Tensor<B, 2> {
         let weight = projection.weight.val().detach();
         let y = rows.cast(weight.dtype()).matmul(weight.transpose());
         y.cast(DType::F32)
@@ -206,12 +207,12 @@ impl<B: Backend> SvdChannelSelector<B> {
     fn attention_norms(
         &self,
         layer: usize,
-        attn: &LlamaAttention<B>,
+        attn: AttentionProjections<'_, B>,
         rows: Tensor<B, 2>,
     ) -> Option<[Tensor<B, 1>; 3]> {
         if self.options.mode == SelectionMode::Oracle {
             return Some(
-                [&attn.q_proj, &attn.k_proj, &attn.v_proj]
+                [attn.q_proj, attn.k_proj, attn.v_proj]
                     .map(|p| channel_norms(Self::project_exactly(p, rows.clone()))),
             );
         }
@@ -250,7 +251,7 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
     fn attention(
         &self,
         layer: usize,
-        attn: &LlamaAttention<B>,
+        attn: AttentionProjections<'_, B>,
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<AttnChannels<B>> {
@@ -291,7 +292,7 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
     fn mlp(
         &self,
         layer: usize,
-        mlp: &LlamaMlp<B>,
+        mlp: MlpProjections<'_, B>,
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<Tensor<B, 1, Int>> {
@@ -309,8 +310,8 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
                 let means = sequence_means(x, tokens, !self.options.reference_compat);
                 let (gate, up) = if self.options.mode == SelectionMode::Oracle {
                     (
-                        Self::project_exactly(&mlp.gate_proj, means.clone()),
-                        Self::project_exactly(&mlp.up_proj, means),
+                        Self::project_exactly(mlp.gate_proj, means.clone()),
+                        Self::project_exactly(mlp.up_proj, means),
                     )
                 } else {
                     // Gate and up from one pair of products.
@@ -470,8 +471,9 @@ mod tests {
         tokens: &Tensor<B, 2, Bool>,
     ) -> Option<[Vec<i64>; 5]> {
         let l = &model.model.layers[layer];
-        let attn = selector.attention(layer, &l.self_attn, x.clone(), tokens.clone())?;
-        let mlp = selector.mlp(layer, &l.mlp, x.clone(), tokens.clone())?;
+        let attn =
+            selector.attention(layer, l.self_attn.projections(), x.clone(), tokens.clone())?;
+        let mlp = selector.mlp(layer, l.mlp.projections(), x.clone(), tokens.clone())?;
         Some([
             sorted(attn.q),
             sorted(attn.k),
@@ -493,7 +495,7 @@ mod tests {
             let est = selector(&model, &cache, SelectionMode::Estimated, compat);
             let oracle = selector(&model, &cache, SelectionMode::Oracle, compat);
             let rows = token_rows(x.clone(), tokens.clone(), !compat);
-            let attn = &model.model.layers[1].self_attn;
+            let attn = model.model.layers[1].self_attn.projections();
             let norms =
                 |s: &SvdChannelSelector<B>| s.attention_norms(1, attn, rows.clone()).unwrap();
             for ((name, got), want) in ["q", "k", "v"]

@@ -5,10 +5,10 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
-use llama_burn::attention::LlamaAttention;
-use llama_burn::mlp::LlamaMlp;
 use llama_burn::LlamaConfig;
-use llama_burn::{AttnChannels, ChannelSelector, SparseForward, TokenSplit};
+use llama_burn::{
+    AttentionProjections, AttnChannels, ChannelSelector, MlpProjections, SparseForward, TokenSplit,
+};
 use lora::LoraConfig;
 use sparselora::flops::{FlopsCounter, StepTokens};
 use sparselora::{SparseSetup, StartStep};
@@ -161,7 +161,7 @@ impl<B: Backend> ChannelSelector<B> for TimedSelector<'_, B> {
     fn attention(
         &self,
         layer: usize,
-        attn: &LlamaAttention<B>,
+        attn: AttentionProjections<'_, B>,
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<AttnChannels<B>> {
@@ -171,7 +171,7 @@ impl<B: Backend> ChannelSelector<B> for TimedSelector<'_, B> {
     fn mlp(
         &self,
         layer: usize,
-        mlp: &LlamaMlp<B>,
+        mlp: MlpProjections<'_, B>,
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<Tensor<B, 1, Int>> {

@@ -19,8 +19,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 use llama_burn::loss::{LossTargets, IGNORE_INDEX};
-use llama_burn::{LlamaConfig, LlamaForCausalLM};
-use lora::{LoraConfig, LoraTarget};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use lora::LoraConfig;
 use serde_json::{json, Value};
 use sparselora::flops::{FlopsCounter, StepTokens};
 use sparselora::FactorCache;
@@ -151,13 +151,13 @@ impl StepBench {
     }
 
     fn lora_config(&self) -> anyhow::Result<LoraConfig> {
-        let targets = LoraTarget::parse_list(&self.lora_targets)
+        let targets = LlamaProjection::parse_list(&self.lora_targets)
             .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
         let config = LoraConfig::new()
             .with_r(self.lora_r)
             .with_alpha(self.lora_alpha)
             .with_dropout(0.0)
-            .with_targets(targets);
+            .with_targets(LlamaProjection::target_modules(&targets));
         config.validate()?;
         Ok(config)
     }

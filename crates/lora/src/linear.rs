@@ -1,0 +1,291 @@
+//! A frozen, bias-free linear layer with the weight in PyTorch layout `[out, in]`, optionally
+//! carrying a trainable LoRA adapter (PEFT's `lora.Linear` around `base_layer`), and the
+//! SparseLoRA forwards that compute the frozen base on a subset of its channels.
+//!
+//! The `[out, in]` layout makes output-channel slicing (SparseLoRA's gate/up/q/k/v) a contiguous
+//! row gather, and lets HF weights load without a transpose. Every product goes through
+//! `sparse_ops`, the one seam where the fast GEMM paths plug in.
+
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::cast::ToElement;
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
+
+use crate::adapter::LoraAdapter;
+use crate::error::LoraError;
+
+/// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    /// `[out, in]`
+    pub weight: Param<Tensor<B, 2>>,
+    /// The LoRA adapter, when one is attached (f32 whatever the weight's dtype).
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// A layer with weights drawn like PyTorch's `nn.Linear` (uniform +-1/sqrt(in)), no
+    /// adapter.
+    pub fn new(d_in: usize, d_out: usize, device: &B::Device) -> Self {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        // Lazy: a loader that overwrites the weight never pays for the random draw.
+        let weight = Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        }
+        .init([d_out, d_in], device);
+        Self { weight, lora: None }
+    }
+
+    /// With an adapter, the adapter's update (computed in the input's dtype when that is bf16/f16,
+    /// as PEFT under autocast) is added to the base output.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, output `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if self.lora.is_none() {
+            return sparse_ops::linear(x, self.weight.val());
+        }
+        let base = sparse_ops::linear(x.clone(), self.weight.val());
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
+    /// written into a full-width output (zeros elsewhere), plus the dense adapter output.
+    ///
+    /// With `drop_base_input_grad` and an adapter, no gradient flows to `x` through the frozen
+    /// slice (the reference SparseLoRA code's behaviour; exact gradients otherwise).
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..out`, output `[n, out]`
+    pub fn forward_out_sliced(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let (out, _) = self.dims();
+        let base_input = self.base_input(x.clone(), drop_base_input_grad);
+        let kept = sparse_ops::linear_out_sliced(base_input, self.weight.val(), idx.clone());
+        let base = sparse_ops::scatter_channels(kept, idx.clone(), out);
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA input slicing (o/down): the base reads only the input channels `idx`; the
+    /// adapter reads all of `x`.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..in`, output `[n, out]`
+    pub fn forward_in_sliced(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x.clone(), drop_base_input_grad);
+        let base = sparse_ops::linear_in_sliced(base_input, self.weight.val(), idx.clone());
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA output slicing in masked-dense form (q/k/v): the full base product times
+    /// `keep` (`[n, out]` or `[1, out]`, 1 on the kept channels of each row), plus the dense
+    /// adapter output. The same values and gradients as [`Self::forward_out_sliced`]; cheaper when
+    /// most channels are kept, since it needs no gather of the weight and no scatter to full width.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `keep`: `[n, out]` or `[1, out]`, output `[n, out]`
+    pub fn forward_out_masked(
+        &self,
+        x: Tensor<B, 2>,
+        keep: Tensor<B, 2>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x.clone(), drop_base_input_grad);
+        let base = sparse_ops::linear(base_input, self.weight.val()) * keep;
+        self.add_adapter(base, x)
+    }
+
+    /// SparseLoRA input slicing in masked-dense form (o): the base reads `x * keep` (`keep`:
+    /// `[n, in]` or `[1, in]`), the adapter all of `x`. The same values and gradients as
+    /// [`Self::forward_in_sliced`].
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `keep`: `[n, in]` or `[1, in]`, output `[n, out]`
+    pub fn forward_in_masked(
+        &self,
+        x: Tensor<B, 2>,
+        keep: Tensor<B, 2>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x.clone(), drop_base_input_grad) * keep;
+        let base = sparse_ops::linear(base_input, self.weight.val());
+        self.add_adapter(base, x)
+    }
+
+    fn base_input<const D: usize>(&self, x: Tensor<B, D>, drop_grad: bool) -> Tensor<B, D> {
+        if drop_grad && self.lora.is_some() {
+            x.detach()
+        } else {
+            x
+        }
+    }
+
+    /// `base + adapter(x)`, summed in f32 (and cast back) when their dtypes differ.
+    fn add_adapter<const D: usize>(&self, base: Tensor<B, D>, x: Tensor<B, D>) -> Tensor<B, D> {
+        let Some(lora) = &self.lora else {
+            return base;
+        };
+        let update = lora.forward(x);
+        let dtype = base.dtype();
+        if dtype == update.dtype() {
+            base + update
+        } else {
+            (base.cast(update.dtype()) + update).cast(dtype)
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        let [out, d_in] = self.weight.dims();
+        (out, d_in)
+    }
+
+    /// Folds the adapter into the weight, `W += scaling * B A` computed in f32 and cast back to
+    /// `W`'s dtype, and detaches it: the layer then computes what it computed with the adapter,
+    /// with no LoRA branch. Returns the adapter (for [`Self::unmerge_lora`]); `None` without one.
+    ///
+    /// # Errors
+    /// [`LoraError::NonFinite`] naming `module` when the merged weight would hold a NaN or an
+    /// infinity; the layer is then left as it was, adapter included.
+    pub fn merge_lora(&mut self, module: &str) -> Result<Option<LoraAdapter<B>>, LoraError> {
+        let Some(lora) = &self.lora else {
+            return Ok(None);
+        };
+        self.fold(lora.delta_weight(), module)?;
+        Ok(self.lora.take())
+    }
+
+    /// Undoes [`Self::merge_lora`]: `W -= scaling * B A` (in f32, cast back) and reattaches
+    /// `adapter`. Exact up to the rounding of `W`'s dtype.
+    ///
+    /// # Errors
+    /// [`LoraError::NonFinite`] naming `module` as [`Self::merge_lora`]; the layer is then left
+    /// as it was.
+    pub fn unmerge_lora(&mut self, adapter: LoraAdapter<B>, module: &str) -> Result<(), LoraError> {
+        self.fold(-adapter.delta_weight(), module)?;
+        self.lora = Some(adapter);
+        Ok(())
+    }
+
+    /// `W += delta` in f32, cast back to `W`'s dtype, keeping `W`'s `require_grad`; refuses a
+    /// non-finite result. The one place merge and unmerge change the weight.
+    fn fold(&mut self, delta: Tensor<B, 2>, module: &str) -> Result<(), LoraError> {
+        let weight = self.weight.val();
+        let dtype = weight.dtype();
+        let merged = (weight.cast(DType::F32) + delta).cast(dtype).detach();
+        let finite = merged.clone().is_finite().all().into_scalar().to_bool();
+        if !finite {
+            return Err(LoraError::NonFinite {
+                module: module.to_owned(),
+            });
+        }
+        let require_grad = self.weight.is_require_grad();
+        self.weight = self
+            .weight
+            .clone()
+            .map(|_| merged.set_require_grad(require_grad));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoraConfig;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
+
+    type TestBackend = burn::backend::Flex;
+
+    fn adapted(device: &burn::tensor::Device<TestBackend>) -> LoraLinear<TestBackend> {
+        let config = LoraConfig::new().with_r(2).with_alpha(4.0);
+        let mut proj = LoraLinear::<TestBackend>::new(8, 6, device);
+        let a = Tensor::<TestBackend, 2>::random([2, 8], Distribution::Default, device);
+        let b = Tensor::<TestBackend, 2>::random([6, 2], Distribution::Default, device);
+        proj.lora = Some(LoraAdapter::from_weights(
+            &config,
+            a.into_data(),
+            b.into_data(),
+            device,
+        ));
+        proj
+    }
+
+    #[test]
+    fn adapter_adds_scaled_low_rank_update() {
+        let device = Default::default();
+        let proj = adapted(&device);
+        let x = Tensor::<TestBackend, 3>::random([2, 3, 8], Distribution::Default, &device);
+        let lora = proj.lora.as_ref().unwrap();
+        let w = proj.weight.val() + lora.delta_weight();
+        let expected = sparse_ops::linear(x.clone(), w);
+        proj.forward(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn half_precision_base_keeps_an_f32_adapter() {
+        let device = Default::default();
+        let mut proj = adapted(&device);
+        proj.weight = proj.weight.map(|w| w.cast(DType::F16));
+        let x = Tensor::<TestBackend, 2>::random([4, 8], Distribution::Default, &device);
+        let y = proj.forward(x.clone().cast(DType::F16));
+        assert_eq!(y.dtype(), DType::F16);
+        let lora = proj.lora.as_ref().unwrap();
+        assert_eq!(lora.lora_a.val().dtype(), DType::F32);
+        let w = proj.weight.val().cast(DType::F32) + lora.delta_weight();
+        let expected = sparse_ops::linear(x.cast(DType::F16).cast(DType::F32), w);
+        y.cast(DType::F32)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(2e-2));
+    }
+
+    #[test]
+    fn merge_folds_the_update_in_and_drops_the_adapter() {
+        let device = Default::default();
+        let mut proj = adapted(&device);
+        let x = Tensor::<TestBackend, 2>::random([4, 8], Distribution::Default, &device);
+        let before = proj.forward(x.clone());
+        let weight = proj.weight.val();
+        let adapter = proj.merge_lora("p").unwrap().unwrap();
+        assert!(proj.lora.is_none());
+        proj.forward(x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&before.clone().into_data(), Tolerance::default());
+
+        proj.unmerge_lora(adapter, "p").unwrap();
+        assert!(proj.lora.is_some());
+        proj.weight
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(&weight.into_data(), Tolerance::default());
+        proj.forward(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&before.into_data(), Tolerance::default());
+
+        let mut bad = adapted(&device);
+        let config = LoraConfig::new().with_r(1);
+        bad.lora = Some(LoraAdapter::from_weights(
+            &config,
+            TensorData::new(vec![f32::NAN; 8], [1, 8]),
+            TensorData::new(vec![1.0f32; 6], [6, 1]),
+            &device,
+        ));
+        let err = bad.merge_lora("model.layers.3.mlp.up_proj").unwrap_err();
+        assert!(err.to_string().contains("model.layers.3.mlp.up_proj"));
+        assert!(
+            bad.lora.is_some(),
+            "a refused merge leaves the adapter in place"
+        );
+    }
+}
