@@ -1,4 +1,4 @@
-//! Fine-tuning of LLaMA with LoRA/SparseLoRA: LLM-Adapters records, the reference's prompts
+//! Fine-tuning with LoRA/SparseLoRA (any [`CausalLm`]; LLaMA implements it): LLM-Adapters records, the reference's prompts
 //! (SPEC section 8), tokenised and left-padded batches, a resumable seeded sampler, the training
 //! loop (AdamW, cosine schedule, global-norm clipping, accumulation, atomic checkpoints, exact
 //! resume, JSONL metrics), and answer extraction for evaluation.
@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod causal_lm;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -39,6 +40,7 @@ pub mod train;
 pub mod train_config;
 
 pub use batch::{collate, pad_left, CollateConfig, PaddedBatch, TrainBatch};
+pub use causal_lm::CausalLm;
 pub use data::{load_records, parse_records, Record, ResponseField};
 pub use error::{DataError, Result};
 pub use eval_extract::{response_text, Extraction, Prediction};

@@ -37,11 +37,11 @@ pub fn micro_batch_loss<B: Backend>(
 
 /// Backpropagates `loss / accum` and adds the model's parameter gradients to `accumulator`;
 /// returns the (unscaled) loss, detached, still on the device.
-pub fn backward_into<B: AutodiffBackend>(
-    model: &LlamaForCausalLM<B>,
+pub fn backward_into<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
     loss: Tensor<B, 1>,
     accum: usize,
-    accumulator: &mut GradientsAccumulator<LlamaForCausalLM<B>>,
+    accumulator: &mut GradientsAccumulator<M>,
 ) -> Tensor<B::InnerBackend, 1> {
     let value = loss.clone().inner();
     let grads = (loss / accum as f64).backward();
@@ -52,17 +52,17 @@ pub fn backward_into<B: AutodiffBackend>(
 /// Clips `grads` to global norm `max_norm` (PyTorch's `clip_grad_norm_`) and applies one
 /// optimizer step at learning rate `lr`. Returns the updated model and the norm before clipping,
 /// on the device.
-pub fn apply_gradients<B, O>(
-    model: LlamaForCausalLM<B>,
+pub fn apply_gradients<B, M, O>(
+    model: M,
     optim: &mut O,
     grads: GradientsParams,
     lr: f64,
     max_norm: f64,
-) -> (LlamaForCausalLM<B>, Tensor<B::InnerBackend, 1>)
+) -> (M, Tensor<B::InnerBackend, 1>)
 where
     B: AutodiffBackend,
-    LlamaForCausalLM<B>: AutodiffModule<B>,
-    O: ClippedOptimizer<LlamaForCausalLM<B>, B>,
+    M: AutodiffModule<B>,
+    O: ClippedOptimizer<M, B>,
 {
     // `FusedAdamW` folds the clipping into its update kernels; burn's optimizers clip first.
     optim.clip_and_step(lr, model, grads, max_norm)
