@@ -146,6 +146,17 @@ pub(crate) fn block_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
     total
 }
 
+/// The largest of a vector's lanes.
+#[cube]
+pub(crate) fn lane_max<N: Size>(value: Vector<f32, N>) -> f32 {
+    let mut largest = value[0];
+    #[unroll]
+    for lane in 1..N::value() {
+        largest = max(largest, value[lane]);
+    }
+    largest
+}
+
 /// The sum of a vector's lanes.
 #[cube]
 pub(crate) fn lane_sum<N: Size>(value: Vector<f32, N>) -> f32 {

@@ -82,21 +82,22 @@ pub fn evaluate<B: Backend>(
             .map(|r| eval_prompt(&r.instruction, &r.input))
             .collect();
         // Each prompt's ids and the length of the prompt text they spell.
-        let encoded = prompts
+        let (ids, covered): (Vec<Vec<u32>>, Vec<usize>) = prompts
             .iter()
             .map(|p| match seam {
                 PromptSeam::Training => tokenizer.encode_for_continuation(p, true),
                 PromptSeam::Reference => tokenizer.encode(p, true).map(|ids| (ids, p.len())),
             })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let ids: Vec<Vec<u32>> = encoded.iter().map(|(ids, _)| ids.clone()).collect();
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let outputs = generate_greedy(model, &ids, &config)?;
-        for (((prompt, (_, covered)), out), record) in
-            prompts.iter().zip(&encoded).zip(outputs).zip(chunk)
+        for (((prompt, covered), out), record) in
+            prompts.iter().zip(covered).zip(outputs).zip(chunk)
         {
             // Extraction reads the text after "### Response:", so score prompt + continuation
             // (the continuation starts where the prompt's ids stopped).
-            let generated = format!("{}{}", &prompt[..*covered], tokenizer.decode(&out, true)?);
+            let generated = format!("{}{}", &prompt[..covered], tokenizer.decode(&out, true)?);
             let prediction = extraction.extract(&generated);
             if extraction.is_correct(&prediction, &record.answer) {
                 correct += 1;

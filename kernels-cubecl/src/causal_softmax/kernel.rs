@@ -10,7 +10,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use crate::common::{
-    address_type, block_max, block_sum, count_launch, lane_sum, row_launch, vector_size,
+    address_type, block_max, block_sum, count_launch, lane_max, lane_sum, row_launch, vector_size,
 };
 
 /// The masked f32 logits of the vector at `at` (keys `j0..j0 + N` of query `query`):
@@ -91,12 +91,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
             scale,
             masked,
         );
-        let mut vmax = x[0];
-        #[unroll]
-        for k in 1..N::value() {
-            vmax = max(vmax, x[k]);
-        }
-        let new_max = max(max_, vmax);
+        let new_max = max(max_, lane_max::<N>(x));
         sum = sum * (max_ - new_max).exp() + lane_sum::<N>((x - Vector::new(new_max)).exp());
         max_ = new_max;
         i += block;

@@ -9,7 +9,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use crate::common::{
-    address_type, block_max, block_sum, count_launch, lane_sum, row_launch, vector_size,
+    address_type, block_max, block_sum, count_launch, lane_max, lane_sum, row_launch, vector_size,
 };
 
 /// `nll[r] = lse[r] - logits[r, targets[r]]` and `lse[r] = logsumexp(logits[r])`, from the online
@@ -42,12 +42,7 @@ fn cross_entropy_forward_kernel<F: Float, M: Int, N: Size>(
     let mut i = UNIT_POS as usize;
     while i < vocab_v {
         let x = Vector::<f32, N>::cast_from(logits[base + i]);
-        let mut vmax = x[0];
-        #[unroll]
-        for k in 1..N::value() {
-            vmax = max(vmax, x[k]);
-        }
-        let new_max = max(max_, vmax);
+        let new_max = max(max_, lane_max::<N>(x));
         sum = sum * (max_ - new_max).exp() + lane_sum::<N>((x - Vector::new(new_max)).exp());
         max_ = new_max;
         i += block;

@@ -6,11 +6,12 @@
 mod kernel;
 pub mod reference;
 
+use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, BoolStore, DType, Tensor, TensorPrimitive};
 
 use crate::common::float_dtype;
-use crate::dispatch::{cast, route, Cube, Route};
+use crate::dispatch::{cast, on_route, route, Cube};
 
 /// The mean of each sequence, `[batch, d]` in f32: over its real tokens (`tokens` true) when
 /// `mask_padding` (a sequence without any is all zeros), over every position otherwise.
@@ -32,52 +33,20 @@ pub fn sequence_means<B: Backend>(
         && matches!(tokens.dtype(), DType::Bool(BoolStore::U8 | BoolStore::U32))
         && tokens.dims() == [b, s]
         && b * s * d > 0;
-    match route::<B>().filter(|_| fits) {
-        #[cfg(feature = "wgpu")]
-        Some(Route::Wgpu) => cast(plain::<crate::dispatch::WgpuCube>(
-            cast(x),
-            cast(tokens),
-            mask_padding,
-        )),
-        #[cfg(feature = "cuda")]
-        Some(Route::Cuda) => cast(plain::<crate::dispatch::CudaCube>(
-            cast(x),
-            cast(tokens),
-            mask_padding,
-        )),
-        // Under `Autodiff` the input is detached: the mean is an estimator input, not trained.
-        #[cfg(feature = "wgpu")]
-        Some(Route::WgpuAutodiff) => {
-            let x: Tensor<burn::backend::Autodiff<crate::dispatch::WgpuCube>, 3> = cast(x);
-            let tokens: Tensor<burn::backend::Autodiff<crate::dispatch::WgpuCube>, 2, Bool> =
-                cast(tokens);
-            let means = plain::<crate::dispatch::WgpuCube>(
-                x.inner(),
-                Tensor::from_primitive(tokens.into_primitive()),
-                mask_padding,
-            );
-            cast(Tensor::<
-                burn::backend::Autodiff<crate::dispatch::WgpuCube>,
-                2,
-            >::from_inner(means))
-        }
-        #[cfg(feature = "cuda")]
-        Some(Route::CudaAutodiff) => {
-            let x: Tensor<burn::backend::Autodiff<crate::dispatch::CudaCube>, 3> = cast(x);
-            let tokens: Tensor<burn::backend::Autodiff<crate::dispatch::CudaCube>, 2, Bool> =
-                cast(tokens);
-            let means = plain::<crate::dispatch::CudaCube>(
-                x.inner(),
-                Tensor::from_primitive(tokens.into_primitive()),
-                mask_padding,
-            );
-            cast(Tensor::<
-                burn::backend::Autodiff<crate::dispatch::CudaCube>,
-                2,
-            >::from_inner(means))
-        }
-        _ => reference::sequence_means(x, tokens, mask_padding),
-    }
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::sequence_means(x, tokens, mask_padding);
+    };
+    on_route!(route, C =>
+        plain: cast(plain::<C>(cast(x), cast(tokens), mask_padding)),
+        // Under `Autodiff` on the inner tensors: the mean is an estimator input, not trained.
+        autodiff: {
+            let x: Tensor<Autodiff<C>, 3> = cast(x);
+            let tokens: Tensor<Autodiff<C>, 2, Bool> = cast(tokens);
+            let tokens = Tensor::<C, 2, Bool>::from_primitive(tokens.into_primitive());
+            let means = plain::<C>(x.inner(), tokens, mask_padding);
+            cast(Tensor::<Autodiff<C>, 2>::from_inner(means))
+        },
+    )
 }
 
 fn plain<C: Cube>(x: Tensor<C, 3>, tokens: Tensor<C, 2, Bool>, mask_padding: bool) -> Tensor<C, 2> {
