@@ -58,6 +58,7 @@ mod common;
 mod dispatch;
 
 pub mod adamw;
+pub mod attention;
 pub mod causal_softmax;
 pub mod channel_scatter;
 pub mod cross_entropy;
@@ -67,6 +68,7 @@ pub mod sequence_mean;
 pub mod swiglu;
 pub mod top_k;
 
+pub use attention::{causal_attention, BatchedMatmul, BurnMatmul};
 pub use causal_softmax::causal_softmax;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
@@ -76,6 +78,7 @@ pub use top_k::top_k;
 /// The plain burn-tensor versions of the kernels: what the fused functions compute, and what they
 /// run on backends without the fast path.
 pub mod reference {
+    pub use crate::attention::reference::causal_attention;
     pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
     pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
     pub use crate::cross_entropy::reference::row_nll;

@@ -115,6 +115,48 @@ fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device
     vec![values(out), values(scores.grad(&grads).unwrap())]
 }
 
+fn attention_run<B: AutodiffBackend>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    // LLaMA3's grouping (4 query heads per KV head) and head width, at a sequence of 515.
+    let (b, nq, nkv, s, hd) = (2, 8, 2, 515, 128);
+    let q = load::<B, 4>(&data([b, nq, s, hd], 21, 1.0, 0.0), dtype, device).require_grad();
+    let k = load::<B, 4>(&data([b, nkv, s, hd], 22, 1.0, 0.0), dtype, device).require_grad();
+    let v = load::<B, 4>(&data([b, nkv, s, hd], 23, 1.0, 0.2), dtype, device).require_grad();
+    let r = load::<B, 4>(&data([b, nq, s, hd], 24, 1.0, 0.0), dtype, device);
+    let mut valid = vec![true; b * s];
+    valid[s..s + 4].iter_mut().for_each(|v| *v = false); // batch 1 left-padded by 4
+    valid[100] = false;
+    let valid = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [b, s]), device);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let out = if fused {
+        kernels_cubecl::causal_attention::<B, kernels_cubecl::BurnMatmul>(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            valid,
+            scale,
+        )
+    } else {
+        reference::causal_attention::<B, kernels_cubecl::BurnMatmul>(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            valid,
+            scale,
+        )
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![
+        values(out),
+        values(q.grad(&grads).unwrap()),
+        values(k.grad(&grads).unwrap()),
+        values(v.grad(&grads).unwrap()),
+    ]
+}
+
 fn cross_entropy_run<B: AutodiffBackend>(
     fused: bool,
     dtype: DType,
@@ -217,6 +259,18 @@ fn rope_on_cuda() {
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn causal_softmax_on_cuda() {
     check("causal_softmax", softmax_run::<AC>, softmax_run::<AF>);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn causal_attention_on_cuda() {
+    // The softmax forward, then in the backward the softmax again and its backward.
+    check_launches(
+        "causal_attention",
+        attention_run::<AC>,
+        attention_run::<AF>,
+        3,
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{data, random, serial};
 
 use kernels_cubecl::{
-    causal_softmax, channel_scatter, cross_entropy, fused_available, fused_launches, reference,
-    rms_norm, rope, sequence_mean, swiglu, top_k,
+    causal_attention, causal_softmax, channel_scatter, cross_entropy, fused_available,
+    fused_launches, reference, rms_norm, rope, sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -457,6 +457,86 @@ fn causal_softmax_matches_reference() {
     softmax_case(2, 2, 64, &[&[], &[0, 1, 2, 3, 4, 40]], 82); // vector loads
     softmax_case(1, 2, 300, &[&[7, 150]], 83);
     softmax_case(1, 1, 1, &[], 84);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention that recomputes its probabilities in the backward
+
+fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]], seed: u64) {
+    use kernels_cubecl::BurnMatmul;
+    let (dw, df) = (wgpu(), flex());
+    let hd = 8;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let q = data([b, nq, s, hd], seed, 2.0, 0.0);
+    let k = data([b, nkv, s, hd], seed + 1, 2.0, 0.0);
+    let v = data([b, nkv, s, hd], seed + 2, 1.0, 0.3);
+    let r = data([b, nq, s, hd], seed + 3, 1.0, 0.0);
+    let what = format!("causal_attention b={b} nq={nq} nkv={nkv} s={s}");
+
+    let (qw, kw, vw) = (
+        tensor::<AW, 4>(&q, &dw).require_grad(),
+        tensor::<AW, 4>(&k, &dw).require_grad(),
+        tensor::<AW, 4>(&v, &dw).require_grad(),
+    );
+    // Forward: the fused softmax only; backward: the softmax again and its backward kernel.
+    let out = launches(1, &what, || {
+        causal_attention::<AW, BurnMatmul>(
+            qw.clone(),
+            kw.clone(),
+            vw.clone(),
+            key_valid::<AW>(b, s, invalid, &dw),
+            scale,
+        )
+    });
+    let grads = launches(2, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let (qf, kf, vf) = (
+        tensor::<AF, 4>(&q, &df).require_grad(),
+        tensor::<AF, 4>(&k, &df).require_grad(),
+        tensor::<AF, 4>(&v, &df).require_grad(),
+    );
+    let out_ref = reference::causal_attention::<AF, BurnMatmul>(
+        qf.clone(),
+        kf.clone(),
+        vf.clone(),
+        key_valid::<AF>(b, s, invalid, &df),
+        scale,
+    );
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &what);
+    for (name, got, want) in [
+        ("dq", qw.grad(&grads), qf.grad(&grads_ref)),
+        ("dk", kw.grad(&grads), kf.grad(&grads_ref)),
+        ("dv", vw.grad(&grads), vf.grad(&grads_ref)),
+    ] {
+        assert_close(got.unwrap(), want.unwrap(), &format!("{what} {name}"));
+    }
+
+    // Only some inputs tracked (frozen K, say): the others' gradients are still right.
+    let qw = tensor::<AW, 4>(&q, &dw).require_grad();
+    let out = causal_attention::<AW, BurnMatmul>(
+        qw.clone(),
+        tensor(&k, &dw),
+        tensor(&v, &dw),
+        key_valid::<AW>(b, s, invalid, &dw),
+        scale,
+    );
+    let grads = (out * tensor(&r, &dw)).sum().backward();
+    assert_close(
+        qw.grad(&grads).unwrap(),
+        qf.grad(&grads_ref).unwrap(),
+        &format!("{what} dq alone"),
+    );
+}
+
+#[test]
+fn causal_attention_recomputes_probabilities_and_matches_reference() {
+    let _serial = serial();
+    // Grouped query heads (2 per KV head), a left-padded sequence (uniform rows), a padding key.
+    attention_case(2, 4, 2, 37, &[&[5], &[0, 1, 2]], 91);
+    attention_case(1, 3, 3, 64, &[&[]], 92); // one query head per KV head, vector loads
+    attention_case(2, 4, 1, 19, &[&[], &[3]], 93); // every query head on one KV head
 }
 
 // ---------------------------------------------------------------------------------------------

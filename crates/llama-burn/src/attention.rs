@@ -7,6 +7,9 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
 use lora::LoraLinear;
 
+use kernels_cubecl::attention::reference::{grouped_mix, grouped_scores};
+use sparse_ops::SeamMatmul;
+
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
 use crate::rope::RopeAngles;
@@ -154,49 +157,20 @@ impl<B: Backend> LlamaAttention<B> {
             Some(cache) => cache.append(k, v), // [b, nkv, kv_len, hd]
             None => (k, v),
         };
-        let scores = grouped_scores(q, k); // [b, nq, s, kv_len]
         let scale = 1.0 / (hd as f64).sqrt();
-        let probs = match mask {
-            // One fused kernel (forward and backward) on burn's cubecl backends: scale, mask,
-            // f32 softmax, and only the probabilities kept for the backward.
+        let out = match mask {
+            // Fused softmax, and on burn-cuda/burn-wgpu under autodiff no probabilities kept for
+            // the backward (recomputed there from q and k: kernels_cubecl::attention).
             AttentionMask::Causal(key_valid) => {
-                kernels_cubecl::causal_softmax(scores, key_valid, scale)
+                kernels_cubecl::causal_attention::<B, SeamMatmul>(q, k, v, key_valid, scale)
             }
             AttentionMask::Additive(mask) => {
-                let scores = scores * scale;
+                let scores = grouped_scores::<B, SeamMatmul>(q, k) * scale; // [b, nq, s, kv_len]
                 let dtype = scores.dtype();
-                softmax(scores.cast(DType::F32) + mask, 3).cast(dtype)
+                let probs = softmax(scores.cast(DType::F32) + mask, 3).cast(dtype);
+                grouped_mix::<B, SeamMatmul>(probs, v)
             }
-        };
-        let out = grouped_mix(probs, v); // [b, nq, s, hd]
+        }; // [b, nq, s, hd]
         out.swap_dims(1, 2).reshape([b, s, nq * hd])
     }
-}
-
-/// `Q K^T` per query head, each query head reading its group's KV head without repeating K: the
-/// `groups` query heads of KV head `m` are stacked as one `[groups * s, hd]` matrix, so the
-/// whole product is one batch of `b * n_kv` matrix products (HF's `repeat_kv` then `Q K^T`,
-/// without the copies).
-///
-/// # Shapes
-/// - `q`: `[b, nq, s, hd]`, `k`: `[b, nkv, t, hd]`, output `[b, nq, s, t]`
-fn grouped_scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, nq, s, hd] = q.dims();
-    let [_, nkv, t, _] = k.dims();
-    let groups = nq / nkv;
-    let q = q.reshape([b * nkv, groups * s, hd]);
-    let kt = k.reshape([b * nkv, t, hd]).swap_dims(1, 2);
-    sparse_ops::matmul_batched(q, kt).reshape([b, nq, s, t])
-}
-
-/// `P V` per query head with V shared by each group of query heads (see [`grouped_scores`]).
-///
-/// # Shapes
-/// - `probs`: `[b, nq, s, t]`, `v`: `[b, nkv, t, hd]`, output `[b, nq, s, hd]`
-fn grouped_mix<B: Backend>(probs: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, nq, s, t] = probs.dims();
-    let [_, nkv, _, hd] = v.dims();
-    let groups = nq / nkv;
-    let probs = probs.reshape([b * nkv, groups * s, t]);
-    sparse_ops::matmul_batched(probs, v.reshape([b * nkv, t, hd])).reshape([b, nq, s, hd])
 }

@@ -12,7 +12,7 @@ pub mod cublaslt;
 mod linear;
 mod sliced;
 
-pub use linear::{linear, matmul_batched};
+pub use linear::{linear, matmul_batched, SeamMatmul};
 pub use sliced::{
     channel_mask, linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels,
 };

@@ -49,6 +49,17 @@ pub fn matmul_batched<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B,
     a.matmul(b)
 }
 
+/// [`matmul_batched`] as the products of `kernels_cubecl`'s attention, forward and backward
+/// (cuBLASLt on burn-cuda, burn's matmul elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeamMatmul;
+
+impl kernels_cubecl::BatchedMatmul for SeamMatmul {
+    fn matmul<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+        matmul_batched(a, b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

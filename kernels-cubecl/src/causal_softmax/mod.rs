@@ -5,6 +5,9 @@ mod backward;
 mod kernel;
 pub mod reference;
 
+/// The backward kernel on cubecl tensors (the attention's recomputing backward calls it).
+pub(crate) use kernel::backward as kernel_backward;
+
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, BoolStore, DType, Tensor, TensorPrimitive};

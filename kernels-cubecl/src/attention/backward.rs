@@ -1,0 +1,130 @@
+//! The attention under `Autodiff`: the forward on the inner backend, recording
+//! [`AttentionBackward`], whose state is Q, K, V and the key mask (no probabilities).
+
+use std::marker::PhantomData;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{Bool, Tensor, TensorPrimitive};
+
+use super::{reference, BatchedMatmul};
+use crate::causal_softmax;
+use crate::dispatch::Cube;
+
+/// Backward of [`super::causal_attention`] with respect to Q, K and V, recomputing the
+/// probabilities from Q and K.
+#[derive(Debug)]
+struct AttentionBackward<M> {
+    scale: f64,
+    matmul: PhantomData<M>,
+}
+
+/// Q, K, V (`[b, nq|nkv, s, hd]`) and `key_valid` (`[b, s]`) on the inner backend.
+type State<C> = (
+    FloatTensor<C>,
+    FloatTensor<C>,
+    FloatTensor<C>,
+    BoolTensor<C>,
+);
+
+fn float<C: Cube, const D: usize>(t: FloatTensor<C>) -> Tensor<C, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn primitive<C: Cube, const D: usize>(t: Tensor<C, D>) -> FloatTensor<C> {
+    t.into_primitive().tensor()
+}
+
+impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
+    type State = State<C>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let dout: Tensor<C, 4> = float(grads.consume::<C>(&ops.node));
+        let (q, k, v, key_valid) = ops.state;
+        let (q, k, v): (Tensor<C, 4>, Tensor<C, 4>, Tensor<C, 4>) = (float(q), float(k), float(v));
+        let key_valid = Tensor::<C, 2, Bool>::from_primitive(key_valid);
+        let [b, nq, s, hd] = q.dims();
+        let nkv = k.dims()[1];
+        let rows = nq / nkv * s; // query rows per KV head
+        let n = b * nkv;
+
+        // The forward's probabilities, again (the same kernels on the same inputs: the same P).
+        let probs = causal_softmax::causal_softmax(
+            reference::grouped_scores::<C, M>(q.clone(), k.clone()),
+            key_valid,
+            self.scale,
+        ); // [b, nq, s, s]
+        let grouped = |t: Tensor<C, 4>| t.reshape([n, rows, s]);
+        let dout = dout.reshape([n, rows, hd]);
+        let (qg, kg, vg) = (
+            q.reshape([n, rows, hd]),
+            k.reshape([n, s, hd]),
+            v.reshape([n, s, hd]),
+        );
+        // dV sums over the query heads of each group, inside the product.
+        let dv = node_v
+            .as_ref()
+            .map(|_| M::matmul(grouped(probs.clone()).swap_dims(1, 2), dout.clone()));
+        let dprobs = M::matmul(dout, vg.swap_dims(1, 2)).reshape([b, nq, s, s]);
+        // The kernel reads rows of `[b, h, s, kv]` tensors.
+        let dscores = C::float_from(causal_softmax::kernel_backward::<C::Runtime>(
+            C::float_into(primitive(probs)),
+            C::float_into(primitive(dprobs)),
+            self.scale,
+        ));
+        let dscores = grouped(float(dscores));
+        let dq = node_q
+            .as_ref()
+            .map(|_| M::matmul(dscores.clone(), kg).reshape([b, nq, s, hd]));
+        let dk = node_k
+            .as_ref()
+            .map(|_| M::matmul(dscores.swap_dims(1, 2), qg).reshape([b, nkv, s, hd]));
+
+        for (node, grad) in [
+            (node_q, dq),
+            (node_k, dk),
+            (node_v, dv.map(|t| t.reshape([b, nkv, s, hd]))),
+        ] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<C>(node.id, primitive(grad));
+            }
+        }
+    }
+}
+
+/// The attention of tracked (or untracked) Q, K, V, recording the backward when any needs a
+/// gradient.
+pub(super) fn forward<C: Cube, M: BatchedMatmul>(
+    q: FloatTensor<Autodiff<C>>,
+    k: FloatTensor<Autodiff<C>>,
+    v: FloatTensor<Autodiff<C>>,
+    key_valid: BoolTensor<C>,
+    scale: f64,
+) -> FloatTensor<Autodiff<C>> {
+    let out = primitive(super::composed::<C, M>(
+        float(q.primitive.clone()),
+        float(k.primitive.clone()),
+        float(v.primitive.clone()),
+        Tensor::<C, 2, Bool>::from_primitive(key_valid.clone()),
+        scale,
+    ));
+    let backward = AttentionBackward::<M> {
+        scale,
+        matmul: PhantomData,
+    };
+    match backward
+        .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            prep.finish((q.primitive, k.primitive, v.primitive, key_valid), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
