@@ -262,6 +262,28 @@ impl DeviceGemm {
         stream: drvs::CUstream,
     ) -> Result<(), GemmError> {
         let workspace = self.workspace_for(stream)?;
+        let algo = match plan.chosen.get() {
+            Some(algo) => *algo,
+            None => {
+                let algo = self.fastest(plan, ptrs, stream, workspace);
+                *plan.chosen.get_or_init(|| algo)
+            }
+        };
+        self.enqueue(plan, &algo, ptrs, stream, workspace)
+    }
+
+    /// One GEMM of `plan` with algorithm `algo` on `stream`.
+    ///
+    /// # Safety
+    /// As [`Self::launch_plan`]; `workspace` is the stream's.
+    unsafe fn enqueue(
+        &self,
+        plan: &Plan,
+        algo: &lts::cublasLtMatmulAlgo_t,
+        ptrs: Pointers,
+        stream: drvs::CUstream,
+        workspace: drvs::CUdeviceptr,
+    ) -> Result<(), GemmError> {
         let (alpha, beta) = (1f32, 0f32);
         lt::matmul(
             self.handle,
@@ -276,12 +298,60 @@ impl DeviceGemm {
             plan.d,
             ptrs.d as *mut c_void,
             plan.d,
-            &plan.algo,
+            algo,
             workspace as *mut c_void,
             self.workspace_size,
             stream as lts::cudaStream_t,
         )
         .map_err(cublas("cublasLtMatmul"))
+    }
+
+    /// The fastest of `plan`'s candidates on these operands: each launched once untimed, then
+    /// [`TUNING_LAUNCHES`] times between two events on `stream`, which the host waits for (once
+    /// per plan: the first step pays it). Every launch writes only the output, which the real
+    /// launch then overwrites. A candidate that fails to launch or to time is skipped; the
+    /// heuristic's first guess is kept when none can be timed.
+    ///
+    /// # Safety
+    /// As [`Self::enqueue`].
+    unsafe fn fastest(
+        &self,
+        plan: &Plan,
+        ptrs: Pointers,
+        stream: drvs::CUstream,
+        workspace: drvs::CUdeviceptr,
+    ) -> lts::cublasLtMatmulAlgo_t {
+        let flags = drvs::CUevent_flags::CU_EVENT_DEFAULT;
+        let (start, end) = match (drv::event::create(flags), drv::event::create(flags)) {
+            (Ok(start), Ok(end)) => (start, end),
+            (start, end) => {
+                for event in [start, end].into_iter().flatten() {
+                    let _ = drv::event::destroy(event);
+                }
+                return plan.candidates[0];
+            }
+        };
+        let mut best = (f32::INFINITY, plan.candidates[0]);
+        for algo in &plan.candidates {
+            let timed = (|| -> Result<f32, GemmError> {
+                self.enqueue(plan, algo, ptrs, stream, workspace)?;
+                drv::event::record(start, stream).map_err(driver("cuEventRecord"))?;
+                for _ in 0..TUNING_LAUNCHES {
+                    self.enqueue(plan, algo, ptrs, stream, workspace)?;
+                }
+                drv::event::record(end, stream).map_err(driver("cuEventRecord"))?;
+                drv::event::synchronize(end).map_err(driver("cuEventSynchronize"))?;
+                drv::event::elapsed(start, end).map_err(driver("cuEventElapsedTime"))
+            })();
+            if let Ok(ms) = timed {
+                if ms < best.0 {
+                    best = (ms, *algo);
+                }
+            }
+        }
+        let _ = drv::event::destroy(start);
+        let _ = drv::event::destroy(end);
+        best.1
     }
 
     /// Enqueues `d = op(first) op(second)` on our own stream (f32 accumulation and scaling).
@@ -353,13 +423,32 @@ impl DeviceGemm {
     }
 }
 
-/// A prepared problem: descriptors and the algorithm cuBLASLt's heuristic chose.
+/// How many of cuBLASLt's heuristic candidates a plan times on its first launch.
+const CANDIDATES: usize = 8;
+
+/// Launches per candidate when timing them (after one untimed launch each).
+const TUNING_LAUNCHES: usize = 3;
+
+/// Whether `SPARSELORA_GEMM_AUTOTUNE=0` asked for the heuristic's first choice, untimed.
+fn autotune_disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| std::env::var("SPARSELORA_GEMM_AUTOTUNE").is_ok_and(|v| v == "0"))
+}
+
+/// A prepared problem: descriptors, the candidate algorithms cuBLASLt's heuristic proposes (best
+/// guess first), and the one chosen by timing them on the first launch.
+///
+/// The heuristic's first guess is not always the fastest: on the sparse step's shapes with an
+/// odd width (143 or 819 kept channels, leading dimensions that are not multiples of 8) it ran at
+/// 0.76-0.88x of PyTorch on the H200 (`bench gemm`, docs/perf.md), so each plan times up to
+/// [`CANDIDATES`] of them once, on the real operands, and keeps the fastest.
 pub(crate) struct Plan {
     desc: lts::cublasLtMatmulDesc_t,
     first: lts::cublasLtMatrixLayout_t,
     second: lts::cublasLtMatrixLayout_t,
     d: lts::cublasLtMatrixLayout_t,
-    algo: lts::cublasLtMatmulAlgo_t,
+    candidates: Vec<lts::cublasLtMatmulAlgo_t>,
+    chosen: std::sync::OnceLock<lts::cublasLtMatmulAlgo_t>,
 }
 
 impl Plan {
@@ -378,7 +467,8 @@ impl Plan {
             first: std::ptr::null_mut(),
             second: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
-            algo: std::mem::zeroed(),
+            candidates: Vec::new(),
+            chosen: std::sync::OnceLock::new(),
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(
@@ -446,7 +536,9 @@ impl Plan {
                 "cublasLtMatmulPreferenceSetAttribute",
             )?;
         }
-        let heuristic = lt::get_matmul_algo_heuristic(
+        let mut results = [std::mem::zeroed::<lts::cublasLtMatmulHeuristicResult_t>(); CANDIDATES];
+        let mut found = 0i32;
+        lts::cublasLtMatmulAlgoGetHeuristic(
             handle,
             plan.desc,
             plan.first,
@@ -454,9 +546,29 @@ impl Plan {
             plan.d,
             plan.d,
             pref.0,
+            CANDIDATES as i32,
+            results.as_mut_ptr(),
+            &mut found,
         )
+        .result()
         .map_err(cublas("cublasLtMatmulAlgoGetHeuristic"))?;
-        plan.algo = heuristic.algo;
+        plan.candidates = results[..(found.max(0) as usize).min(CANDIDATES)]
+            .iter()
+            .filter(|r| {
+                r.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                    && r.workspaceSize <= workspace_size
+            })
+            .map(|r| r.algo)
+            .collect();
+        if plan.candidates.is_empty() {
+            return Err(GemmError::Cublas {
+                call: "cublasLtMatmulAlgoGetHeuristic",
+                status: "CUBLAS_STATUS_NOT_SUPPORTED (no algorithm)".into(),
+            });
+        }
+        if plan.candidates.len() == 1 || autotune_disabled() {
+            let _ = plan.chosen.set(plan.candidates[0]);
+        }
         Ok(plan)
     }
 }
