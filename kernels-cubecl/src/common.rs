@@ -66,6 +66,9 @@ pub(crate) fn address_type<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> Addres
 pub(crate) struct RowLaunch {
     /// Threads per cube (a power of two; also the size of the reduction's shared memory).
     pub block: usize,
+    /// Whether the cube is one plane (warp), so that [`row_max`] and [`row_sum`] reduce with
+    /// plane operations instead of through shared memory.
+    pub plane: bool,
     pub cube_dim: CubeDim,
     pub cube_count: CubeCount,
 }
@@ -89,8 +92,41 @@ pub(crate) fn row_launch<R: CubeRuntime>(
     let cube_count = calculate_cube_count_elemwise(&tensor.client, rows * block, cube_dim);
     RowLaunch {
         block,
+        plane: false,
         cube_dim,
         cube_count,
+    }
+}
+
+/// One cube of one plane (warp) per row, where the runtime has plane operations and a fixed plane
+/// size of 16 to [`MAX_ROW_BLOCK`] units (CUDA's 32); [`row_launch`] elsewhere (lavapipe, whose
+/// subgroups are narrower). For rows short enough that a cube's shared-memory reductions, with a
+/// barrier per level, cost more than the row's loads: the attention's softmax rows (512 keys at
+/// the paper's sequence length) ran at a quarter of the H200's bandwidth that way.
+pub(crate) fn plane_row_launch<R: CubeRuntime>(
+    tensor: &CubeTensor<R>,
+    rows: usize,
+    vectors: usize,
+) -> RowLaunch {
+    let properties = tensor.client.properties();
+    let hardware = &properties.hardware;
+    let size = hardware.plane_size_min as usize;
+    let fixed = properties
+        .features
+        .plane
+        .contains(cubecl::ir::features::Plane::Ops)
+        && hardware.plane_size_min == hardware.plane_size_max
+        && (16..=MAX_ROW_BLOCK).contains(&size)
+        && size.is_power_of_two();
+    if !fixed {
+        return row_launch(tensor, rows, vectors);
+    }
+    let cube_dim = CubeDim::new_1d(size as u32);
+    RowLaunch {
+        block: size,
+        plane: true,
+        cube_dim,
+        cube_count: calculate_cube_count_elemwise(&tensor.client, rows * size, cube_dim),
     }
 }
 
@@ -144,6 +180,27 @@ pub(crate) fn block_max(value: f32, shared: &mut SharedMemory<f32>) -> f32 {
     let total = shared[0];
     sync_cube();
     total
+}
+
+/// The maximum of `value` over the row's cube: a plane reduction when the cube is one plane
+/// ([`plane_row_launch`]), else [`block_max`].
+#[cube]
+pub(crate) fn row_max(value: f32, shared: &mut SharedMemory<f32>, #[comptime] plane: bool) -> f32 {
+    if plane {
+        plane_max(value)
+    } else {
+        block_max(value, shared)
+    }
+}
+
+/// The sum of `value` over the row's cube, as [`row_max`].
+#[cube]
+pub(crate) fn row_sum(value: f32, shared: &mut SharedMemory<f32>, #[comptime] plane: bool) -> f32 {
+    if plane {
+        plane_sum(value)
+    } else {
+        block_sum(value, shared)
+    }
 }
 
 /// The largest of a vector's lanes.

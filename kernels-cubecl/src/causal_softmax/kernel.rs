@@ -1,5 +1,6 @@
 //! The causal softmax kernels: one cube per row of scores (one query's keys), the row strided over
-//! its units in vectors, the max and sum in f32 through shared memory. No mask tensor exists: the
+//! its units in vectors, the max and sum in f32 within one plane (warp) where the runtime allows,
+//! else through shared memory. No mask tensor exists: the
 //! causal part is the key index against the query's, the padding part reads `key_valid`.
 
 use burn::tensor::Shape;
@@ -10,7 +11,8 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use crate::common::{
-    address_type, block_max, block_sum, count_launch, lane_max, lane_sum, row_launch, vector_size,
+    address_type, count_launch, lane_max, lane_sum, plane_row_launch, row_max, row_sum,
+    vector_size,
 };
 
 /// The masked f32 logits of the vector at `at` (keys `j0..j0 + N` of query `query`):
@@ -61,6 +63,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     scale: f32,
     masked: f32,
     #[comptime] block: usize,
+    #[comptime] plane: bool,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
     let row = CUBE_POS;
@@ -96,8 +99,8 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
         max_ = new_max;
         i += block;
     }
-    let row_max = block_max(max_, &mut shared);
-    let row_sum = block_sum(sum * (max_ - row_max).exp(), &mut shared);
+    let largest = row_max(max_, &mut shared, plane);
+    let total = row_sum(sum * (max_ - largest).exp(), &mut shared, plane);
 
     let mut i = UNIT_POS as usize;
     while i < kv_v {
@@ -112,7 +115,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
             scale,
             masked,
         );
-        let p = (x - Vector::new(row_max)).exp() / Vector::new(row_sum);
+        let p = (x - Vector::new(largest)).exp() / Vector::new(total);
         probs[base + i] = Vector::<F, N>::cast_from(p);
         i += block;
     }
@@ -128,6 +131,7 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
     kv_v: usize,
     scale: f32,
     #[comptime] block: usize,
+    #[comptime] plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS;
@@ -145,7 +149,7 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
         dots += p * dp;
         i += block;
     }
-    let dot = block_sum(lane_sum::<N>(dots), &mut shared);
+    let dot = row_sum(lane_sum::<N>(dots), &mut shared, plane);
     let scale = Vector::<F, N>::new(F::cast_from(scale));
 
     let mut i = UNIT_POS as usize;
@@ -179,7 +183,7 @@ pub(crate) fn forward<R: CubeRuntime>(
     let probs =
         empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), shape, dtype);
     let vector = vector_size(&[&scores, &probs], dtype, &[kv]);
-    let launch = row_launch(&scores, rows, kv / vector);
+    let launch = plane_row_launch(&scores, rows, kv / vector);
     let address = address_type(&[&scores, &key_valid, &probs]);
     let dtypes = [dtype.into(), key_valid.dtype.into()];
     let client = scores.client.clone();
@@ -202,6 +206,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             scale as f32,
             f32::MIN,
             launch.block,
+            launch.plane,
             dtypes,
         )
     };
@@ -225,7 +230,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         dtype,
     );
     let vector = vector_size(&[&probs, &dprobs, &dscores], dtype, &[kv]);
-    let launch = row_launch(&probs, rows, kv / vector);
+    let launch = plane_row_launch(&probs, rows, kv / vector);
     let address = address_type(&[&probs, &dprobs, &dscores]);
     let client = probs.client.clone();
     count_launch();
@@ -244,6 +249,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             kv / vector,
             scale as f32,
             launch.block,
+            launch.plane,
             dtype.into(),
         )
     };

@@ -432,6 +432,10 @@ impl TrainJob for StepBench {
             })),
             "fused_kernel_launches": kernels_cubecl::fused_launches(),
             "cublaslt_gemms": crate::backend::gemm_calls(),
+            // The switches that change the fast path (A/B runs), so a result says what it ran.
+            "env": std::env::vars()
+                .filter(|(name, _)| name.starts_with("SPARSELORA_") && name != "SPARSELORA_CACHE")
+                .collect::<std::collections::BTreeMap<_, _>>(),
         });
         if let Some(peft) = peft {
             let peft_ms = peft.get("median_ms").and_then(Value::as_f64);
