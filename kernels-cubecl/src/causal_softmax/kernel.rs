@@ -11,8 +11,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use crate::common::{
-    address_type, count_launch, lane_max, lane_sum, plane_row_launch, row_max, row_sum,
-    vector_size,
+    address_type, count_launch, lane_max, lane_sum, plane_row_launch, row_max, row_sum, vector_size,
 };
 
 /// The masked f32 logits of the vector at `at` (keys `j0..j0 + N` of query `query`):
