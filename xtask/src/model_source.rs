@@ -156,7 +156,7 @@ impl ModelSource {
     /// compute for multi-GB checkpoints; a re-downloaded identical file keeps its identity).
     pub fn identity(&self) -> anyhow::Result<String> {
         let files: Vec<PathBuf> = if self.weights.is_dir() {
-            llama_burn::hf_load::checkpoint_files(&self.weights)?
+            llama_burn::checkpoint_files(&self.weights)?
         } else {
             vec![self.weights.clone()]
         };
