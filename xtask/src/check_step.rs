@@ -18,35 +18,32 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Distribution, Tensor};
 use clap::Args;
-use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use llama_burn::{LlamaForCausalLM, LlamaProjection};
 use lora::{LoraAdapter, LoraConfig};
 use sparselora::FactorCache;
 use trainer::step::{backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TrainBatch};
 
-use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::backend::TrainJob;
 use crate::bench::workload_batch;
 use crate::finetune::sparse_setup;
-use crate::model_source::ModelSource;
+use crate::model_args::ModelArgs;
 
 type Reference = Autodiff<Flex>;
 
 /// Compares a training step on a fast backend with the CPU reference path.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.help(
+    "The model: `smollm2-135m` (its real weights), a checkpoint path, or with \
+     `--random-weights` a preset name whose shape gets random weights"
+)))]
+#[command(mut_arg("backend", |a| a.default_value("cuda").help("The backend to check")))]
 pub struct CheckStep {
-    /// The model: `smollm2-135m` (its real weights), a checkpoint path, or with
-    /// `--random-weights` a preset name whose shape gets random weights.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Draw random weights of the preset's shape instead of loading a checkpoint.
     #[arg(long)]
     random_weights: bool,
-    /// The backend to check.
-    #[arg(long, value_enum, default_value = "cuda")]
-    backend: BackendKind,
-    /// Its dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
     /// Sequences in the batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -63,8 +60,7 @@ pub struct CheckStep {
 
 impl CheckStep {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch_autodiff(dtype, self)
+        self.model.clone().dispatch_autodiff(self)
     }
 
     /// f32 is the tight check (the fast path agreed to 3e-4 on SmolLM2's real weights). bf16
@@ -81,15 +77,15 @@ impl CheckStep {
 
 /// The reference model (CPU, f32) with random adapters on every projection.
 fn reference_model(
-    name: &str,
+    model: &ModelArgs,
     random: bool,
 ) -> anyhow::Result<(LlamaForCausalLM<Reference>, LoraConfig)> {
     let device = Default::default();
     Reference::seed(&device, 7);
     let base = if random {
-        LlamaConfig::preset(name)?.init_random::<Reference>(&device)
+        model.preset()?.init_random::<Reference>(&device)
     } else {
-        ModelSource::resolve(name, None)?.load::<Reference>(DType::F32, &device)?
+        model.checkpoint()?.load::<Reference>(DType::F32, &device)?
     };
     let lora = LoraConfig::new()
         .with_r(8)
@@ -216,13 +212,14 @@ impl TrainJob for CheckStep {
         let tol = self.tolerance(dtype);
         let sparse_path = sparse_config(config.num_hidden_layers)?;
         let in_memory = |_| Ok(FactorCache::InMemory);
-        let setup_ref = sparse_setup(&sparse_path, &reference, &self.model, 1, in_memory)?;
-        let setup_fast = sparse_setup(&sparse_path, &fast, &self.model, 1, in_memory)?;
+        let name = &self.model.name;
+        let setup_ref = sparse_setup(&sparse_path, &reference, name, 1, in_memory)?;
+        let setup_fast = sparse_setup(&sparse_path, &fast, name, 1, in_memory)?;
         let _ = std::fs::remove_file(&sparse_path);
         println!(
             "check-step: {} ({}), batch {} x {}, {} answer tokens, LoRA r8 on every projection; \
              {:?} {dtype:?} vs CPU f32 (tolerance {tol:.0e})",
-            self.model,
+            name,
             if self.random_weights {
                 "random weights"
             } else {
@@ -231,7 +228,7 @@ impl TrainJob for CheckStep {
             self.batch,
             self.seq,
             self.out_len,
-            self.backend
+            self.model.backend
         );
         let mut failures = Vec::new();
         for (mode, sparse) in [("dense", false), ("sparse", true)] {

@@ -19,19 +19,16 @@ use trainer::{
     StepObserver, Task, TokenizeConfig, TrainConfig,
 };
 
-use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::backend::TrainJob;
 use crate::eval::{print_before_after, print_table, run_eval, EvalArgs};
-use crate::model_source::{load_base, tokenizer_for};
+use crate::model_args::{ModelArgs, TINY};
 
 /// Fine-tune with LoRA, or with SparseLoRA given `--sparsity`.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.default_value(TINY)))]
 pub struct Finetune {
-    /// `tiny` (random weights, SmolLM2 tokenizer), `smollm2-135m`, a LLaMA preset, an HF folder or a `.gguf`.
-    #[arg(long, default_value = "tiny")]
-    pub model: String,
-    /// Folder holding HF checkpoints by preset name.
-    #[arg(long)]
-    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Training task: `csr170k` (response = answer) or `math10k` (response = output).
     #[arg(long, default_value = "csr170k")]
     pub task: String,
@@ -41,12 +38,6 @@ pub struct Finetune {
     /// Training hyper-parameters (TOML, see configs/train/).
     #[arg(long, default_value = "configs/train/tiny-default.toml")]
     pub config: PathBuf,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendKind,
-    /// Base-weight dtype (adapters are always f32); default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
     /// Override the config's step count.
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -100,8 +91,7 @@ pub struct Finetune {
 
 impl Finetune {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch_autodiff(dtype, FinetuneJob(self))
+        self.model.clone().dispatch_autodiff(FinetuneJob(self))
     }
 
     fn lora_config(&self) -> anyhow::Result<LoraConfig> {
@@ -187,16 +177,11 @@ impl TrainJob for FinetuneJob {
                     .join(task.sample_file().context("task has no shipped sample")?),
             ),
         };
-        let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
-        let (base, source) = load_base::<B>(
-            &args.model,
-            args.model_dir.as_deref(),
-            tokenizer.vocab_size(),
-            dtype,
-            config.seed,
-            &device,
-        )?;
-        let base_name = args.model.clone();
+        let base_model = args.model.resolve()?;
+        let tokenizer = base_model.tokenizer()?;
+        let base = base_model.load::<B>(&tokenizer, dtype, config.seed, &device)?;
+        let source = base_model.source();
+        let base_name = args.model.name.clone();
         let eos = base.config.eos_ids().first().copied().unwrap_or(0);
         let pad = base.config.pad_id();
 
@@ -217,7 +202,7 @@ impl TrainJob for FinetuneJob {
             "{} examples from {} | model {base_name} ({:?}, {:?}) | LoRA r={} alpha={} on {} | {} mode",
             examples.len(),
             data_path.display(),
-            args.backend,
+            args.model.backend,
             dtype,
             lora_config.r,
             lora_config.alpha,
@@ -302,7 +287,7 @@ impl TrainJob for FinetuneJob {
         );
         let metrics = trainer::metrics::MetricsLog::read(&args.output.join("metrics.jsonl"))?;
         let plot = args.output.join("loss.png");
-        let title = format!("LoRA on {} ({})", args.model, task.name());
+        let title = format!("LoRA on {} ({})", args.model.name, task.name());
         crate::plot::plot_loss(&metrics, &title, &plot)?;
         eprintln!("loss curve: {}", plot.display());
         if args.stop_after.is_some() && state.step < state.total_steps {

@@ -12,24 +12,21 @@ use llama_burn::golden::{
 };
 use llama_burn::{load_hf_folder, LlamaForCausalLM};
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
-use crate::model_source::ModelSource;
+use crate::backend::{BackendJob, BackendKind};
+use crate::model_args::ModelArgs;
 
 /// Compare our numerics with the references, on any backend.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.help(
+    "SmolLM2 checkpoint (preset name or .gguf path); `none` skips the SmolLM2 checks"
+)))]
 pub struct Verify {
-    /// Compute backend to check.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendKind,
-    /// Weight dtype (f32, bf16, f16); default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
+    // The backend to check, and the SmolLM2 checkpoint of the golden checks.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Folder of `transformers` fixtures (made by scripts/make_tiny_llama_fixture.py).
     #[arg(long, default_value = "tests/fixtures")]
     fixtures: PathBuf,
-    /// SmolLM2 checkpoint (preset name or .gguf path); `none` skips the SmolLM2 checks.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
     /// The SmolLM2 golden file.
     #[arg(
         long,
@@ -84,7 +81,7 @@ fn tolerance(dtype: DType, backend: BackendKind) -> Tolerance {
 
 impl Verify {
     pub fn run(self) -> anyhow::Result<()> {
-        let failures = self.backend.dispatch(self.dtype, VerifyJob(self.clone()))?;
+        let failures = self.model.dispatch(VerifyJob(self.clone()))?;
         if failures > 0 {
             bail!("{failures} check(s) failed");
         }
@@ -108,9 +105,10 @@ impl BackendJob for VerifyJob {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<usize> {
         let args = self.0;
-        let tol = tolerance(dtype, args.backend);
+        let backend = args.model.backend;
+        let tol = tolerance(dtype, backend);
         let mut failures = 0;
-        println!("verify: backend {:?}, dtype {dtype:?}", args.backend);
+        println!("verify: backend {backend:?}, dtype {dtype:?}");
         for name in ["tiny-llama", "tiny-llama31"] {
             let dir = args.fixtures.join(name);
             let model = load_hf_folder::<B>(&dir, dtype, &device)?;
@@ -147,8 +145,8 @@ impl BackendJob for VerifyJob {
                 format!("{name}: logits vs CPU f32 rel err {cross:.2e}"),
             );
         }
-        if args.model != "none" {
-            let source = ModelSource::resolve(&args.model, None)?;
+        if args.model.name != "none" {
+            let source = args.model.checkpoint()?;
             let tokenizer = source.tokenizer()?;
             for (name, ours, expected) in compare_golden_tokenizer(&tokenizer, &args.golden)? {
                 check(

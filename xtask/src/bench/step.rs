@@ -19,7 +19,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 use llama_burn::loss::{LossTargets, IGNORE_INDEX};
-use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use llama_burn::{LlamaForCausalLM, LlamaProjection};
 use lora::LoraConfig;
 use serde_json::{json, Value};
 use sparselora::flops::{FlopsCounter, StepTokens};
@@ -29,8 +29,9 @@ use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TimedSelector, TrainBatch};
 
-use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::backend::{BackendKind, TrainJob};
 use crate::finetune::sparse_setup;
+use crate::model_args::ModelArgs;
 
 /// The official benchmark's two workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,10 +61,12 @@ impl Workload {
 /// Times LoRA (or, with `--sparsity`, SparseLoRA) training steps on a random model of a preset's
 /// shape.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.default_value("llama3-8b").help(super::PRESET_HELP)))]
+#[command(mut_arg("backend", |a| a.default_value("cuda")))]
+#[command(mut_arg("model_dir", |a| a.hide(true)))]
 pub struct StepBench {
-    /// Model preset (`llama3-8b`, `llama2-7b`, `smollm2-135m`, `tiny`, ...).
-    #[arg(long, default_value = "llama3-8b")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// `csr` (3 answer tokens) or `math` (128).
     #[arg(long, value_enum, default_value = "csr")]
     pub workload: Workload,
@@ -112,12 +115,6 @@ pub struct StepBench {
     /// report the split (kept out of the headline figures).
     #[arg(long)]
     pub breakdown: bool,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cuda")]
-    pub backend: BackendKind,
-    /// Base-weight dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
     /// The peer's JSON lines (`peft_lora_bench.py --json`) from the same device session: its
     /// figures for the same model and workload are stored beside ours, with the ratios.
     #[arg(long)]
@@ -132,7 +129,6 @@ pub struct StepBench {
 
 impl StepBench {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
@@ -143,7 +139,7 @@ impl StepBench {
                 self.seq - 1
             );
         }
-        backend.dispatch_autodiff(dtype, self)
+        self.model.clone().dispatch_autodiff(self)
     }
 
     fn answer_len(&self) -> usize {
@@ -230,10 +226,10 @@ fn sync<B: Backend>(device: &B::Device) -> anyhow::Result<()> {
 
 impl TrainJob for StepBench {
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
-        let config = LlamaConfig::preset(&self.model)?;
+        let config = self.model.preset()?;
         let lora = self.lora_config()?;
         let answer_len = self.answer_len();
-        let memory = DeviceMemory::new(self.backend);
+        let memory = DeviceMemory::new(self.model.backend);
         B::seed(&device, 0);
         let start = Instant::now();
         let base = crate::model_source::build_weights::<B, _>(&device, || {
@@ -245,11 +241,13 @@ impl TrainJob for StepBench {
                     Some(file) => FactorCache::File {
                         path: file.clone(),
                         // The weights are a function of the preset, the seed (0) and the dtype.
-                        identity: format!("random {} seed 0 {dtype:?}", self.model),
+                        identity: format!("random {} seed 0 {dtype:?}", self.model.name),
                     },
                     None => FactorCache::InMemory,
                 };
-                Some(sparse_setup(path, &base, &self.model, 0, |_| Ok(factors))?)
+                Some(sparse_setup(path, &base, &self.model.name, 0, |_| {
+                    Ok(factors)
+                })?)
             }
             None => None,
         };
@@ -282,7 +280,7 @@ impl TrainJob for StepBench {
         };
         eprintln!(
             "bench step: {} {} {mode}, batch {} x {}, {answer_len} answer tokens, LoRA r{} on {}; model built in {init_s:.1} s",
-            self.model,
+            self.model.name,
             self.workload.name(),
             self.batch,
             self.seq,
@@ -374,13 +372,13 @@ impl TrainJob for StepBench {
         } as f64;
 
         let median = total.median().context("no timed step")?;
-        let gpu = super::svd::gpu_name().unwrap_or_else(|| format!("{:?}", self.backend));
+        let gpu = super::svd::gpu_name().unwrap_or_else(|| format!("{:?}", self.model.backend));
         let baseline = memory.baseline;
         let peak_memory_gib =
             (peak_bytes > 0).then(|| gib(peak_bytes.saturating_sub(baseline.unwrap_or(0))));
         let tokens_per_s = (self.batch * self.seq) as f64 / (median / 1e3);
         let peft = match &self.peft {
-            Some(path) => peer_result(path, &self.model, self.workload.name())?,
+            Some(path) => peer_result(path, &self.model.name, self.workload.name())?,
             None => None,
         };
         let date = super::utc_timestamp();
@@ -391,7 +389,7 @@ impl TrainJob for StepBench {
             "gpu": gpu,
             "git_commit": super::git_commit(),
             "tag": self.tag,
-            "model": self.model,
+            "model": self.model.name,
             "workload": self.workload.name(),
             "mode": mode,
             "sparsity": self.sparsity.as_ref().map(|p| p.display().to_string()),
@@ -442,7 +440,7 @@ impl TrainJob for StepBench {
         std::fs::create_dir_all(&self.output_dir)?;
         let path = self.output_dir.join(format!(
             "step-{}-{}-{mode}-{}-{}.json",
-            self.model,
+            self.model.name,
             self.workload.name(),
             date.replace(':', ""),
             super::slug(&gpu)
