@@ -63,6 +63,11 @@ impl CheckStep {
         self.model.clone().dispatch_autodiff(self)
     }
 
+    /// The benchmark's batch of `--batch` x `--seq` tokens, `--out-len` of them answers.
+    fn workload<B: Backend>(&self, vocab: usize, device: &B::Device) -> TrainBatch<B> {
+        workload_batch::<B>(self.batch, self.seq, self.out_len, vocab, device)
+    }
+
     /// f32 is the tight check (the fast path agreed to 3e-4 on SmolLM2's real weights). bf16
     /// keeps 8 significant bits: on SmolLM2's real weights (outlier activations in the first
     /// layers) the LoRA gradients of a bf16 step land 4e-2 (dense) to 9e-2 (sparse) from f32,
@@ -126,6 +131,46 @@ fn transfer<B: Backend>(
 }
 
 /// Loss and the LoRA gradients (`(name, values)`, A then B of each adapter) of one step.
+type StepResult = (f64, Vec<(String, Vec<f32>)>);
+
+/// Prints how far `ours` (loss and LoRA gradients) is from `expected`; whether the loss and all
+/// gradients together are within `tol`, each gradient tensor within `4 tol`, and none missing.
+fn compare(mode: &str, ours: StepResult, expected: StepResult, tol: f64) -> bool {
+    let ((loss, grads), (loss_ref, grads_ref)) = (ours, expected);
+    let loss_err = ((loss - loss_ref) / loss_ref).abs();
+    let all = |g: &[(String, Vec<f32>)]| -> Vec<f32> {
+        g.iter().flat_map(|(_, v)| v.iter().copied()).collect()
+    };
+    let total = relative(&all(&grads), &all(&grads_ref));
+    let (worst_name, worst) = grads
+        .iter()
+        .zip(&grads_ref)
+        .map(|((name, g), (_, r))| (name.clone(), relative(g, r)))
+        .fold((String::new(), 0.0f64), |acc, x| {
+            if x.1 > acc.1 || x.1.is_nan() {
+                x
+            } else {
+                acc
+            }
+        });
+    let missing = grads.iter().filter(|(_, g)| g.is_empty()).count();
+    let ok = loss_err <= tol && total <= tol && worst <= 4.0 * tol && missing == 0;
+    println!(
+        "{} {mode}: loss {loss:.5} vs {loss_ref:.5} (rel. err {loss_err:.2e}); LoRA \
+         gradients rel. err {total:.2e} over {} tensors, worst {worst:.2e} ({worst_name}){}",
+        if ok { "PASS" } else { "FAIL" },
+        grads.len(),
+        if missing > 0 {
+            format!(", {missing} missing")
+        } else {
+            String::new()
+        }
+    );
+    ok
+}
+
+/// One training step of `model` on `batch` (SparseLoRA with `sparse`): its loss and LoRA
+/// gradients.
 fn step<B: AutodiffBackend>(
     model: &LlamaForCausalLM<B>,
     batch: TrainBatch<B>,
@@ -195,20 +240,8 @@ impl TrainJob for CheckStep {
             bail!("--out-len must be between 1 and --seq - 1");
         }
         let cpu = Default::default();
-        let batch_ref = workload_batch::<Reference>(
-            self.batch,
-            self.seq,
-            self.out_len,
-            config.vocab_size,
-            &cpu,
-        );
-        let batch_fast = workload_batch::<B>(
-            self.batch,
-            self.seq,
-            self.out_len,
-            config.vocab_size,
-            &device,
-        );
+        let batch_ref = self.workload::<Reference>(config.vocab_size, &cpu);
+        let batch_fast = self.workload::<B>(config.vocab_size, &device);
         let tol = self.tolerance(dtype);
         let sparse_path = sparse_config(config.num_hidden_layers)?;
         let in_memory = |_| Ok(FactorCache::InMemory);
@@ -235,35 +268,9 @@ impl TrainJob for CheckStep {
             let train_ref = sparse.then(|| SparseTraining::from_setup(&setup_ref, &config, &lora));
             let train_fast =
                 sparse.then(|| SparseTraining::from_setup(&setup_fast, &config, &lora));
-            let (loss_ref, grads_ref) =
-                step(&reference, batch_ref.clone(), train_ref.as_ref(), &cpu);
-            let (loss, grads) = step(&fast, batch_fast.clone(), train_fast.as_ref(), &device);
-            let loss_err = ((loss - loss_ref) / loss_ref).abs();
-            let all = |g: &[(String, Vec<f32>)]| -> Vec<f32> {
-                g.iter().flat_map(|(_, v)| v.iter().copied()).collect()
-            };
-            let total = relative(&all(&grads), &all(&grads_ref));
-            let (worst_name, worst) = grads
-                .iter()
-                .zip(&grads_ref)
-                .map(|((name, g), (_, r))| (name.clone(), relative(g, r)))
-                .fold((String::new(), 0.0f64), |acc, x| {
-                    if x.1 > acc.1 || x.1.is_nan() {
-                        x
-                    } else {
-                        acc
-                    }
-                });
-            let missing = grads.iter().filter(|(_, g)| g.is_empty()).count();
-            let ok = loss_err <= tol && total <= tol && worst <= 4.0 * tol && missing == 0;
-            println!(
-                "{} {mode}: loss {loss:.5} vs {loss_ref:.5} (rel. err {loss_err:.2e}); LoRA \
-                 gradients rel. err {total:.2e} over {} tensors, worst {worst:.2e} ({worst_name}){}",
-                if ok { "PASS" } else { "FAIL" },
-                grads.len(),
-                if missing > 0 { format!(", {missing} missing") } else { String::new() }
-            );
-            if !ok {
+            let expected = step(&reference, batch_ref.clone(), train_ref.as_ref(), &cpu);
+            let ours = step(&fast, batch_fast.clone(), train_fast.as_ref(), &device);
+            if !compare(mode, ours, expected, tol) {
                 failures.push(mode);
             }
         }

@@ -9,8 +9,9 @@ use burn::tensor::{backend::Backend, DType};
 use clap::Args;
 use llama_burn::golden::{
     compare_golden_forward, compare_golden_tokenizer, compare_hf_fixture, relative_error,
+    GoldenPromptReport,
 };
-use llama_burn::{load_hf_folder, LlamaForCausalLM};
+use llama_burn::{load_hf_folder, LlamaForCausalLM, LlamaTokenizer};
 
 use crate::backend::{BackendJob, BackendKind};
 use crate::model_args::ModelArgs;
@@ -112,38 +113,7 @@ impl BackendJob for VerifyJob {
         for name in ["tiny-llama", "tiny-llama31"] {
             let dir = args.fixtures.join(name);
             let model = load_hf_folder::<B>(&dir, dtype, &device)?;
-            let r = compare_hf_fixture(&model, &dir)?;
-            check(
-                &mut failures,
-                r.logits_rel_err <= tol.logits_rel,
-                format!("{name}: logits rel err {:.2e}", r.logits_rel_err),
-            );
-            check(
-                &mut failures,
-                r.layer_input_rel_err <= tol.logits_rel,
-                format!(
-                    "{name}: layer-0 input rel err {:.2e}",
-                    r.layer_input_rel_err
-                ),
-            );
-            check(
-                &mut failures,
-                (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
-                format!("{name}: mean NLL {:.6} vs {:.6}", r.nll.0, r.nll.1),
-            );
-            // Greedy ties may flip in bf16; exactness is only demanded in f32.
-            let same = r.generated.0 == r.generated.1;
-            check(
-                &mut failures,
-                same || !tol.exact,
-                format!("{name}: greedy {:?} vs {:?}", r.generated.0, r.generated.1),
-            );
-            let cross = cross_backend_rel_err(&model, &dir)?;
-            check(
-                &mut failures,
-                cross <= tol.logits_rel,
-                format!("{name}: logits vs CPU f32 rel err {cross:.2e}"),
-            );
+            check_fixture(&mut failures, name, &model, &dir, &tol)?;
         }
         if args.model.name != "none" {
             let source = args.model.checkpoint()?;
@@ -156,49 +126,104 @@ impl BackendJob for VerifyJob {
                 );
             }
             let model = source.load::<B>(dtype, &device)?;
-            for r in compare_golden_forward(&model, &args.golden)? {
-                let name = &r.name;
-                check(
-                    &mut failures,
-                    (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
-                    format!(
-                        "smollm2 `{name}`: mean NLL {:.5} vs {:.5}",
-                        r.nll.0, r.nll.1
-                    ),
-                );
-                check(
-                    &mut failures,
-                    r.last_logits_rel_err <= tol.logits_rel * 10.0,
-                    format!(
-                        "smollm2 `{name}`: last logits rel err {:.2e}",
-                        r.last_logits_rel_err
-                    ),
-                );
-                let top_ok = if tol.exact {
-                    r.top10.0 == r.top10.1
-                } else {
-                    r.top10.0[0] == r.top10.1[0]
-                };
-                check(
-                    &mut failures,
-                    top_ok,
-                    format!(
-                        "smollm2 `{name}`: top-10 {:?} vs {:?}",
-                        r.top10.0, r.top10.1
-                    ),
-                );
-                if !r.greedy.1.is_empty() {
-                    let text = tokenizer.decode(&r.greedy.0, false)?;
-                    check(
-                        &mut failures,
-                        r.greedy.0 == r.greedy.1 || !tol.exact,
-                        format!("smollm2 `{name}`: greedy {text:?}"),
-                    );
-                }
+            for report in compare_golden_forward(&model, &args.golden)? {
+                check_golden_prompt(&mut failures, &report, &tokenizer, &tol)?;
             }
         }
         Ok(failures)
     }
+}
+
+/// The checks against one `transformers` fixture: logits, the first layer's input, the mean NLL,
+/// greedy tokens, and the logits against the CPU's.
+fn check_fixture<B: Backend>(
+    failures: &mut usize,
+    name: &str,
+    model: &LlamaForCausalLM<B>,
+    dir: &Path,
+    tol: &Tolerance,
+) -> anyhow::Result<()> {
+    let r = compare_hf_fixture(model, dir)?;
+    check(
+        failures,
+        r.logits_rel_err <= tol.logits_rel,
+        format!("{name}: logits rel err {:.2e}", r.logits_rel_err),
+    );
+    check(
+        failures,
+        r.layer_input_rel_err <= tol.logits_rel,
+        format!(
+            "{name}: layer-0 input rel err {:.2e}",
+            r.layer_input_rel_err
+        ),
+    );
+    check(
+        failures,
+        (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
+        format!("{name}: mean NLL {:.6} vs {:.6}", r.nll.0, r.nll.1),
+    );
+    // Greedy ties may flip in bf16; exactness is only demanded in f32.
+    let same = r.generated.0 == r.generated.1;
+    check(
+        failures,
+        same || !tol.exact,
+        format!("{name}: greedy {:?} vs {:?}", r.generated.0, r.generated.1),
+    );
+    let cross = cross_backend_rel_err(model, dir)?;
+    check(
+        failures,
+        cross <= tol.logits_rel,
+        format!("{name}: logits vs CPU f32 rel err {cross:.2e}"),
+    );
+    Ok(())
+}
+
+/// The checks of one SmolLM2 golden prompt: mean NLL, last logits, top-10 and greedy tokens.
+fn check_golden_prompt(
+    failures: &mut usize,
+    r: &GoldenPromptReport,
+    tokenizer: &LlamaTokenizer,
+    tol: &Tolerance,
+) -> anyhow::Result<()> {
+    let name = &r.name;
+    check(
+        failures,
+        (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
+        format!(
+            "smollm2 `{name}`: mean NLL {:.5} vs {:.5}",
+            r.nll.0, r.nll.1
+        ),
+    );
+    check(
+        failures,
+        r.last_logits_rel_err <= tol.logits_rel * 10.0,
+        format!(
+            "smollm2 `{name}`: last logits rel err {:.2e}",
+            r.last_logits_rel_err
+        ),
+    );
+    let top_ok = if tol.exact {
+        r.top10.0 == r.top10.1
+    } else {
+        r.top10.0[0] == r.top10.1[0]
+    };
+    check(
+        failures,
+        top_ok,
+        format!(
+            "smollm2 `{name}`: top-10 {:?} vs {:?}",
+            r.top10.0, r.top10.1
+        ),
+    );
+    if !r.greedy.1.is_empty() {
+        let text = tokenizer.decode(&r.greedy.0, false)?;
+        check(
+            failures,
+            r.greedy.0 == r.greedy.1 || !tol.exact,
+            format!("smollm2 `{name}`: greedy {text:?}"),
+        );
+    }
+    Ok(())
 }
 
 /// Max normwise relative difference between this backend's logits and the CPU's (f32) on the
