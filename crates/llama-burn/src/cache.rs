@@ -53,7 +53,8 @@ impl<B: Backend> LayerKvCache<B> {
     }
 }
 
-/// One [`LayerKvCache`] per decoder layer.
+/// The key/value caches of every decoder layer, for incremental decoding
+/// ([`crate::LlamaForCausalLM::new_cache`], [`crate::LlamaForCausalLM::forward_cached`]).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     /// Caches by layer index.
