@@ -18,35 +18,32 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Distribution, Tensor};
 use clap::Args;
-use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use llama_burn::{LlamaForCausalLM, LlamaProjection};
 use lora::{LoraAdapter, LoraConfig};
 use sparselora::FactorCache;
 use trainer::step::{backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TrainBatch};
 
-use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::backend::TrainJob;
 use crate::bench::workload_batch;
 use crate::finetune::sparse_setup;
-use crate::model_source::ModelSource;
+use crate::model_args::ModelArgs;
 
 type Reference = Autodiff<Flex>;
 
 /// Compares a training step on a fast backend with the CPU reference path.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.help(
+    "The model: `smollm2-135m` (its real weights), a checkpoint path, or with \
+     `--random-weights` a preset name whose shape gets random weights"
+)))]
+#[command(mut_arg("backend", |a| a.default_value("cuda").help("The backend to check")))]
 pub struct CheckStep {
-    /// The model: `smollm2-135m` (its real weights), a checkpoint path, or with
-    /// `--random-weights` a preset name whose shape gets random weights.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Draw random weights of the preset's shape instead of loading a checkpoint.
     #[arg(long)]
     random_weights: bool,
-    /// The backend to check.
-    #[arg(long, value_enum, default_value = "cuda")]
-    backend: BackendKind,
-    /// Its dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
     /// Sequences in the batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -63,8 +60,12 @@ pub struct CheckStep {
 
 impl CheckStep {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch_autodiff(dtype, self)
+        self.model.clone().dispatch_autodiff(self)
+    }
+
+    /// The benchmark's batch of `--batch` x `--seq` tokens, `--out-len` of them answers.
+    fn workload<B: Backend>(&self, vocab: usize, device: &B::Device) -> TrainBatch<B> {
+        workload_batch::<B>(self.batch, self.seq, self.out_len, vocab, device)
     }
 
     /// f32 is the tight check (the fast path agreed to 3e-4 on SmolLM2's real weights). bf16
@@ -81,15 +82,15 @@ impl CheckStep {
 
 /// The reference model (CPU, f32) with random adapters on every projection.
 fn reference_model(
-    name: &str,
+    model: &ModelArgs,
     random: bool,
 ) -> anyhow::Result<(LlamaForCausalLM<Reference>, LoraConfig)> {
     let device = Default::default();
     Reference::seed(&device, 7);
     let base = if random {
-        LlamaConfig::preset(name)?.init_random::<Reference>(&device)
+        model.preset()?.init_random::<Reference>(&device)
     } else {
-        ModelSource::resolve(name, None)?.load::<Reference>(DType::F32, &device)?
+        model.checkpoint()?.load::<Reference>(DType::F32, &device)?
     };
     let lora = LoraConfig::new()
         .with_r(8)
@@ -130,6 +131,46 @@ fn transfer<B: Backend>(
 }
 
 /// Loss and the LoRA gradients (`(name, values)`, A then B of each adapter) of one step.
+type StepResult = (f64, Vec<(String, Vec<f32>)>);
+
+/// Prints how far `ours` (loss and LoRA gradients) is from `expected`; whether the loss and all
+/// gradients together are within `tol`, each gradient tensor within `4 tol`, and none missing.
+fn compare(mode: &str, ours: StepResult, expected: StepResult, tol: f64) -> bool {
+    let ((loss, grads), (loss_ref, grads_ref)) = (ours, expected);
+    let loss_err = ((loss - loss_ref) / loss_ref).abs();
+    let all = |g: &[(String, Vec<f32>)]| -> Vec<f32> {
+        g.iter().flat_map(|(_, v)| v.iter().copied()).collect()
+    };
+    let total = relative(&all(&grads), &all(&grads_ref));
+    let (worst_name, worst) = grads
+        .iter()
+        .zip(&grads_ref)
+        .map(|((name, g), (_, r))| (name.clone(), relative(g, r)))
+        .fold((String::new(), 0.0f64), |acc, x| {
+            if x.1 > acc.1 || x.1.is_nan() {
+                x
+            } else {
+                acc
+            }
+        });
+    let missing = grads.iter().filter(|(_, g)| g.is_empty()).count();
+    let ok = loss_err <= tol && total <= tol && worst <= 4.0 * tol && missing == 0;
+    println!(
+        "{} {mode}: loss {loss:.5} vs {loss_ref:.5} (rel. err {loss_err:.2e}); LoRA \
+         gradients rel. err {total:.2e} over {} tensors, worst {worst:.2e} ({worst_name}){}",
+        if ok { "PASS" } else { "FAIL" },
+        grads.len(),
+        if missing > 0 {
+            format!(", {missing} missing")
+        } else {
+            String::new()
+        }
+    );
+    ok
+}
+
+/// One training step of `model` on `batch` (SparseLoRA with `sparse`): its loss and LoRA
+/// gradients.
 fn step<B: AutodiffBackend>(
     model: &LlamaForCausalLM<B>,
     batch: TrainBatch<B>,
@@ -199,30 +240,19 @@ impl TrainJob for CheckStep {
             bail!("--out-len must be between 1 and --seq - 1");
         }
         let cpu = Default::default();
-        let batch_ref = workload_batch::<Reference>(
-            self.batch,
-            self.seq,
-            self.out_len,
-            config.vocab_size,
-            &cpu,
-        );
-        let batch_fast = workload_batch::<B>(
-            self.batch,
-            self.seq,
-            self.out_len,
-            config.vocab_size,
-            &device,
-        );
+        let batch_ref = self.workload::<Reference>(config.vocab_size, &cpu);
+        let batch_fast = self.workload::<B>(config.vocab_size, &device);
         let tol = self.tolerance(dtype);
         let sparse_path = sparse_config(config.num_hidden_layers)?;
         let in_memory = |_| Ok(FactorCache::InMemory);
-        let setup_ref = sparse_setup(&sparse_path, &reference, &self.model, 1, in_memory)?;
-        let setup_fast = sparse_setup(&sparse_path, &fast, &self.model, 1, in_memory)?;
+        let name = &self.model.name;
+        let setup_ref = sparse_setup(&sparse_path, &reference, name, 1, in_memory)?;
+        let setup_fast = sparse_setup(&sparse_path, &fast, name, 1, in_memory)?;
         let _ = std::fs::remove_file(&sparse_path);
         println!(
             "check-step: {} ({}), batch {} x {}, {} answer tokens, LoRA r8 on every projection; \
              {:?} {dtype:?} vs CPU f32 (tolerance {tol:.0e})",
-            self.model,
+            name,
             if self.random_weights {
                 "random weights"
             } else {
@@ -231,42 +261,16 @@ impl TrainJob for CheckStep {
             self.batch,
             self.seq,
             self.out_len,
-            self.backend
+            self.model.backend
         );
         let mut failures = Vec::new();
         for (mode, sparse) in [("dense", false), ("sparse", true)] {
             let train_ref = sparse.then(|| SparseTraining::from_setup(&setup_ref, &config, &lora));
             let train_fast =
                 sparse.then(|| SparseTraining::from_setup(&setup_fast, &config, &lora));
-            let (loss_ref, grads_ref) =
-                step(&reference, batch_ref.clone(), train_ref.as_ref(), &cpu);
-            let (loss, grads) = step(&fast, batch_fast.clone(), train_fast.as_ref(), &device);
-            let loss_err = ((loss - loss_ref) / loss_ref).abs();
-            let all = |g: &[(String, Vec<f32>)]| -> Vec<f32> {
-                g.iter().flat_map(|(_, v)| v.iter().copied()).collect()
-            };
-            let total = relative(&all(&grads), &all(&grads_ref));
-            let (worst_name, worst) = grads
-                .iter()
-                .zip(&grads_ref)
-                .map(|((name, g), (_, r))| (name.clone(), relative(g, r)))
-                .fold((String::new(), 0.0f64), |acc, x| {
-                    if x.1 > acc.1 || x.1.is_nan() {
-                        x
-                    } else {
-                        acc
-                    }
-                });
-            let missing = grads.iter().filter(|(_, g)| g.is_empty()).count();
-            let ok = loss_err <= tol && total <= tol && worst <= 4.0 * tol && missing == 0;
-            println!(
-                "{} {mode}: loss {loss:.5} vs {loss_ref:.5} (rel. err {loss_err:.2e}); LoRA \
-                 gradients rel. err {total:.2e} over {} tensors, worst {worst:.2e} ({worst_name}){}",
-                if ok { "PASS" } else { "FAIL" },
-                grads.len(),
-                if missing > 0 { format!(", {missing} missing") } else { String::new() }
-            );
-            if !ok {
+            let expected = step(&reference, batch_ref.clone(), train_ref.as_ref(), &cpu);
+            let ours = step(&fast, batch_fast.clone(), train_fast.as_ref(), &device);
+            if !compare(mode, ours, expected, tol) {
                 failures.push(mode);
             }
         }

@@ -9,8 +9,8 @@ use clap::Args;
 use llama_burn::{LlamaForCausalLM, LlamaTokenizer};
 use trainer::{evaluate, load_records, PromptSeam, Task, TaskAccuracy};
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
-use crate::model_source::{load_base, tokenizer_for};
+use crate::backend::BackendJob;
+use crate::model_args::ModelArgs;
 
 /// Which records to evaluate on.
 #[derive(Args, Debug, Clone)]
@@ -41,16 +41,12 @@ pub struct EvalArgs {
 /// Evaluate a model (and adapter) on downstream tasks.
 #[derive(Args, Debug, Clone)]
 pub struct Eval {
-    /// `tiny` (random weights, SmolLM2 tokenizer), a preset name, an HF folder or a `.gguf`.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// For `--model tiny`: the seed its random base was drawn with (the training config's
     /// `seed`; 42 in `configs/train/tiny-default.toml`).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Folder holding HF checkpoints by preset name.
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
     /// A PEFT adapter folder to apply.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -59,18 +55,11 @@ pub struct Eval {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendKind,
-    /// Weight dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
 }
 
 impl Eval {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch(dtype, self)
+        self.model.clone().dispatch(self)
     }
 }
 
@@ -78,15 +67,9 @@ impl BackendJob for Eval {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
-        let tokenizer = tokenizer_for(&self.model, self.model_dir.as_deref())?;
-        let (mut model, _) = load_base::<B>(
-            &self.model,
-            self.model_dir.as_deref(),
-            tokenizer.vocab_size(),
-            dtype,
-            self.seed,
-            &device,
-        )?;
+        let base = self.model.resolve()?;
+        let tokenizer = base.tokenizer()?;
+        let mut model = base.load::<B>(&tokenizer, dtype, self.seed, &device)?;
         if let Some(adapter) = &self.adapter {
             model = model
                 .load_peft_adapter(adapter, &device)

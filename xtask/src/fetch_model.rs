@@ -85,7 +85,7 @@ pub fn ensure_smollm2() -> anyhow::Result<Smollm2Files> {
     }
     if !files.tokenizer.is_file() {
         let gguf = llama_burn::gguf::GgufFile::open(&files.gguf)?;
-        let json = llama_burn::gguf_tokenizer::tokenizer_json_from_gguf(&gguf)?;
+        let json = llama_burn::tokenizer_json_from_gguf(&gguf)?;
         write_atomically(&files.tokenizer, json.as_bytes())?;
     }
     Ok(files)

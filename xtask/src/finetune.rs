@@ -2,6 +2,7 @@
 //! `tiny` model on the shipped commonsense sample, on the CPU, then evaluates the adapter.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
@@ -9,29 +10,28 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use llama_burn::{Block, LlamaForCausalLM, LlamaProjection};
+use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, LlamaProjection, LlamaTokenizer};
 use lora::LoraConfig;
 use sparselora::{FactorCache, FactorOrigin, SetupError, SparseSetup, SparsityConfig};
+use trainer::checkpoint::TrainState;
 use trainer::metrics::StepMetrics;
 use trainer::sparse_step::SparseTraining;
 use trainer::{
     check_examples, load_records, tokenize_records, CollateConfig, ExampleBatches, RunOptions,
-    StepObserver, Task, TokenizeConfig, TrainConfig,
+    StepObserver, Task, TaskAccuracy, TokenizeConfig, TrainConfig,
 };
 
-use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::backend::TrainJob;
 use crate::eval::{print_before_after, print_table, run_eval, EvalArgs};
-use crate::model_source::{load_base, tokenizer_for};
+use crate::model_args::{ModelArgs, TINY};
+use crate::model_source::ModelSource;
 
 /// Fine-tune with LoRA, or with SparseLoRA given `--sparsity`.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.default_value(TINY)))]
 pub struct Finetune {
-    /// `tiny` (random weights, SmolLM2 tokenizer), `smollm2-135m`, a LLaMA preset, an HF folder or a `.gguf`.
-    #[arg(long, default_value = "tiny")]
-    pub model: String,
-    /// Folder holding HF checkpoints by preset name.
-    #[arg(long)]
-    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Training task: `csr170k` (response = answer) or `math10k` (response = output).
     #[arg(long, default_value = "csr170k")]
     pub task: String,
@@ -41,12 +41,6 @@ pub struct Finetune {
     /// Training hyper-parameters (TOML, see configs/train/).
     #[arg(long, default_value = "configs/train/tiny-default.toml")]
     pub config: PathBuf,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendKind,
-    /// Base-weight dtype (adapters are always f32); default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
     /// Override the config's step count.
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -100,8 +94,32 @@ pub struct Finetune {
 
 impl Finetune {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch_autodiff(dtype, FinetuneJob(self))
+        self.model.clone().dispatch_autodiff(FinetuneJob(self))
+    }
+
+    /// `--task`, which must be a training set.
+    fn task(&self) -> anyhow::Result<Task> {
+        let task: Task = self
+            .task
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+        if !task.is_training() {
+            bail!("--task {task} is an evaluation set; train on csr170k or math10k");
+        }
+        Ok(task)
+    }
+
+    /// `--config` with `--max-steps` and `--micro-batch-size` applied.
+    fn train_config(&self) -> anyhow::Result<TrainConfig> {
+        let mut config = TrainConfig::from_toml_file(&crate::repo::shipped(&self.config))?;
+        if let Some(steps) = self.max_steps {
+            config.max_steps = Some(steps);
+        }
+        if let Some(mb) = self.micro_batch_size {
+            config.micro_batch_size = Some(mb);
+            config.validate()?;
+        }
+        Ok(config)
     }
 
     fn lora_config(&self) -> anyhow::Result<LoraConfig> {
@@ -116,6 +134,64 @@ impl Finetune {
         };
         config.validate().context("LoRA config")?;
         Ok(config)
+    }
+
+    /// `--data`, or the task's shipped sample.
+    fn data_path(&self, task: Task) -> anyhow::Result<PathBuf> {
+        Ok(match &self.data {
+            Some(p) => crate::repo::shipped(p),
+            None => crate::repo::shipped(
+                Path::new("datasets")
+                    .join(task.sample_file().context("task has no shipped sample")?),
+            ),
+        })
+    }
+
+    /// With `--sparsity`: SparseLoRA set up for `base`, its estimator factors cached next to the
+    /// checkpoint's weights (in memory for `tiny`).
+    fn setup_sparsity<B: Backend>(
+        &self,
+        base: &LlamaForCausalLM<B>,
+        source: Option<&ModelSource>,
+        seed: u64,
+    ) -> anyhow::Result<Option<SparseSetup<B>>> {
+        let Some(path) = &self.sparsity else {
+            return Ok(None);
+        };
+        let cache = |rank| match source {
+            Some(source) => source.factor_cache(rank),
+            None => Ok(FactorCache::InMemory),
+        };
+        Ok(Some(sparse_setup(
+            path,
+            base,
+            &self.model.name,
+            seed,
+            cache,
+        )?))
+    }
+
+    /// The run in one line: model, backend, dtype, LoRA and mode.
+    fn describe(&self, dtype: DType, lora: &LoraConfig) -> String {
+        let mode = match &self.sparsity {
+            Some(path) => format!("SparseLoRA ({})", path.display()),
+            None => "dense LoRA".into(),
+        };
+        format!(
+            "model {} ({:?}, {dtype:?}) | LoRA r={} alpha={} on {} | {mode} mode",
+            self.model.name, self.model.backend, lora.r, lora.alpha, self.lora_targets,
+        )
+    }
+
+    /// What to evaluate after training (and before, with `--eval-before`).
+    fn eval_args(&self) -> EvalArgs {
+        EvalArgs {
+            tasks: self.eval_tasks.clone(),
+            limit: Some(self.eval_limit),
+            data_dir: self.eval_data_dir.clone(),
+            batch_size: self.eval_batch_size,
+            prompt_seam: trainer::PromptSeam::default(),
+        }
     }
 }
 
@@ -164,163 +240,173 @@ impl StepObserver for Progress {
 impl TrainJob for FinetuneJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
         let args = self.0;
-        let task: Task = args
-            .task
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--task: {e}"))?;
-        if !task.is_training() {
-            bail!("--task {task} is an evaluation set; train on csr170k or math10k");
-        }
-        let mut config = TrainConfig::from_toml_file(&crate::repo::shipped(&args.config))?;
-        if let Some(steps) = args.max_steps {
-            config.max_steps = Some(steps);
-        }
-        if let Some(mb) = args.micro_batch_size {
-            config.micro_batch_size = Some(mb);
-            config.validate()?;
-        }
+        let task = args.task()?;
+        let config = args.train_config()?;
         let lora_config = args.lora_config()?;
-        let data_path = match &args.data {
-            Some(p) => crate::repo::shipped(p),
-            None => crate::repo::shipped(
-                Path::new("datasets")
-                    .join(task.sample_file().context("task has no shipped sample")?),
-            ),
-        };
-        let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
-        let (base, source) = load_base::<B>(
-            &args.model,
-            args.model_dir.as_deref(),
-            tokenizer.vocab_size(),
-            dtype,
-            config.seed,
-            &device,
-        )?;
-        let base_name = args.model.clone();
-        let eos = base.config.eos_ids().first().copied().unwrap_or(0);
-        let pad = base.config.pad_id();
-
-        let records = load_records(&data_path)?;
-        let tokenize = TokenizeConfig::new(eos).with_cutoff_len(config.max_seq_len.min(256));
-        let examples = tokenize_records(&tokenizer, &records, task.response_field(), &tokenize)?;
-        let answerless = check_examples(&examples, base.config.vocab_size, tokenize.cutoff_len)
-            .with_context(|| format!("training data {}", data_path.display()))?;
-        if answerless > 0 {
-            eprintln!(
-                "warning: {answerless} of {} examples lose their whole answer to truncation at {} \
-                 tokens and contribute nothing",
-                examples.len(),
-                tokenize.cutoff_len
-            );
-        }
+        let data_path = args.data_path(task)?;
+        let base_model = args.model.resolve()?;
+        let tokenizer = base_model.tokenizer()?;
+        let base = base_model.load::<B>(&tokenizer, dtype, config.seed, &device)?;
+        let data = training_batches(&args, task, &data_path, &config, &tokenizer, &base.config)?;
+        let examples = data.examples().len();
         eprintln!(
-            "{} examples from {} | model {base_name} ({:?}, {:?}) | LoRA r={} alpha={} on {} | {} mode",
-            examples.len(),
+            "{examples} examples from {} | {}",
             data_path.display(),
-            args.backend,
-            dtype,
-            lora_config.r,
-            lora_config.alpha,
-            args.lora_targets,
-            match &args.sparsity {
-                Some(path) => format!("SparseLoRA ({})", path.display()),
-                None => "dense LoRA".into(),
-            },
+            args.describe(dtype, &lora_config)
         );
-        let collate =
-            CollateConfig::new(pad).with_pad_to_multiple_of(args.pad_to_multiple_of.max(1));
-        let data = ExampleBatches::new(examples, config.micro_batch(), config.seed, collate);
-        let eval = EvalArgs {
-            tasks: args.eval_tasks.clone(),
-            limit: Some(args.eval_limit),
-            data_dir: args.eval_data_dir.clone(),
-            batch_size: args.eval_batch_size,
-            prompt_seam: trainer::PromptSeam::default(),
-        };
-        let before = if args.eval_before && args.eval_tasks != "none" {
-            eprintln!("evaluating the base model before training");
-            let results = run_eval(&base.valid(), &tokenizer, &eval)?;
-            std::fs::create_dir_all(&args.output)?;
-            let json = serde_json::to_string_pretty(&results)?;
-            std::fs::write(args.output.join("eval-before.json"), json)?;
-            Some(results)
-        } else {
-            None
-        };
-
-        let sparsity = match &args.sparsity {
-            Some(path) => Some(sparse_setup(
-                path,
-                &base,
-                &base_name,
-                config.seed,
-                |rank| match &source {
-                    Some(source) => source.factor_cache(rank),
-                    None => Ok(FactorCache::InMemory),
-                },
-            )?),
-            None => None,
-        };
-
+        let eval = args.eval_args();
+        let before = evaluate_before(&args, &base, &tokenizer, &eval)?;
+        let sparsity = args.setup_sparsity(&base, base_model.source(), config.seed)?;
         B::seed(&device, config.seed);
         let model_config = base.config.clone();
         let model = base.with_lora(&lora_config, &device);
         let sparse_training = sparsity
             .as_ref()
             .map(|setup| SparseTraining::from_setup(setup, &model_config, &lora_config));
-        let run = RunOptions {
-            out: args.output.clone(),
-            resume: args.resume,
-            stop_after: args.stop_after,
-            base_model_name: base_name,
-        };
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .expect("valid template"),
-        );
-        let start = std::time::Instant::now();
-        let (model, state) = trainer::train(
-            model,
-            &data,
-            &config,
-            &run,
-            sparse_training.as_ref(),
-            &mut Progress(bar.clone()),
-            &device,
-        )?;
-        bar.finish_and_clear();
-        let adapter_dir = args.output.join("adapter");
-        model.save_peft_adapter(&adapter_dir, &run.base_model_name)?;
-        eprintln!(
-            "trained {} steps in {:.1} s; final loss {:.4}; adapter saved to {}",
-            state.step,
-            start.elapsed().as_secs_f64(),
-            state.last_loss,
-            adapter_dir.display()
-        );
-        let metrics = trainer::metrics::MetricsLog::read(&args.output.join("metrics.jsonl"))?;
-        let plot = args.output.join("loss.png");
-        let title = format!("LoRA on {} ({})", args.model, task.name());
-        crate::plot::plot_loss(&metrics, &title, &plot)?;
-        eprintln!("loss curve: {}", plot.display());
+        let started = Instant::now();
+        let (model, state) = train_with_progress(&args, model, &data, &config, sparse_training)?;
+        report_training(&args, &model, &state, task, started)?;
         if args.stop_after.is_some() && state.step < state.total_steps {
             eprintln!("stopped early (--stop-after); continue with --resume");
             return Ok(());
         }
         if args.eval_tasks != "none" {
-            let model = model.valid();
-            let results = run_eval(&model, &tokenizer, &eval)?;
-            match &before {
-                Some(before) => print_before_after(before, &results),
-                None => print_table(&results),
-            }
-            let json = serde_json::to_string_pretty(&results)?;
-            std::fs::write(args.output.join("eval.json"), json)?;
+            evaluate_after(&args, &model.valid(), &tokenizer, &eval, before.as_deref())?;
         }
         Ok(())
     }
+}
+
+/// The training examples, tokenized, checked against the model, and batched (shuffled from the
+/// config's seed); warns about examples whose answer truncation removes.
+fn training_batches(
+    args: &Finetune,
+    task: Task,
+    data_path: &Path,
+    config: &TrainConfig,
+    tokenizer: &LlamaTokenizer,
+    model: &LlamaConfig,
+) -> anyhow::Result<ExampleBatches> {
+    let eos = model.eos_ids().first().copied().unwrap_or(0);
+    let records = load_records(data_path)?;
+    let tokenize = TokenizeConfig::new(eos).with_cutoff_len(config.max_seq_len.min(256));
+    let examples = tokenize_records(tokenizer, &records, task.response_field(), &tokenize)?;
+    let answerless = check_examples(&examples, model.vocab_size, tokenize.cutoff_len)
+        .with_context(|| format!("training data {}", data_path.display()))?;
+    if answerless > 0 {
+        eprintln!(
+            "warning: {answerless} of {} examples lose their whole answer to truncation at {} \
+             tokens and contribute nothing",
+            examples.len(),
+            tokenize.cutoff_len
+        );
+    }
+    let collate =
+        CollateConfig::new(model.pad_id()).with_pad_to_multiple_of(args.pad_to_multiple_of.max(1));
+    Ok(ExampleBatches::new(
+        examples,
+        config.micro_batch(),
+        config.seed,
+        collate,
+    ))
+}
+
+/// With `--eval-before` and tasks to evaluate: the base model's accuracy, also written to
+/// `eval-before.json`.
+fn evaluate_before<B: AutodiffBackend>(
+    args: &Finetune,
+    base: &LlamaForCausalLM<B>,
+    tokenizer: &LlamaTokenizer,
+    eval: &EvalArgs,
+) -> anyhow::Result<Option<Vec<TaskAccuracy>>> {
+    if !args.eval_before || args.eval_tasks == "none" {
+        return Ok(None);
+    }
+    eprintln!("evaluating the base model before training");
+    let results = run_eval(&base.valid(), tokenizer, eval)?;
+    std::fs::create_dir_all(&args.output)?;
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(args.output.join("eval-before.json"), json)?;
+    Ok(Some(results))
+}
+
+/// The trained model's accuracy, beside the base model's when it was evaluated, also written to
+/// `eval.json`.
+fn evaluate_after<B: Backend>(
+    args: &Finetune,
+    model: &LlamaForCausalLM<B>,
+    tokenizer: &LlamaTokenizer,
+    eval: &EvalArgs,
+    before: Option<&[TaskAccuracy]>,
+) -> anyhow::Result<()> {
+    let results = run_eval(model, tokenizer, eval)?;
+    match before {
+        Some(before) => print_before_after(before, &results),
+        None => print_table(&results),
+    }
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(args.output.join("eval.json"), json)?;
+    Ok(())
+}
+
+/// `trainer::train` into `--output`, with a progress bar.
+fn train_with_progress<B: AutodiffBackend>(
+    args: &Finetune,
+    model: LlamaForCausalLM<B>,
+    data: &ExampleBatches,
+    config: &TrainConfig,
+    sparse: Option<SparseTraining<'_, B>>,
+) -> anyhow::Result<(LlamaForCausalLM<B>, TrainState)> {
+    let run = RunOptions {
+        out: args.output.clone(),
+        resume: args.resume,
+        stop_after: args.stop_after,
+        base_model_name: args.model.name.clone(),
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let device = model.device();
+    let trained = trainer::train(
+        model,
+        data,
+        config,
+        &run,
+        sparse.as_ref(),
+        &mut Progress(bar.clone()),
+        &device,
+    )?;
+    bar.finish_and_clear();
+    Ok(trained)
+}
+
+/// Saves the adapter into `--output/adapter`, says how long the training since `started` took,
+/// and draws the loss curve (`loss.png`).
+fn report_training<B: AutodiffBackend>(
+    args: &Finetune,
+    model: &LlamaForCausalLM<B>,
+    state: &TrainState,
+    task: Task,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let adapter_dir = args.output.join("adapter");
+    model.save_peft_adapter(&adapter_dir, &args.model.name)?;
+    eprintln!(
+        "trained {} steps in {:.1} s; final loss {:.4}; adapter saved to {}",
+        state.step,
+        started.elapsed().as_secs_f64(),
+        state.last_loss,
+        adapter_dir.display()
+    );
+    let metrics = trainer::metrics::MetricsLog::read(&args.output.join("metrics.jsonl"))?;
+    let plot = args.output.join("loss.png");
+    let title = format!("LoRA on {} ({})", args.model.name, task.name());
+    crate::plot::plot_loss(&metrics, &title, &plot)?;
+    eprintln!("loss curve: {}", plot.display());
+    Ok(())
 }
 
 /// `--sparsity path`: reads the config, warns when it names another model, sets SparseLoRA up

@@ -1,23 +1,19 @@
 //! `cargo xtask generate`: greedy continuation of prompts.
 
-use std::path::PathBuf;
-
 use burn::tensor::{backend::Backend, DType};
 use clap::Args;
 use llama_burn::generate::{generate_greedy, GenerationConfig};
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::backend::BackendJob;
+use crate::model_args::{ModelArgs, CHECKPOINT_HELP};
 use crate::model_source::ModelSource;
 
 /// Greedy generation from one or more prompts (batched, left-padded).
 #[derive(Args, Debug)]
+#[command(mut_arg("model", |a| a.help(CHECKPOINT_HELP)))]
 pub struct Generate {
-    /// Preset name (`smollm2-135m`, `llama3-8b`, ...), HF folder or `.gguf` file.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
-    /// Folder holding HF checkpoints by preset name.
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt text; repeat for a batch.
     #[arg(long, default_value = "The capital of France is")]
     prompt: Vec<String>,
@@ -27,19 +23,14 @@ pub struct Generate {
     /// Maximum new tokens per prompt.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendKind,
-    /// Weight dtype (f32, bf16, f16); default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
 }
 
 impl Generate {
     pub fn run(self) -> anyhow::Result<()> {
-        let source = ModelSource::resolve(&self.model, self.model_dir.as_deref())?;
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch(dtype, GenerateJob { args: self, source })
+        let source = self.model.checkpoint()?;
+        self.model
+            .clone()
+            .dispatch(GenerateJob { args: self, source })
     }
 }
 

@@ -121,6 +121,9 @@ fn cell_text(v: f64) -> String {
     }
 }
 
+/// A drawing area of the PNG.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
 /// Draws `map` into `path` (PNG).
 pub fn draw_heat_map(map: &HeatMap, path: &Path) -> anyhow::Result<()> {
     let (n_rows, n_cols) = (map.rows.len(), map.columns.len());
@@ -183,54 +186,79 @@ pub fn draw_heat_map(map: &HeatMap, path: &Path) -> anyhow::Result<()> {
                 .pos(centre);
             Text::new(cell_text(v), (c as f64 + 0.5, h - r as f64 - 0.5), style)
         }))?;
-
-        // Axis labels, placed in pixels from the chart's coordinates.
-        let px = |x: f64, y: f64| chart.backend_coord(&(x, y));
-        let font = |size: u32, pos: Pos| TextStyle::from(("sans-serif", size).into_font()).pos(pos);
-        let top = Pos::new(HPos::Center, VPos::Top);
-        for (c, label) in map.columns.iter().enumerate() {
-            let (x, y) = px(c as f64 + 0.5, 0.0);
-            root.draw(&Text::new(label.clone(), (x, y + 5), font(13, top)))?;
-        }
-        let mut first = 0;
-        for (label, span) in &map.column_groups {
-            let (x0, y) = px(first as f64, 0.0);
-            let (x1, _) = px((first + span) as f64, 0.0);
-            root.draw(&PathElement::new(
-                vec![(x0 + 4, y + 22), (x1 - 4, y + 22)],
-                BLACK.stroke_width(1),
-            ))?;
-            root.draw(&Text::new(
-                label.clone(),
-                ((x0 + x1) / 2, y + 25),
-                font(13, top),
-            ))?;
-            first += span;
-        }
-        let (x_mid, y_axis) = px(w / 2.0, 0.0);
-        root.draw(&Text::new(
-            map.x_desc.to_string(),
-            (x_mid, y_axis + 44),
-            font(14, top),
-        ))?;
-        let right = Pos::new(HPos::Right, VPos::Center);
-        for (r, label) in map.rows.iter().enumerate() {
-            let (x, y) = px(0.0, h - r as f64 - 0.5);
-            root.draw(&Text::new(label.clone(), (x - 6, y), font(13, right)))?;
-        }
-        let (x_axis, y_mid) = px(0.0, h / 2.0);
-        root.draw(&Text::new(
-            map.y_desc.to_string(),
-            (x_axis - 44, y_mid),
-            font(14, centre).transform(FontTransform::Rotate270),
-        ))?;
+        draw_axis_labels(&root, map, |x, y| chart.backend_coord(&(x, y)))?;
     }
     chart.draw_series(std::iter::once(Rectangle::new(
         [(0.0, 0.0), (w, h)],
         BLACK.stroke_width(1),
     )))?;
+    draw_colour_bar(&bar, map, &scale, &all, height, has_text)?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
 
-    // The colour bar, from the lowest value (0 without negative values) to the largest.
+/// The column labels, their groups and the x description under the cells, the row labels and
+/// the y description left of them; `px` places chart coordinates (a cell is 1 x 1, row 0 at
+/// the top) in pixels.
+fn draw_axis_labels(
+    root: &Area<'_>,
+    map: &HeatMap,
+    px: impl Fn(f64, f64) -> (i32, i32),
+) -> anyhow::Result<()> {
+    let (w, h) = (map.columns.len() as f64, map.rows.len() as f64);
+    let font = |size: u32, pos: Pos| TextStyle::from(("sans-serif", size).into_font()).pos(pos);
+    let top = Pos::new(HPos::Center, VPos::Top);
+    for (c, label) in map.columns.iter().enumerate() {
+        let (x, y) = px(c as f64 + 0.5, 0.0);
+        root.draw(&Text::new(label.clone(), (x, y + 5), font(13, top)))?;
+    }
+    let mut first = 0;
+    for (label, span) in &map.column_groups {
+        let (x0, y) = px(first as f64, 0.0);
+        let (x1, _) = px((first + span) as f64, 0.0);
+        root.draw(&PathElement::new(
+            vec![(x0 + 4, y + 22), (x1 - 4, y + 22)],
+            BLACK.stroke_width(1),
+        ))?;
+        root.draw(&Text::new(
+            label.clone(),
+            ((x0 + x1) / 2, y + 25),
+            font(13, top),
+        ))?;
+        first += span;
+    }
+    let (x_mid, y_axis) = px(w / 2.0, 0.0);
+    root.draw(&Text::new(
+        map.x_desc.to_string(),
+        (x_mid, y_axis + 44),
+        font(14, top),
+    ))?;
+    let right = Pos::new(HPos::Right, VPos::Center);
+    for (r, label) in map.rows.iter().enumerate() {
+        let (x, y) = px(0.0, h - r as f64 - 0.5);
+        root.draw(&Text::new(label.clone(), (x - 6, y), font(13, right)))?;
+    }
+    let (x_axis, y_mid) = px(0.0, h / 2.0);
+    let centre = Pos::new(HPos::Center, VPos::Center);
+    root.draw(&Text::new(
+        map.y_desc.to_string(),
+        (x_axis - 44, y_mid),
+        font(14, centre).transform(FontTransform::Rotate270),
+    ))?;
+    Ok(())
+}
+
+/// The colour bar, from the lowest value (0 without negative values) to the largest, with
+/// ticks and its label when there is a font, and a swatch for non-finite cells.
+fn draw_colour_bar(
+    bar: &Area<'_>,
+    map: &HeatMap,
+    scale: &Scale,
+    all: &[f64],
+    height: u32,
+    has_text: bool,
+) -> anyhow::Result<()> {
     let lowest = all
         .iter()
         .copied()
@@ -251,55 +279,59 @@ pub fn draw_heat_map(map: &HeatMap, path: &Path) -> anyhow::Result<()> {
         [(bx0, by0), (bx1, by1)],
         BLACK.stroke_width(1),
     ))?;
-    if has_text {
-        let left = Pos::new(HPos::Left, VPos::Center);
-        let font = TextStyle::from(("sans-serif", 13).into_font()).pos(left);
-        let y_of = |v: f64| {
-            let f = (scale.frac(v) - f_lo) / (f_hi - f_lo);
-            by1 - (f * f64::from(span)).round() as i32
-        };
-        // The ends and 0 first, then powers of ten in between; a tick too close to one placed
-        // before it is left out.
-        let mut candidates = vec![scale.limit, lowest, 0.0];
-        for k in -4..=4 {
-            let p = 10f64.powi(k);
-            for v in [p, -p, 3.0 * p, -3.0 * p] {
-                if v > lowest && v < scale.limit {
-                    candidates.push(v);
-                }
-            }
-        }
-        let mut ticks: Vec<(f64, i32)> = Vec::new();
-        for v in candidates {
-            let y = y_of(v);
-            if ticks.iter().all(|&(_, other)| (other - y).abs() >= 16) {
-                ticks.push((v, y));
-            }
-        }
-        for (v, y) in ticks {
-            bar.draw(&PathElement::new(vec![(bx1, y), (bx1 + 5, y)], BLACK))?;
-            bar.draw(&Text::new(cell_text(v), (bx1 + 8, y), font.clone()))?;
-        }
-        bar.draw(&Text::new(
-            map.scale_label.to_string(),
-            (8, by0 - 28),
-            ("sans-serif", 14).into_font(),
+    if !has_text {
+        return Ok(());
+    }
+    let left = Pos::new(HPos::Left, VPos::Center);
+    let font = TextStyle::from(("sans-serif", 13).into_font()).pos(left);
+    let y_of = |v: f64| {
+        let f = (scale.frac(v) - f_lo) / (f_hi - f_lo);
+        by1 - (f * f64::from(span)).round() as i32
+    };
+    for (v, y) in bar_ticks(scale.limit, lowest, y_of) {
+        bar.draw(&PathElement::new(vec![(bx1, y), (bx1 + 5, y)], BLACK))?;
+        bar.draw(&Text::new(cell_text(v), (bx1 + 8, y), font.clone()))?;
+    }
+    bar.draw(&Text::new(
+        map.scale_label.to_string(),
+        (8, by0 - 28),
+        ("sans-serif", 14).into_font(),
+    ))?;
+    if all.iter().any(|v| !v.is_finite()) {
+        bar.draw(&Rectangle::new(
+            [(bx0, by1 + 20), (bx1, by1 + 34)],
+            MISSING.filled(),
         ))?;
-        if all.iter().any(|v| !v.is_finite()) {
-            bar.draw(&Rectangle::new(
-                [(bx0, by1 + 20), (bx1, by1 + 34)],
-                MISSING.filled(),
-            ))?;
-            bar.draw(&Text::new(
-                "non-finite".to_string(),
-                (bx1 + 8, by1 + 27),
-                font,
-            ))?;
+        bar.draw(&Text::new(
+            "non-finite".to_string(),
+            (bx1 + 8, by1 + 27),
+            font,
+        ))?;
+    }
+    Ok(())
+}
+
+/// The colour bar's ticks between `lowest` and `limit`, each with its pixel row `y_of(v)`: the
+/// ends and 0 first, then powers of ten in between; a tick too close to one placed before it is
+/// left out.
+fn bar_ticks(limit: f64, lowest: f64, y_of: impl Fn(f64) -> i32) -> Vec<(f64, i32)> {
+    let mut candidates = vec![limit, lowest, 0.0];
+    for k in -4..=4 {
+        let p = 10f64.powi(k);
+        for v in [p, -p, 3.0 * p, -3.0 * p] {
+            if v > lowest && v < limit {
+                candidates.push(v);
+            }
         }
     }
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let mut ticks: Vec<(f64, i32)> = Vec::new();
+    for v in candidates {
+        let y = y_of(v);
+        if ticks.iter().all(|&(_, other)| (other - y).abs() >= 16) {
+            ticks.push((v, y));
+        }
+    }
+    ticks
 }
 
 #[cfg(test)]

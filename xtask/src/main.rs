@@ -9,6 +9,7 @@ mod fetch_model;
 mod finetune;
 mod generate;
 mod heatmap;
+mod model_args;
 mod model_source;
 mod plot;
 mod repo;
@@ -64,5 +65,49 @@ fn main() -> anyhow::Result<()> {
         Command::Svd(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),
         Command::Sensitivity(cmd) => cmd.run(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The default of `--name` in the subcommand at `path`.
+    fn default_of(path: &[&str], name: &str) -> String {
+        let mut command = Cli::command();
+        for sub in path {
+            command = command.find_subcommand(sub).unwrap().clone();
+        }
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == name)
+            .unwrap_or_else(|| panic!("{path:?} has no --{name}"));
+        arg.get_default_values()[0].to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn the_cli_is_consistent_and_each_command_keeps_its_model_defaults() {
+        Cli::command().debug_assert();
+        for (path, model) in [
+            (&["finetune"][..], "tiny"),
+            (&["sensitivity"], "tiny"),
+            (&["eval"], "smollm2-135m"),
+            (&["generate"], "smollm2-135m"),
+            (&["verify"], "smollm2-135m"),
+            (&["svd"], "smollm2-135m"),
+            (&["check-step"], "smollm2-135m"),
+            (&["bench", "step"], "llama3-8b"),
+            (&["bench", "svd"], "llama3-8b"),
+        ] {
+            assert_eq!(default_of(path, "model"), model, "{path:?}");
+            let backend = if path[0] == "bench" || path[0] == "check-step" {
+                "cuda"
+            } else {
+                "cpu"
+            };
+            assert_eq!(default_of(path, "backend"), backend, "{path:?}");
+        }
     }
 }

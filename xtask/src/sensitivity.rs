@@ -32,22 +32,19 @@ use trainer::{
     load_records, pad_left, tokenize_records, CollateConfig, PaddedBatch, Task, TokenizeConfig,
 };
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::backend::BackendJob;
 use crate::finetune::report_factors;
 use crate::heatmap::{draw_heat_map, HeatMap};
-use crate::model_source::{load_base, tokenizer_for, ModelSource};
+use crate::model_args::{BaseModel, ModelArgs, TINY};
+use crate::model_source::ModelSource;
 
 /// Per-layer sensitivity to sparsity: held-out loss with one block sparse at a time, a heat map,
 /// and a proposed sparsity config for a FLOPs budget.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.default_value(TINY)))]
 pub struct Sensitivity {
-    /// `tiny` (seeded random weights, SmolLM2 tokenizer), `smollm2-135m`, a LLaMA preset, an HF
-    /// folder or a `.gguf`.
-    #[arg(long, default_value = "tiny")]
-    pub model: String,
-    /// Folder holding HF checkpoints by preset name.
-    #[arg(long)]
-    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// A PEFT adapter folder (e.g. `runs/tiny-csr170k/adapter` from a brief `cargo xtask
     /// finetune`): measure the fine-tuned model. Without it, the base model.
     #[arg(long)]
@@ -69,12 +66,6 @@ pub struct Sensitivity {
     /// Pad each batch's length up to a multiple of this (fewer distinct shapes for JIT backends).
     #[arg(long, default_value_t = 8)]
     pub pad_to_multiple_of: usize,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendKind,
-    /// Weight dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
     /// Blocks to sweep, comma-separated: `mlp`, `self_attn`.
     #[arg(long, default_value = "mlp,self_attn")]
     pub blocks: String,
@@ -212,8 +203,7 @@ impl Sensitivity {
             "--budget {} is outside (0, 1]: it is the FLOPs of a sparse step over a dense one",
             self.budget
         );
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch(dtype, Job { args: self, sweep })
+        self.model.clone().dispatch(Job { args: self, sweep })
     }
 
     fn sweep(&self) -> anyhow::Result<Sweep> {
@@ -246,7 +236,7 @@ impl Sensitivity {
     fn output_dir(&self) -> PathBuf {
         self.output
             .clone()
-            .unwrap_or_else(|| default_output(&self.model))
+            .unwrap_or_else(|| default_output(&self.model.name))
     }
 }
 
@@ -378,18 +368,13 @@ fn held_out<B: Backend>(
 /// The model of `--model`, with `--adapter` attached when given, and its LoRA config.
 fn load_model<B: Backend>(
     args: &Sensitivity,
+    base: &BaseModel,
     tokenizer: &LlamaTokenizer,
     dtype: DType,
     device: &B::Device,
 ) -> anyhow::Result<(LlamaForCausalLM<B>, LoraConfig, Option<ModelSource>)> {
-    let (model, source) = load_base::<B>(
-        &args.model,
-        args.model_dir.as_deref(),
-        tokenizer.vocab_size(),
-        dtype,
-        args.seed,
-        device,
-    )?;
+    let model = base.load::<B>(tokenizer, dtype, args.seed, device)?;
+    let source = base.source().cloned();
     let Some(dir) = &args.adapter else {
         return Ok((model, LoraConfig::new(), source));
     };
@@ -517,7 +502,7 @@ fn proposal(
     };
     let flops = |plan: &SparsityPlan| counter.step(tokens, Some(plan)).ratio();
     let proposal = propose(rows, num_layers, args.budget, flops);
-    let proposed = proposal.to_config(&args.model, args.rank, args.selection);
+    let proposed = proposal.to_config(&args.model.name, args.rank, args.selection);
     let toml = format!(
         "{}\n{}",
         proposal.toml_header(&plan.largest_ratios(), source, tokens),
@@ -539,8 +524,10 @@ impl BackendJob for Job {
         let Job { args, sweep } = self;
         let started = Instant::now();
         let data = data_file(&args)?;
-        let tokenizer = tokenizer_for(&args.model, args.model_dir.as_deref())?;
-        let (model, lora_config, source) = load_model::<B>(&args, &tokenizer, dtype, &device)?;
+        let base = args.model.resolve()?;
+        let tokenizer = base.tokenizer()?;
+        let (model, lora_config, source) =
+            load_model::<B>(&args, &base, &tokenizer, dtype, &device)?;
         let config = model.config.clone();
         let plan = SweepPlan {
             blocks: sweep.blocks.clone(),
@@ -548,13 +535,13 @@ impl BackendJob for Job {
         };
         let held = held_out::<B>(&args, data, &tokenizer, &config, &device)?;
         let model_label = match &args.adapter {
-            Some(a) => format!("{} + adapter {}", args.model, a.display()),
-            None => args.model.clone(),
+            Some(a) => format!("{} + adapter {}", args.model.name, a.display()),
+            None => args.model.name.clone(),
         };
         eprintln!(
             "{model_label} ({:?}, {dtype:?}) | {} held-out records from {} ({} answer tokens, {} \
              batches) | {} layers",
-            args.backend,
+            args.model.backend,
             held.records,
             held.data_path.display(),
             held.answer_tokens,
@@ -581,7 +568,7 @@ impl BackendJob for Job {
             &source_text,
         )?;
         let info = RunInfo {
-            model: &args.model,
+            model: &args.model.name,
             model_label: &model_label,
             adapter: args.adapter.as_deref(),
             data: &held.data_path,
@@ -710,7 +697,7 @@ fn report_json(
         "held_out_records": info.held_out,
         "answer_tokens": info.answer_tokens,
         "batch_size": args.batch_size,
-        "backend": format!("{:?}", args.backend).to_lowercase(),
+        "backend": format!("{:?}", args.model.backend).to_lowercase(),
         "dtype": format!("{:?}", info.dtype).to_lowercase(),
         "selection": args.selection.name(),
         "estimator_rank": args.rank,

@@ -9,36 +9,26 @@ use burn::tensor::DType;
 use clap::Args;
 use svd_estimator::SvdCache;
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
-use crate::model_source::ModelSource;
+use crate::backend::BackendJob;
+use crate::model_args::{ModelArgs, CHECKPOINT_HELP};
 
 /// Build the estimator's SVD cache (gate, up, q, k, v of every layer).
 #[derive(Args, Debug)]
+#[command(mut_arg("model", |a| a.help(CHECKPOINT_HELP)))]
 pub struct Svd {
-    /// Preset name, HF folder or `.gguf`.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
-    /// Folder holding HF checkpoints by preset name.
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// SVD rank.
     #[arg(long, default_value_t = 8)]
     rank: usize,
     /// Where to write the cache; default: next to the weights.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Compute backend (the SVD runs where the weights are).
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendKind,
-    /// Weight dtype while loading; the SVD itself runs in f32.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
 }
 
 impl Svd {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch(dtype, self)
+        self.model.clone().dispatch(self)
     }
 }
 
@@ -46,7 +36,7 @@ impl BackendJob for Svd {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
-        let source = ModelSource::resolve(&self.model, self.model_dir.as_deref())?;
+        let source = self.model.checkpoint()?;
         let identity = source.identity()?;
         let path = self
             .output

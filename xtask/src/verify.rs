@@ -9,27 +9,25 @@ use burn::tensor::{backend::Backend, DType};
 use clap::Args;
 use llama_burn::golden::{
     compare_golden_forward, compare_golden_tokenizer, compare_hf_fixture, relative_error,
+    GoldenPromptReport,
 };
-use llama_burn::{load_hf_folder, LlamaForCausalLM};
+use llama_burn::{load_hf_folder, LlamaForCausalLM, LlamaTokenizer};
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
-use crate::model_source::ModelSource;
+use crate::backend::{BackendJob, BackendKind};
+use crate::model_args::ModelArgs;
 
 /// Compare our numerics with the references, on any backend.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.help(
+    "SmolLM2 checkpoint (preset name or .gguf path); `none` skips the SmolLM2 checks"
+)))]
 pub struct Verify {
-    /// Compute backend to check.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendKind,
-    /// Weight dtype (f32, bf16, f16); default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
+    // The backend to check, and the SmolLM2 checkpoint of the golden checks.
+    #[command(flatten)]
+    model: ModelArgs,
     /// Folder of `transformers` fixtures (made by scripts/make_tiny_llama_fixture.py).
     #[arg(long, default_value = "tests/fixtures")]
     fixtures: PathBuf,
-    /// SmolLM2 checkpoint (preset name or .gguf path); `none` skips the SmolLM2 checks.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
     /// The SmolLM2 golden file.
     #[arg(
         long,
@@ -84,7 +82,7 @@ fn tolerance(dtype: DType, backend: BackendKind) -> Tolerance {
 
 impl Verify {
     pub fn run(self) -> anyhow::Result<()> {
-        let failures = self.backend.dispatch(self.dtype, VerifyJob(self.clone()))?;
+        let failures = self.model.dispatch(VerifyJob(self.clone()))?;
         if failures > 0 {
             bail!("{failures} check(s) failed");
         }
@@ -108,47 +106,17 @@ impl BackendJob for VerifyJob {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<usize> {
         let args = self.0;
-        let tol = tolerance(dtype, args.backend);
+        let backend = args.model.backend;
+        let tol = tolerance(dtype, backend);
         let mut failures = 0;
-        println!("verify: backend {:?}, dtype {dtype:?}", args.backend);
+        println!("verify: backend {backend:?}, dtype {dtype:?}");
         for name in ["tiny-llama", "tiny-llama31"] {
             let dir = args.fixtures.join(name);
             let model = load_hf_folder::<B>(&dir, dtype, &device)?;
-            let r = compare_hf_fixture(&model, &dir)?;
-            check(
-                &mut failures,
-                r.logits_rel_err <= tol.logits_rel,
-                format!("{name}: logits rel err {:.2e}", r.logits_rel_err),
-            );
-            check(
-                &mut failures,
-                r.layer_input_rel_err <= tol.logits_rel,
-                format!(
-                    "{name}: layer-0 input rel err {:.2e}",
-                    r.layer_input_rel_err
-                ),
-            );
-            check(
-                &mut failures,
-                (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
-                format!("{name}: mean NLL {:.6} vs {:.6}", r.nll.0, r.nll.1),
-            );
-            // Greedy ties may flip in bf16; exactness is only demanded in f32.
-            let same = r.generated.0 == r.generated.1;
-            check(
-                &mut failures,
-                same || !tol.exact,
-                format!("{name}: greedy {:?} vs {:?}", r.generated.0, r.generated.1),
-            );
-            let cross = cross_backend_rel_err(&model, &dir)?;
-            check(
-                &mut failures,
-                cross <= tol.logits_rel,
-                format!("{name}: logits vs CPU f32 rel err {cross:.2e}"),
-            );
+            check_fixture(&mut failures, name, &model, &dir, &tol)?;
         }
-        if args.model != "none" {
-            let source = ModelSource::resolve(&args.model, None)?;
+        if args.model.name != "none" {
+            let source = args.model.checkpoint()?;
             let tokenizer = source.tokenizer()?;
             for (name, ours, expected) in compare_golden_tokenizer(&tokenizer, &args.golden)? {
                 check(
@@ -158,49 +126,104 @@ impl BackendJob for VerifyJob {
                 );
             }
             let model = source.load::<B>(dtype, &device)?;
-            for r in compare_golden_forward(&model, &args.golden)? {
-                let name = &r.name;
-                check(
-                    &mut failures,
-                    (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
-                    format!(
-                        "smollm2 `{name}`: mean NLL {:.5} vs {:.5}",
-                        r.nll.0, r.nll.1
-                    ),
-                );
-                check(
-                    &mut failures,
-                    r.last_logits_rel_err <= tol.logits_rel * 10.0,
-                    format!(
-                        "smollm2 `{name}`: last logits rel err {:.2e}",
-                        r.last_logits_rel_err
-                    ),
-                );
-                let top_ok = if tol.exact {
-                    r.top10.0 == r.top10.1
-                } else {
-                    r.top10.0[0] == r.top10.1[0]
-                };
-                check(
-                    &mut failures,
-                    top_ok,
-                    format!(
-                        "smollm2 `{name}`: top-10 {:?} vs {:?}",
-                        r.top10.0, r.top10.1
-                    ),
-                );
-                if !r.greedy.1.is_empty() {
-                    let text = tokenizer.decode(&r.greedy.0, false)?;
-                    check(
-                        &mut failures,
-                        r.greedy.0 == r.greedy.1 || !tol.exact,
-                        format!("smollm2 `{name}`: greedy {text:?}"),
-                    );
-                }
+            for report in compare_golden_forward(&model, &args.golden)? {
+                check_golden_prompt(&mut failures, &report, &tokenizer, &tol)?;
             }
         }
         Ok(failures)
     }
+}
+
+/// The checks against one `transformers` fixture: logits, the first layer's input, the mean NLL,
+/// greedy tokens, and the logits against the CPU's.
+fn check_fixture<B: Backend>(
+    failures: &mut usize,
+    name: &str,
+    model: &LlamaForCausalLM<B>,
+    dir: &Path,
+    tol: &Tolerance,
+) -> anyhow::Result<()> {
+    let r = compare_hf_fixture(model, dir)?;
+    check(
+        failures,
+        r.logits_rel_err <= tol.logits_rel,
+        format!("{name}: logits rel err {:.2e}", r.logits_rel_err),
+    );
+    check(
+        failures,
+        r.layer_input_rel_err <= tol.logits_rel,
+        format!(
+            "{name}: layer-0 input rel err {:.2e}",
+            r.layer_input_rel_err
+        ),
+    );
+    check(
+        failures,
+        (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
+        format!("{name}: mean NLL {:.6} vs {:.6}", r.nll.0, r.nll.1),
+    );
+    // Greedy ties may flip in bf16; exactness is only demanded in f32.
+    let same = r.generated.0 == r.generated.1;
+    check(
+        failures,
+        same || !tol.exact,
+        format!("{name}: greedy {:?} vs {:?}", r.generated.0, r.generated.1),
+    );
+    let cross = cross_backend_rel_err(model, dir)?;
+    check(
+        failures,
+        cross <= tol.logits_rel,
+        format!("{name}: logits vs CPU f32 rel err {cross:.2e}"),
+    );
+    Ok(())
+}
+
+/// The checks of one SmolLM2 golden prompt: mean NLL, last logits, top-10 and greedy tokens.
+fn check_golden_prompt(
+    failures: &mut usize,
+    r: &GoldenPromptReport,
+    tokenizer: &LlamaTokenizer,
+    tol: &Tolerance,
+) -> anyhow::Result<()> {
+    let name = &r.name;
+    check(
+        failures,
+        (r.nll.0 - r.nll.1).abs() <= tol.nll_abs,
+        format!(
+            "smollm2 `{name}`: mean NLL {:.5} vs {:.5}",
+            r.nll.0, r.nll.1
+        ),
+    );
+    check(
+        failures,
+        r.last_logits_rel_err <= tol.logits_rel * 10.0,
+        format!(
+            "smollm2 `{name}`: last logits rel err {:.2e}",
+            r.last_logits_rel_err
+        ),
+    );
+    let top_ok = if tol.exact {
+        r.top10.0 == r.top10.1
+    } else {
+        r.top10.0[0] == r.top10.1[0]
+    };
+    check(
+        failures,
+        top_ok,
+        format!(
+            "smollm2 `{name}`: top-10 {:?} vs {:?}",
+            r.top10.0, r.top10.1
+        ),
+    );
+    if !r.greedy.1.is_empty() {
+        let text = tokenizer.decode(&r.greedy.0, false)?;
+        check(
+            failures,
+            r.greedy.0 == r.greedy.1 || !tol.exact,
+            format!("smollm2 `{name}`: greedy {text:?}"),
+        );
+    }
+    Ok(())
 }
 
 /// Max normwise relative difference between this backend's logits and the CPU's (f32) on the

@@ -81,7 +81,7 @@ impl<B: Backend> LlamaAttention<B> {
     /// - `rope`: cos/sin `[batch, 1, seq, head_dim]` of the query positions
     /// - `mask`: see [`AttentionMask`] (`kv_len` = the cache capacity with a cache)
     /// - output: `[batch, seq, d_model]`
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
@@ -107,7 +107,7 @@ impl<B: Backend> LlamaAttention<B> {
     ///
     /// # Shapes
     /// - as [`Self::forward`]
-    pub fn forward_sparse(
+    pub(crate) fn forward_sparse(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,

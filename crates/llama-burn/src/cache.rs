@@ -30,11 +30,6 @@ impl<B: Backend> LayerKvCache<B> {
         self.len
     }
 
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Positions the buffers can hold.
     pub fn capacity(&self) -> usize {
         self.keys.dims()[2]
@@ -58,11 +53,12 @@ impl<B: Backend> LayerKvCache<B> {
     }
 }
 
-/// One [`LayerKvCache`] per decoder layer.
+/// The key/value caches of every decoder layer, for incremental decoding
+/// ([`crate::LlamaForCausalLM::new_cache`], [`crate::LlamaForCausalLM::forward_cached`]).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     /// Caches by layer index.
-    pub layers: Vec<LayerKvCache<B>>,
+    pub(crate) layers: Vec<LayerKvCache<B>>,
 }
 
 impl<B: Backend> KvCache<B> {

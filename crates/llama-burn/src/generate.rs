@@ -53,45 +53,12 @@ pub fn generate_greedy<B: Backend>(
     if batch == 0 || config.max_new_tokens == 0 {
         return Ok(vec![Vec::new(); batch]);
     }
-    if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return Err(LlamaError::InvalidInput(format!("prompt {i} is empty")));
-    }
-    let vocab = model.config.vocab_size as u32;
-    if let Some(id) = prompts.iter().flatten().find(|&&id| id >= vocab) {
-        return Err(LlamaError::InvalidInput(format!(
-            "token id {id} is outside the vocabulary of {vocab}"
-        )));
-    }
+    let longest = check_prompts(model, prompts, config)?;
     let device = model.device();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if longest + config.max_new_tokens > model.config.max_position_embeddings {
-        return Err(LlamaError::InvalidInput(format!(
-            "prompt ({longest}) + new tokens ({}) exceed max_position_embeddings {}",
-            config.max_new_tokens, model.config.max_position_embeddings
-        )));
-    }
     // Padding adds masked slots only; positions still count real tokens.
     let prompt_len = longest.next_multiple_of(config.pad_to_multiple_of.max(1));
     let capacity = prompt_len + config.max_new_tokens;
-
-    // Left padding: row i starts with `prompt_len - len_i` pads.
-    let mut ids = Vec::with_capacity(batch * prompt_len);
-    let mut valid = Vec::with_capacity(batch);
-    let mut positions = Vec::with_capacity(batch * prompt_len);
-    for prompt in prompts {
-        let pad = prompt_len - prompt.len();
-        ids.extend(std::iter::repeat_n(config.pad_id as i64, pad));
-        ids.extend(prompt.iter().map(|&t| t as i64));
-        // HF gives padding position 1; it never matters since padded keys are masked.
-        positions.extend(std::iter::repeat_n(1, pad));
-        positions.extend(0..prompt.len() as i64);
-    }
-    // The mask spans the whole cache and never changes: slots after the current position are
-    // hidden by causality, so generated tokens become visible as they are written.
-    for prompt in prompts {
-        let pad = prompt_len - prompt.len();
-        valid.push((0..capacity).map(|j| j >= pad).collect::<Vec<_>>());
-    }
+    let (ids, positions, valid) = left_padded(prompts, prompt_len, capacity, config.pad_id);
     let mask = bool_tensor::<B>(&valid, &device);
     let mut next_position: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
 
@@ -107,17 +74,7 @@ pub fn generate_greedy<B: Backend>(
             .convert::<i64>()
             .into_vec()
             .map_err(|e| LlamaError::InvalidInput(format!("argmax readback: {e:?}")))?;
-        for (row, &token) in next.iter().enumerate() {
-            if finished[row] {
-                continue;
-            }
-            let token = token as u32;
-            if config.eos_ids.contains(&token) {
-                finished[row] = true;
-            } else {
-                outputs[row].push(token);
-            }
-        }
+        record(&next, &config.eos_ids, &mut finished, &mut outputs);
         if finished.iter().all(|&f| f) || step + 1 == config.max_new_tokens {
             break;
         }
@@ -134,6 +91,75 @@ pub fn generate_greedy<B: Backend>(
         }
     }
     Ok(outputs)
+}
+
+/// Refuses empty prompts, token ids outside the vocabulary and generations longer than the
+/// model's positions; returns the longest prompt's length.
+fn check_prompts<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+) -> Result<usize> {
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(LlamaError::InvalidInput(format!("prompt {i} is empty")));
+    }
+    let vocab = model.config.vocab_size as u32;
+    if let Some(id) = prompts.iter().flatten().find(|&&id| id >= vocab) {
+        return Err(LlamaError::InvalidInput(format!(
+            "token id {id} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + config.max_new_tokens > model.config.max_position_embeddings {
+        return Err(LlamaError::InvalidInput(format!(
+            "prompt ({longest}) + new tokens ({}) exceed max_position_embeddings {}",
+            config.max_new_tokens, model.config.max_position_embeddings
+        )));
+    }
+    Ok(longest)
+}
+
+/// The prompts left-padded to `prompt_len` (row i starts with `prompt_len - len_i` pads): their
+/// ids and positions `[batch * prompt_len]`, and per row which of the `capacity` cache slots hold
+/// real tokens.
+fn left_padded(
+    prompts: &[Vec<u32>],
+    prompt_len: usize,
+    capacity: usize,
+    pad_id: u32,
+) -> (Vec<i64>, Vec<i64>, Vec<Vec<bool>>) {
+    let batch = prompts.len();
+    let mut ids = Vec::with_capacity(batch * prompt_len);
+    let mut positions = Vec::with_capacity(batch * prompt_len);
+    let mut valid = Vec::with_capacity(batch);
+    for prompt in prompts {
+        let pad = prompt_len - prompt.len();
+        ids.extend(std::iter::repeat_n(pad_id as i64, pad));
+        ids.extend(prompt.iter().map(|&t| t as i64));
+        // HF gives padding position 1; it never matters since padded keys are masked.
+        positions.extend(std::iter::repeat_n(1, pad));
+        positions.extend(0..prompt.len() as i64);
+        // The mask spans the whole cache and never changes: slots after the current position
+        // are hidden by causality, so generated tokens become visible as they are written.
+        valid.push((0..capacity).map(|j| j >= pad).collect::<Vec<_>>());
+    }
+    (ids, positions, valid)
+}
+
+/// Appends each unfinished row's `next` token to its output, or marks the row finished when the
+/// token is an EOS.
+fn record(next: &[i64], eos_ids: &[u32], finished: &mut [bool], outputs: &mut [Vec<u32>]) {
+    for (row, &token) in next.iter().enumerate() {
+        if finished[row] {
+            continue;
+        }
+        let token = token as u32;
+        if eos_ids.contains(&token) {
+            finished[row] = true;
+        } else {
+            outputs[row].push(token);
+        }
+    }
 }
 
 fn int_tensor<B: Backend>(

@@ -320,65 +320,16 @@ impl GgufFile {
             path,
         };
         let malformed = |detail| malformed(path, detail);
-
-        let magic = r.u32()?;
-        if magic != MAGIC {
-            return Err(GgufError::BadMagic {
-                path: path.to_owned(),
-                found: magic,
-            });
-        }
-        let version = r.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion {
-                path: path.to_owned(),
-                version,
-            });
-        }
-        let n_tensors = r.u64()?;
-        let n_kv = r.u64()?;
-
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = r.string("metadata key")?;
-            let value_type = r.u32()?;
-            let value = r.value(value_type, &key, 0)?;
-            if metadata.insert(key.clone(), value).is_some() {
-                return Err(malformed(format!("duplicate metadata key `{key}`")));
-            }
-        }
-
+        let (version, n_tensors, n_kv) = r.header()?;
+        let metadata = r.metadata(n_kv)?;
         let mut tensors = Vec::new();
         let mut index = BTreeMap::new();
         for _ in 0..n_tensors {
-            let name = r.string("tensor name")?;
-            let n_dims = r.u32()?;
-            if n_dims > MAX_DIMS {
-                return Err(malformed(format!(
-                    "tensor `{name}` has {n_dims} dims (max {MAX_DIMS})"
-                )));
+            let info = r.tensor_info()?;
+            if index.insert(info.name.clone(), tensors.len()).is_some() {
+                return Err(malformed(format!("duplicate tensor `{}`", info.name)));
             }
-            let dims = (0..n_dims)
-                .map(|_| r.u64())
-                .collect::<Result<Vec<_>, _>>()?;
-            if dims
-                .iter()
-                .try_fold(1u64, |n, &d| n.checked_mul(d))
-                .is_none()
-            {
-                return Err(malformed(format!("tensor `{name}` dims {dims:?} overflow")));
-            }
-            let ggml_type = GgmlType::from_id(r.u32()?);
-            let offset = r.u64()?;
-            if index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(malformed(format!("duplicate tensor `{name}`")));
-            }
-            tensors.push(GgufTensorInfo {
-                name,
-                ggml_type,
-                dims,
-                offset,
-            });
+            tensors.push(info);
         }
 
         let alignment = match metadata.get("general.alignment") {
@@ -563,6 +514,80 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+}
+
+impl Reader<'_> {
+    /// The magic, then the version (2 or 3), the tensor count and the metadata count.
+    fn header(&mut self) -> Result<(u32, u64, u64), GgufError> {
+        let magic = self.u32()?;
+        if magic != MAGIC {
+            return Err(GgufError::BadMagic {
+                path: self.path.to_owned(),
+                found: magic,
+            });
+        }
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::UnsupportedVersion {
+                path: self.path.to_owned(),
+                version,
+            });
+        }
+        let n_tensors = self.u64()?;
+        let n_kv = self.u64()?;
+        Ok((version, n_tensors, n_kv))
+    }
+
+    /// `n_kv` metadata key-value pairs; a key may appear once.
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, GgufValue>, GgufError> {
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = self.string("metadata key")?;
+            let value_type = self.u32()?;
+            let value = self.value(value_type, &key, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(malformed(
+                    self.path,
+                    format!("duplicate metadata key `{key}`"),
+                ));
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// One tensor's name, dims (at most [`MAX_DIMS`], their product within `u64`), type and
+    /// offset.
+    fn tensor_info(&mut self) -> Result<GgufTensorInfo, GgufError> {
+        let name = self.string("tensor name")?;
+        let n_dims = self.u32()?;
+        if n_dims > MAX_DIMS {
+            return Err(malformed(
+                self.path,
+                format!("tensor `{name}` has {n_dims} dims (max {MAX_DIMS})"),
+            ));
+        }
+        let dims = (0..n_dims)
+            .map(|_| self.u64())
+            .collect::<Result<Vec<_>, _>>()?;
+        if dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .is_none()
+        {
+            return Err(malformed(
+                self.path,
+                format!("tensor `{name}` dims {dims:?} overflow"),
+            ));
+        }
+        let ggml_type = GgmlType::from_id(self.u32()?);
+        let offset = self.u64()?;
+        Ok(GgufTensorInfo {
+            name,
+            ggml_type,
+            dims,
+            offset,
+        })
+    }
 }
 
 impl<'a> Reader<'a> {

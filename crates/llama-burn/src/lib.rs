@@ -1,9 +1,21 @@
 //! LLaMA-family causal language models in burn, computing what HF `transformers`'
 //! `LlamaForCausalLM` computes: HF-folder (safetensors) and GGUF loading, the `tokenizers`
 //! tokenizer, a padded training forward and batched greedy generation with a KV cache.
-//! Its projections are `lora::LoraLinear`s; adapters attach by module path (`LlamaForCausalLM::with_lora`,
-//! `load_peft_adapter`, `merge_lora`, see [`adapters`]), and [`causal_lm_loss`] is HF's training
-//! loss.
+//!
+//! The API, all at the crate root unless noted:
+//! - the model: [`LlamaConfig`] (presets, HF `config.json`) builds a [`LlamaForCausalLM`]
+//!   (`LlamaModel` of `LlamaDecoderLayer`s, each an attention and an MLP block between two
+//!   `RmsNorm`s); its seven projections are `lora::LoraLinear`s, named by [`LlamaProjection`];
+//! - loading: [`load_checkpoint`] (an HF folder or a `.gguf`, by what the path is),
+//!   [`load_hf_folder`], [`load_gguf`], [`checkpoint_config`]; the GGUF reader is [`gguf`];
+//! - text: [`LlamaTokenizer`]; greedy decoding in [`generate`];
+//! - training: [`causal_lm_loss`] (HF's loss) and the answer-position loss in [`loss`];
+//!   adapters attach by module path (`LlamaForCausalLM::with_lora`, `load_peft_adapter`,
+//!   `save_peft_adapter`, `merge_lora`);
+//! - SparseLoRA's side of the forward: [`sparsity`];
+//! - with the `test-support` feature, `golden`: comparisons with the recorded references
+//!   (`transformers` fixtures, the SmolLM2 golden file), shared by the tests and `cargo xtask
+//!   verify`.
 //!
 //! ```no_run
 //! # use burn::backend::Flex;
@@ -14,32 +26,38 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod adapters;
-pub mod attention;
-pub mod cache;
-pub mod config;
-pub mod error;
+mod adapters;
+mod attention;
+mod cache;
+mod config;
+mod error;
 pub mod generate;
 pub mod gguf;
-pub mod gguf_load;
-pub mod gguf_tokenizer;
+mod gguf_load;
+mod gguf_tokenizer;
+#[cfg(feature = "test-support")]
 pub mod golden;
-pub mod hf_load;
+mod hf_load;
 pub mod loss;
-pub mod mlp;
-pub mod model;
-pub mod norm;
-pub mod projection;
-pub mod rope;
+mod mlp;
+mod model;
+mod norm;
+mod projection;
+mod rope;
 pub mod sparsity;
-pub mod tokenizer;
+mod tokenizer;
 
-pub use config::{LlamaConfig, PRESETS};
+pub use attention::LlamaAttention;
+pub use cache::KvCache;
+pub use config::{LlamaConfig, RopeScaling, TokenIds, PRESETS};
 pub use error::{LlamaError, Result};
 pub use gguf_load::load_gguf;
-pub use hf_load::load_hf_folder;
+pub use gguf_tokenizer::tokenizer_json_from_gguf;
+pub use hf_load::{checkpoint_files, load_hf_folder};
 pub use loss::causal_lm_loss;
-pub use model::{ForwardOutput, LayerInputs, LlamaForCausalLM};
+pub use mlp::LlamaMlp;
+pub use model::{ForwardOutput, LayerInputs, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel};
+pub use norm::RmsNorm;
 pub use projection::LlamaProjection;
 pub use sparsity::{
     AttentionProjections, AttnChannels, Block, ChannelSelector, LayerSparsity, MlpProjections,

@@ -100,7 +100,7 @@ impl<B: Backend> LossTargets<B> {
 /// `0..vocab` (the trainer refuses data with foreign token ids before training).
 ///
 /// # Shapes
-/// - `hidden`: `[batch, seq, d_model]` (from [`LlamaForCausalLM::forward_hidden`])
+/// - `hidden`: `[batch, seq, d_model]` (from [`crate::LlamaForCausalLM::forward_hidden`])
 /// - output: `[1]`, f32
 pub fn causal_lm_loss_at_targets<B: Backend>(
     model: &crate::LlamaForCausalLM<B>,

@@ -243,6 +243,63 @@ struct Rows {
     sliced: u128,
 }
 
+/// The widths and token counts [`FlopsCounter::count`] multiplies.
+#[derive(Clone, Copy)]
+struct Dims {
+    /// `hidden_size`.
+    d: u128,
+    /// `intermediate_size`.
+    d_ff: u128,
+    /// Head width, query heads' total width, key/value heads' total width.
+    hd: usize,
+    dq: u128,
+    dkv: u128,
+    /// Key/value heads, and query heads per key/value head.
+    nkv: usize,
+    group: usize,
+    /// Sequences, their length, tokens in all, tokens on the dense path.
+    b: u128,
+    s: u128,
+    n: u128,
+    n_dense: u128,
+}
+
+impl Dims {
+    fn new(m: &LlamaConfig, tokens: &StepTokens) -> Self {
+        let c = |x: usize| x as u128;
+        let (hd, nq, nkv) = (m.head_dim(), m.num_attention_heads, m.n_kv_heads().max(1));
+        let n = c(tokens.tokens());
+        Self {
+            d: c(m.hidden_size),
+            d_ff: c(m.intermediate_size),
+            hd,
+            dq: c(nq * hd),
+            dkv: c(nkv * hd),
+            nkv,
+            group: (nq / nkv).max(1),
+            b: c(tokens.sequences),
+            s: c(tokens.seq_len),
+            n,
+            n_dense: c(tokens.dense_tokens).min(n),
+        }
+    }
+
+    /// A sparse block computes its dense tokens on the full weight and the rest on the slice.
+    fn rows(&self, sparse: bool) -> Rows {
+        if sparse {
+            Rows {
+                full: self.n_dense,
+                sliced: self.n - self.n_dense,
+            }
+        } else {
+            Rows {
+                full: self.n,
+                sliced: 0,
+            }
+        }
+    }
+}
+
 impl<'a> FlopsCounter<'a> {
     /// The SVD estimator at rank 8, exact gradients.
     pub fn new(model: &'a LlamaConfig, lora: &'a LoraConfig) -> Self {
@@ -274,103 +331,93 @@ impl<'a> FlopsCounter<'a> {
     /// The FLOPs of one forward/backward pass under `plan` (`None`: dense LoRA). Layers past
     /// the end of the plan are dense.
     pub fn count(&self, tokens: &StepTokens, plan: Option<&SparsityPlan>) -> Flops {
-        let m = self.model;
-        let c = |x: usize| x as u128;
-        let (d, d_ff, hd) = (c(m.hidden_size), c(m.intermediate_size), m.head_dim());
-        let (nq, nkv) = (m.num_attention_heads, m.n_kv_heads().max(1));
-        let group = (nq / nkv).max(1);
-        let (dq, dkv) = (c(nq * hd), c(nkv * hd));
-        let (b, s, n) = (c(tokens.sequences), c(tokens.seq_len), c(tokens.tokens()));
-        let n_dense = c(tokens.dense_tokens).min(n);
-
+        let dims = Dims::new(self.model, tokens);
         let mut fl = Flops::default();
         // Whether the residual stream depends on a trainable parameter (then gradients flow).
         let mut tracked = false;
-        for layer in 0..m.num_hidden_layers {
+        for layer in 0..self.model.num_hidden_layers {
             let ratios = plan.map(|p| p.layer(layer)).unwrap_or_default();
-            let has = |t: LlamaProjection| self.lora.targets_module(&t.path(layer));
-            let rows = |sparse: bool| {
-                if sparse {
-                    Rows {
-                        full: n_dense,
-                        sliced: n - n_dense,
-                    }
-                } else {
-                    Rows { full: n, sliced: 0 }
-                }
-            };
-
-            // Self-attention.
-            let sparse = ratios.attn > 0.0;
-            let (k_q, k_kv) = if sparse {
-                let k_kv = kept_channels(nkv * hd, ratios.attn);
-                (c(k_kv * group), c(k_kv))
-            } else {
-                (dq, dkv)
-            };
-            let x_tracked = tracked;
-            let qkv = [
-                (LlamaProjection::Q, dq, k_q),
-                (LlamaProjection::K, dkv, k_kv),
-                (LlamaProjection::V, dkv, k_kv),
-            ]
-            .map(|(target, out, kept)| {
-                let shape = (d, out, kept * d);
-                self.projection(&mut fl, has(target), shape, rows(sparse), x_tracked);
-                x_tracked || has(target)
-            });
-            let core = 2 * b * s * s * c(nq * hd);
-            fl.attention_forward += 2 * core;
-            let [q_tr, k_tr, v_tr] = qkv;
-            let needed = [q_tr, k_tr, q_tr || k_tr, v_tr]; // dQ, dK, dP, dV
-            fl.attention_backward += core * needed.iter().filter(|&&x| x).count() as u128;
-            let o_in_tracked = qkv.iter().any(|&x| x);
-            let shape = (dq, d, d * k_q);
-            self.projection(
-                &mut fl,
-                has(LlamaProjection::O),
-                shape,
-                rows(sparse),
-                o_in_tracked,
-            );
-            tracked = o_in_tracked || has(LlamaProjection::O);
-            if sparse {
-                fl.estimator += 2 * n * (self.estimate(d, dq) + 2 * self.estimate(d, dkv));
-            }
-
-            // MLP.
-            let sparse = ratios.mlp > 0.0;
-            let k = if sparse {
-                c(kept_channels(m.intermediate_size, ratios.mlp))
-            } else {
-                d_ff
-            };
-            let x_tracked = tracked;
-            for target in [LlamaProjection::Gate, LlamaProjection::Up] {
-                let shape = (d, d_ff, k * d);
-                self.projection(&mut fl, has(target), shape, rows(sparse), x_tracked);
-            }
-            let h_tracked = x_tracked || has(LlamaProjection::Gate) || has(LlamaProjection::Up);
-            let shape = (d_ff, d, d * k);
-            self.projection(
-                &mut fl,
-                has(LlamaProjection::Down),
-                shape,
-                rows(sparse),
-                h_tracked,
-            );
-            tracked = h_tracked || has(LlamaProjection::Down);
-            if sparse {
-                fl.estimator += 2 * b * 2 * self.estimate(d, d_ff);
-            }
+            tracked = self.attention(&mut fl, &dims, layer, ratios.attn, tracked);
+            tracked = self.mlp(&mut fl, &dims, layer, ratios.mlp, tracked);
         }
-
-        let head = 2 * c(tokens.logit_tokens) * d * c(m.vocab_size);
+        let head = 2 * tokens.logit_tokens as u128 * dims.d * self.model.vocab_size as u128;
         fl.lm_head_forward += head;
         if tracked {
             fl.lm_head_backward += head;
         }
         fl
+    }
+
+    /// Whether `target` of `layer` carries an adapter.
+    fn has(&self, target: LlamaProjection, layer: usize) -> bool {
+        self.lora.targets_module(&target.path(layer))
+    }
+
+    /// Adds the self-attention block of `layer` at sparsity `ratio` (its input `tracked` when it
+    /// depends on a trainable parameter); returns whether its output does.
+    fn attention(
+        &self,
+        fl: &mut Flops,
+        dims: &Dims,
+        layer: usize,
+        ratio: f64,
+        tracked: bool,
+    ) -> bool {
+        let Dims { d, dq, dkv, .. } = *dims;
+        let has = |t: LlamaProjection| self.has(t, layer);
+        let sparse = ratio > 0.0;
+        let (k_q, k_kv) = if sparse {
+            let k_kv = kept_channels(dims.nkv * dims.hd, ratio);
+            ((k_kv * dims.group) as u128, k_kv as u128)
+        } else {
+            (dq, dkv)
+        };
+        let rows = dims.rows(sparse);
+        let qkv = [
+            (LlamaProjection::Q, dq, k_q),
+            (LlamaProjection::K, dkv, k_kv),
+            (LlamaProjection::V, dkv, k_kv),
+        ]
+        .map(|(target, out, kept)| {
+            self.projection(fl, has(target), (d, out, kept * d), rows, tracked);
+            tracked || has(target)
+        });
+        let core = 2 * dims.b * dims.s * dims.s * dq;
+        fl.attention_forward += 2 * core;
+        let [q_tr, k_tr, v_tr] = qkv;
+        let needed = [q_tr, k_tr, q_tr || k_tr, v_tr]; // dQ, dK, dP, dV
+        fl.attention_backward += core * needed.iter().filter(|&&x| x).count() as u128;
+        let o_in_tracked = qkv.iter().any(|&x| x);
+        let o = has(LlamaProjection::O);
+        self.projection(fl, o, (dq, d, d * k_q), rows, o_in_tracked);
+        if sparse {
+            fl.estimator += 2 * dims.n * (self.estimate(d, dq) + 2 * self.estimate(d, dkv));
+        }
+        o_in_tracked || o
+    }
+
+    /// Adds the MLP block of `layer` at sparsity `ratio` (its input `tracked` when it depends on
+    /// a trainable parameter); returns whether its output does.
+    fn mlp(&self, fl: &mut Flops, dims: &Dims, layer: usize, ratio: f64, tracked: bool) -> bool {
+        let Dims { d, d_ff, .. } = *dims;
+        let has = |t: LlamaProjection| self.has(t, layer);
+        let sparse = ratio > 0.0;
+        let k = if sparse {
+            kept_channels(self.model.intermediate_size, ratio) as u128
+        } else {
+            d_ff
+        };
+        let rows = dims.rows(sparse);
+        for target in [LlamaProjection::Gate, LlamaProjection::Up] {
+            self.projection(fl, has(target), (d, d_ff, k * d), rows, tracked);
+        }
+        let h_tracked = tracked || has(LlamaProjection::Gate) || has(LlamaProjection::Up);
+        let down = has(LlamaProjection::Down);
+        self.projection(fl, down, (d_ff, d, d * k), rows, h_tracked);
+        if sparse {
+            fl.estimator += 2 * dims.b * 2 * self.estimate(d, d_ff);
+        }
+        h_tracked || down
     }
 
     /// One projection (`shape = (d_in, d_out, kept)`: `kept` weight elements on sliced rows) and

@@ -12,6 +12,11 @@ pub(crate) use step::workload_batch;
 
 use clap::{Args, Subcommand};
 
+/// `--model` of the benchmarks, which draw random weights of a preset's shape.
+const PRESET_HELP: &str =
+    "Model preset whose shape gets random weights (`llama3-8b`, `llama2-7b`, \
+                           `llama2-13b`, `smollm2-135m`, `tiny`, ...)";
+
 /// Microbenchmarks on the GPU.
 #[derive(Args, Debug)]
 pub struct Bench {

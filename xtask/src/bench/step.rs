@@ -22,15 +22,16 @@ use llama_burn::loss::{LossTargets, IGNORE_INDEX};
 use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
 use lora::LoraConfig;
 use serde_json::{json, Value};
-use sparselora::flops::{FlopsCounter, StepTokens};
-use sparselora::FactorCache;
+use sparselora::flops::{FlopsCounter, StepFlops, StepTokens};
+use sparselora::{FactorCache, SparseSetup};
 use trainer::grad_norm::IntoScalarF64;
 use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
 use trainer::{SparseTraining, TimedSelector, TrainBatch};
 
-use crate::backend::{parse_dtype, BackendKind, TrainJob};
+use crate::backend::{BackendKind, TrainJob};
 use crate::finetune::sparse_setup;
+use crate::model_args::ModelArgs;
 
 /// The official benchmark's two workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,10 +61,12 @@ impl Workload {
 /// Times LoRA (or, with `--sparsity`, SparseLoRA) training steps on a random model of a preset's
 /// shape.
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("model", |a| a.default_value("llama3-8b").help(super::PRESET_HELP)))]
+#[command(mut_arg("backend", |a| a.default_value("cuda")))]
+#[command(mut_arg("model_dir", |a| a.hide(true)))]
 pub struct StepBench {
-    /// Model preset (`llama3-8b`, `llama2-7b`, `smollm2-135m`, `tiny`, ...).
-    #[arg(long, default_value = "llama3-8b")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// `csr` (3 answer tokens) or `math` (128).
     #[arg(long, value_enum, default_value = "csr")]
     pub workload: Workload,
@@ -112,12 +115,6 @@ pub struct StepBench {
     /// report the split (kept out of the headline figures).
     #[arg(long)]
     pub breakdown: bool,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cuda")]
-    pub backend: BackendKind,
-    /// Base-weight dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<DType>,
     /// The peer's JSON lines (`peft_lora_bench.py --json`) from the same device session: its
     /// figures for the same model and workload are stored beside ours, with the ratios.
     #[arg(long)]
@@ -132,7 +129,6 @@ pub struct StepBench {
 
 impl StepBench {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
@@ -143,7 +139,7 @@ impl StepBench {
                 self.seq - 1
             );
         }
-        backend.dispatch_autodiff(dtype, self)
+        self.model.clone().dispatch_autodiff(self)
     }
 
     fn answer_len(&self) -> usize {
@@ -230,107 +226,162 @@ fn sync<B: Backend>(device: &B::Device) -> anyhow::Result<()> {
 
 impl TrainJob for StepBench {
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
-        let config = LlamaConfig::preset(&self.model)?;
+        let config = self.model.preset()?;
         let lora = self.lora_config()?;
         let answer_len = self.answer_len();
-        let memory = DeviceMemory::new(self.backend);
-        B::seed(&device, 0);
+        let memory = DeviceMemory::new(self.model.backend);
         let start = Instant::now();
-        let base = crate::model_source::build_weights::<B, _>(&device, || {
-            config.init_random::<B>(&device).with_dtype(dtype)
+        let (model, setup) = self.build::<B>(&config, &lora, dtype, &device)?;
+        let built = Built {
+            seconds: start.elapsed().as_secs_f64(),
+            used: memory.used(),
+            pool: memory.pool(),
+        };
+        let training = setup
+            .as_ref()
+            .map(|setup| SparseTraining::from_setup(setup, &config, &lora));
+        let batch =
+            workload_batch::<B>(self.batch, self.seq, answer_len, config.vocab_size, &device);
+        eprintln!(
+            "bench step: {} {} {}, batch {} x {}, {answer_len} answer tokens, LoRA r{} on {}; model built in {:.1} s",
+            self.model.name,
+            self.workload.name(),
+            self.mode(),
+            self.batch,
+            self.seq,
+            lora.r,
+            self.lora_targets,
+            built.seconds,
+        );
+        let measured = self.measure(model, &batch, training.as_ref(), &memory, &device)?;
+        let tokens = StepTokens::synthetic(self.batch, self.seq, answer_len);
+        let tokens = match &training {
+            Some(t) if t.dense_answer_tokens => tokens.with_dense_tokens(self.batch * answer_len),
+            _ => tokens,
+        };
+        let counter = match &setup {
+            Some(setup) => FlopsCounter::new(&config, &lora).with_sparsity_config(&setup.config),
+            None => FlopsCounter::new(&config, &lora),
+        };
+        let flops = counter.step(&tokens, setup.as_ref().map(|s| &s.plan));
+        let doc = self.result(dtype, &lora, &measured, &flops, &memory, &built)?;
+        print_summary(&doc);
+        self.write(&doc)
+    }
+}
+
+/// The model's build: how long it took and the memory in use right after.
+struct Built {
+    seconds: f64,
+    used: Option<u64>,
+    pool: Option<(u64, u64)>,
+}
+
+/// What the steps measured.
+struct Measured {
+    /// The timed steps (one synchronisation each).
+    total: Series,
+    /// Their losses.
+    losses: Vec<f64>,
+    /// The device memory in use at their peak, in bytes (0 when unknown).
+    peak_bytes: u64,
+    /// The mean time of the steps run without synchronisation.
+    unsynced_mean_ms: Option<f64>,
+    /// The `--breakdown` split.
+    phases: Phases,
+    pool: PoolPeaks,
+}
+
+impl StepBench {
+    fn mode(&self) -> &'static str {
+        if self.sparsity.is_some() {
+            "sparse"
+        } else {
+            "dense"
+        }
+    }
+
+    /// The random model of the preset (seed 0) with its adapters, and with `--sparsity`
+    /// SparseLoRA's set-up; the build's freed buffers are handed back to the driver.
+    fn build<B: AutodiffBackend>(
+        &self,
+        config: &LlamaConfig,
+        lora: &LoraConfig,
+        dtype: DType,
+        device: &B::Device,
+    ) -> anyhow::Result<(LlamaForCausalLM<B>, Option<SparseSetup<B>>)> {
+        B::seed(device, 0);
+        let base = crate::model_source::build_weights::<B, _>(device, || {
+            config.init_random::<B>(device).with_dtype(dtype)
         });
-        let sparse_setup = match &self.sparsity {
+        let setup = match &self.sparsity {
             Some(path) => {
                 let factors = match &self.svd_cache {
                     Some(file) => FactorCache::File {
                         path: file.clone(),
                         // The weights are a function of the preset, the seed (0) and the dtype.
-                        identity: format!("random {} seed 0 {dtype:?}", self.model),
+                        identity: format!("random {} seed 0 {dtype:?}", self.model.name),
                     },
                     None => FactorCache::InMemory,
                 };
-                Some(sparse_setup(path, &base, &self.model, 0, |_| Ok(factors))?)
+                Some(sparse_setup(path, &base, &self.model.name, 0, |_| {
+                    Ok(factors)
+                })?)
             }
             None => None,
         };
-        let model: LlamaForCausalLM<B> = base.with_lora(&lora, &device);
-        sync::<B>(&device)?;
+        let model = base.with_lora(lora, device);
+        sync::<B>(device)?;
         // The SVD's work buffers are free but still held by cubecl's pool: hand them back.
-        B::memory_cleanup(&device);
-        sync::<B>(&device)?;
-        let init_s = start.elapsed().as_secs_f64();
-        let after_build = (memory.used(), memory.pool());
-        let training = sparse_setup
-            .as_ref()
-            .map(|setup| SparseTraining::from_setup(setup, &config, &lora));
-        let timed = training
-            .as_ref()
-            .map(|t| TimedSelector::new(t.selector, &device));
+        B::memory_cleanup(device);
+        sync::<B>(device)?;
+        Ok((model, setup))
+    }
+
+    /// The steps, in order: `--warmup` untimed, `--steps` timed (one synchronisation at the end
+    /// of each, as the peer does), `--unsynced-steps` with none, and with `--breakdown` up to
+    /// [`BREAKDOWN_STEPS`] synchronised between phases.
+    fn measure<B: AutodiffBackend>(
+        &self,
+        model: LlamaForCausalLM<B>,
+        batch: &TrainBatch<B>,
+        training: Option<&SparseTraining<'_, B>>,
+        memory: &DeviceMemory,
+        device: &B::Device,
+    ) -> anyhow::Result<Measured> {
+        let timed = training.map(|t| TimedSelector::new(t.selector, device));
         let mut optim = FusedAdamWConfig::new()
             .with_beta_1(0.9)
             .with_beta_2(0.999)
             .with_epsilon(1e-8)
             .with_weight_decay(0.0)
             .init::<B, LlamaForCausalLM<B>>();
-        let batch =
-            workload_batch::<B>(self.batch, self.seq, answer_len, config.vocab_size, &device);
-        let answer_tokens = batch.answer_tokens.clone();
-        let mode = if self.sparsity.is_some() {
-            "sparse"
-        } else {
-            "dense"
-        };
-        eprintln!(
-            "bench step: {} {} {mode}, batch {} x {}, {answer_len} answer tokens, LoRA r{} on {}; model built in {init_s:.1} s",
-            self.model,
-            self.workload.name(),
-            self.batch,
-            self.seq,
-            lora.r,
-            self.lora_targets
-        );
-
         let mut stepper = Stepper {
             model: Some(model),
             optim: &mut optim,
-            batch: &batch,
-            answer_tokens: &answer_tokens,
-            training: training.as_ref(),
+            batch,
+            answer_tokens: &batch.answer_tokens,
+            training,
             timed: timed.as_ref(),
             lr: self.lr,
             max_grad_norm: self.max_grad_norm,
-            device: &device,
+            device,
             times: Phases::default(),
-            memory: &memory,
+            memory,
             pool: PoolPeaks::default(),
         };
         for step in 0..self.warmup {
             stepper.step(step, false)?;
         }
-        sync::<B>(&device)?;
-        // Timed: one synchronisation at the end of each step, as the peer does.
-        let (mut total, mut losses, mut peak_bytes) = (Series::default(), Vec::new(), 0u64);
-        for step in self.warmup..self.warmup + self.steps {
-            let t0 = Instant::now();
-            let loss = stepper.step(step, false)?;
-            sync::<B>(&device)?;
-            total.push(t0.elapsed().as_secs_f64());
-            if let Some(used) = memory.used() {
-                peak_bytes = peak_bytes.max(used);
-            }
-            if let Some((in_use, reserved)) = memory.pool() {
-                stepper.pool.in_use_after_step = stepper.pool.in_use_after_step.max(in_use);
-                stepper.pool.reserved = stepper.pool.reserved.max(reserved);
-            }
-            losses.push(loss);
-        }
+        sync::<B>(device)?;
+        let (total, losses, peak_bytes) = stepper.timed(self.warmup..self.warmup + self.steps)?;
         // The same number of steps with no synchronisation at all: the host queues ahead.
         let unsynced = self.unsynced_steps.unwrap_or(self.steps);
         let t0 = Instant::now();
         for step in self.warmup + self.steps..self.warmup + self.steps + unsynced {
             stepper.step(step, false)?;
         }
-        sync::<B>(&device)?;
+        sync::<B>(device)?;
         let unsynced_mean_ms =
             (unsynced > 0).then(|| t0.elapsed().as_secs_f64() * 1e3 / unsynced as f64);
         // The split, from steps of their own: its synchronisations stay out of the headline.
@@ -341,13 +392,6 @@ impl TrainJob for StepBench {
             }
         }
         memory.check_not_exhausted(peak_bytes)?;
-        let pool = stepper.pool;
-        let Phases {
-            forward,
-            backward,
-            optimizer,
-            estimator,
-        } = stepper.times;
         let losses: Vec<f64> = losses
             .into_iter()
             .map(IntoScalarF64::into_scalar_f64)
@@ -355,81 +399,69 @@ impl TrainJob for StepBench {
         if losses.iter().any(|l| !l.is_finite()) {
             bail!("a timed step produced a non-finite loss: {losses:?}");
         }
+        Ok(Measured {
+            total,
+            losses,
+            peak_bytes,
+            unsynced_mean_ms,
+            phases: stepper.times,
+            pool: stepper.pool,
+        })
+    }
 
-        // Analytic FLOPs of this step (matmuls), and of the same step dense.
-        let tokens = StepTokens::synthetic(self.batch, self.seq, answer_len);
-        let tokens = match &training {
-            Some(t) if t.dense_answer_tokens => tokens.with_dense_tokens(self.batch * answer_len),
-            _ => tokens,
-        };
-        let counter = match &sparse_setup {
-            Some(setup) => FlopsCounter::new(&config, &lora).with_sparsity_config(&setup.config),
-            None => FlopsCounter::new(&config, &lora),
-        };
-        let flops = counter.step(&tokens, sparse_setup.as_ref().map(|s| &s.plan));
+    /// The result document: the run, its figures, and with `--peft` the peer's beside them.
+    fn result(
+        &self,
+        dtype: DType,
+        lora: &LoraConfig,
+        measured: &Measured,
+        flops: &StepFlops,
+        memory: &DeviceMemory,
+        built: &Built,
+    ) -> anyhow::Result<Value> {
         let executed = if self.sparsity.is_some() {
             flops.sparse.total()
         } else {
             flops.dense.total()
         } as f64;
-
-        let median = total.median().context("no timed step")?;
-        let gpu = super::svd::gpu_name().unwrap_or_else(|| format!("{:?}", self.backend));
-        let baseline = memory.baseline;
-        let peak_memory_gib =
-            (peak_bytes > 0).then(|| gib(peak_bytes.saturating_sub(baseline.unwrap_or(0))));
-        let tokens_per_s = (self.batch * self.seq) as f64 / (median / 1e3);
-        let peft = match &self.peft {
-            Some(path) => peer_result(path, &self.model, self.workload.name())?,
-            None => None,
-        };
-        let date = super::utc_timestamp();
+        let dense = flops.dense.total() as f64;
+        let median = measured.total.median().context("no timed step")?;
+        let baseline = memory.baseline.unwrap_or(0);
+        let peak_bytes = measured.peak_bytes;
+        let losses = &measured.losses;
         let mut doc = json!({
             "kind": "step",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "date": date,
-            "gpu": gpu,
+            "date": super::utc_timestamp(),
+            "gpu": super::svd::gpu_name().unwrap_or_else(|| format!("{:?}", self.model.backend)),
             "git_commit": super::git_commit(),
             "tag": self.tag,
-            "model": self.model,
+            "model": self.model.name,
             "workload": self.workload.name(),
-            "mode": mode,
+            "mode": self.mode(),
             "sparsity": self.sparsity.as_ref().map(|p| p.display().to_string()),
             "dtype": format!("{dtype:?}").to_lowercase(),
             "batch": self.batch,
             "seq": self.seq,
-            "out_len": answer_len,
+            "out_len": self.answer_len(),
             "lora": { "r": lora.r, "alpha": lora.alpha, "targets": self.lora_targets },
             "warmup": self.warmup,
             "steps": self.steps,
             "median_ms": median,
-            "p10_ms": total.quantile(0.1),
-            "p90_ms": total.quantile(0.9),
-            "unsynced_mean_ms": unsynced_mean_ms,
-            "breakdown": self.breakdown.then(|| json!({
-                "forward_ms": forward.median(),
-                "backward_ms": backward.median(),
-                "optimizer_ms": optimizer.median(),
-                "estimator_ms": estimator.median(),
-                "estimator_share": estimator.median().zip(forward.median().zip(backward.median()).zip(optimizer.median()))
-                    .map(|(e, ((f, b), o))| e / (f + b + o)),
-            })),
-            "peak_memory_gib": peak_memory_gib,
-            "tokens_per_s": tokens_per_s,
+            "p10_ms": measured.total.quantile(0.1),
+            "p90_ms": measured.total.quantile(0.9),
+            "unsynced_mean_ms": measured.unsynced_mean_ms,
+            "breakdown": self.breakdown.then(|| measured.phases.to_json()),
+            "peak_memory_gib": (peak_bytes > 0).then(|| gib(peak_bytes.saturating_sub(baseline))),
+            "tokens_per_s": (self.batch * self.seq) as f64 / (median / 1e3),
             "flops_step": executed,
-            "flops_step_dense": flops.dense.total() as f64,
-            "flops_ratio": executed / flops.dense.total() as f64,
+            "flops_step_dense": dense,
+            "flops_ratio": executed / dense,
             "achieved_tflops": executed / (median / 1e3) / 1e12,
             "loss_first": losses.first(),
             "loss_last": losses.last(),
-            "model_build_s": init_s,
-            "memory": memory.pool.map(|_| json!({
-                "after_build_gib": after_build.0.map(|u| gib(u.saturating_sub(baseline.unwrap_or(0)))),
-                "pool_in_use_after_build_gib": after_build.1.map(|(u, _)| gib(u)),
-                "pool_in_use_after_forward_gib": (pool.in_use_after_forward > 0).then(|| gib(pool.in_use_after_forward)),
-                "pool_in_use_after_step_gib": gib(pool.in_use_after_step),
-                "pool_reserved_gib": gib(pool.reserved),
-            })),
+            "model_build_s": built.seconds,
+            "memory": memory.pool.map(|_| measured.pool.to_json(built, baseline)),
             "fused_kernel_launches": kernels_cubecl::fused_launches(),
             "cublaslt_gemms": crate::backend::gemm_calls(),
             // The switches that change the fast path (A/B runs), so a result says what it ran.
@@ -437,21 +469,29 @@ impl TrainJob for StepBench {
                 .filter(|(name, _)| name.starts_with("SPARSELORA_") && name != "SPARSELORA_CACHE")
                 .collect::<std::collections::BTreeMap<_, _>>(),
         });
-        if let Some(peft) = peft {
-            let peft_ms = peft.get("median_ms").and_then(Value::as_f64);
-            doc["peft"] = peft;
-            doc["speedup_vs_peft"] = json!(peft_ms.map(|p| p / median));
+        if let Some(path) = &self.peft {
+            if let Some(peft) = peer_result(path, &self.model.name, self.workload.name())? {
+                let peft_ms = peft.get("median_ms").and_then(Value::as_f64);
+                doc["peft"] = peft;
+                doc["speedup_vs_peft"] = json!(peft_ms.map(|p| p / median));
+            }
         }
-        print_summary(&doc);
+        Ok(doc)
+    }
+
+    /// Writes `doc` into `--output-dir` as `step-<model>-<workload>-<mode>-<date>-<gpu>.json`.
+    fn write(&self, doc: &Value) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.output_dir)?;
+        let (date, gpu) = (doc["date"].as_str(), doc["gpu"].as_str());
         let path = self.output_dir.join(format!(
-            "step-{}-{}-{mode}-{}-{}.json",
-            self.model,
+            "step-{}-{}-{}-{}-{}.json",
+            self.model.name,
             self.workload.name(),
-            date.replace(':', ""),
-            super::slug(&gpu)
+            self.mode(),
+            date.unwrap_or_default().replace(':', ""),
+            super::slug(gpu.unwrap_or_default())
         ));
-        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        std::fs::write(&path, serde_json::to_string_pretty(doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("-> {}", path.display());
         Ok(())
@@ -469,6 +509,28 @@ struct Phases {
     optimizer: Series,
     estimator: Series,
 }
+
+impl Phases {
+    /// The median of each phase, and the estimator's share of the step.
+    fn to_json(&self) -> Value {
+        let (f, b, o, e) = (
+            self.forward.median(),
+            self.backward.median(),
+            self.optimizer.median(),
+            self.estimator.median(),
+        );
+        json!({
+            "forward_ms": f,
+            "backward_ms": b,
+            "optimizer_ms": o,
+            "estimator_ms": e,
+            "estimator_share": e.zip(f.zip(b).zip(o)).map(|(e, ((f, b), o))| e / (f + b + o)),
+        })
+    }
+}
+
+/// A step's loss, still on the device.
+type Loss<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 1>;
 
 /// Runs training steps of the benchmark's model on its one batch.
 struct Stepper<'a, B: AutodiffBackend, O> {
@@ -490,7 +552,7 @@ struct Stepper<'a, B: AutodiffBackend, O> {
 impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_, B, O> {
     /// One step; with `breakdown`, synchronised after each phase and timed. Returns the loss,
     /// still on the device.
-    fn step(&mut self, step: usize, breakdown: bool) -> anyhow::Result<Tensor<B::InnerBackend, 1>> {
+    fn step(&mut self, step: usize, breakdown: bool) -> anyhow::Result<Loss<B>> {
         if let Some(timed) = self.timed {
             timed.set_timing(breakdown);
         }
@@ -539,6 +601,31 @@ impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_
             self.times.optimizer.push(t2.elapsed().as_secs_f64());
         }
         Ok(loss)
+    }
+
+    /// The steps `steps`, each timed to a synchronisation at its end: their times, losses (on
+    /// the device) and the peak device memory (bytes, 0 when unknown); the pool's peaks are kept
+    /// in `self.pool`.
+    fn timed(
+        &mut self,
+        steps: std::ops::Range<usize>,
+    ) -> anyhow::Result<(Series, Vec<Loss<B>>, u64)> {
+        let (mut total, mut losses, mut peak_bytes) = (Series::default(), Vec::new(), 0u64);
+        for step in steps {
+            let t0 = Instant::now();
+            let loss = self.step(step, false)?;
+            sync::<B>(self.device)?;
+            total.push(t0.elapsed().as_secs_f64());
+            if let Some(used) = self.memory.used() {
+                peak_bytes = peak_bytes.max(used);
+            }
+            if let Some((in_use, reserved)) = self.memory.pool() {
+                self.pool.in_use_after_step = self.pool.in_use_after_step.max(in_use);
+                self.pool.reserved = self.pool.reserved.max(reserved);
+            }
+            losses.push(loss);
+        }
+        Ok((total, losses, peak_bytes))
     }
 }
 
@@ -708,6 +795,19 @@ struct PoolPeaks {
     in_use_after_step: u64,
     /// Reserved from the driver after a step.
     reserved: u64,
+}
+
+impl PoolPeaks {
+    /// The memory after the build (less `baseline`, bytes in use before it) and these peaks.
+    fn to_json(self, built: &Built, baseline: u64) -> Value {
+        json!({
+            "after_build_gib": built.used.map(|u| gib(u.saturating_sub(baseline))),
+            "pool_in_use_after_build_gib": built.pool.map(|(u, _)| gib(u)),
+            "pool_in_use_after_forward_gib": (self.in_use_after_forward > 0).then(|| gib(self.in_use_after_forward)),
+            "pool_in_use_after_step_gib": gib(self.in_use_after_step),
+            "pool_reserved_gib": gib(self.reserved),
+        })
+    }
 }
 
 fn gib(bytes: u64) -> f64 {

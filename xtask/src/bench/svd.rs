@@ -11,27 +11,23 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use clap::Args;
-use llama_burn::LlamaConfig;
 use serde_json::json;
 use svd_estimator::SvdCache;
 
-use crate::backend::{parse_dtype, BackendJob, BackendKind};
+use crate::backend::BackendJob;
+use crate::model_args::ModelArgs;
 
 /// Times the estimator's offline SVD on a random model of a preset's shape.
 #[derive(Args, Debug)]
+#[command(mut_arg("model", |a| a.default_value("llama3-8b").help(super::PRESET_HELP)))]
+#[command(mut_arg("backend", |a| a.default_value("cuda")))]
+#[command(mut_arg("model_dir", |a| a.hide(true)))]
 pub struct SvdBench {
-    /// Model preset (`llama3-8b`, `llama2-7b`, `llama2-13b`, `smollm2-135m`, `tiny`, ...).
-    #[arg(long, default_value = "llama3-8b")]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Estimator rank.
     #[arg(long, default_value_t = 8)]
     rank: usize,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "cuda")]
-    backend: BackendKind,
-    /// Weight dtype; default bf16 on CUDA, f32 elsewhere.
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<DType>,
     /// Where the JSON result goes.
     #[arg(long, default_value = "bench/results")]
     output_dir: PathBuf,
@@ -39,8 +35,7 @@ pub struct SvdBench {
 
 impl SvdBench {
     pub fn run(self) -> anyhow::Result<()> {
-        let (backend, dtype) = (self.backend, self.dtype);
-        backend.dispatch(dtype, self)
+        self.model.clone().dispatch(self)
     }
 }
 
@@ -48,7 +43,7 @@ impl BackendJob for SvdBench {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> anyhow::Result<()> {
-        let config = LlamaConfig::preset(&self.model)?;
+        let config = self.model.preset()?;
         B::seed(&device, 0);
         let start = Instant::now();
         let model = config.init_random::<B>(&device).with_dtype(dtype);
@@ -58,10 +53,10 @@ impl BackendJob for SvdBench {
         let cache = SvdCache::build(&model, self.rank, |_, _| true);
         B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let svd_s = start.elapsed().as_secs_f64();
-        let gpu = gpu_name().unwrap_or_else(|| format!("{:?}", self.backend));
+        let gpu = gpu_name().unwrap_or_else(|| format!("{:?}", self.model.backend));
         println!(
             "{}: {} projections of {} layers at rank {} in {svd_s:.1} s on {gpu} ({dtype:?}; random init {init_s:.1} s)",
-            self.model,
+            self.model.name,
             cache.factors.len(),
             config.num_hidden_layers,
             self.rank
@@ -73,7 +68,7 @@ impl BackendJob for SvdBench {
             "date": date,
             "gpu": gpu,
             "git_commit": super::git_commit(),
-            "model": self.model,
+            "model": self.model.name,
             "layers": config.num_hidden_layers,
             "projections": cache.factors.len(),
             "rank": self.rank,
@@ -84,7 +79,7 @@ impl BackendJob for SvdBench {
         std::fs::create_dir_all(&self.output_dir)?;
         let path = self.output_dir.join(format!(
             "svd-{}-{}-{}.json",
-            self.model,
+            self.model.name,
             date.replace(':', ""),
             super::slug(&gpu)
         ));
