@@ -192,4 +192,18 @@ mod tests {
         assert_eq!(unit_interval(42, 7), unit_interval(42, 7));
         assert_ne!(unit_interval(42, 7), unit_interval(43, 7));
     }
+
+    #[test]
+    fn unit_interval_is_pinned() {
+        // Values as first written: a change of generator would change which answer tokens a
+        // run sends sparse.
+        assert_eq!(
+            [
+                unit_interval(42, 0),
+                unit_interval(42, 17),
+                unit_interval(7, 1 << 33)
+            ],
+            [0.7415648787718233, 0.49549865814924343, 0.5402433805093944]
+        );
+    }
 }
