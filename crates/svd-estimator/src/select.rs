@@ -14,6 +14,8 @@ use llama_burn::{
     MlpProjections, SparsityPlan,
 };
 use lora::LoraLinear;
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
 use crate::cache::{plan_needs, CoverageError, SvdCache};
 use crate::mode::SelectionMode;
@@ -240,7 +242,7 @@ impl<B: Backend> SvdChannelSelector<B> {
         device: &B::Device,
     ) -> Tensor<B, 1, Int> {
         let draw = self.draws.fetch_add(1, Ordering::Relaxed);
-        let mut rng = SplitMix64::new(seed ^ mix(layer as u64, stream, draw));
+        let mut rng = SplitMix64::seed_from_u64(seed ^ mix(layer as u64, stream, draw));
         let channels = random_subset(&mut rng, width, k);
         let n = channels.len();
         Tensor::from_data(TensorData::new(channels, [n]), device)
@@ -367,34 +369,19 @@ impl<B: Backend> StackedFactors<B> {
     }
 }
 
-/// A small, fast, well-mixed generator (Steele, Lea & Flood's SplitMix64): the random baseline
-/// needs reproducible draws, not cryptographic ones, and must not touch the backend's generator
-/// (training reseeds that for dropout).
-struct SplitMix64(u64);
+// The random baseline draws from SplitMix64 (`rand_xoshiro`, Steele, Lea & Flood): reproducible
+// draws, not cryptographic ones, and never from the backend's generator (training reseeds that
+// for dropout).
 
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (`bound > 0`); the modulo bias is below 2^-40 for the widths here.
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next_u64() % bound as u64) as usize
-    }
+/// Uniform in `0..bound` (`bound > 0`); the modulo bias is below 2^-40 for the widths here.
+fn below(rng: &mut SplitMix64, bound: usize) -> usize {
+    (rng.next_u64() % bound as u64) as usize
 }
 
 /// One seed from a layer, a stream (which projection) and a draw count.
 fn mix(layer: u64, stream: u64, draw: u64) -> u64 {
-    let mut rng = SplitMix64::new(layer.wrapping_mul(0x1000_0000_01B3) ^ (stream << 48) ^ draw);
-    rng.next_u64()
+    let state = layer.wrapping_mul(0x1000_0000_01B3) ^ (stream << 48) ^ draw;
+    SplitMix64::seed_from_u64(state).next_u64()
 }
 
 /// `k` distinct values of `0..width` (all of them when `k >= width`), by a partial
@@ -403,7 +390,7 @@ fn random_subset(rng: &mut SplitMix64, width: usize, k: usize) -> Vec<i64> {
     let mut all: Vec<i64> = (0..width as i64).collect();
     let k = k.min(width);
     for i in 0..k {
-        let j = i + rng.below(width - i);
+        let j = i + below(rng, width - i);
         all.swap(i, j);
     }
     all.truncate(k);
@@ -650,7 +637,7 @@ mod tests {
 
     #[test]
     fn random_subsets_are_distinct_and_complete_at_full_width() {
-        let mut rng = SplitMix64::new(7);
+        let mut rng = SplitMix64::seed_from_u64(7);
         let mut all = random_subset(&mut rng, 10, 10);
         all.sort_unstable();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
@@ -664,7 +651,7 @@ mod tests {
     fn random_draws_are_pinned() {
         // Values of the generator as first written: a change of generator would change every
         // random-mode run's channels.
-        let mut rng = SplitMix64::new(7);
+        let mut rng = SplitMix64::seed_from_u64(7);
         assert_eq!(
             random_subset(&mut rng, 1000, 8),
             [487, 727, 212, 720, 842, 285, 158, 580]
