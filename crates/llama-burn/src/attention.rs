@@ -5,12 +5,12 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
+use lora::sparse::{AttentionProjections, AttnChannels, SparseForward};
 use lora::LoraLinear;
 
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
 use crate::rope::RopeAngles;
-use crate::sparsity::{AttentionProjections, AttnChannels, SparseForward};
 
 /// Which keys each query may read.
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, LlamaProjection, SparsityPlan};
+use llama_burn::{LlamaConfig, LlamaForCausalLM, LlamaProjection};
+use lora::sparse::{Block, SparsityPlan};
 
 use crate::svd::{estimator_factors, FACTOR_TOLERANCE};
 

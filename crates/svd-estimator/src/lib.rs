@@ -6,7 +6,7 @@
 //!   (`r x out`) factors with `x w1 w2 ~ x W^T`; [`SvdCache`] keeps them in a safetensors file
 //!   with model-identity and rank checks, and [`SvdCache::load_or_build`] reuses a valid cache or
 //!   rebuilds a missing, stale or corrupt one.
-//! - Online: [`SvdChannelSelector`] implements the model's [`llama_burn::ChannelSelector`]: per
+//! - Online: [`SvdChannelSelector`] implements the [`lora::sparse::ChannelSelector`] hook: per
 //!   layer, block and batch, the top-k channels by the SPEC 4 scores, from the factors
 //!   ([`SelectionMode::Estimated`]), the true projections ([`SelectionMode::Oracle`]) or at
 //!   random ([`SelectionMode::Random`]), with HF-correct GQA mappings or, with
@@ -17,7 +17,7 @@
 //! # use burn::backend::Flex;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let model: llama_burn::LlamaForCausalLM<Flex> = todo!();
-//! use llama_burn::{Block, SparsityPlan};
+//! use lora::sparse::{Block, SparsityPlan};
 //! use svd_estimator::{SelectorOptions, SvdCache, SvdChannelSelector};
 //! let mut plan = SparsityPlan::dense(model.config.num_hidden_layers);
 //! plan.set(20, Block::Mlp, 0.9)?;

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
-use llama_burn::sparsity::kept_channels;
-use llama_burn::{
-    AttentionProjections, AttnChannels, Block, ChannelSelector, LlamaConfig, LlamaProjection,
-    MlpProjections, SparsityPlan,
+use llama_burn::{LlamaConfig, LlamaProjection};
+use lora::sparse::{
+    kept_channels, AttentionProjections, AttnChannels, Block, ChannelSelector, MlpProjections,
+    SparsityPlan,
 };
 use lora::LoraLinear;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
@@ -624,7 +624,7 @@ mod tests {
             ),
             &device,
         );
-        let sparse = llama_burn::SparseForward {
+        let sparse = lora::sparse::SparseForward {
             selector: &selector,
             split: None,
             drop_sliced_input_grad: false,

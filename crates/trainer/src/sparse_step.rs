@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use llama_burn::LlamaConfig;
-use llama_burn::{
+use lora::sparse::{
     AttentionProjections, AttnChannels, ChannelSelector, MlpProjections, SparseForward, TokenSplit,
 };
 use lora::LoraConfig;
