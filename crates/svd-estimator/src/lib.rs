@@ -12,6 +12,9 @@
 //!   random ([`SelectionMode::Random`]), with HF-correct GQA mappings or, with
 //!   [`SelectorOptions::reference_compat`], the official code's. The score arithmetic and the GQA
 //!   index mappings are the pure functions of [`scoring`].
+//! - Any model: the estimator knows a model through its [`ModelLayout`] (depth, attention heads,
+//!   the path and shape of each [`EstimatedProjection`]); LLaMA's is its `LlamaConfig`, and
+//!   [`SvdCache::from_weights`] builds factors from any named weights.
 //!
 //! ```no_run
 //! # use burn::backend::Flex;
@@ -30,6 +33,7 @@
 
 mod cache;
 mod jacobi;
+mod layout;
 mod mode;
 pub mod scoring;
 mod select;
@@ -39,6 +43,7 @@ pub use cache::{
     plan_needs, BuildReason, CacheOrigin, CoverageError, SvdCache, SvdCacheError, ESTIMATED,
 };
 pub use jacobi::symmetric_eigen;
+pub use layout::{EstimatedProjection, ModelLayout};
 pub use mode::SelectionMode;
 pub use select::{SelectorError, SelectorOptions, SvdChannelSelector};
 pub use svd::{

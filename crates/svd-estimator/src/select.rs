@@ -1,14 +1,14 @@
 //! SparseLoRA's online channel selection (SPEC 4): per layer, block and batch, which channels of
 //! the frozen projections the sparse forward computes. [`SvdChannelSelector`] implements the
-//! model's [`ChannelSelector`] interface from the SVD estimator factors ([`SvdCache`]), from the
-//! true projections (oracle), or at random (a baseline), with the HF-correct GQA mappings or the
-//! reference code's (see [`crate::scoring`]).
+//! [`ChannelSelector`] hook (`lora::sparse`) from the SVD estimator factors ([`SvdCache`]), from
+//! the true projections (oracle), or at random (a baseline), with the HF-correct GQA mappings or
+//! the reference code's (see [`crate::scoring`]). It knows a model only through its
+//! [`ModelLayout`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
-use llama_burn::{LlamaConfig, LlamaProjection};
 use lora::sparse::{
     kept_channels, AttentionProjections, AttnChannels, Block, ChannelSelector, MlpProjections,
     SparsityPlan,
@@ -17,7 +17,8 @@ use lora::LoraLinear;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::SplitMix64;
 
-use crate::cache::{plan_needs, CoverageError, SvdCache};
+use crate::cache::{CoverageError, SvdCache};
+use crate::layout::{EstimatedProjection, ModelLayout};
 use crate::mode::SelectionMode;
 use crate::scoring::{
     channel_norms, mlp_scores, output_channels, qk_scores, query_channels, sequence_means,
@@ -119,8 +120,10 @@ pub struct SvdChannelSelector<B: Backend> {
 }
 
 impl<B: Backend> SvdChannelSelector<B> {
-    /// A selector for a model of `config` under `plan`. The estimated mode takes its factors
-    /// from `cache` (the tensors are shared, not copied); the oracle and random modes ignore it.
+    /// A selector for the model laid out as `layout` (a LLaMA's `LlamaConfig`, or another
+    /// model's [`ModelLayout`]) under `plan`. The estimated mode takes its factors from `cache`
+    /// by the layout's projection paths (the tensors are shared, not copied); the oracle and
+    /// random modes ignore it.
     ///
     /// # Errors
     /// A plan of another depth than the model, a GQA layout with uneven groups, or (estimated
@@ -128,16 +131,16 @@ impl<B: Backend> SvdChannelSelector<B> {
     pub fn new(
         cache: &SvdCache<B>,
         plan: SparsityPlan,
-        config: &LlamaConfig,
+        layout: &(impl ModelLayout + ?Sized),
         options: SelectorOptions,
     ) -> Result<Self, SelectorError> {
-        if plan.num_layers() != config.num_hidden_layers {
+        if plan.num_layers() != layout.num_layers() {
             return Err(SelectorError::PlanLayers {
                 plan: plan.num_layers(),
-                model: config.num_hidden_layers,
+                model: layout.num_layers(),
             });
         }
-        let (n_heads, n_kv_heads) = (config.num_attention_heads, config.n_kv_heads());
+        let (n_heads, n_kv_heads) = layout.attention_heads();
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(SelectorError::Heads {
                 n_heads,
@@ -146,24 +149,20 @@ impl<B: Backend> SvdChannelSelector<B> {
         }
         let mut stacked = HashMap::new();
         if options.mode == SelectionMode::Estimated {
-            cache.check_covers(config, |layer, target| plan_needs(&plan, layer, target))?;
+            cache.check_covers(layout, &plan)?;
             for layer in 0..plan.num_layers() {
                 for block in [Block::Attn, Block::Mlp] {
                     if plan.ratio(layer, block) <= 0.0 {
                         continue;
                     }
-                    let members: &[LlamaProjection] = match block {
-                        Block::Attn => {
-                            &[LlamaProjection::Q, LlamaProjection::K, LlamaProjection::V]
-                        }
-                        Block::Mlp => &[LlamaProjection::Gate, LlamaProjection::Up],
-                    };
-                    // Constants: no autodiff history may reach the estimates (see
-                    // `SvdCache::build`).
-                    let parts: Option<Vec<_>> = members
-                        .iter()
-                        .map(|&target| {
-                            let (w1, w2) = cache.factors.get(&target.path(layer))?;
+                    // Q, K, V or gate, up, in that order. Constants: no autodiff history may
+                    // reach the estimates (see `SvdCache::from_weights`).
+                    let parts: Option<Vec<_>> = EstimatedProjection::ALL
+                        .into_iter()
+                        .filter(|p| p.block() == block)
+                        .map(|target| {
+                            let (w1, w2) =
+                                cache.factors.get(&layout.projection_path(layer, target))?;
                             Some((w1.clone().detach(), w2.clone().detach()))
                         })
                         .collect();
