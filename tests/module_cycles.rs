@@ -15,6 +15,7 @@ const CRATES: &[&str] = &[
     "crates/trainer/src",
     "kernels-cubecl/src",
     "xtask/src",
+    "examples/tiny-gpt/src",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

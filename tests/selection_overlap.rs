@@ -119,7 +119,7 @@ fn estimator_cache(model: &LlamaForCausalLM<B>, gguf: &Path, plan: &SparsityPlan
     let path = gguf.with_file_name(format!("sparselora-svd-r{RANK}.safetensors"));
     let needed = |layer, target| plan_needs(plan, layer, target);
     match SvdCache::load(&path, &identity, RANK, &model.device()) {
-        Ok(cache) if cache.check_covers(&model.config, needed).is_ok() => {
+        Ok(cache) if cache.check_covers(&model.config, plan).is_ok() => {
             println!("estimator factors from {}", path.display());
             cache
         }

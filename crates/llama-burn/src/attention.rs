@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
+use lora::sparse::{AttentionProjections, AttnChannels, SparseForward};
 use lora::LoraLinear;
 
 use kernels_cubecl::attention::reference::{grouped_mix, grouped_scores};
@@ -13,7 +14,6 @@ use sparse_ops::SeamMatmul;
 use crate::cache::LayerKvCache;
 use crate::config::LlamaConfig;
 use crate::rope::RopeAngles;
-use crate::sparsity::{AttentionProjections, AttnChannels, SparseForward};
 
 /// Which keys each query may read.
 #[derive(Debug, Clone)]

@@ -3,10 +3,10 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use kernels_cubecl::swiglu;
+use lora::sparse::{MlpProjections, SparseForward};
 use lora::LoraLinear;
 
 use crate::config::LlamaConfig;
-use crate::sparsity::{MlpProjections, SparseForward};
 
 /// The MLP of one decoder layer.
 #[derive(Module, Debug)]

@@ -8,6 +8,7 @@ use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
 use kernels_cubecl::reference::additive_causal_mask;
+use lora::sparse::SparseForward;
 use lora::{LoraConfig, LoraLinear};
 
 use crate::attention::{AttentionMask, LlamaAttention};
@@ -16,7 +17,6 @@ use crate::config::LlamaConfig;
 use crate::mlp::LlamaMlp;
 use crate::norm::RmsNorm;
 use crate::rope::{RopeAngles, RotaryEmbedding};
-use crate::sparsity::SparseForward;
 
 /// One pre-norm decoder block: two residual lines.
 #[derive(Module, Debug)]

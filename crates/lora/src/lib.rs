@@ -10,6 +10,9 @@
 //!   projections).
 //! - [`freeze_base`] / [`cast_base`]: freeze or cast every parameter of any burn module outside
 //!   its adapters.
+//! - [`sparse`]: SparseLoRA's model-side types for any model built from `LoraLinear`s: the
+//!   [`sparse::SparsityPlan`], the [`sparse::ChannelSelector`] hook a model calls per block, and
+//!   [`sparse::SparseForward`] (the selector and the token rows that stay dense).
 //! - [`save_peft`] / [`load_peft`]: `adapter_config.json` + `adapter_model.safetensors`, which
 //!   `peft.PeftModel.from_pretrained` loads and `save_pretrained` writes.
 //!
@@ -24,6 +27,7 @@ pub mod error;
 pub mod linear;
 pub mod peft;
 pub mod peft_config;
+pub mod sparse;
 pub mod target;
 
 pub use adapter::LoraAdapter;

@@ -31,8 +31,8 @@
 use std::fmt;
 use std::ops::AddAssign;
 
-use llama_burn::sparsity::{kept_channels, SparsityPlan};
 use llama_burn::{LlamaConfig, LlamaProjection};
+use lora::sparse::{kept_channels, SparsityPlan};
 use lora::LoraConfig;
 
 use crate::sparsity_config::{SparsityConfig, DEFAULT_ESTIMATOR_RANK};
@@ -464,7 +464,7 @@ impl<'a> FlopsCounter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llama_burn::sparsity::Block;
+    use lora::sparse::Block;
     use std::path::Path;
 
     /// d = 4, d_ff = 8, 2 query heads sharing 1 KV head of width 2, 1 layer, vocab 10.

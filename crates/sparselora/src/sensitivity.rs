@@ -14,8 +14,10 @@ use std::fmt::Write as _;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, ElementConversion, Int, Tensor};
 use llama_burn::loss::LossTargets;
-use llama_burn::sparsity::{Block, SparsityPlan, SparsityPlanError};
-use llama_burn::{ChannelSelector, LlamaForCausalLM, SparseForward, TokenSplit};
+use llama_burn::LlamaForCausalLM;
+use lora::sparse::{
+    Block, ChannelSelector, SparseForward, SparsityPlan, SparsityPlanError, TokenSplit,
+};
 use svd_estimator::{SelectorError, SelectorOptions, SvdCache, SvdChannelSelector};
 
 use crate::flops::StepTokens;

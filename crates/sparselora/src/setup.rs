@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use llama_burn::{LlamaForCausalLM, SparsityPlan};
+use llama_burn::LlamaForCausalLM;
+use lora::sparse::SparsityPlan;
 use svd_estimator::{
     plan_needs, BuildReason, CacheOrigin, SelectorError, SelectorOptions, SvdCache, SvdCacheError,
     SvdChannelSelector,

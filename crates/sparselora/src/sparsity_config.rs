@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llama_burn::sparsity::{Block, SparsityPlan, SparsityPlanError};
+use lora::sparse::{Block, SparsityPlan, SparsityPlanError};
 use serde::{Deserialize, Serialize};
 use svd_estimator::SelectionMode;
 

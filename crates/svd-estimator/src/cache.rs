@@ -1,7 +1,8 @@
 //! The offline part of the estimator, built once per model and cached on disk (SPEC section 4):
 //! for each frozen projection that a sparsity config makes sparse (gate, up, q, k, v), the rank-r
-//! factors `w1` (`in x r`) and `w2` (`r x out`) of `W^T`, stored as safetensors under
-//! `model.layers.{i}.mlp.gate_proj.w1` / `.w2` (same for up_proj and self_attn.{q,k,v}_proj).
+//! factors `w1` (`in x r`) and `w2` (`r x out`) of `W^T`, stored as safetensors under the
+//! projection's name (LLaMA: `model.layers.{i}.mlp.gate_proj.w1` / `.w2`, same for up_proj and
+//! self_attn.{q,k,v}_proj; another model: the names its [`ModelLayout`] gives).
 //!
 //! The file records the rank and an identity string of the model it was computed from; loading
 //! checks both, so a cache made for another checkpoint or rank is refused instead of silently
@@ -12,11 +13,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use llama_burn::{Block, LlamaConfig, LlamaForCausalLM, LlamaProjection, SparsityPlan};
+use llama_burn::{LlamaForCausalLM, LlamaProjection};
+use lora::sparse::SparsityPlan;
 
+use crate::layout::{EstimatedProjection, ModelLayout};
 use crate::svd::{estimator_factors, FACTOR_TOLERANCE};
 
-/// Projections the estimator needs factors for: the output-sliced ones.
+/// Projections the estimator needs factors for: the output-sliced ones (LLaMA's names of
+/// [`EstimatedProjection::ALL`]).
 pub const ESTIMATED: [LlamaProjection; 5] = [
     LlamaProjection::Gate,
     LlamaProjection::Up,
@@ -77,13 +81,13 @@ pub enum CoverageError {
     /// A projection the plan makes sparse has no factors.
     #[error("no estimator factors for `{module}`, which the sparsity plan makes sparse")]
     Missing {
-        /// HF module path, `model.layers.3.mlp.gate_proj`.
+        /// Module path, `model.layers.3.mlp.gate_proj`.
         module: String,
     },
     /// Factors whose shapes do not fit the projection.
     #[error("estimator factors of `{module}` are w1 {w1:?}, w2 {w2:?}; the model needs w1 [{d_in}, r], w2 [r, {d_out}]")]
     Shape {
-        /// HF module path.
+        /// Module path.
         module: String,
         /// Shape of `w1` found.
         w1: [usize; 2],
@@ -136,29 +140,12 @@ impl std::fmt::Display for BuildReason {
     }
 }
 
-/// Whether a sparsity plan needs factors of `target` in `layer`: gate/up where the MLP is sparse,
-/// q/k/v where attention is.
+/// Whether a sparsity plan needs factors of LLaMA's `target` in `layer`: gate/up where the MLP is
+/// sparse, q/k/v where attention is ([`EstimatedProjection::needed_by`] by LLaMA's names).
 pub fn plan_needs(plan: &SparsityPlan, layer: usize, target: LlamaProjection) -> bool {
-    let block = if target.is_attention() {
-        Block::Attn
-    } else {
-        Block::Mlp
-    };
-    ESTIMATED.contains(&target) && plan.ratio(layer, block) > 0.0
-}
-
-/// `(in, out)` of a projection of `config`.
-fn projection_dims(config: &LlamaConfig, target: LlamaProjection) -> (usize, usize) {
-    let (d, ff) = (config.hidden_size, config.intermediate_size);
-    let q = config.num_attention_heads * config.head_dim();
-    let kv = config.n_kv_heads() * config.head_dim();
-    match target {
-        LlamaProjection::Gate | LlamaProjection::Up => (d, ff),
-        LlamaProjection::Down => (ff, d),
-        LlamaProjection::Q => (d, q),
-        LlamaProjection::O => (q, d),
-        LlamaProjection::K | LlamaProjection::V => (d, kv),
-    }
+    EstimatedProjection::ALL
+        .into_iter()
+        .any(|p| LlamaProjection::from(p) == target && p.needed_by(plan, layer))
 }
 
 /// Where [`SvdCache::save`] writes before renaming into place: unique per process, so two runs
@@ -171,7 +158,7 @@ fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{name}.{}.partial", std::process::id()))
 }
 
-/// Estimator factors by HF module path (`model.layers.3.mlp.gate_proj`).
+/// Estimator factors by module path (`model.layers.3.mlp.gate_proj`).
 #[derive(Debug, Clone)]
 pub struct SvdCache<B: Backend> {
     /// SVD rank.
@@ -277,23 +264,26 @@ impl<B: Backend> SvdCache<B> {
         written.map_err(io)
     }
 
-    /// Checks that the cache holds factors of the right shapes for every projection of `config`
-    /// that `needed` accepts (see [`plan_needs`]).
+    /// Checks that the cache holds factors of the right shapes for every projection of the
+    /// model laid out as `layout` that `plan` makes sparse (LLaMA's layout is its `LlamaConfig`).
     ///
     /// # Errors
     /// The first projection missing or misshapen.
     pub fn check_covers(
         &self,
-        config: &LlamaConfig,
-        needed: impl Fn(usize, LlamaProjection) -> bool,
+        layout: &(impl ModelLayout + ?Sized),
+        plan: &SparsityPlan,
     ) -> Result<(), CoverageError> {
-        for layer in 0..config.num_hidden_layers {
-            for target in ESTIMATED.into_iter().filter(|&t| needed(layer, t)) {
-                let module = target.path(layer);
+        for layer in 0..layout.num_layers() {
+            let needed = EstimatedProjection::ALL
+                .into_iter()
+                .filter(|p| p.needed_by(plan, layer));
+            for target in needed {
+                let module = layout.projection_path(layer, target);
                 let Some((w1, w2)) = self.factors.get(&module) else {
                     return Err(CoverageError::Missing { module });
                 };
-                let (d_in, d_out) = projection_dims(config, target);
+                let [d_out, d_in] = layout.projection_shape(layer, target);
                 let (s1, s2) = (w1.dims(), w2.dims());
                 if s1[0] != d_in || s2[1] != d_out || s1[1] != s2[0] {
                     return Err(CoverageError::Shape {
@@ -309,11 +299,29 @@ impl<B: Backend> SvdCache<B> {
         Ok(())
     }
 
+    /// The cache a LLaMA run uses: [`Self::load_or_build_with`] on the model's config and
+    /// its gate/up/q/k/v weights, on the model's device.
+    ///
+    /// # Errors
+    /// As [`Self::load_or_build_with`].
+    pub fn load_or_build(
+        path: &Path,
+        model_identity: &str,
+        rank: usize,
+        model: &LlamaForCausalLM<B>,
+        plan: &SparsityPlan,
+    ) -> Result<(Self, CacheOrigin), SvdCacheError> {
+        let weights = || model.projection_weights(&ESTIMATED, |_, _| true);
+        let (config, device) = (&model.config, &model.device());
+        Self::load_or_build_with(path, model_identity, rank, config, plan, device, weights)
+    }
+
     /// The cache a run uses: the file at `path` when it was built for `model_identity` at `rank`
-    /// and covers every projection `plan` makes sparse; otherwise the factors of every layer's
-    /// gate/up/q/k/v are computed on the model's device (so one cache serves any plan) and
-    /// written to `path` atomically. A corrupt file is treated like a stale one: it is rebuilt
-    /// and replaced, since nothing in it can be trusted.
+    /// and covers every projection `plan` makes sparse in the model laid out as `layout`;
+    /// otherwise [`Self::from_weights`] on `weights()` (every layer's gate/up/q/k/v, so one
+    /// cache serves any plan), written to `path` atomically. A corrupt file is treated like a
+    /// stale one: it is rebuilt and replaced, since nothing in it can be trusted. A file read is
+    /// placed on `device`.
     ///
     /// The randomized SVD draws from the backend's generator: seed it first for a bit-identical
     /// rebuild.
@@ -322,17 +330,20 @@ impl<B: Backend> SvdCache<B> {
     /// [`SvdCacheError::RebuildFailed`] when the cache had to be rebuilt and could not be
     /// written (read-only folder, disk full), naming why it was rebuilt; [`SvdCacheError::Io`]
     /// when the file exists but cannot be read.
-    pub fn load_or_build(
+    pub fn load_or_build_with<W>(
         path: &Path,
         model_identity: &str,
         rank: usize,
-        model: &LlamaForCausalLM<B>,
+        layout: &(impl ModelLayout + ?Sized),
         plan: &SparsityPlan,
-    ) -> Result<(Self, CacheOrigin), SvdCacheError> {
-        let device = model.device();
-        let needed = |layer, target| plan_needs(plan, layer, target);
-        let reason = match Self::load(path, model_identity, rank, &device) {
-            Ok(cache) => match cache.check_covers(&model.config, needed) {
+        device: &B::Device,
+        weights: impl FnOnce() -> W,
+    ) -> Result<(Self, CacheOrigin), SvdCacheError>
+    where
+        W: IntoIterator<Item = (String, Tensor<B, 2>)>,
+    {
+        let reason = match Self::load(path, model_identity, rank, device) {
+            Ok(cache) => match cache.check_covers(layout, plan) {
                 Ok(()) => return Ok((cache, CacheOrigin::Reused)),
                 Err(gap) => BuildReason::Incomplete(gap.to_string()),
             },
@@ -347,7 +358,7 @@ impl<B: Backend> SvdCache<B> {
             Err(SvdCacheError::Invalid { message, .. }) => BuildReason::Corrupt(message),
             Err(other) => return Err(other),
         };
-        let cache = Self::build(model, rank, |_, _| true);
+        let cache = Self::from_weights(weights(), rank);
         cache
             .save(path, model_identity)
             .map_err(|source| SvdCacheError::RebuildFailed {
@@ -437,6 +448,7 @@ impl<B: Backend> SvdCache<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lora::sparse::Block;
 
     type B = burn::backend::Flex;
 
@@ -613,19 +625,18 @@ mod tests {
         let model = tiny();
         let config = &model.config;
         let plan = mlp_sparse_in_layer_1();
-        let needs = |layer, target| plan_needs(&plan, layer, target);
         let mut cache = SvdCache::build(&model, 4, |layer, _| layer == 1);
-        cache.check_covers(config, needs).unwrap();
+        cache.check_covers(config, &plan).unwrap();
         // Attention of layer 1 is dense: its factors are not needed.
         cache.factors.remove("model.layers.1.self_attn.q_proj");
-        cache.check_covers(config, needs).unwrap();
+        cache.check_covers(config, &plan).unwrap();
         let (w1, _) = cache.factors["model.layers.1.mlp.gate_proj"].clone();
         let up = cache.factors.get_mut("model.layers.1.mlp.up_proj").unwrap();
         up.1 = w1;
-        let err = cache.check_covers(config, needs).unwrap_err();
+        let err = cache.check_covers(config, &plan).unwrap_err();
         assert!(matches!(err, CoverageError::Shape { .. }), "{err}");
         cache.factors.remove("model.layers.1.mlp.gate_proj");
-        let err = cache.check_covers(config, needs).unwrap_err();
+        let err = cache.check_covers(config, &plan).unwrap_err();
         assert_eq!(
             err,
             CoverageError::Missing {

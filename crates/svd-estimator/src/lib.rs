@@ -6,18 +6,21 @@
 //!   (`r x out`) factors with `x w1 w2 ~ x W^T`; [`SvdCache`] keeps them in a safetensors file
 //!   with model-identity and rank checks, and [`SvdCache::load_or_build`] reuses a valid cache or
 //!   rebuilds a missing, stale or corrupt one.
-//! - Online: [`SvdChannelSelector`] implements the model's [`llama_burn::ChannelSelector`]: per
+//! - Online: [`SvdChannelSelector`] implements the [`lora::sparse::ChannelSelector`] hook: per
 //!   layer, block and batch, the top-k channels by the SPEC 4 scores, from the factors
 //!   ([`SelectionMode::Estimated`]), the true projections ([`SelectionMode::Oracle`]) or at
 //!   random ([`SelectionMode::Random`]), with HF-correct GQA mappings or, with
 //!   [`SelectorOptions::reference_compat`], the official code's. The score arithmetic and the GQA
 //!   index mappings are the pure functions of [`scoring`].
+//! - Any model: the estimator knows a model through its [`ModelLayout`] (depth, attention heads,
+//!   the path and shape of each [`EstimatedProjection`]); LLaMA's is its `LlamaConfig`, and
+//!   [`SvdCache::from_weights`] builds factors from any named weights.
 //!
 //! ```no_run
 //! # use burn::backend::Flex;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let model: llama_burn::LlamaForCausalLM<Flex> = todo!();
-//! use llama_burn::{Block, SparsityPlan};
+//! use lora::sparse::{Block, SparsityPlan};
 //! use svd_estimator::{SelectorOptions, SvdCache, SvdChannelSelector};
 //! let mut plan = SparsityPlan::dense(model.config.num_hidden_layers);
 //! plan.set(20, Block::Mlp, 0.9)?;
@@ -30,6 +33,7 @@
 
 mod cache;
 mod jacobi;
+mod layout;
 mod mode;
 pub mod scoring;
 mod select;
@@ -39,6 +43,7 @@ pub use cache::{
     plan_needs, BuildReason, CacheOrigin, CoverageError, SvdCache, SvdCacheError, ESTIMATED,
 };
 pub use jacobi::symmetric_eigen;
+pub use layout::{EstimatedProjection, ModelLayout};
 pub use mode::SelectionMode;
 pub use select::{SelectorError, SelectorOptions, SvdChannelSelector};
 pub use svd::{

@@ -1,21 +1,24 @@
 //! SparseLoRA's online channel selection (SPEC 4): per layer, block and batch, which channels of
 //! the frozen projections the sparse forward computes. [`SvdChannelSelector`] implements the
-//! model's [`ChannelSelector`] interface from the SVD estimator factors ([`SvdCache`]), from the
-//! true projections (oracle), or at random (a baseline), with the HF-correct GQA mappings or the
-//! reference code's (see [`crate::scoring`]).
+//! [`ChannelSelector`] hook (`lora::sparse`) from the SVD estimator factors ([`SvdCache`]), from
+//! the true projections (oracle), or at random (a baseline), with the HF-correct GQA mappings or
+//! the reference code's (see [`crate::scoring`]). It knows a model only through its
+//! [`ModelLayout`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
-use llama_burn::sparsity::kept_channels;
-use llama_burn::{
-    AttentionProjections, AttnChannels, Block, ChannelSelector, LlamaConfig, LlamaProjection,
-    MlpProjections, SparsityPlan,
+use lora::sparse::{
+    kept_channels, AttentionProjections, AttnChannels, Block, ChannelSelector, MlpProjections,
+    SparsityPlan,
 };
 use lora::LoraLinear;
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
-use crate::cache::{plan_needs, CoverageError, SvdCache};
+use crate::cache::{CoverageError, SvdCache};
+use crate::layout::{EstimatedProjection, ModelLayout};
 use crate::mode::SelectionMode;
 use crate::scoring::{
     channel_norms, mlp_scores, output_channels, qk_scores, query_channels, sequence_means,
@@ -117,8 +120,10 @@ pub struct SvdChannelSelector<B: Backend> {
 }
 
 impl<B: Backend> SvdChannelSelector<B> {
-    /// A selector for a model of `config` under `plan`. The estimated mode takes its factors
-    /// from `cache` (the tensors are shared, not copied); the oracle and random modes ignore it.
+    /// A selector for the model laid out as `layout` (a LLaMA's `LlamaConfig`, or another
+    /// model's [`ModelLayout`]) under `plan`. The estimated mode takes its factors from `cache`
+    /// by the layout's projection paths (the tensors are shared, not copied); the oracle and
+    /// random modes ignore it.
     ///
     /// # Errors
     /// A plan of another depth than the model, a GQA layout with uneven groups, or (estimated
@@ -126,16 +131,16 @@ impl<B: Backend> SvdChannelSelector<B> {
     pub fn new(
         cache: &SvdCache<B>,
         plan: SparsityPlan,
-        config: &LlamaConfig,
+        layout: &(impl ModelLayout + ?Sized),
         options: SelectorOptions,
     ) -> Result<Self, SelectorError> {
-        if plan.num_layers() != config.num_hidden_layers {
+        if plan.num_layers() != layout.num_layers() {
             return Err(SelectorError::PlanLayers {
                 plan: plan.num_layers(),
-                model: config.num_hidden_layers,
+                model: layout.num_layers(),
             });
         }
-        let (n_heads, n_kv_heads) = (config.num_attention_heads, config.n_kv_heads());
+        let (n_heads, n_kv_heads) = layout.attention_heads();
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(SelectorError::Heads {
                 n_heads,
@@ -144,24 +149,20 @@ impl<B: Backend> SvdChannelSelector<B> {
         }
         let mut stacked = HashMap::new();
         if options.mode == SelectionMode::Estimated {
-            cache.check_covers(config, |layer, target| plan_needs(&plan, layer, target))?;
+            cache.check_covers(layout, &plan)?;
             for layer in 0..plan.num_layers() {
                 for block in [Block::Attn, Block::Mlp] {
                     if plan.ratio(layer, block) <= 0.0 {
                         continue;
                     }
-                    let members: &[LlamaProjection] = match block {
-                        Block::Attn => {
-                            &[LlamaProjection::Q, LlamaProjection::K, LlamaProjection::V]
-                        }
-                        Block::Mlp => &[LlamaProjection::Gate, LlamaProjection::Up],
-                    };
-                    // Constants: no autodiff history may reach the estimates (see
-                    // `SvdCache::build`).
-                    let parts: Option<Vec<_>> = members
-                        .iter()
-                        .map(|&target| {
-                            let (w1, w2) = cache.factors.get(&target.path(layer))?;
+                    // Q, K, V or gate, up, in that order. Constants: no autodiff history may
+                    // reach the estimates (see `SvdCache::from_weights`).
+                    let parts: Option<Vec<_>> = EstimatedProjection::ALL
+                        .into_iter()
+                        .filter(|p| p.block() == block)
+                        .map(|target| {
+                            let (w1, w2) =
+                                cache.factors.get(&layout.projection_path(layer, target))?;
                             Some((w1.clone().detach(), w2.clone().detach()))
                         })
                         .collect();
@@ -240,7 +241,7 @@ impl<B: Backend> SvdChannelSelector<B> {
         device: &B::Device,
     ) -> Tensor<B, 1, Int> {
         let draw = self.draws.fetch_add(1, Ordering::Relaxed);
-        let mut rng = SplitMix64::new(seed ^ mix(layer as u64, stream, draw));
+        let mut rng = SplitMix64::seed_from_u64(seed ^ mix(layer as u64, stream, draw));
         let channels = random_subset(&mut rng, width, k);
         let n = channels.len();
         Tensor::from_data(TensorData::new(channels, [n]), device)
@@ -367,34 +368,19 @@ impl<B: Backend> StackedFactors<B> {
     }
 }
 
-/// A small, fast, well-mixed generator (Steele, Lea & Flood's SplitMix64): the random baseline
-/// needs reproducible draws, not cryptographic ones, and must not touch the backend's generator
-/// (training reseeds that for dropout).
-struct SplitMix64(u64);
+// The random baseline draws from SplitMix64 (`rand_xoshiro`, Steele, Lea & Flood): reproducible
+// draws, not cryptographic ones, and never from the backend's generator (training reseeds that
+// for dropout).
 
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (`bound > 0`); the modulo bias is below 2^-40 for the widths here.
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next_u64() % bound as u64) as usize
-    }
+/// Uniform in `0..bound` (`bound > 0`); the modulo bias is below 2^-40 for the widths here.
+fn below(rng: &mut SplitMix64, bound: usize) -> usize {
+    (rng.next_u64() % bound as u64) as usize
 }
 
 /// One seed from a layer, a stream (which projection) and a draw count.
 fn mix(layer: u64, stream: u64, draw: u64) -> u64 {
-    let mut rng = SplitMix64::new(layer.wrapping_mul(0x1000_0000_01B3) ^ (stream << 48) ^ draw);
-    rng.next_u64()
+    let state = layer.wrapping_mul(0x1000_0000_01B3) ^ (stream << 48) ^ draw;
+    SplitMix64::seed_from_u64(state).next_u64()
 }
 
 /// `k` distinct values of `0..width` (all of them when `k >= width`), by a partial
@@ -403,7 +389,7 @@ fn random_subset(rng: &mut SplitMix64, width: usize, k: usize) -> Vec<i64> {
     let mut all: Vec<i64> = (0..width as i64).collect();
     let k = k.min(width);
     for i in 0..k {
-        let j = i + rng.below(width - i);
+        let j = i + below(rng, width - i);
         all.swap(i, j);
     }
     all.truncate(k);
@@ -637,7 +623,7 @@ mod tests {
             ),
             &device,
         );
-        let sparse = llama_burn::SparseForward {
+        let sparse = lora::sparse::SparseForward {
             selector: &selector,
             split: None,
             drop_sliced_input_grad: false,
@@ -650,7 +636,7 @@ mod tests {
 
     #[test]
     fn random_subsets_are_distinct_and_complete_at_full_width() {
-        let mut rng = SplitMix64::new(7);
+        let mut rng = SplitMix64::seed_from_u64(7);
         let mut all = random_subset(&mut rng, 10, 10);
         all.sort_unstable();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
@@ -658,5 +644,24 @@ mod tests {
         some.sort_unstable();
         some.dedup();
         assert_eq!(some.len(), 100);
+    }
+
+    #[test]
+    fn random_draws_are_pinned() {
+        // Values of the generator as first written: a change of generator would change every
+        // random-mode run's channels.
+        let mut rng = SplitMix64::seed_from_u64(7);
+        assert_eq!(
+            random_subset(&mut rng, 1000, 8),
+            [487, 727, 212, 720, 842, 285, 158, 580]
+        );
+        assert_eq!(
+            [mix(0, 0, 0), mix(3, 2, 5), mix(27, 1, 1 << 40)],
+            [
+                16294208416658607535,
+                10397674022174128698,
+                4808898591678650855
+            ]
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
-use llama_burn::{LlamaForCausalLM, SparseForward};
+use llama_burn::LlamaForCausalLM;
+use lora::sparse::SparseForward;
 use lora::LoraError;
 
 use crate::batch::TrainBatch;

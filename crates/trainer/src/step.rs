@@ -11,7 +11,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use llama_burn::loss::causal_lm_loss_at_targets;
-use llama_burn::{LlamaForCausalLM, SparseForward};
+use llama_burn::LlamaForCausalLM;
+use lora::sparse::SparseForward;
 
 use crate::batch::TrainBatch;
 use crate::optim::ClippedOptimizer;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use llama_burn::sparsity::{Block, SparsityPlan};
 use llama_burn::LlamaConfig;
+use lora::sparse::{Block, SparsityPlan};
 
 use super::*;
 

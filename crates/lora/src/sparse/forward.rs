@@ -1,0 +1,222 @@
+//! What a sparse forward pass needs besides the batch ([`SparseForward`]): the selector, and the
+//! token rows that stay dense ([`TokenSplit`], SPEC 6), with the two helpers a block's sparse
+//! forward calls: [`SparseForward::rows`] and [`SparseForward::channel_keep`].
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use super::selector::ChannelSelector;
+
+/// Which flattened token rows (`batch * seq`, row-major) take the dense path and which the sparse
+/// one (SPEC 6: the answer tokens stay dense).
+///
+/// The sparse path runs on every row and the few dense rows are then recomputed densely and
+/// written over it (in the paper's workloads 3 or 128 of every 512 tokens are dense). Gathering
+/// the sparse rows out and scattering them back would cost two full copies of the activation per
+/// block, and burn's row scatter (`select_assign`) runs one thread per column, looping over the
+/// rows: 0.8 ms per call at 4096 x 4096 on an H200, 200 ms per LLaMA3-8B step (docs/perf.md).
+#[derive(Debug, Clone)]
+pub struct TokenSplit<B: Backend> {
+    /// The dense rows and two `[n, 1]` f32 columns, 1 on the dense rows and 1 on the sparse rows
+    /// (made once per batch, not per block); `None` when no row is dense (no zero-size buffer is
+    /// ever allocated: cubecl-cuda 0.10 cannot allocate one, and the failed allocation leaves a
+    /// handle that panics its device thread at every later use).
+    dense: Option<DenseRows<B>>,
+    n_dense: usize,
+    n_sparse: usize,
+}
+
+impl<B: Backend> TokenSplit<B> {
+    /// From a row-major `[batch * seq]` mask, true where the token takes the dense path.
+    pub fn from_dense_mask(dense: &[bool], device: &B::Device) -> Self {
+        let rows: Vec<i64> = (0..dense.len() as i64)
+            .filter(|&i| dense[i as usize])
+            .collect();
+        let (n_dense, n) = (rows.len(), dense.len());
+        let column = |want: bool| -> Tensor<B, 2> {
+            let values: Vec<f32> = dense
+                .iter()
+                .map(|&d| f32::from(u8::from(d == want)))
+                .collect();
+            Tensor::from_data(TensorData::new(values, [n, 1]), device)
+        };
+        Self {
+            dense: (n_dense > 0).then(|| DenseRows {
+                rows: Tensor::from_data(TensorData::new(rows, [n_dense]), device),
+                is_dense: column(true),
+                is_sparse: column(false),
+            }),
+            n_dense,
+            n_sparse: n - n_dense,
+        }
+    }
+
+    /// Rows on the dense path.
+    pub fn n_dense(&self) -> usize {
+        self.n_dense
+    }
+
+    /// Rows on the sparse path.
+    pub fn n_sparse(&self) -> usize {
+        self.n_sparse
+    }
+
+    /// `sparse_fn` on the rows of the sparse path and `dense_fn` on those of the dense path of
+    /// `x` (`[n, in]`), in row order (`[n, out]`). `sparse_fn` sees every row (see the type's
+    /// doc); `dense_fn` only the dense ones.
+    pub fn apply(
+        &self,
+        x: Tensor<B, 2>,
+        sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+        dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let Some(DenseRows {
+            rows, is_sparse, ..
+        }) = &self.dense
+        else {
+            return sparse_fn(x);
+        };
+        if self.n_sparse == 0 {
+            return dense_fn(x);
+        }
+        let dense = dense_fn(x.clone().select(0, rows.clone()));
+        let sparse = sparse_fn(x);
+        // Rows of `sparse` kept where the column is 0, replaced by `dense` where it is 1: exact
+        // (x * 1 + 0, x * 0 + d), and the scatter moves only the dense rows.
+        let keep = is_sparse.clone().cast(sparse.dtype());
+        let written = sparse.zeros_like().select_assign(
+            0,
+            rows.clone(),
+            dense,
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        sparse * keep + written
+    }
+
+    /// The factor that zeroes the channels outside `kept` on the sparse rows of an `[n, width]`
+    /// activation, in `dtype`: `[n, width]` (dense rows keep every channel), or `[1, width]`
+    /// when every row is sparse.
+    pub fn channel_keep(
+        &self,
+        kept: &Tensor<B, 1, Int>,
+        width: usize,
+        dtype: burn::tensor::DType,
+    ) -> Tensor<B, 2> {
+        match &self.dense {
+            None => kept_channels_row(kept, width, dtype),
+            Some(_) if self.n_sparse == 0 => Tensor::ones([1, width], (&kept.device(), dtype)),
+            Some(DenseRows { is_dense, .. }) => {
+                let n = self.n_dense + self.n_sparse;
+                let channels = sparse_ops::channel_mask(kept.clone(), width).reshape([1, width]);
+                is_dense
+                    .clone()
+                    .expand([n, width])
+                    .max_pair(channels.expand([n, width]))
+                    .cast(dtype)
+            }
+        }
+    }
+}
+
+/// `[1, width]` in `dtype`: 1 on the channels `kept`, 0 elsewhere.
+fn kept_channels_row<B: Backend>(
+    kept: &Tensor<B, 1, Int>,
+    width: usize,
+    dtype: burn::tensor::DType,
+) -> Tensor<B, 2> {
+    sparse_ops::channel_mask(kept.clone(), width)
+        .reshape([1, width])
+        .cast(dtype)
+}
+
+/// The dense rows of a [`TokenSplit`].
+#[derive(Debug, Clone)]
+struct DenseRows<B: Backend> {
+    /// Their indices, `[n_dense]`.
+    rows: Tensor<B, 1, Int>,
+    /// `[n, 1]` f32, 1 on the dense rows.
+    is_dense: Tensor<B, 2>,
+    /// `[n, 1]` f32, 1 on the sparse rows.
+    is_sparse: Tensor<B, 2>,
+}
+
+/// What a sparse forward pass needs besides the batch.
+pub struct SparseForward<'a, B: Backend> {
+    /// Chooses the channels of each layer.
+    pub selector: &'a dyn ChannelSelector<B>,
+    /// Tokens on the dense path (the answer tokens); `None` sends every token through the sparse
+    /// path (as the GLUE configuration does).
+    pub split: Option<TokenSplit<B>>,
+    /// Reference-compat: no input gradient through the frozen base of a sliced projection that
+    /// carries an adapter (the official code's behaviour; only the adapter's input gradient flows).
+    pub drop_sliced_input_grad: bool,
+}
+
+impl<B: Backend> SparseForward<'_, B> {
+    /// Runs `sparse_fn` / `dense_fn` on the token rows of each path (all rows sparse without a
+    /// split); see [`TokenSplit::apply`]. A block's sparse forward computes its sliced
+    /// projections inside `sparse_fn` and its dense ones inside `dense_fn`.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]` (`n = batch * seq`, row-major), output `[n, out]`
+    pub fn rows(
+        &self,
+        x: Tensor<B, 2>,
+        sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+        dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        match &self.split {
+            Some(split) => split.apply(x, sparse_fn, dense_fn),
+            None => sparse_fn(x),
+        }
+    }
+
+    /// The factor that zeroes the channels outside `kept` on the sparse token rows, for the
+    /// masked-dense forwards (`LoraLinear::forward_out_masked`, `forward_in_masked`); see
+    /// [`TokenSplit::channel_keep`]. `[1, width]` without a split.
+    pub fn channel_keep(
+        &self,
+        kept: &Tensor<B, 1, Int>,
+        width: usize,
+        dtype: burn::tensor::DType,
+    ) -> Tensor<B, 2> {
+        match &self.split {
+            Some(split) => split.channel_keep(kept, width, dtype),
+            None => kept_channels_row(kept, width, dtype),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestBackend = burn::backend::Flex;
+
+    #[test]
+    fn split_puts_dense_rows_back_in_row_order() {
+        let device = Default::default();
+        let split =
+            TokenSplit::<TestBackend>::from_dense_mask(&[false, true, false, true], &device);
+        assert_eq!((split.n_dense(), split.n_sparse()), (2, 2));
+        let x = Tensor::<TestBackend, 2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [4, 1]),
+            &device,
+        );
+        // Sparse rows negated, dense rows doubled.
+        let y = split.apply(x, |x| -x, |x| x * 2.0);
+        let values: Vec<f32> = y.into_data().convert::<f32>().into_vec().unwrap();
+        assert_eq!(values, [-1.0, 4.0, -3.0, 8.0]);
+
+        // Dense rows keep every channel; sparse rows only the kept ones.
+        let kept =
+            Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![2i64], [1]), &device);
+        let keep = split.channel_keep(&kept, 3, burn::tensor::DType::F32);
+        let values: Vec<f32> = keep.into_data().convert::<f32>().into_vec().unwrap();
+        let sparse_row = [0.0, 0.0, 1.0];
+        let dense_row = [1.0, 1.0, 1.0];
+        assert_eq!(
+            values,
+            [sparse_row, dense_row, sparse_row, dense_row].concat()
+        );
+    }
+}
