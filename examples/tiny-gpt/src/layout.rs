@@ -35,6 +35,9 @@ impl ModelLayout for TinyGptConfig {
 
 impl<B: Backend> TinyGpt<B> {
     /// The projection `which` of block `layer`.
+    ///
+    /// # Panics
+    /// If `layer` is past the last block.
     pub fn estimated(&self, layer: usize, which: EstimatedProjection) -> &LoraLinear<B> {
         let block = &self.h[layer];
         match which {

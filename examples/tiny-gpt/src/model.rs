@@ -94,7 +94,7 @@ impl<B: Backend> ModuleVisitor<B> for DrawNow {
 
 impl<B: Backend> TinyGpt<B> {
     /// Logits of every position, dense or through SparseLoRA's hook (`sparse`). Positions count
-    /// from 0 at the first (possibly padded) token.
+    /// from 0 at the first (possibly padded) token, so `seq` may not exceed `max_seq_len`.
     ///
     /// # Shapes
     /// - `input_ids`, `tokens`: `[batch, seq]` (`tokens` false on padding)
