@@ -321,36 +321,24 @@ impl DeviceGemm {
         stream: drvs::CUstream,
         workspace: drvs::CUdeviceptr,
     ) -> lts::cublasLtMatmulAlgo_t {
-        let flags = drvs::CUevent_flags::CU_EVENT_DEFAULT;
-        let (start, end) = match (drv::event::create(flags), drv::event::create(flags)) {
-            (Ok(start), Ok(end)) => (start, end),
-            (start, end) => {
-                for event in [start, end].into_iter().flatten() {
-                    let _ = drv::event::destroy(event);
-                }
-                return plan.candidates[0];
-            }
-        };
         let mut best = (f32::INFINITY, plan.candidates[0]);
         for algo in &plan.candidates {
-            let timed = (|| -> Result<f32, GemmError> {
-                self.enqueue(plan, algo, ptrs, stream, workspace)?;
-                drv::event::record(start, stream).map_err(driver("cuEventRecord"))?;
-                for _ in 0..TUNING_LAUNCHES {
-                    self.enqueue(plan, algo, ptrs, stream, workspace)?;
-                }
-                drv::event::record(end, stream).map_err(driver("cuEventRecord"))?;
-                drv::event::synchronize(end).map_err(driver("cuEventSynchronize"))?;
-                drv::event::elapsed(start, end).map_err(driver("cuEventElapsedTime"))
-            })();
+            let timed = self
+                .enqueue(plan, algo, ptrs, stream, workspace)
+                .and_then(|()| {
+                    time_on_stream(stream, || {
+                        for _ in 0..TUNING_LAUNCHES {
+                            self.enqueue(plan, algo, ptrs, stream, workspace)?;
+                        }
+                        Ok(())
+                    })
+                });
             if let Ok(ms) = timed {
                 if ms < best.0 {
                     best = (ms, *algo);
                 }
             }
         }
-        let _ = drv::event::destroy(start);
-        let _ = drv::event::destroy(end);
         best.1
     }
 
@@ -398,29 +386,46 @@ impl DeviceGemm {
         iters: usize,
     ) -> Result<f64, GemmError> {
         self.launch(problem, dtype, ptrs)?; // plan and warm-up outside the timed span
-        let flags = drvs::CUevent_flags::CU_EVENT_DEFAULT;
-        let start = drv::event::create(flags).map_err(driver("cuEventCreate"))?;
-        let end = drv::event::create(flags).map_err(driver("cuEventCreate"));
-        let end = match end {
-            Ok(end) => end,
-            Err(e) => {
-                let _ = drv::event::destroy(start);
-                return Err(e);
-            }
-        };
-        let timed = (|| {
-            drv::event::record(start, self.stream).map_err(driver("cuEventRecord"))?;
+        let stream = self.stream;
+        let ms = time_on_stream(stream, || {
             for _ in 0..iters {
                 self.launch(problem, dtype, ptrs)?;
             }
-            drv::event::record(end, self.stream).map_err(driver("cuEventRecord"))?;
-            drv::event::synchronize(end).map_err(driver("cuEventSynchronize"))?;
-            drv::event::elapsed(start, end).map_err(driver("cuEventElapsedTime"))
-        })();
-        let _ = drv::event::destroy(start);
-        let _ = drv::event::destroy(end);
-        Ok(timed? as f64 * 1e-3 / iters.max(1) as f64)
+            Ok(())
+        })?;
+        Ok(ms as f64 * 1e-3 / iters.max(1) as f64)
     }
+}
+
+/// Milliseconds of device time that the work `enqueue` puts on `stream` takes, between two CUDA
+/// events, which the host waits for.
+///
+/// # Safety
+/// `stream` must be a live stream of the current context, and `enqueue` must only enqueue work
+/// that is safe to run there.
+unsafe fn time_on_stream(
+    stream: drvs::CUstream,
+    enqueue: impl FnOnce() -> Result<(), GemmError>,
+) -> Result<f32, GemmError> {
+    let flags = drvs::CUevent_flags::CU_EVENT_DEFAULT;
+    let start = drv::event::create(flags).map_err(driver("cuEventCreate"))?;
+    let end = match drv::event::create(flags).map_err(driver("cuEventCreate")) {
+        Ok(end) => end,
+        Err(e) => {
+            let _ = drv::event::destroy(start);
+            return Err(e);
+        }
+    };
+    let timed = (|| {
+        drv::event::record(start, stream).map_err(driver("cuEventRecord"))?;
+        enqueue()?;
+        drv::event::record(end, stream).map_err(driver("cuEventRecord"))?;
+        drv::event::synchronize(end).map_err(driver("cuEventSynchronize"))?;
+        drv::event::elapsed(start, end).map_err(driver("cuEventElapsedTime"))
+    })();
+    let _ = drv::event::destroy(start);
+    let _ = drv::event::destroy(end);
+    timed
 }
 
 /// How many of cuBLASLt's heuristic candidates a plan times on its first launch.
