@@ -8,7 +8,9 @@
 # A RUN is `peft:<workload>`, `dense:<workload>` or `sparse:<workload>:<config.toml>`, optionally
 # prefixed with `env=VAR=value,` (e.g. `env=SPARSELORA_STREAM_ORDER=0,dense:csr`); the model is
 # $MODEL (default llama3-8b). With SVD_CACHE=FILE the sparse runs share one file of SVD factors
-# (`--svd-cache`: the random model's factors are built by the first sparse run only).
+# (`--svd-cache`: the random model's factors are built by the first sparse run only). With
+# HOST_PROFILE=1 each of our runs also writes a host profile (`--host-profile`, docs/perf.md) into
+# the archive; the binary must keep its symbol table (not `strip`ped) for readable names.
 set -uo pipefail
 XTASK=$1 PEER=$2 OUT=$3
 shift 3
@@ -43,6 +45,9 @@ for run in "$@"; do
     *) echo "unknown run $run"; status=1; continue ;;
   esac
   if [ "$kind" != peft ] && [ -f "$work/peft.jsonl" ]; then cmd+=(--peft "$work/peft.jsonl"); fi
+  if [ "$kind" != peft ] && [ -n "${HOST_PROFILE:-}" ]; then
+    cmd+=(--host-profile "${log%.log}.host-profile.txt")
+  fi
   env "${envs[@]}" PYTHONUNBUFFERED=1 timeout "${RUN_TIMEOUT:-240}" "${cmd[@]}" 2>&1 | tee "$log" | tail -n 25
   rc=${PIPESTATUS[0]}
   echo "=== $run: exit $rc ==="

@@ -3,6 +3,7 @@
 mod gemm;
 #[cfg(feature = "cuda")]
 mod gemm_check;
+mod host_profile;
 mod shapes;
 mod step;
 mod svd;

@@ -119,6 +119,11 @@ pub struct StepBench {
     /// figures for the same model and workload are stored beside ours, with the ratios.
     #[arg(long)]
     pub peft: Option<PathBuf>,
+    /// After the measured steps, run `--steps` more (no synchronisation) under a sampling
+    /// profiler of the host and write its report to this file (and the folded stacks beside it,
+    /// `.folded`): where the CPU time of a launch-bound step goes.
+    #[arg(long)]
+    pub host_profile: Option<PathBuf>,
     /// A label stored in the result.
     #[arg(long, default_value = "")]
     pub tag: String,
@@ -390,6 +395,16 @@ impl StepBench {
             for step in first..first + self.steps.min(BREAKDOWN_STEPS) {
                 stepper.step(step, true)?;
             }
+        }
+        if let Some(path) = &self.host_profile {
+            let first = self.warmup + self.steps + unsynced + BREAKDOWN_STEPS;
+            let profile = super::host_profile::HostProfile::start()?;
+            for step in first..first + self.steps {
+                stepper.step(step, false)?;
+            }
+            sync::<B>(device)?;
+            profile.finish(path, self.steps)?;
+            println!("host profile: {}", path.display());
         }
         memory.check_not_exhausted(peak_bytes)?;
         let losses: Vec<f64> = losses
