@@ -140,7 +140,7 @@ fn render(
         *folded.entry(line).or_default() += count;
     }
     let mut threads: Vec<_> = threads.into_iter().collect();
-    threads.sort_by(|a, b| b.1.cmp(&a.1));
+    threads.sort_by_key(|t| std::cmp::Reverse(t.1));
     let mut out = String::new();
     let steps_f = steps.max(1) as f64;
     let _ = writeln!(
