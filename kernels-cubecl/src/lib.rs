@@ -60,6 +60,7 @@ mod dispatch;
 pub mod adamw;
 pub mod attention;
 pub mod causal_softmax;
+pub mod channel_mask;
 pub mod channel_scatter;
 pub mod cross_entropy;
 pub mod rms_norm;
@@ -80,6 +81,7 @@ pub use top_k::top_k;
 pub mod reference {
     pub use crate::attention::reference::causal_attention;
     pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
+    pub use crate::channel_mask::reference::{keep_mask, mask_channels};
     pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
     pub use crate::cross_entropy::reference::row_nll;
     pub use crate::rms_norm::reference::rms_norm;

@@ -201,6 +201,30 @@ fn scatter_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device
     ]
 }
 
+fn mask_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
+    // q_proj of a csr-config block: 3276 of 4096 channels kept over 4096 tokens, the last 3
+    // tokens of each 512-token sequence dense (the answer tokens).
+    let (rows, width) = (4096, 4096);
+    let kept_cols: Vec<i64> = (0..width as i64).filter(|c| c % 5 != 2).collect();
+    let k = kept_cols.len();
+    let x = load::<B, 2>(&data([rows, width], 18, 1.0, 0.1), dtype, device).require_grad();
+    let r = load::<B, 2>(&data([rows, width], 19, 1.0, 0.0), dtype, device);
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(kept_cols, [k]), device);
+    let dense: Vec<f32> = (0..rows)
+        .map(|r| f32::from(u8::from(r % 512 >= 509)))
+        .collect();
+    let dense = Tensor::<B, 1>::from_data(TensorData::new(dense, [rows]), (device, DType::F32));
+    let out = if fused {
+        let keep = kernels_cubecl::channel_mask::keep_mask(idx, width, dtype);
+        kernels_cubecl::channel_mask::mask_channels(x.clone(), keep, Some(dense))
+    } else {
+        let keep = reference::keep_mask(idx, width, dtype);
+        reference::mask_channels(x.clone(), keep, Some(dense))
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(x.grad(&grads).unwrap())]
+}
+
 /// Runs `cuda` (fused and reference, in each dtype) against `flex` (f32 reference); the fused
 /// error must stay within `tol` of the dtype and within twice the same-dtype reference's.
 fn check(name: &str, cuda: Run<AC>, flex: Run<AF>) {
@@ -288,6 +312,13 @@ fn cross_entropy_on_cuda() {
 fn channel_scatter_on_cuda() {
     // The position map (2 launches), the pass over the output, the gather backward.
     check_launches("channel_scatter", scatter_run::<AC>, scatter_run::<AF>, 4);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn channel_mask_on_cuda() {
+    // The keep vector (2 launches), the masked pass forward and backward.
+    check_launches("channel_mask", mask_run::<AC>, mask_run::<AF>, 4);
 }
 
 /// Channel scores with ties (many more once rounded to bf16), zeros of both signs, a NaN and a

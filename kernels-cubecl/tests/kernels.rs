@@ -13,8 +13,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{data, random, serial};
 
 use kernels_cubecl::{
-    causal_attention, causal_softmax, channel_scatter, cross_entropy, fused_available,
-    fused_launches, reference, rms_norm, rope, sequence_mean, swiglu, top_k,
+    causal_attention, causal_softmax, channel_mask, channel_scatter, cross_entropy,
+    fused_available, fused_launches, reference, rms_norm, rope, sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -683,6 +683,94 @@ fn channel_scatter_matches_reference() {
     scatter_case(33, 1000, &(0..1000).step_by(7).collect::<Vec<_>>(), 102);
     scatter_case(2, 9, &[4], 103);
     scatter_case(3, 6, &[5, 4, 3, 2, 1, 0], 104); // every column
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel mask (masked-dense SparseLoRA projections)
+
+fn dense_rows<B: Backend>(rows: &[bool], device: &B::Device) -> Tensor<B, 1> {
+    let values: Vec<f32> = rows.iter().map(|&d| f32::from(u8::from(d))).collect();
+    Tensor::from_data(TensorData::new(values, [rows.len()]), device)
+}
+
+fn mask_case(rows: usize, width: usize, kept_cols: &[i64], dense: Option<&[bool]>, seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let x = data([rows, width], seed, 1.0, 0.1);
+    let r = data([rows, width], seed + 1, 1.0, 0.0);
+    let what = format!(
+        "mask rows={rows} width={width} k={} dense={}",
+        kept_cols.len(),
+        dense.is_some()
+    );
+    let f32_ = burn::tensor::DType::F32;
+
+    // The keep vector: two launches, exactly the reference's 0/1 values.
+    let keep_w = launches(2, &what, || {
+        channel_mask::keep_mask(targets::<W>(kept_cols, &dw), width, f32_)
+    });
+    let keep_f = reference::keep_mask(targets::<Flex>(kept_cols, &df), width, f32_);
+    assert_eq!(
+        keep_w.clone().into_data().to_vec::<f32>().unwrap(),
+        keep_f.clone().into_data().to_vec::<f32>().unwrap(),
+        "{what}: keep vector"
+    );
+
+    // Plain forward: one launch.
+    let fused = launches(1, &what, || {
+        channel_mask::mask_channels(
+            tensor::<W, 2>(&x, &dw),
+            keep_w.clone(),
+            dense.map(|d| dense_rows::<W>(d, &dw)),
+        )
+    });
+    let expected = reference::mask_channels(
+        tensor::<Flex, 2>(&x, &df),
+        keep_f.clone(),
+        dense.map(|d| dense_rows::<Flex>(d, &df)),
+    );
+    assert_close(fused, expected, &what);
+
+    // Autodiff: one launch forward, one backward, the input gradient masked the same way.
+    let keep_aw = channel_mask::keep_mask(targets::<AW>(kept_cols, &dw), width, f32_);
+    let xw = tensor::<AW, 2>(&x, &dw).require_grad();
+    let out = launches(1, &what, || {
+        channel_mask::mask_channels(
+            xw.clone(),
+            keep_aw.clone(),
+            dense.map(|d| dense_rows::<AW>(d, &dw)),
+        )
+    });
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let keep_af = reference::keep_mask(targets::<AF>(kept_cols, &df), width, f32_);
+    let xf = tensor::<AF, 2>(&x, &df).require_grad();
+    let out_ref =
+        reference::mask_channels(xf.clone(), keep_af, dense.map(|d| dense_rows::<AF>(d, &df)));
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("{what} autodiff"));
+    assert_close(
+        xw.grad(&grads).unwrap(),
+        xf.grad(&grads_ref).unwrap(),
+        &format!("{what} dx"),
+    );
+}
+
+#[test]
+fn channel_mask_matches_reference() {
+    let _serial = serial();
+    mask_case(5, 16, &[3, 0, 15, 7], None, 111); // unsorted, both ends, vectorised
+    mask_case(
+        6,
+        9,
+        &[4, 8],
+        Some(&[false, true, false, false, true, false]),
+        112,
+    ); // odd width
+    let every_seventh: Vec<i64> = (0..1000).step_by(7).collect();
+    let dense: Vec<bool> = (0..33).map(|r| r % 11 == 10).collect();
+    mask_case(33, 1000, &every_seventh, Some(&dense), 113);
+    mask_case(3, 6, &[5, 4, 3, 2, 1, 0], Some(&[true, true, true]), 114); // every column, row
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ impl<B: Backend> LlamaAttention<B> {
         let masked = |p: &LoraLinear<B>, idx: &Tensor<B, 1, Int>| {
             let width = p.dims().0;
             let keep = sparse.channel_keep(idx, width, dtype);
-            p.forward_out_masked(rows.clone(), keep, drop)
+            p.forward_out_masked(rows.clone(), &keep, drop)
                 .reshape([b, s, width])
         };
         let q = masked(&self.q_proj, &channels.q);
@@ -132,7 +132,7 @@ impl<B: Backend> LlamaAttention<B> {
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);
         self.o_proj
-            .forward_in_masked(out.reshape([b * s, width]), keep, drop)
+            .forward_in_masked(out.reshape([b * s, width]), &keep, drop)
             .reshape([b, s, self.o_proj.dims().0])
     }
 

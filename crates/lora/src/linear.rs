@@ -13,6 +13,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 use crate::adapter::LoraAdapter;
 use crate::error::LoraError;
+use crate::sparse::ChannelKeep;
 
 /// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
 #[derive(Module, Debug)]
@@ -87,37 +88,36 @@ impl<B: Backend> LoraLinear<B> {
         self.add_adapter(base, x)
     }
 
-    /// SparseLoRA output slicing in masked-dense form (q/k/v): the full base product times
-    /// `keep` (`[n, out]` or `[1, out]`, 1 on the kept channels of each row), plus the dense
-    /// adapter output. The same values and gradients as [`Self::forward_out_sliced`]; cheaper when
+    /// SparseLoRA output slicing in masked-dense form (q/k/v): the full base product with the
+    /// channels `keep` drops zeroed on its sparse rows, plus the dense adapter output. The same values and gradients as [`Self::forward_out_sliced`]; cheaper when
     /// most channels are kept, since it needs no gather of the weight and no scatter to full width.
     ///
     /// # Shapes
-    /// - `x`: `[n, in]`, `keep`: `[n, out]` or `[1, out]`, output `[n, out]`
+    /// - `x`: `[n, in]`, `keep` over `out` channels, output `[n, out]`
     pub fn forward_out_masked(
         &self,
         x: Tensor<B, 2>,
-        keep: Tensor<B, 2>,
+        keep: &ChannelKeep<B>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
         let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let base = sparse_ops::linear(base_input, self.weight.val()) * keep;
+        let base = keep.apply(sparse_ops::linear(base_input, self.weight.val()));
         self.add_adapter(base, x)
     }
 
-    /// SparseLoRA input slicing in masked-dense form (o): the base reads `x * keep` (`keep`:
-    /// `[n, in]` or `[1, in]`), the adapter all of `x`. The same values and gradients as
+    /// SparseLoRA input slicing in masked-dense form (o): the base reads `x` with the channels
+    /// `keep` drops zeroed on its sparse rows, the adapter all of `x`. The same values and gradients as
     /// [`Self::forward_in_sliced`].
     ///
     /// # Shapes
-    /// - `x`: `[n, in]`, `keep`: `[n, in]` or `[1, in]`, output `[n, out]`
+    /// - `x`: `[n, in]`, `keep` over `in` channels, output `[n, out]`
     pub fn forward_in_masked(
         &self,
         x: Tensor<B, 2>,
-        keep: Tensor<B, 2>,
+        keep: &ChannelKeep<B>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        let base_input = self.base_input(x.clone(), drop_base_input_grad) * keep;
+        let base_input = keep.apply(self.base_input(x.clone(), drop_base_input_grad));
         let base = sparse_ops::linear(base_input, self.weight.val());
         self.add_adapter(base, x)
     }

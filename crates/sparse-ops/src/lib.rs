@@ -12,6 +12,9 @@ pub mod cublaslt;
 mod linear;
 mod sliced;
 
+// The masked-dense form of a channel slice: a keep vector and the masking pass (kernels on
+// burn-wgpu/burn-cuda, burn ops elsewhere).
+pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
 pub use linear::{linear, matmul_batched, SeamMatmul};
 pub use sliced::{
     channel_mask, linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels,

@@ -71,22 +71,10 @@ pub fn scatter_channels<B: Backend, const D: usize>(
 }
 
 /// A `[width]` f32 mask, 1 on the channels `idx` and 0 elsewhere: the masked-dense form of a
-/// channel slice (`y * mask` keeps what [`linear_out_sliced`] computes, in place).
-///
-/// Built by comparing every channel with every index (`[width, k]`, a few MB) rather than by a
-/// scatter, because burn's cubecl scatter into a vector runs on one thread.
+/// channel slice (`y * mask` keeps what [`linear_out_sliced`] computes, in place). Two tiny
+/// kernels on burn-wgpu/burn-cuda ([`kernels_cubecl::channel_mask::keep_mask`]).
 pub fn channel_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize) -> Tensor<B, 1> {
-    let [k] = idx.dims();
-    let device = idx.device();
-    let channels = Tensor::<B, 1, Int>::arange(0..width as i64, &device)
-        .reshape([width, 1])
-        .expand([width, k]);
-    channels
-        .equal(idx.reshape([1, k]).expand([width, k]))
-        .any_dim(1)
-        .reshape([width])
-        .float()
-        .cast(burn::tensor::DType::F32)
+    kernels_cubecl::channel_mask::keep_mask(idx, width, burn::tensor::DType::F32)
 }
 
 #[cfg(test)]

@@ -79,8 +79,8 @@ impl<B: Backend> CausalSelfAttention<B> {
         let (dtype, drop) = (x.dtype(), sparse.drop_sliced_input_grad);
         let rows = x.reshape([b * s, d]);
         let masked = |p: &LoraLinear<B>, kept| {
-            let keep = sparse.channel_keep(kept, d, dtype); // [b * s, d] or [1, d]
-            p.forward_out_masked(rows.clone(), keep, drop)
+            let keep = sparse.channel_keep(kept, d, dtype);
+            p.forward_out_masked(rows.clone(), &keep, drop)
                 .reshape([b, s, d])
         };
         let q = masked(&self.q_proj, &channels.q);
@@ -89,7 +89,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         let heads = self.attend(q, k, v, tokens).reshape([b * s, d]);
         let keep = sparse.channel_keep(&channels.o, d, dtype);
         self.o_proj
-            .forward_in_masked(heads, keep, drop)
+            .forward_in_masked(heads, &keep, drop)
             .reshape([b, s, d])
     }
 

@@ -92,40 +92,64 @@ impl<B: Backend> TokenSplit<B> {
         sparse * keep + written
     }
 
-    /// The factor that zeroes the channels outside `kept` on the sparse rows of an `[n, width]`
-    /// activation, in `dtype`: `[n, width]` (dense rows keep every channel), or `[1, width]`
-    /// when every row is sparse.
+    /// What zeroes the channels outside `kept` on the sparse rows of an `[n, width]` activation
+    /// in `dtype` (the dense rows keep every channel).
     pub fn channel_keep(
         &self,
         kept: &Tensor<B, 1, Int>,
         width: usize,
         dtype: burn::tensor::DType,
-    ) -> Tensor<B, 2> {
+    ) -> ChannelKeep<B> {
+        let keep = || sparse_ops::keep_mask(kept.clone(), width, dtype);
         match &self.dense {
-            None => kept_channels_row(kept, width, dtype),
-            Some(_) if self.n_sparse == 0 => Tensor::ones([1, width], (&kept.device(), dtype)),
+            None => ChannelKeep::new(keep(), None),
+            Some(_) if self.n_sparse == 0 => ChannelKeep::all(),
             Some(DenseRows { is_dense, .. }) => {
                 let n = self.n_dense + self.n_sparse;
-                let channels = sparse_ops::channel_mask(kept.clone(), width).reshape([1, width]);
-                is_dense
-                    .clone()
-                    .expand([n, width])
-                    .max_pair(channels.expand([n, width]))
-                    .cast(dtype)
+                ChannelKeep::new(keep(), Some(is_dense.clone().reshape([n])))
             }
         }
     }
 }
 
-/// `[1, width]` in `dtype`: 1 on the channels `kept`, 0 elsewhere.
-fn kept_channels_row<B: Backend>(
-    kept: &Tensor<B, 1, Int>,
-    width: usize,
-    dtype: burn::tensor::DType,
-) -> Tensor<B, 2> {
-    sparse_ops::channel_mask(kept.clone(), width)
-        .reshape([1, width])
-        .cast(dtype)
+/// Which channels a masked-dense projection keeps on which token rows
+/// ([`SparseForward::channel_keep`]): applied to an `[n, width]` activation it zeroes the
+/// channels outside the kept set on the sparse rows and leaves the dense rows whole, exactly
+/// (a 0/1 factor), with the same masking of the gradient. On burn-wgpu/burn-cuda one kernel
+/// (`sparse_ops::mask_channels`): no `[n, width]` mask is ever built.
+#[derive(Debug, Clone)]
+pub struct ChannelKeep<B: Backend> {
+    /// `[width]` 0/1 in the activation's dtype; `None` when every row is dense.
+    keep: Option<Tensor<B, 1>>,
+    /// `[n]` f32, 1 on the dense rows; `None` when every row is sparse.
+    dense_rows: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ChannelKeep<B> {
+    /// The channels `keep` (`[width]`, 0/1) on every row, or on the rows where `dense_rows`
+    /// (`[n]` f32) is 0.
+    pub fn new(keep: Tensor<B, 1>, dense_rows: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            keep: Some(keep),
+            dense_rows,
+        }
+    }
+
+    /// Every channel on every row (all rows dense).
+    pub fn all() -> Self {
+        Self {
+            keep: None,
+            dense_rows: None,
+        }
+    }
+
+    /// `x` (`[n, width]`) with the dropped channels zeroed on the sparse rows.
+    pub fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.keep {
+            Some(keep) => sparse_ops::mask_channels(x, keep.clone(), self.dense_rows.clone()),
+            None => x,
+        }
+    }
 }
 
 /// The dense rows of a [`TokenSplit`].
@@ -170,18 +194,18 @@ impl<B: Backend> SparseForward<'_, B> {
         }
     }
 
-    /// The factor that zeroes the channels outside `kept` on the sparse token rows, for the
-    /// masked-dense forwards (`LoraLinear::forward_out_masked`, `forward_in_masked`); see
-    /// [`TokenSplit::channel_keep`]. `[1, width]` without a split.
+    /// What zeroes the channels outside `kept` on the sparse token rows, for the masked-dense
+    /// forwards (`LoraLinear::forward_out_masked`, `forward_in_masked`); see
+    /// [`TokenSplit::channel_keep`]. Every row sparse without a split.
     pub fn channel_keep(
         &self,
         kept: &Tensor<B, 1, Int>,
         width: usize,
         dtype: burn::tensor::DType,
-    ) -> Tensor<B, 2> {
+    ) -> ChannelKeep<B> {
         match &self.split {
             Some(split) => split.channel_keep(kept, width, dtype),
-            None => kept_channels_row(kept, width, dtype),
+            None => ChannelKeep::new(sparse_ops::keep_mask(kept.clone(), width, dtype), None),
         }
     }
 }
@@ -211,7 +235,13 @@ mod tests {
         let kept =
             Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![2i64], [1]), &device);
         let keep = split.channel_keep(&kept, 3, burn::tensor::DType::F32);
-        let values: Vec<f32> = keep.into_data().convert::<f32>().into_vec().unwrap();
+        let ones = Tensor::<TestBackend, 2>::ones([4, 3], &device);
+        let values: Vec<f32> = keep
+            .apply(ones)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
         let sparse_row = [0.0, 0.0, 1.0];
         let dense_row = [1.0, 1.0, 1.0];
         assert_eq!(

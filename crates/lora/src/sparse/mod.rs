@@ -29,6 +29,6 @@ mod forward;
 mod plan;
 mod selector;
 
-pub use forward::{SparseForward, TokenSplit};
+pub use forward::{ChannelKeep, SparseForward, TokenSplit};
 pub use plan::{kept_channels, Block, LayerSparsity, SparsityPlan, SparsityPlanError};
 pub use selector::{AttentionProjections, AttnChannels, ChannelSelector, MlpProjections};
