@@ -13,6 +13,7 @@
 //! | [`rope`] | two slices, negation, concatenation, `x * cos + rot * sin` (and the copy of a strided `x`) | ~6 → 1 | `cos`, `sin` |
 //! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype |
 //! | [`top_k`] | `argsort_descending` (a host read-back on burn-cubecl) and `narrow` | read-back + sort + upload → 1 launch | nothing (int output) |
+//! | [`gather_padded`] | `select` of a frozen weight's kept rows/columns and `cat` of zeros | 2 → 1 | nothing (frozen weight, no backward) |
 //!
 //! The last matters most for memory: the model's attention builds an f32 `[b, h, s, kv]` score
 //! tensor (and an f32 mask of `[b, 1, s, kv]`), and autodiff keeps f32 intermediates of that size
@@ -63,6 +64,7 @@ pub mod causal_softmax;
 pub mod channel_mask;
 pub mod channel_scatter;
 pub mod cross_entropy;
+pub mod gather_padded;
 pub mod rms_norm;
 pub mod rope;
 pub mod sequence_mean;
@@ -84,6 +86,7 @@ pub mod reference {
     pub use crate::channel_mask::reference::{keep_mask, mask_channels};
     pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
     pub use crate::cross_entropy::reference::row_nll;
+    pub use crate::gather_padded::reference::{gather_columns_padded, gather_rows_padded};
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;
     pub use crate::sequence_mean::reference::sequence_means;

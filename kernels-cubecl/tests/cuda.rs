@@ -1,7 +1,7 @@
 //! The fused kernels on burn-cuda in f32, f16 and bf16 (feature `cuda`, on a machine with an NVIDIA
 //! GPU): forward and gradients against the f32 reference on Flex, and against the reference run on
 //! burn-cuda in the same dtype (which rounds after every op). Top-k must give exactly the
-//! reference's indices, in f32 and bf16.
+//! reference's indices, in f32 and bf16; the padded gathers exactly the reference's values.
 //!
 //! The feature is on in every workspace build that includes `xtask` (its default `cuda` feature
 //! unifies), so the tests are `#[ignore]`d: CI machines have no GPU. On the GPU machine:
@@ -415,5 +415,39 @@ fn sequence_means_on_cuda() {
         let err = rel_l2(&fused, &expected);
         println!("sequence_means {dtype:?}: rel. err {err:.2e}");
         assert!(err <= tol, "sequence_means {dtype:?}: rel. err {err:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn gather_padded_on_cuda() {
+    use kernels_cubecl::gather_padded::{gather_columns_padded, gather_rows_padded};
+    let _serial = serial();
+    // 143 of LLaMA3-8B's 14336 MLP channels padded to 144: gate/up's rows, down's columns.
+    let (ff, d, padded) = (14336, 4096, 144);
+    let kept: Vec<i64> = (0..143).map(|i| (i * 9973 + 17) % ff as i64).collect();
+    let device = Default::default();
+    let idx = || Tensor::<AC, 1, Int>::from_data(TensorData::new(kept.clone(), [143]), &device);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let gate = load::<AC, 2>(&data([ff, d], 22, 1.0, 0.0), dtype, &device);
+        let down = load::<AC, 2>(&data([d, ff], 23, 1.0, 0.0), dtype, &device);
+        let before = fused_launches();
+        let rows = gather_rows_padded(gate.clone(), idx(), padded);
+        let cols = gather_columns_padded(down.clone(), idx(), padded);
+        assert_eq!(
+            fused_launches() - before,
+            2,
+            "gather padded {dtype:?}: launches"
+        );
+        assert_eq!(
+            values(rows),
+            values(reference::gather_rows_padded(gate, idx(), padded)),
+            "gather_rows_padded {dtype:?}"
+        );
+        assert_eq!(
+            values(cols),
+            values(reference::gather_columns_padded(down, idx(), padded)),
+            "gather_columns_padded {dtype:?}"
+        );
     }
 }

@@ -14,7 +14,8 @@ use common::{data, random, serial};
 
 use kernels_cubecl::{
     causal_attention, causal_softmax, channel_mask, channel_scatter, cross_entropy,
-    fused_available, fused_launches, reference, rms_norm, rope, sequence_mean, swiglu, top_k,
+    fused_available, fused_launches, gather_padded, reference, rms_norm, rope, sequence_mean,
+    swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -774,6 +775,92 @@ fn channel_mask_matches_reference() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Padded gathers (a frozen weight's kept rows/columns, then zero ones)
+
+fn values<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn gather_padded_case(rows: usize, cols: usize, kept: &[i64], len: usize, seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let k = kept.len();
+    let weight = data([rows, cols], seed, 1.0, 0.1);
+    let what = format!("gather padded [{rows}, {cols}] k={k} to {len}");
+
+    // Rows: the kept values copied exactly, zeros after them; one launch, plain or autodiff.
+    let fused = launches(1, &what, || {
+        gather_padded::gather_rows_padded(tensor::<W, 2>(&weight, &dw), targets(kept, &dw), len)
+    });
+    let expected =
+        reference::gather_rows_padded(tensor::<Flex, 2>(&weight, &df), targets(kept, &df), len);
+    assert_eq!(fused.dims(), [len, cols], "{what} rows: shape");
+    let expected = values(expected);
+    assert_eq!(values(fused), expected, "{what} rows");
+    assert!(expected[k * cols..].iter().all(|&v| v == 0.0));
+    let fused = launches(1, &what, || {
+        gather_padded::gather_rows_padded(tensor::<AW, 2>(&weight, &dw), targets(kept, &dw), len)
+    });
+    assert!(!fused.clone().into_primitive().tensor().is_tracked());
+    assert_eq!(values(fused), expected, "{what} rows autodiff");
+
+    // Columns.
+    let fused = launches(1, &what, || {
+        gather_padded::gather_columns_padded(tensor::<W, 2>(&weight, &dw), targets(kept, &dw), len)
+    });
+    let expected =
+        reference::gather_columns_padded(tensor::<Flex, 2>(&weight, &df), targets(kept, &df), len);
+    assert_eq!(fused.dims(), [rows, len], "{what} columns: shape");
+    let expected = values(expected);
+    assert_eq!(values(fused), expected, "{what} columns");
+    assert!(expected
+        .chunks(len)
+        .all(|row| row[k..].iter().all(|&v| v == 0.0)));
+    let fused = launches(1, &what, || {
+        gather_padded::gather_columns_padded(tensor::<AW, 2>(&weight, &dw), targets(kept, &dw), len)
+    });
+    assert!(!fused.clone().into_primitive().tensor().is_tracked());
+    assert_eq!(values(fused), expected, "{what} columns autodiff");
+}
+
+#[test]
+fn gather_padded_matches_reference_exactly() {
+    let _serial = serial();
+    gather_padded_case(40, 24, &[3, 0, 23, 7, 12], 8, 111); // unsorted, the last column
+    gather_padded_case(100, 1000, &(0..100).step_by(3).collect::<Vec<_>>(), 40, 112); // vectors
+    gather_padded_case(7, 9, &[6, 2, 4, 0, 1, 5, 3], 7, 113); // every index, no padding
+    gather_padded_case(33, 143, &[32], 8, 114); // odd width, one index
+}
+
+#[test]
+fn gather_padded_of_a_trainable_weight_takes_reference() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let (rows, cols, kept, len) = (12, 10, [9i64, 2, 5], 8);
+    let weight = data([rows, cols], 115, 1.0, 0.0);
+    let r = data([len, len], 116, 1.0, 0.0);
+    let ww = tensor::<AW, 2>(&weight, &dw).require_grad();
+    let wf = tensor::<AF, 2>(&weight, &df).require_grad();
+    // Rows and columns of one weight (`[len, cols]` x `[cols, len]`), so both gradients count.
+    let (out, grads) = launches(0, "trainable weight", || {
+        let out = gather_padded::gather_rows_padded(ww.clone(), targets(&kept, &dw), len).matmul(
+            gather_padded::gather_columns_padded(ww.clone().transpose(), targets(&kept, &dw), len),
+        );
+        let grads = (out.clone() * tensor(&r, &dw)).sum().backward();
+        (out, grads)
+    });
+    let out_ref = reference::gather_rows_padded(wf.clone(), targets(&kept, &df), len).matmul(
+        reference::gather_columns_padded(wf.clone().transpose(), targets(&kept, &df), len),
+    );
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, "trainable weight: output");
+    assert_close(
+        ww.grad(&grads).unwrap(),
+        wf.grad(&grads_ref).unwrap(),
+        "trainable weight: gradient",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sequence means (the estimator's MLP input)
 
 fn sequence_mean_case(b: usize, s: usize, d: usize, invalid: &[&[usize]], seed: u64) {
@@ -1030,6 +1117,19 @@ fn flex_runs_the_references() {
         assert_eq!(
             causal_softmax(tensor(&scores, &df), valid(), 0.5).into_data(),
             reference::causal_softmax(tensor(&scores, &df), valid(), 0.5).into_data(),
+        );
+
+        let (rows, cols) = (
+            || targets::<Flex>(&[2, 0], &df),
+            || targets(&[39, 0, 7], &df),
+        );
+        same(
+            gather_padded::gather_rows_padded(tensor(&x, &df), rows(), 8),
+            reference::gather_rows_padded(tensor(&x, &df), rows(), 8),
+        );
+        same(
+            gather_padded::gather_columns_padded(tensor(&x, &df), cols(), 8),
+            reference::gather_columns_padded(tensor(&x, &df), cols(), 8),
         );
 
         let channels = TensorData::new(channel_scores(100, 95), [100]);

@@ -47,9 +47,10 @@ impl<B: Backend> LlamaMlp<B> {
     }
 
     /// The MLP on the intermediate channels `idx` only (SPEC 5). With no adapter on any of its
-    /// projections the block stays compact end to end (gate/up produce `k` channels, down reads
-    /// them); otherwise gate/up are sliced and scattered to full width so their adapters can add
-    /// on top, and down's base reads only `idx` while its adapter reads everything.
+    /// projections the block stays compact end to end (gate/up produce `k` channels, padded with
+    /// zero channels to [`sparse_ops::padded_width`], down reads them); otherwise gate/up are
+    /// sliced and scattered to full width so their adapters can add on top, and down's base reads
+    /// only `idx` while its adapter reads everything.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]`, `idx`: `[k]` in `0..d_ff`, output `[batch, seq, d_model]`
@@ -64,15 +65,18 @@ impl<B: Backend> LlamaMlp<B> {
         let compact = [&self.gate_proj, &self.up_proj, &self.down_proj]
             .iter()
             .all(|p| p.lora.is_none());
+        // The compact products run on the kept width rounded up to a multiple of 8 (aligned
+        // GEMM layouts): the extra channels are zero in gate and up, so silu(0) * 0 = 0 in the
+        // hidden state, and meet zero columns of down; the output and dX are unchanged.
+        let width = sparse_ops::padded_width(idx.dims()[0]);
         let sparse_rows = |x: Tensor<B, 2>| {
             if compact {
-                let gate = sparse_ops::linear_out_sliced(
-                    x.clone(),
-                    self.gate_proj.weight.val(),
-                    idx.clone(),
-                );
-                let up = sparse_ops::linear_out_sliced(x, self.up_proj.weight.val(), idx.clone());
-                sparse_ops::linear_in_compact(
+                let (gate, up) = (self.gate_proj.weight.val(), self.up_proj.weight.val());
+                // [n, width], zero from channel k on
+                let gate =
+                    sparse_ops::linear_out_sliced_padded(x.clone(), gate, idx.clone(), width);
+                let up = sparse_ops::linear_out_sliced_padded(x, up, idx.clone(), width);
+                sparse_ops::linear_in_compact_padded(
                     swiglu(gate, up),
                     self.down_proj.weight.val(),
                     idx.clone(),
@@ -87,5 +91,79 @@ impl<B: Backend> LlamaMlp<B> {
         sparse
             .rows(x.reshape([b * s, d]), sparse_rows, |x| self.forward(x))
             .reshape([b, s, d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Bool, Distribution, TensorData, Tolerance};
+    use lora::sparse::{AttentionProjections, AttnChannels, ChannelSelector};
+
+    type TestBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+    /// `forward_sparse` is handed its channels; the selector is never asked.
+    struct Unused;
+
+    impl<B: Backend> ChannelSelector<B> for Unused {
+        fn attention(
+            &self,
+            _: usize,
+            _: AttentionProjections<'_, B>,
+            _: Tensor<B, 3>,
+            _: Tensor<B, 2, Bool>,
+        ) -> Option<AttnChannels<B>> {
+            unreachable!()
+        }
+
+        fn mlp(
+            &self,
+            _: usize,
+            _: MlpProjections<'_, B>,
+            _: Tensor<B, 3>,
+            _: Tensor<B, 2, Bool>,
+        ) -> Option<Tensor<B, 1, Int>> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn compact_sparse_mlp_at_padded_width_matches_unpadded_products() {
+        let device = Default::default();
+        let config = LlamaConfig::preset("tiny").unwrap();
+        let mlp = LlamaMlp::<TestBackend>::new(&config, &device);
+        let (d, ff) = (config.hidden_size, config.intermediate_size);
+        // 37 of the 176 channels, scrambled: padded to 40.
+        let kept: Vec<i64> = (0..37).map(|i| (i * 53 + 11) % ff as i64).collect();
+        let idx = Tensor::<TestBackend, 1, Int>::from_data(
+            TensorData::new(kept.clone(), [kept.len()]),
+            &device,
+        );
+        let x =
+            Tensor::<TestBackend, 3>::random([2, 5, d], Distribution::Normal(0.0, 1.0), &device);
+        let dy =
+            Tensor::<TestBackend, 3>::random([2, 5, d], Distribution::Normal(0.0, 1.0), &device);
+        let sparse = SparseForward {
+            selector: &Unused,
+            split: None,
+            drop_sliced_input_grad: false,
+        };
+
+        let x1 = x.clone().require_grad();
+        let y = mlp.forward_sparse(x1.clone(), &idx, &sparse);
+        let dx = x1.grad(&(y.clone() * dy.clone()).sum().backward()).unwrap();
+
+        let x2 = x.require_grad();
+        let gate =
+            sparse_ops::linear_out_sliced(x2.clone(), mlp.gate_proj.weight.val(), idx.clone());
+        let up = sparse_ops::linear_out_sliced(x2.clone(), mlp.up_proj.weight.val(), idx.clone());
+        let y_ref =
+            sparse_ops::linear_in_compact(swiglu(gate, up), mlp.down_proj.weight.val(), idx);
+        let dx_ref = x2.grad(&(y_ref.clone() * dy).sum().backward()).unwrap();
+
+        y.into_data()
+            .assert_approx_eq::<f32>(&y_ref.into_data(), Tolerance::default());
+        dx.into_data()
+            .assert_approx_eq::<f32>(&dx_ref.into_data(), Tolerance::default());
     }
 }

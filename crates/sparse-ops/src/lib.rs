@@ -17,5 +17,6 @@ mod sliced;
 pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
 pub use linear::{linear, matmul_batched, SeamMatmul};
 pub use sliced::{
-    channel_mask, linear_in_compact, linear_in_sliced, linear_out_sliced, scatter_channels,
+    channel_mask, linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,
+    linear_out_sliced_padded, padded_width, scatter_channels,
 };

@@ -52,6 +52,64 @@ pub fn linear_in_compact<B: Backend, const D: usize>(
     linear(x_kept, weight.select(1, idx))
 }
 
+/// The width a compact sliced product over `k` kept channels runs at: `k` rounded up to a
+/// multiple of 8, the extra channels zero.
+///
+/// A row of `k` bf16 values is 16-byte aligned only when `k` is a multiple of 8; cuBLASLt's
+/// vectorised kernels need 16-byte aligned leading dimensions, and without them the H200 ran the
+/// 143- and 819-wide slices at 0.78-0.85x torch (docs/perf.md). Zero channels change no result
+/// (see [`linear_out_sliced_padded`] and [`linear_in_compact_padded`]).
+pub fn padded_width(k: usize) -> usize {
+    k.next_multiple_of(8)
+}
+
+/// [`linear_out_sliced`] on `width_out >= k` output channels: the `k` kept ones, then
+/// `width_out - k` zero channels (the product with zero rows of the gathered weight).
+///
+/// Under an autodiff backend the input gradient equals [`linear_out_sliced`]'s: the zero rows add
+/// nothing to `dX = dY_padded W_padded`. The gather ([`kernels_cubecl::gather_padded`]) is one
+/// launch on burn-wgpu/burn-cuda and, for a frozen weight, carries no gradient.
+///
+/// # Shapes
+/// - `x`: `[..., in]`, `weight`: `[out, in]`, `idx`: `[k]` (indices into `0..out`)
+/// - output: `[..., width_out]`, zero from channel `k` on
+///
+/// # Panics
+/// If `k > width_out`.
+pub fn linear_out_sliced_padded<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+    width_out: usize,
+) -> Tensor<B, D> {
+    linear(
+        x,
+        kernels_cubecl::gather_padded::gather_rows_padded(weight, idx, width_out),
+    )
+}
+
+/// [`linear_in_compact`] on an input padded past its `k` kept channels (as
+/// [`linear_out_sliced_padded`] makes it): the padding meets zero columns of the gathered weight,
+/// so it adds nothing to the output and gets a zero gradient.
+///
+/// # Shapes
+/// - `x_kept`: `[..., width]` (`width >= k`), `weight`: `[out, in]`, `idx`: `[k]`
+/// - output: `[..., out]`
+///
+/// # Panics
+/// If `k > width`.
+pub fn linear_in_compact_padded<B: Backend, const D: usize>(
+    x_kept: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+) -> Tensor<B, D> {
+    let width = x_kept.dims()[D - 1];
+    linear(
+        x_kept,
+        kernels_cubecl::gather_padded::gather_columns_padded(weight, idx, width),
+    )
+}
+
 /// Writes `kept` (`[..., k]`) into the channels `idx` of a zero tensor of width `width`
 /// (`[..., width]`): the sliced output in place, e.g. to add a full-width LoRA output to it.
 ///
@@ -142,6 +200,70 @@ mod tests {
         let dx_ref = x2.grad(&grads).unwrap();
         dx.into_data()
             .assert_approx_eq::<f32>(&dx_ref.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn padded_width_rounds_up_to_a_multiple_of_8() {
+        let widths: Vec<usize> = [0, 1, 8, 143, 256, 819, 3276].map(padded_width).into();
+        assert_eq!(widths, [0, 8, 8, 144, 256, 824, 3280]);
+    }
+
+    #[test]
+    fn padded_chain_matches_unpadded_forward_and_input_gradient() {
+        // k = 5 kept intermediate channels of 11, padded to 8.
+        let (x, w_up, w_down) = (
+            random([2, 3, 6]).require_grad(),
+            random([11, 6]),
+            random([4, 11]),
+        );
+        let kept = [7i64, 0, 10, 3, 5];
+        let width = padded_width(kept.len());
+        assert_eq!(width, 8);
+        let dy = random([2, 3, 4]);
+
+        let hidden = linear_out_sliced_padded(x.clone(), w_up.clone(), idx(&kept), width);
+        assert_eq!(hidden.dims(), [2, 3, width]);
+        let padding: Vec<f32> = hidden
+            .clone()
+            .slice([0..2, 0..3, kept.len()..width])
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(padding.iter().all(|&v| v == 0.0), "padding: {padding:?}");
+        let y = linear_in_compact_padded(hidden.clone(), w_down.clone(), idx(&kept));
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+
+        let x2 = x.detach().require_grad();
+        let hidden_ref = linear_out_sliced(x2.clone(), w_up, idx(&kept));
+        hidden
+            .slice([0..2, 0..3, 0..kept.len()])
+            .into_data()
+            .assert_approx_eq::<f32>(&hidden_ref.clone().into_data(), Tolerance::default());
+        let y_ref = linear_in_compact(hidden_ref, w_down, idx(&kept));
+        y.into_data()
+            .assert_approx_eq::<f32>(&y_ref.clone().into_data(), Tolerance::default());
+        let grads = (y_ref * dy).sum().backward();
+        dx.into_data()
+            .assert_approx_eq::<f32>(&x2.grad(&grads).unwrap().into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn padded_output_slice_input_gradient_matches_unpadded() {
+        // The padded channels' output gradient is nonzero here: their weight rows, not the
+        // gradient, keep them out of dX.
+        let (x, w) = (random([2, 3, 6]).require_grad(), random([9, 6]));
+        let kept = [8i64, 1, 4];
+        let y = linear_out_sliced_padded(x.clone(), w.clone(), idx(&kept), 8);
+        let dy = random([2, 3, 8]);
+        let grads = (y * dy.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+
+        let x2 = x.detach().require_grad();
+        let y_ref = linear_out_sliced(x2.clone(), w, idx(&kept));
+        let grads = (y_ref * dy.slice([0..2, 0..3, 0..3])).sum().backward();
+        dx.into_data()
+            .assert_approx_eq::<f32>(&x2.grad(&grads).unwrap().into_data(), Tolerance::default());
     }
 
     #[test]

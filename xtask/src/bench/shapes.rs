@@ -4,6 +4,7 @@
 //! so both sides time the same products.
 
 use serde_json::{json, Value};
+use sparse_ops::padded_width;
 
 const HIDDEN: usize = 4096;
 const KV: usize = 1024;
@@ -73,6 +74,15 @@ fn projection(
     });
 }
 
+/// A sliced shape's name: the kept width, and the padded width it runs at where they differ
+/// (`143->144`).
+fn sliced_name(kept: usize) -> String {
+    match padded_width(kept) {
+        width if width == kept => kept.to_string(),
+        width => format!("{kept}->{width}"),
+    }
+}
+
 /// Every shape, in the order they are timed.
 pub fn llama3_8b(tokens: usize) -> Vec<GemmShape> {
     let mut shapes = Vec::new();
@@ -85,24 +95,30 @@ pub fn llama3_8b(tokens: usize) -> Vec<GemmShape> {
     ] {
         projection(s, "dense", name, d_out, d_in, tokens);
     }
-    // Output slicing keeps rows of W (gate/up/q/k/v); input slicing keeps columns (down/o).
+    // Output slicing keeps rows of W (gate/up/q/k/v); input slicing keeps columns (down/o). The
+    // products run on the kept width padded with zero channels to a multiple of 8
+    // ([`padded_width`]), as the compact MLP does; the attention's sliced products will
+    // take the same rule when they exist, so k/v/q/o are padded here too.
     for kept in [143, 430, 716] {
+        let (name, width) = (sliced_name(kept), padded_width(kept));
         projection(
             s,
             "sliced",
-            &format!("gate/up[{kept}]"),
-            kept,
+            &format!("gate/up[{name}]"),
+            width,
             HIDDEN,
             tokens,
         );
-        projection(s, "sliced", &format!("down[{kept}]"), HIDDEN, kept, tokens);
+        projection(s, "sliced", &format!("down[{name}]"), HIDDEN, width, tokens);
     }
     for kept in [256, 819] {
-        projection(s, "sliced", &format!("k/v[{kept}]"), kept, HIDDEN, tokens);
+        let (name, width) = (sliced_name(kept), padded_width(kept));
+        projection(s, "sliced", &format!("k/v[{name}]"), width, HIDDEN, tokens);
     }
     for kept in [1024, 3276] {
-        projection(s, "sliced", &format!("q[{kept}]"), kept, HIDDEN, tokens);
-        projection(s, "sliced", &format!("o[{kept}]"), HIDDEN, kept, tokens);
+        let (name, width) = (sliced_name(kept), padded_width(kept));
+        projection(s, "sliced", &format!("q[{name}]"), width, HIDDEN, tokens);
+        projection(s, "sliced", &format!("o[{name}]"), HIDDEN, width, tokens);
     }
     // LoRA: A is [r, in], B is [out, r].
     for d_in in [HIDDEN, MLP] {
@@ -149,5 +165,23 @@ mod tests {
             (down_dgrad.n, down_dgrad.k, down_dgrad.weight_dims()),
             (14336, 4096, [4096, 14336])
         );
+    }
+
+    #[test]
+    fn sliced_widths_are_padded_to_multiples_of_8() {
+        let shapes = llama3_8b(4096);
+        let sliced: Vec<_> = shapes.iter().filter(|s| s.group == "sliced").collect();
+        assert!(sliced.iter().all(|s| s.n % 8 == 0 && s.k % 8 == 0));
+        let down = sliced
+            .iter()
+            .find(|s| s.name == "down[143->144] fwd")
+            .unwrap();
+        assert_eq!((down.m, down.n, down.k), (4096, 4096, 144));
+        let kv = sliced
+            .iter()
+            .find(|s| s.name == "k/v[819->824] dgrad")
+            .unwrap();
+        assert_eq!((kv.n, kv.k, kv.weight_dims()), (4096, 824, [824, 4096]));
+        assert!(sliced.iter().any(|s| s.name == "k/v[256] fwd"));
     }
 }
