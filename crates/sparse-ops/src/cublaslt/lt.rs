@@ -428,8 +428,22 @@ unsafe fn time_on_stream(
     timed
 }
 
-/// How many of cuBLASLt's heuristic candidates a plan times on its first launch.
-const CANDIDATES: usize = 8;
+/// How many of cuBLASLt's heuristic candidates a plan times on its first launch, at most: the
+/// padded sliced products (widths 144, 432) found no candidate within 0.9x of PyTorch among the
+/// first 8 on the H200 (docs/perf.md). `SPARSELORA_GEMM_CANDIDATES=n` changes it (1-64).
+const CANDIDATES: usize = 32;
+
+/// [`CANDIDATES`], or `SPARSELORA_GEMM_CANDIDATES` when set to a number in 1..=64.
+fn candidates() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::env::var("SPARSELORA_GEMM_CANDIDATES")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| (1..=64).contains(n))
+            .unwrap_or(CANDIDATES)
+    })
+}
 
 /// Launches per candidate when timing them (after one untimed launch each).
 const TUNING_LAUNCHES: usize = 3;
@@ -446,7 +460,7 @@ fn autotune_disabled() -> bool {
 /// The heuristic's first guess is not always the fastest: on the sparse step's shapes with an
 /// odd width (143 or 819 kept channels, leading dimensions that are not multiples of 8) it ran at
 /// 0.76-0.88x of PyTorch on the H200 (`bench gemm`, docs/perf.md), so each plan times up to
-/// [`CANDIDATES`] of them once, on the real operands, and keeps the fastest.
+/// [`candidates()`] of them once, on the real operands, and keeps the fastest.
 pub(crate) struct Plan {
     desc: lts::cublasLtMatmulDesc_t,
     first: lts::cublasLtMatrixLayout_t,
@@ -541,7 +555,8 @@ impl Plan {
                 "cublasLtMatmulPreferenceSetAttribute",
             )?;
         }
-        let mut results = [std::mem::zeroed::<lts::cublasLtMatmulHeuristicResult_t>(); CANDIDATES];
+        let wanted = candidates();
+        let mut results = vec![std::mem::zeroed::<lts::cublasLtMatmulHeuristicResult_t>(); wanted];
         let mut found = 0i32;
         lts::cublasLtMatmulAlgoGetHeuristic(
             handle,
@@ -551,13 +566,13 @@ impl Plan {
             plan.d,
             plan.d,
             pref.0,
-            CANDIDATES as i32,
+            wanted as i32,
             results.as_mut_ptr(),
             &mut found,
         )
         .result()
         .map_err(cublas("cublasLtMatmulAlgoGetHeuristic"))?;
-        plan.candidates = results[..(found.max(0) as usize).min(CANDIDATES)]
+        plan.candidates = results[..(found.max(0) as usize).min(wanted)]
             .iter()
             .filter(|r| {
                 r.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS
