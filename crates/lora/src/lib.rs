@@ -22,6 +22,7 @@
 
 pub mod adapter;
 pub mod base;
+mod channel_keep;
 pub mod config;
 pub mod error;
 pub mod linear;

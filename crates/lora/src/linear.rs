@@ -12,8 +12,8 @@ use burn::tensor::cast::ToElement;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 use crate::adapter::LoraAdapter;
+use crate::channel_keep::ChannelKeep;
 use crate::error::LoraError;
-use crate::sparse::ChannelKeep;
 
 /// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
 #[derive(Module, Debug)]

@@ -5,6 +5,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use super::selector::ChannelSelector;
+use crate::channel_keep::ChannelKeep;
 
 /// Which flattened token rows (`batch * seq`, row-major) take the dense path and which the sparse
 /// one (SPEC 6: the answer tokens stay dense).
@@ -108,46 +109,6 @@ impl<B: Backend> TokenSplit<B> {
                 let n = self.n_dense + self.n_sparse;
                 ChannelKeep::new(keep(), Some(is_dense.clone().reshape([n])))
             }
-        }
-    }
-}
-
-/// Which channels a masked-dense projection keeps on which token rows
-/// ([`SparseForward::channel_keep`]): applied to an `[n, width]` activation it zeroes the
-/// channels outside the kept set on the sparse rows and leaves the dense rows whole, exactly
-/// (a 0/1 factor), with the same masking of the gradient. On burn-wgpu/burn-cuda one kernel
-/// (`sparse_ops::mask_channels`): no `[n, width]` mask is ever built.
-#[derive(Debug, Clone)]
-pub struct ChannelKeep<B: Backend> {
-    /// `[width]` 0/1 in the activation's dtype; `None` when every row is dense.
-    keep: Option<Tensor<B, 1>>,
-    /// `[n]` f32, 1 on the dense rows; `None` when every row is sparse.
-    dense_rows: Option<Tensor<B, 1>>,
-}
-
-impl<B: Backend> ChannelKeep<B> {
-    /// The channels `keep` (`[width]`, 0/1) on every row, or on the rows where `dense_rows`
-    /// (`[n]` f32) is 0.
-    pub fn new(keep: Tensor<B, 1>, dense_rows: Option<Tensor<B, 1>>) -> Self {
-        Self {
-            keep: Some(keep),
-            dense_rows,
-        }
-    }
-
-    /// Every channel on every row (all rows dense).
-    pub fn all() -> Self {
-        Self {
-            keep: None,
-            dense_rows: None,
-        }
-    }
-
-    /// `x` (`[n, width]`) with the dropped channels zeroed on the sparse rows.
-    pub fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match &self.keep {
-            Some(keep) => sparse_ops::mask_channels(x, keep.clone(), self.dense_rows.clone()),
-            None => x,
         }
     }
 }

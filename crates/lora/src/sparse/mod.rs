@@ -29,6 +29,7 @@ mod forward;
 mod plan;
 mod selector;
 
-pub use forward::{ChannelKeep, SparseForward, TokenSplit};
+pub use crate::channel_keep::ChannelKeep;
+pub use forward::{SparseForward, TokenSplit};
 pub use plan::{kept_channels, Block, LayerSparsity, SparsityPlan, SparsityPlanError};
 pub use selector::{AttentionProjections, AttnChannels, ChannelSelector, MlpProjections};
