@@ -11,6 +11,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 
 use super::kernel;
 use crate::dispatch::Cube;
+use crate::gather_padded::kernel::gather_columns;
 
 /// Backward of `out = scatter(kept, idx)`: `dkept = dout[:, idx]`.
 #[derive(Debug)]
@@ -23,10 +24,7 @@ impl<C: Cube> Backward<C, 1> for ScatterBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let idx = ops.state;
         unary::<C, _>(ops.parents, ops.node, grads, |dout| {
-            C::float_from(kernel::gather_columns(
-                C::float_into(dout),
-                C::int_into(idx),
-            ))
+            C::float_from(kept_columns(C::float_into(dout), C::int_into(idx)))
         });
     }
 }
@@ -44,13 +42,22 @@ impl<C: Cube> Backward<C, 2> for ScatterAddBackward {
         let dout = grads.consume::<C>(&ops.node);
         let [base_node, kept_node] = ops.parents;
         if let Some(node) = kept_node {
-            let dkept = kernel::gather_columns(C::float_into(dout.clone()), C::int_into(idx));
+            let dkept = kept_columns(C::float_into(dout.clone()), C::int_into(idx));
             grads.register::<C>(node.id, C::float_from(dkept));
         }
         if let Some(node) = base_node {
             grads.register::<C>(node.id, dout);
         }
     }
+}
+
+/// `dout`'s columns `idx`, contiguous `[rows, k]`: the padded gather with no padding.
+fn kept_columns<R: burn_cubecl::CubeRuntime>(
+    dout: burn_cubecl::tensor::CubeTensor<R>,
+    idx: burn_cubecl::tensor::CubeTensor<R>,
+) -> burn_cubecl::tensor::CubeTensor<R> {
+    let k = idx.meta.shape()[0];
+    gather_columns(dout, idx, k)
 }
 
 /// The fused `scatter(kept, idx)` (tracked or not).

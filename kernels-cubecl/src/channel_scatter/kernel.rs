@@ -1,6 +1,6 @@
 //! The column scatter kernels: a column -> kept-position map (`-1` where a column is not kept),
-//! then one pass over the output that reads `base` and the kept value of its column; the backward
-//! gathers the output gradient's kept columns.
+//! then one pass over the output that reads `base` and the kept value of its column. The backward
+//! gathers the output gradient's kept columns with `gather_padded`'s kernel (no padding).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -64,26 +64,6 @@ fn scatter_forward_kernel<F: Float>(
         value += kept[r * k + usize::cast_from(p)];
     }
     out[at] = value;
-}
-
-/// `dkept[r, j] = dout[r, idx[j]]`.
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn gather_columns_kernel<F: Float, M: Int>(
-    dout: &Tensor<F>,
-    idx: &Tensor<M>,
-    dkept: &mut Tensor<F>,
-    rows: usize,
-    width: usize,
-    k: usize,
-    #[define(F, M)] _dtypes: [StorageType; 2],
-) {
-    let at = ABSOLUTE_POS;
-    if at >= rows * k {
-        terminate!();
-    }
-    let (r, j) = (at / k, at % k);
-    let c = usize::cast_from(idx[j * idx.stride(0)]);
-    dkept[at] = dout[r * width + c];
 }
 
 /// The column -> kept-position map of `idx` over `width` columns, `[width]` i32.
@@ -172,44 +152,4 @@ pub(crate) fn forward<R: CubeRuntime>(
         )
     };
     out
-}
-
-/// The kept values' gradient: `dout`'s columns `idx`, contiguous `[rows, k]`.
-pub(crate) fn gather_columns<R: CubeRuntime>(
-    dout: CubeTensor<R>,
-    idx: CubeTensor<R>,
-) -> CubeTensor<R> {
-    let dout = into_contiguous(dout);
-    let (rows, width) = (dout.meta.shape()[0], dout.meta.shape()[1]);
-    let k = idx.meta.shape()[0];
-    let dtype = dout.dtype;
-    let dkept = empty_device_contiguous_dtype(
-        dout.client.clone(),
-        dout.device.clone(),
-        Shape::new([rows, k]),
-        dtype,
-    );
-    let client = dout.client.clone();
-    let (dim, count) = elementwise_launch(&dkept, (rows * k).max(1));
-    let address = address_type(&[&dout, &idx, &dkept]);
-    let dtypes = [dtype.into(), idx.dtype.into()];
-    count_launch();
-    // SAFETY: `at < rows * k` indexes `dkept`; `idx[j] < width`, so `r * width + c` indexes
-    // `dout`.
-    unsafe {
-        gather_columns_kernel::launch_unchecked::<R>(
-            &client,
-            count,
-            dim,
-            address,
-            dout.into_tensor_arg(),
-            idx.into_tensor_arg(),
-            dkept.clone().into_tensor_arg(),
-            rows,
-            width,
-            k,
-            dtypes,
-        )
-    };
-    dkept
 }

@@ -12,7 +12,7 @@
 //! gradient, or was computed from one that does) takes the [reference](reference), whose
 //! `select` and `cat` carry the gradient back to it.
 
-mod kernel;
+pub(crate) mod kernel;
 pub mod reference;
 
 use burn::backend::Autodiff;
