@@ -14,6 +14,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use crate::adapter::LoraAdapter;
 use crate::channel_keep::ChannelKeep;
 use crate::error::LoraError;
+use sparse_ops::FrozenBase;
 
 /// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
 #[derive(Module, Debug)]
@@ -44,10 +45,22 @@ impl<B: Backend> LoraLinear<B> {
     /// # Shapes
     /// - `x`: `[..., in]`, output `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.lora.is_none() {
+        let Some(lora) = &self.lora else {
             return sparse_ops::linear(x, self.weight.val());
+        };
+        let weight = self.weight.val();
+        let same_dtype = x.dtype() == weight.dtype();
+        if let Some((a, b)) = lora.compute_weights(x.dtype()).filter(|_| same_dtype) {
+            // The base product and the update in one op (their add done by the GEMMs).
+            let mut dims = x.dims();
+            let d_in = dims[D - 1];
+            let rows = dims[..D - 1].iter().product();
+            dims[D - 1] = weight.dims()[0];
+            let x = x.reshape([rows, d_in]);
+            let y = sparse_ops::lora_linear(FrozenBase::Weight(weight), x, a, b, lora.scaling);
+            return y.reshape(dims);
         }
-        let base = sparse_ops::linear(x.clone(), self.weight.val());
+        let base = sparse_ops::linear(x.clone(), weight);
         self.add_adapter(base, x)
     }
 
@@ -130,11 +143,21 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    /// `base + adapter(x)`, summed in f32 (and cast back) when their dtypes differ.
+    /// `base + adapter(x)`: one op adding the update onto `base` where the dtypes allow (see
+    /// [`sparse_ops::lora_linear`]), else summed in f32 (and cast back) when their dtypes differ.
     fn add_adapter<const D: usize>(&self, base: Tensor<B, D>, x: Tensor<B, D>) -> Tensor<B, D> {
         let Some(lora) = &self.lora else {
             return base;
         };
+        let same_dtype = base.dtype() == x.dtype();
+        if let Some((a, b)) = lora.compute_weights(x.dtype()).filter(|_| same_dtype) {
+            let (dims, d_in) = (base.dims(), x.dims()[D - 1]);
+            let rows = dims[..D - 1].iter().product();
+            let base = base.reshape([rows, dims[D - 1]]);
+            let x = x.reshape([rows, d_in]);
+            let y = sparse_ops::lora_linear(FrozenBase::Output(base), x, a, b, lora.scaling);
+            return y.reshape(dims);
+        }
         let update = lora.forward(x);
         let dtype = base.dtype();
         if dtype == update.dtype() {

@@ -9,13 +9,16 @@
 
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
+mod frozen_base;
 mod linear;
+pub mod lora;
 mod sliced;
 
 // The masked-dense form of a channel slice: a keep vector and the masking pass (kernels on
 // burn-wgpu/burn-cuda, burn ops elsewhere).
 pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
 pub use linear::{linear, matmul_batched, SeamMatmul};
+pub use lora::{lora_linear, FrozenBase};
 pub use sliced::{
     channel_mask, linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,
     linear_out_sliced_padded, padded_width, scatter_channels,

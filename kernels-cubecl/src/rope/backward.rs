@@ -23,17 +23,19 @@ use crate::dispatch::Cube;
 pub(super) struct RopeBackward;
 
 impl<C: Cube> Backward<C, 1> for RopeBackward {
-    /// `(cos, sin)`.
-    type State = (FloatTensor<C>, FloatTensor<C>);
+    /// `(cos, sin, whether the forward's x was a sequence-major view)`: `dx` is written in the
+    /// layout `x` had, so that it goes back through the view without a copy.
+    type State = (FloatTensor<C>, FloatTensor<C>, bool);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (cos, sin) = ops.state;
+        let (cos, sin, sequence_major) = ops.state;
         unary::<C, _>(ops.parents, ops.node, grads, |dy| {
             C::float_from(kernel::launch(
                 C::float_into(dy),
                 C::float_into(cos),
                 C::float_into(sin),
                 true,
+                sequence_major,
             ))
         });
     }
@@ -46,10 +48,13 @@ pub(super) fn forward<C: Cube>(
     cos: FloatTensor<C>,
     sin: FloatTensor<C>,
 ) -> FloatTensor<Autodiff<C>> {
+    let x_inner = C::float_into(x.primitive);
+    let sequence_major = kernel::is_sequence_major(&x_inner);
     let out = C::float_from(kernel::launch(
-        C::float_into(x.primitive),
+        x_inner,
         C::float_into(cos.clone()),
         C::float_into(sin.clone()),
+        false,
         false,
     ));
     match <RopeBackward as Backward<C, 1>>::prepare::<NoCheckpointing>(
@@ -59,7 +64,7 @@ pub(super) fn forward<C: Cube>(
     .compute_bound()
     .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((cos, sin), out),
+        OpsKind::Tracked(prep) => prep.finish((cos, sin, sequence_major), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }

@@ -8,6 +8,17 @@ use cubecl::prelude::*;
 
 use crate::common::{address_type, count_launch, elementwise_launch, vector_size};
 
+/// Whether `x` (`[b, h, s, hd]`) is a view of a contiguous `[b, s, h, hd]`: the model's
+/// `reshape([b, s, h, hd]).swap_dims(1, 2)` of a projection's output.
+pub(crate) fn is_sequence_major<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+    let (shape, strides) = (x.meta.shape(), x.meta.strides());
+    let (seq, heads, hd) = (shape[2], shape[1], shape[3]);
+    strides[3] == 1
+        && strides[1] == hd
+        && strides[2] == heads * hd
+        && strides[0] == seq * heads * hd
+}
+
 /// Forward (`transpose = false`), per pair `lo = x[j]`, `hi = x[j + half]`:
 /// `out[j] = lo cos[j] - hi sin[j]`, `out[j + half] = hi cos[j + half] + lo sin[j + half]`.
 ///
@@ -15,8 +26,8 @@ use crate::common::{address_type, count_launch, elementwise_launch, vector_size}
 /// `out[j] = lo cos[j] + hi sin[j + half]`, `out[j + half] = hi cos[j + half] - lo sin[j]`.
 ///
 /// `x`: `[b, h, s, hd]`, any strides (unit stride on `hd` when `N > 1`); `cos`, `sin`:
-/// `[b or 1, 1, s, hd]`, any strides; `out`: `[b, h, s, hd]`
-/// contiguous; `cos_batch`, `sin_batch`: the batch strides of `cos` and `sin` (0 for a batch of
+/// `[b or 1, 1, s, hd]`, any strides; `out`: `[b, h, s, hd]` with a unit stride on `hd`
+/// (contiguous, or stored `[b, s, h, hd]`: see [`launch`]); `cos_batch`, `sin_batch`: the batch strides of `cos` and `sin` (0 for a batch of
 /// one). `units = b h s half / N`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn rope_kernel<F: Float, N: Size>(
@@ -60,7 +71,7 @@ fn rope_kernel<F: Float, N: Size>(
     let s_lo = Vector::<f32, N>::cast_from(sin[s_at / n]);
     let s_hi = Vector::<f32, N>::cast_from(sin[(s_at + half * ss) / n]);
 
-    let o_at = row * 2 * half + j;
+    let o_at = bi * out.stride(0) + hi * out.stride(1) + si * out.stride(2) + j;
     if transpose {
         out[o_at / n] = Vector::<F, N>::cast_from(lo * c_lo + hi_ * s_hi);
         out[(o_at + half) / n] = Vector::<F, N>::cast_from(hi_ * c_hi - lo * s_lo);
@@ -73,22 +84,34 @@ fn rope_kernel<F: Float, N: Size>(
 /// `rope(x, cos, sin)` (`transpose = false`) or its transpose applied to `x` (the backward).
 ///
 /// `x`: `[b, h, s, hd]` (`hd` even), any strides; `cos`, `sin`: `[b or 1, 1, s, hd]`, any strides,
-/// all of one float dtype. Output contiguous.
+/// all of one float dtype. Output `[b, h, s, hd]`, contiguous, or with `sequence_major` stored as
+/// a contiguous `[b, s, h, hd]` (the layout of the projections' output that the forward's `x` is
+/// a view of): the backward's `dx` in that layout needs no copy on its way back to the
+/// projection.
 pub(crate) fn launch<R: CubeRuntime>(
     x: CubeTensor<R>,
     cos: CubeTensor<R>,
     sin: CubeTensor<R>,
     transpose: bool,
+    sequence_major: bool,
 ) -> CubeTensor<R> {
     let shape = x.meta.shape().clone();
     let (b, heads, seq, hd) = (shape[0], shape[1], shape[2], shape[3]);
     let half = hd / 2;
     let dtype = x.dtype;
-    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, dtype);
+    let out = if sequence_major {
+        let stored = [b, seq, heads, hd].into();
+        let mut out =
+            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), stored, dtype);
+        out.meta.swap(1, 2);
+        out
+    } else {
+        empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, dtype)
+    };
 
     // Vectors run along `hd`: they need unit strides there, and the half and every other stride
     // (of a dimension longer than one) divisible by the vector size.
-    let tensors = [&x, &cos, &sin];
+    let tensors = [&x, &cos, &sin, &out];
     let unit_inner = tensors.iter().all(|t| t.meta.strides()[3] == 1);
     let mut divides = vec![half];
     for t in tensors {

@@ -58,6 +58,7 @@ fn plain<C: Cube>(x: Tensor<C, 4>, cos: Tensor<C, 4>, sin: Tensor<C, 4>) -> Tens
         C::float_into(cos.into_primitive().tensor()),
         C::float_into(sin.into_primitive().tensor()),
         false,
+        false,
     );
     Tensor::from_primitive(TensorPrimitive::Float(C::float_from(out)))
 }

@@ -302,6 +302,81 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
     cublaslt::set_min_flops(default_min);
     if ordered {
         check_ordering(c);
+        for dtype in [DType::BF16, DType::F32] {
+            check_lora_linear(c, dtype, true);
+            check_lora_linear(c, dtype, false);
+        }
+    }
+}
+
+/// `sparse_ops::lora_linear` (the base product and LoRA's update in one op, the adds done by the
+/// GEMMs) under `Autodiff` against the reference composition on the CPU: the output and the
+/// gradients of x, A and B (and of a given base output).
+fn check_lora_linear(c: &mut Checker, dtype: DType, weight_base: bool) {
+    type Ad = Autodiff<Gpu>;
+    type AdCpu = Autodiff<Cpu>;
+    let (n, d_in, d_out, r) = (96, 1024, 768, 16);
+    let (x, w, a, b) = (
+        c.random([n, d_in], dtype),
+        c.random([d_out, d_in], dtype),
+        c.random([r, d_in], dtype),
+        c.random([d_out, r], dtype),
+    );
+    let (base_out, dy) = (c.random([n, d_out], dtype), c.random([n, d_out], dtype));
+    let form = if weight_base { "weight" } else { "base output" };
+    let name = |what: &str| format!("lora_linear ({form}, {dtype:?}): {what}");
+    let base_gpu = |x: &Tensor<Ad, 2>| {
+        if weight_base {
+            sparse_ops::FrozenBase::Weight(Tensor::<Ad, 2>::from_inner(w.clone()))
+        } else {
+            // The base output as a model would give it: computed from x, so its buffer is new.
+            let shift = Tensor::<Ad, 2>::from_inner(base_out.clone()).require_grad();
+            sparse_ops::FrozenBase::Output(shift + x.clone() * 0.0)
+        }
+    };
+    let xg = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+    let (ag, bg) = (
+        Tensor::<Ad, 2>::from_inner(a.clone()).require_grad(),
+        Tensor::<Ad, 2>::from_inner(b.clone()).require_grad(),
+    );
+    // Forward: h, the base product (weight form), the accumulating product; backward: g, dB,
+    // dA, dX (and dX's accumulation in the weight form).
+    let calls = if weight_base { 8 } else { 6 };
+    let (y, grads) = c.calls(&name("cuBLASLt GEMMs"), calls, || {
+        let base = base_gpu(&xg);
+        let y = sparse_ops::lora_linear(base, xg.clone(), ag.clone(), bg.clone(), 2.0);
+        let grads = (y.clone() * Tensor::from_inner(dy.clone()))
+            .sum()
+            .backward();
+        (y.inner(), grads)
+    });
+
+    let device = Default::default();
+    let on_cpu =
+        |t: &Tensor<Gpu, 2>| Tensor::<AdCpu, 2>::from_data(cpu(t.clone()).into_data(), &device);
+    let (xc, ac, bc) = (
+        on_cpu(&x).require_grad(),
+        on_cpu(&a).require_grad(),
+        on_cpu(&b).require_grad(),
+    );
+    let base_c = if weight_base {
+        sparse_ops::FrozenBase::Weight(on_cpu(&w))
+    } else {
+        sparse_ops::FrozenBase::Output(on_cpu(&base_out) + xc.clone() * 0.0)
+    };
+    let yc =
+        sparse_ops::lora::reference::lora_linear(base_c, xc.clone(), ac.clone(), bc.clone(), 2.0);
+    let grads_c = (yc.clone() * on_cpu(&dy)).sum().backward();
+    c.compare(&name("y"), Ok(y), yc.inner(), dtype);
+    for (what, ours, reference) in [
+        ("dX", xg.grad(&grads), xc.grad(&grads_c)),
+        ("dA", ag.grad(&grads), ac.grad(&grads_c)),
+        ("dB", bg.grad(&grads), bc.grad(&grads_c)),
+    ] {
+        match (ours, reference) {
+            (Some(ours), Some(reference)) => c.compare(&name(what), Ok(ours), reference, dtype),
+            _ => c.report(&name(what), false, "no gradient".into()),
+        }
     }
 }
 

@@ -202,7 +202,7 @@ fn flops(m: usize, n: usize, k: usize) -> u64 {
 }
 
 /// Moves a value into the type `T` that it has already been checked to be.
-fn cast<S: 'static, T: 'static>(value: S) -> T {
+pub(super) fn cast<S: 'static, T: 'static>(value: S) -> T {
     let mut slot = Some(value);
     match (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<T>>()
@@ -282,7 +282,7 @@ fn gemm_or_burn(a: Primitive, b: Primitive) -> Primitive {
 }
 
 /// Says once per process why the cuBLASLt path fell back to burn's matmul.
-fn warn_once(error: &GemmError) {
+pub(super) fn warn_once(error: &GemmError) {
     if !WARNED.swap(true, Ordering::Relaxed) {
         eprintln!(
             "warning: sparse-ops: cuBLASLt GEMM unavailable, using burn's matmul instead: {error}"

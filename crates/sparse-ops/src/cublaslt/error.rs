@@ -54,6 +54,10 @@ pub enum GemmError {
         /// Columns of the right operand.
         n: usize,
     },
+    /// An accumulating GEMM could not write into the given output: not a contiguous, unshared
+    /// tensor of the product's shape and dtype, or GEMMs not ordered on cubecl's stream.
+    #[error("cannot accumulate into the given output (shared, strided, or not stream-ordered)")]
+    NotWritable,
     /// The operands live on different devices.
     #[error("operands on different devices: {0} and {1}")]
     Device(String, String),

@@ -104,6 +104,14 @@ pub(crate) fn data_type(dtype: DType) -> Result<lts::cudaDataType, GemmError> {
     }
 }
 
+/// Bytes per element of a cuBLASLt data type of ours ([`data_type`]).
+fn element_bytes(dtype: lts::cudaDataType) -> usize {
+    match dtype {
+        lts::cudaDataType::CUDA_R_32F => 4,
+        _ => 2,
+    }
+}
+
 fn driver(call: &'static str) -> impl Fn(drv::DriverError) -> GemmError {
     move |e| GemmError::Driver {
         call,
@@ -132,6 +140,24 @@ pub(crate) struct Pointers {
     pub first: u64,
     pub second: u64,
     pub d: u64,
+}
+
+/// What a launch computes around the product: `D = alpha op(first) op(second) + beta D`.
+/// `beta = 1` accumulates into the output's current contents (LoRA's update added onto the base
+/// projection's output, one input gradient onto another) instead of writing a new tensor that an
+/// element-wise add would then read again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Scaling {
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl Scaling {
+    /// The plain product, `D = op(first) op(second)`.
+    pub const PRODUCT: Scaling = Scaling {
+        alpha: 1.0,
+        beta: 0.0,
+    };
 }
 
 /// One GPU's cuBLASLt state.
@@ -254,22 +280,50 @@ impl DeviceGemm {
     /// # Safety
     /// The pointers must address device buffers of the plan's shapes and dtype, with at least
     /// the plan's alignments, live until the GEMM has run and not written by other work
-    /// meanwhile; `stream` must be a live stream of this device's primary context.
+    /// meanwhile (with `scaling.beta != 0` the output's contents are read); `stream` must be a
+    /// live stream of this device's primary context.
     pub unsafe fn launch_plan(
         &mut self,
         plan: &Plan,
         ptrs: Pointers,
+        scaling: Scaling,
         stream: drvs::CUstream,
     ) -> Result<(), GemmError> {
         let workspace = self.workspace_for(stream)?;
         let algo = match plan.chosen.get() {
             Some(algo) => *algo,
             None => {
-                let algo = self.fastest(plan, ptrs, stream, workspace);
+                let algo = if scaling.beta == 0.0 {
+                    self.fastest(plan, ptrs, stream, workspace)
+                } else {
+                    // Timing the candidates overwrites the output, which this launch reads: time
+                    // them on a scratch output instead (once per plan).
+                    self.fastest_on_scratch(plan, ptrs, stream, workspace)?
+                };
                 *plan.chosen.get_or_init(|| algo)
             }
         };
-        self.enqueue(plan, &algo, ptrs, stream, workspace)
+        self.enqueue(plan, &algo, ptrs, scaling, stream, workspace)
+    }
+
+    /// [`Self::fastest`] with the output redirected to a scratch buffer of the output's size,
+    /// freed once the timing (which the host waits for) is over.
+    ///
+    /// # Safety
+    /// As [`Self::enqueue`].
+    unsafe fn fastest_on_scratch(
+        &self,
+        plan: &Plan,
+        ptrs: Pointers,
+        stream: drvs::CUstream,
+        workspace: drvs::CUdeviceptr,
+    ) -> Result<lts::cublasLtMatmulAlgo_t, GemmError> {
+        let scratch = drv::malloc_sync(plan.d_bytes).map_err(driver("cuMemAlloc"))?;
+        let algo = self.fastest(plan, Pointers { d: scratch, ..ptrs }, stream, workspace);
+        // The timing ended with a host wait on an event after the last launch.
+        drv::stream::synchronize(stream).map_err(driver("cuStreamSynchronize"))?;
+        drv::free_sync(scratch).map_err(driver("cuMemFree"))?;
+        Ok(algo)
     }
 
     /// One GEMM of `plan` with algorithm `algo` on `stream`.
@@ -281,10 +335,11 @@ impl DeviceGemm {
         plan: &Plan,
         algo: &lts::cublasLtMatmulAlgo_t,
         ptrs: Pointers,
+        scaling: Scaling,
         stream: drvs::CUstream,
         workspace: drvs::CUdeviceptr,
     ) -> Result<(), GemmError> {
-        let (alpha, beta) = (1f32, 0f32);
+        let Scaling { alpha, beta } = scaling;
         lt::matmul(
             self.handle,
             plan.desc,
@@ -323,12 +378,13 @@ impl DeviceGemm {
     ) -> lts::cublasLtMatmulAlgo_t {
         let mut best = (f32::INFINITY, plan.candidates[0]);
         for algo in &plan.candidates {
+            let product = Scaling::PRODUCT;
             let timed = self
-                .enqueue(plan, algo, ptrs, stream, workspace)
+                .enqueue(plan, algo, ptrs, product, stream, workspace)
                 .and_then(|()| {
                     time_on_stream(stream, || {
                         for _ in 0..TUNING_LAUNCHES {
-                            self.enqueue(plan, algo, ptrs, stream, workspace)?;
+                            self.enqueue(plan, algo, ptrs, product, stream, workspace)?;
                         }
                         Ok(())
                     })
@@ -359,7 +415,7 @@ impl DeviceGemm {
             alignment(ptrs.d),
         ];
         let plan = self.plan(problem, dtype, alignments)?;
-        self.launch_plan(&plan, ptrs, self.stream)
+        self.launch_plan(&plan, ptrs, Scaling::PRODUCT, self.stream)
     }
 
     /// Our own stream (the host-wait ordering's).
@@ -468,6 +524,8 @@ pub(crate) struct Plan {
     d: lts::cublasLtMatrixLayout_t,
     candidates: Vec<lts::cublasLtMatmulAlgo_t>,
     chosen: std::sync::OnceLock<lts::cublasLtMatmulAlgo_t>,
+    /// Bytes of the output (all of a batch).
+    d_bytes: usize,
 }
 
 impl Plan {
@@ -488,6 +546,7 @@ impl Plan {
             d: std::ptr::null_mut(),
             candidates: Vec::new(),
             chosen: std::sync::OnceLock::new(),
+            d_bytes: (p.rows * p.cols * p.batch) as usize * element_bytes(dtype),
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(

@@ -15,6 +15,7 @@
 mod dispatch;
 mod error;
 mod layout;
+mod lora;
 mod lt;
 mod stream;
 mod tensor;
@@ -22,8 +23,9 @@ mod tensor;
 pub(crate) use dispatch::{linear as dispatch_linear, matmul_batched as dispatch_matmul_batched};
 pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
+pub(crate) use lora::lora_linear as dispatch_lora_linear;
 pub use tensor::{
-    calls, device_info, device_memory_total, device_memory_used, kernel_seconds, linear_forward,
-    linear_input_grad, matmul, matmul_batched, matmul_unordered, pool_memory, reads_in_place,
-    stream_ordered, wait_own_stream, CudaBackend,
+    accumulating_calls, calls, device_info, device_memory_total, device_memory_used,
+    kernel_seconds, linear_forward, linear_input_grad, matmul, matmul_batched, matmul_unordered,
+    pool_memory, reads_in_place, stream_ordered, wait_own_stream, CudaBackend,
 };

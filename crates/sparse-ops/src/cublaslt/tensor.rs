@@ -32,7 +32,7 @@ use cudarc::driver::sys::CUstream;
 
 use super::error::GemmError;
 use super::layout::{alignment, Problem, View};
-use super::lt::{self, Pointers};
+use super::lt::{self, Pointers, Scaling};
 use super::stream;
 
 /// Bytes of `ordinal`'s device memory in use (total minus free, as `cuMemGetInfo` reports).
@@ -79,6 +79,16 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 /// check tell the fast path from a silent fallback.
 pub fn calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
+}
+
+/// GEMMs that accumulated into an existing output since the process started.
+static ACCUMULATED: AtomicU64 = AtomicU64::new(0);
+
+/// How many of [`calls`] accumulated into an existing output (`beta = 1`, see
+/// [`crate::lora_linear`]) instead of writing a new one: lets a check tell the fused op from its
+/// fallback (a product and an add).
+pub fn accumulating_calls() -> u64 {
+    ACCUMULATED.load(Ordering::Relaxed)
 }
 
 /// `A B` through cuBLASLt: `a` `[m, k]`, `b` `[k, n]`, both f32, f16 or bf16 (the same), any
@@ -185,10 +195,52 @@ pub(crate) fn matmul_primitive(a: Primitive, b: Primitive) -> Result<Primitive, 
     run_prepared(Prepared::new(a, b)?)
 }
 
-/// Queues a prepared GEMM, ordered on cubecl's stream when it is known, else with host waits.
+/// `alpha A B` through cuBLASLt, ordered on cubecl's stream (an error when it is not known).
+pub(crate) fn matmul_scaled(
+    a: Primitive,
+    b: Primitive,
+    alpha: f32,
+) -> Result<Primitive, GemmError> {
+    let mut gemm = Prepared::new(a, b)?;
+    gemm.scaling = Scaling { alpha, beta: 0.0 };
+    run_prepared(gemm)
+}
+
+/// `C + alpha A B`, written into `c`'s own buffer and returned, through cuBLASLt ordered on
+/// cubecl's stream: the element-wise add of two products' results done by the second product.
+///
+/// # Errors
+/// With `c` given back, nothing written: [`GemmError::NotWritable`] when `c` is not a contiguous
+/// `[m, n]` tensor of the operands' dtype that nothing else references (its buffer is written),
+/// or when the GEMMs are not ordered on cubecl's stream; otherwise as [`matmul`].
+pub(crate) fn matmul_accumulate(
+    a: Primitive,
+    b: Primitive,
+    alpha: f32,
+    c: Primitive,
+) -> Result<Primitive, Box<(GemmError, Primitive)>> {
+    let writable = c.handle.can_mut() && ordered_stream(&c.device).is_some();
+    if !writable {
+        return Err(Box::new((GemmError::NotWritable, c)));
+    }
+    // Past the check, a second reference costs nothing: it only gives `c` back on an error,
+    // when nothing has been written.
+    let mut gemm = match Prepared::with_output(a, b, Some(c.clone())) {
+        Ok(gemm) => gemm,
+        Err(e) => return Err(Box::new((e, c))),
+    };
+    gemm.scaling = Scaling { alpha, beta: 1.0 };
+    let out = run_prepared(gemm).map_err(|e| Box::new((e, c)))?;
+    ACCUMULATED.fetch_add(1, Ordering::Relaxed);
+    Ok(out)
+}
+
+/// Queues a prepared GEMM, ordered on cubecl's stream when it is known, else with host waits
+/// (plain products only).
 fn run_prepared(gemm: Prepared) -> Result<Primitive, GemmError> {
     let out = match ordered_stream(&gemm.out.device) {
         Some(stream) => gemm.run_on_cubecl_stream(stream)?,
+        None if gemm.scaling != Scaling::PRODUCT => return Err(GemmError::NotWritable),
         None => {
             gemm.run(|device, problem, dtype, ptrs| {
                 // SAFETY: `run` holds the buffers and has ordered them against cubecl's stream.
@@ -303,6 +355,8 @@ struct Prepared {
     b: Primitive,
     out: Primitive,
     problem: Problem,
+    /// `out = alpha a b + beta out`.
+    scaling: Scaling,
 }
 
 /// The checks every GEMM's operands pass: same supported dtype, same device.
@@ -323,6 +377,16 @@ fn check_operands(a: &Primitive, b: &Primitive) -> Result<burn::tensor::DType, G
 
 impl Prepared {
     fn new(a: Primitive, b: Primitive) -> Result<Prepared, GemmError> {
+        Self::with_output(a, b, None)
+    }
+
+    /// With `out` given, the product is written into it (it must be a contiguous `[m, n]` of the
+    /// operands' dtype on their device: [`GemmError::NotWritable`] otherwise).
+    fn with_output(
+        a: Primitive,
+        b: Primitive,
+        out: Option<Primitive>,
+    ) -> Result<Prepared, GemmError> {
         let dtype = check_operands(&a, &b)?;
         let (sa, sb) = (a.shape(), b.shape());
         let [m, k] = two_d(&sa);
@@ -330,19 +394,32 @@ impl Prepared {
         if sa.num_dims() != 2 || sb.num_dims() != 2 || k != k2 || m * n * k == 0 {
             return Err(GemmError::Shape { m, k, k2, n });
         }
+        let out = match out {
+            Some(c) => {
+                let fits = c.dtype == dtype
+                    && c.device == a.device
+                    && c.meta.shape().num_dims() == 2
+                    && dims(&c) == ([m, n], [n, 1]);
+                if !fits {
+                    return Err(GemmError::NotWritable);
+                }
+                c
+            }
+            None => empty_device_contiguous_dtype(
+                a.client.clone(),
+                a.device.clone(),
+                Shape::new([m, n]),
+                dtype,
+            ),
+        };
         let (a, va) = readable(a);
         let (b, vb) = readable(b);
-        let out = empty_device_contiguous_dtype(
-            a.client.clone(),
-            a.device.clone(),
-            Shape::new([m, n]),
-            dtype,
-        );
         Ok(Prepared {
             problem: Problem::new(va, vb),
             a,
             b,
             out,
+            scaling: Scaling::PRODUCT,
         })
     }
 
@@ -371,6 +448,7 @@ impl Prepared {
             a,
             b,
             out,
+            scaling: Scaling::PRODUCT,
         })
     }
 
@@ -423,7 +501,7 @@ impl Prepared {
             offset_alignment(&self.a),
             offset_alignment(&self.out),
         ];
-        let problem = self.problem;
+        let (problem, scaling) = (self.problem, self.scaling);
         // Planned here, where an error can still be returned.
         let plan = lt::with_device(ordinal, |device| device.plan(&problem, dtype, assumed))?;
         let sid = StreamId::current();
@@ -462,7 +540,7 @@ impl Prepared {
                     // SAFETY: the handles captured by this closure keep the three buffers alive
                     // until the launch is queued; it is queued on the stream every kernel that
                     // reads or writes them is queued on, in program order.
-                    unsafe { device.launch_plan(&plan, ptrs, stream as CUstream) }
+                    unsafe { device.launch_plan(&plan, ptrs, scaling, stream as CUstream) }
                 })
             })();
             if let Err(error) = result {

@@ -1,0 +1,234 @@
+//! [`crate::lora_linear`] on burn-cuda: the adapter's last product of each chain accumulates into
+//! the first one's output (`beta = 1`) with the LoRA scaling as its `alpha` (see `crate::lora`),
+//! forward and backward. Only when GEMMs are ordered on cubecl's stream (an accumulating GEMM
+//! cannot be ordered by host waits); otherwise the inputs go back to the reference.
+
+use std::any::TypeId;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::cuda::CudaDevice;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::dispatch::{cast, warn_once};
+use super::error::GemmError;
+use super::tensor::{matmul_accumulate, matmul_scaled, stream_ordered, CudaBackend, Primitive};
+use crate::frozen_base::FrozenBase;
+
+type AutodiffCuda = Autodiff<CudaBackend>;
+
+/// The four inputs of [`crate::lora_linear`], given back when the fused op does not apply.
+type Inputs<B> = (FrozenBase<B>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>);
+
+/// [`crate::lora_linear`] fused on burn-cuda (plain or `Autodiff`) with stream-ordered GEMMs, the
+/// same dtype everywhere and a frozen weight; otherwise the inputs back. Once it applies it always
+/// gives the output: a product that cuBLASLt cannot run falls back to burn's matmul (reported
+/// once).
+pub(crate) fn lora_linear<B: Backend>(
+    base: FrozenBase<B>,
+    x: Tensor<B, 2>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scaling: f64,
+) -> Result<Tensor<B, 2>, Inputs<B>> {
+    let backend = TypeId::of::<B>();
+    let plain = backend == TypeId::of::<CudaBackend>();
+    let autodiff = backend == TypeId::of::<AutodiffCuda>();
+    let dtype = x.dtype();
+    let frozen = match &base {
+        FrozenBase::Weight(w) => w.dtype() == dtype && !w.is_require_grad(),
+        FrozenBase::Output(y) => y.dtype() == dtype,
+    };
+    let fits = (plain || autodiff)
+        && frozen
+        && lora_a.dtype() == dtype
+        && lora_b.dtype() == dtype
+        && stream_ordered(&cast::<_, CudaDevice>(x.device()));
+    if !fits {
+        return Err((base, x, lora_a, lora_b));
+    }
+    let scaling = scaling as f32;
+    if plain {
+        let p = |t: Tensor<B, 2>| {
+            cast::<_, Tensor<CudaBackend, 2>>(t)
+                .into_primitive()
+                .tensor()
+        };
+        let base = match base {
+            FrozenBase::Weight(w) => Frozen::Weight(p(w)),
+            FrozenBase::Output(y) => Frozen::Output(p(y)),
+        };
+        let (y, _, _) = forward(base, p(x), p(lora_a), p(lora_b), scaling);
+        return Ok(cast(Tensor::<CudaBackend, 2>::from_primitive(
+            TensorPrimitive::Float(y),
+        )));
+    }
+    let p = |t: Tensor<B, 2>| {
+        cast::<_, Tensor<AutodiffCuda, 2>>(t)
+            .into_primitive()
+            .tensor()
+    };
+    let base = match base {
+        FrozenBase::Weight(w) => Frozen::Weight(p(w)),
+        FrozenBase::Output(y) => Frozen::Output(p(y)),
+    };
+    let y = tracked(base, p(x), p(lora_a), p(lora_b), scaling);
+    Ok(cast(Tensor::<AutodiffCuda, 2>::from_primitive(
+        TensorPrimitive::Float(y),
+    )))
+}
+
+/// [`FrozenBase`] on primitives.
+#[derive(Debug, Clone)]
+enum Frozen<T> {
+    Weight(T),
+    Output(T),
+}
+
+/// `(y, h, W)`: `y = base + s h B^T` with `h = x A^T` (kept for `dB`), `y` written by the last
+/// product into the base output's buffer; the weight of a [`Frozen::Weight`] base (for `dX`).
+fn forward(
+    base: Frozen<Primitive>,
+    x: Primitive,
+    a: Primitive,
+    b: Primitive,
+    scaling: f32,
+) -> (Primitive, Primitive, Option<Primitive>) {
+    let t = CudaBackend::float_transpose;
+    let h = scaled(x.clone(), t(a), 1.0);
+    let (y, weight) = match base {
+        Frozen::Weight(w) => (scaled(x, t(w.clone()), 1.0), Some(w)),
+        Frozen::Output(y) => (y, None),
+    };
+    let y = accumulate(h.clone(), t(b), scaling, y);
+    (y, h, weight)
+}
+
+/// `c + alpha a b`: into `c`'s buffer when it is ours alone, else (or when cuBLASLt cannot run it)
+/// a product and an add.
+fn accumulate(a: Primitive, b: Primitive, alpha: f32, c: Primitive) -> Primitive {
+    match matmul_accumulate(a.clone(), b.clone(), alpha, c) {
+        Ok(c) => c,
+        Err(failed) => {
+            let (error, c) = *failed;
+            if error != GemmError::NotWritable {
+                warn_once(&error);
+            }
+            CudaBackend::float_add(c, scaled(a, b, alpha))
+        }
+    }
+}
+
+/// The forward under `Autodiff`, recording [`LoraBackward`].
+fn tracked(
+    base: Frozen<FloatTensor<AutodiffCuda>>,
+    x: FloatTensor<AutodiffCuda>,
+    a: FloatTensor<AutodiffCuda>,
+    b: FloatTensor<AutodiffCuda>,
+    scaling: f32,
+) -> FloatTensor<AutodiffCuda> {
+    // The base output's primitive moves into the op (its buffer is written); only its node stays.
+    let (first, base) = match base {
+        Frozen::Weight(w) => (w.node, Frozen::Weight(w.primitive)),
+        Frozen::Output(y) => (y.node, Frozen::Output(y.primitive)),
+    };
+    let (y, h, weight) = forward(
+        base,
+        x.primitive.clone(),
+        a.primitive.clone(),
+        b.primitive.clone(),
+        scaling,
+    );
+    let backward = LoraBackward {
+        scaling,
+        base_is_output: weight.is_none(),
+    };
+    match backward
+        .prepare::<NoCheckpointing>([first, x.node, a.node, b.node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = State {
+                x: x.primitive,
+                h,
+                a: a.primitive,
+                b: b.primitive,
+                weight,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// What the backward reads: `x` (for `dA`), `h = x A^T` (for `dB`), `A` and `B`, and the frozen
+/// weight (for `dX`) when the op computed the base product.
+#[derive(Debug, Clone)]
+struct State {
+    x: Primitive,
+    h: Primitive,
+    a: Primitive,
+    b: Primitive,
+    weight: Option<Primitive>,
+}
+
+/// Backward of the fused op with respect to the base output (when given), `x`, `A` and `B`.
+#[derive(Debug)]
+struct LoraBackward {
+    scaling: f32,
+    base_is_output: bool,
+}
+
+impl Backward<CudaBackend, 4> for LoraBackward {
+    type State = State;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_base, node_x, node_a, node_b] = ops.parents;
+        let dy: Primitive = grads.consume::<CudaBackend>(&ops.node);
+        let State { x, h, a, b, weight } = ops.state;
+        let s = self.scaling;
+        let t = CudaBackend::float_transpose;
+        // g = s dY B: the gradient of h, shared by dX and dA.
+        let g = (node_x.is_some() || node_a.is_some()).then(|| scaled(dy.clone(), b, s));
+        if let Some(node) = node_b {
+            grads.register::<CudaBackend>(node.id, scaled(t(dy.clone()), h, s));
+        }
+        if let (Some(node), Some(g)) = (node_a, &g) {
+            grads.register::<CudaBackend>(node.id, scaled(t(g.clone()), x, 1.0));
+        }
+        if let (Some(node), Some(g)) = (node_x, g) {
+            let dx = match weight {
+                // dX = dY W, then dX += g A in the same buffer.
+                Some(w) => accumulate(g, a, 1.0, scaled(dy.clone(), w, 1.0)),
+                None => scaled(g, a, 1.0),
+            };
+            grads.register::<CudaBackend>(node.id, dx);
+        }
+        if let (Some(node), true) = (node_base, self.base_is_output) {
+            grads.register::<CudaBackend>(node.id, dy);
+        }
+    }
+}
+
+/// `alpha a b` through cuBLASLt, or burn's matmul and a scalar multiply if it cannot run
+/// (reported once).
+fn scaled(a: Primitive, b: Primitive, alpha: f32) -> Primitive {
+    match matmul_scaled(a.clone(), b.clone(), alpha) {
+        Ok(c) => c,
+        Err(e) => {
+            warn_once(&e);
+            let c = CudaBackend::float_matmul(a, b);
+            if alpha == 1.0 {
+                c
+            } else {
+                CudaBackend::float_mul_scalar(c, alpha.into())
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! A LoRA-adapted projection's products in one op: the frozen product and the adapter's two
+//! low-rank products, with the adapter's scaling and its add onto the base output done by the
+//! GEMMs themselves.
+//!
+//! Composed of separate products, `x W^T + s (x A^T) B^T` costs three element-wise passes over
+//! the `[n, out]` output beyond the GEMMs (the scaling, the add, and in the backward the scaling
+//! of `dY` again), and the input gradient two `[n, in]` tensors that autodiff then adds. On
+//! burn-cuda with GEMMs ordered on cubecl's stream ([`crate::cublaslt`]) the last product of each
+//! chain accumulates into the first one's output instead (cuBLASLt's `D = alpha A B + beta C` with
+//! `beta = 1`), with the scaling as its `alpha`: forward `y = x W^T`, then `y += s h B^T` with
+//! `h = x A^T`; backward `g = s dY B`, `dX = dY W`, then `dX += g A`, `dA = g^T x`,
+//! `dB = s dY^T h`. Everywhere else (and whenever the fused op cannot run) the
+//! [`reference`] composition of [`crate::linear`] calls computes the same values.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+pub use crate::frozen_base::FrozenBase;
+
+/// `base + scaling (x A^T) B^T`, where `base` is `x W^T` for [`FrozenBase::Weight`].
+///
+/// `lora_a` and `lora_b` must already be in `x`'s dtype (the adapter casts its f32 master weights
+/// to the compute dtype, as PEFT under autocast).
+///
+/// # Shapes
+/// - `x`: `[n, in]`, `lora_a`: `[r, in]`, `lora_b`: `[out, r]`, base weight `[out, in]` or output
+///   `[n, out]`; output `[n, out]`
+pub fn lora_linear<B: Backend>(
+    base: FrozenBase<B>,
+    x: Tensor<B, 2>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scaling: f64,
+) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    let (base, x, lora_a, lora_b) =
+        match crate::cublaslt::dispatch_lora_linear(base, x, lora_a, lora_b, scaling) {
+            Ok(y) => return y,
+            Err(inputs) => inputs,
+        };
+    reference::lora_linear(base, x, lora_a, lora_b, scaling)
+}
+
+/// The fused op's definition in separate products and element-wise ops.
+pub mod reference {
+    use super::FrozenBase;
+    use burn::tensor::{backend::Backend, Tensor};
+
+    /// `base + scaling (x A^T) B^T` as [`super::lora_linear`], one [`crate::linear`] per
+    /// product.
+    pub fn lora_linear<B: Backend>(
+        base: FrozenBase<B>,
+        x: Tensor<B, 2>,
+        lora_a: Tensor<B, 2>,
+        lora_b: Tensor<B, 2>,
+        scaling: f64,
+    ) -> Tensor<B, 2> {
+        let base = match base {
+            FrozenBase::Weight(weight) => crate::linear(x.clone(), weight),
+            FrozenBase::Output(output) => output,
+        };
+        base + crate::linear(crate::linear(x, lora_a), lora_b) * scaling
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type TestBackend = burn::backend::Flex;
+
+    /// Off CUDA the op is its reference: `x (W + s B A)^T`, and the output form adds onto the
+    /// given base.
+    #[test]
+    fn equals_the_merged_weight_product() {
+        let device = Default::default();
+        let random = |dims: [usize; 2]| {
+            Tensor::<TestBackend, 2>::random(dims, Distribution::Default, &device)
+        };
+        let (x, w, a, b) = (
+            random([5, 6]),
+            random([4, 6]),
+            random([2, 6]),
+            random([4, 2]),
+        );
+        let merged = w.clone() + b.clone().matmul(a.clone()) * 0.5;
+        let expected = crate::linear(x.clone(), merged);
+        let y = lora_linear(
+            FrozenBase::Weight(w.clone()),
+            x.clone(),
+            a.clone(),
+            b.clone(),
+            0.5,
+        );
+        y.into_data()
+            .assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::default());
+        let base = crate::linear(x.clone(), w);
+        let y = lora_linear(FrozenBase::Output(base), x, a, b, 0.5);
+        y.into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
+    }
+}
