@@ -325,13 +325,13 @@ fn check_lora_linear(c: &mut Checker, dtype: DType, weight_base: bool) {
     let (base_out, dy) = (c.random([n, d_out], dtype), c.random([n, d_out], dtype));
     let form = if weight_base { "weight" } else { "base output" };
     let name = |what: &str| format!("lora_linear ({form}, {dtype:?}): {what}");
-    let base_gpu = |x: &Tensor<Ad, 2>| {
+    let base_gpu = || {
         if weight_base {
             sparse_ops::FrozenBase::Weight(Tensor::<Ad, 2>::from_inner(w.clone()))
         } else {
-            // The base output as a model would give it: computed from x, so its buffer is new.
-            let shift = Tensor::<Ad, 2>::from_inner(base_out.clone()).require_grad();
-            sparse_ops::FrozenBase::Output(shift + x.clone() * 0.0)
+            // The base output as a model would give it: computed, so its buffer is new.
+            let base = Tensor::<Ad, 2>::from_inner(base_out.clone()).require_grad();
+            sparse_ops::FrozenBase::Output(base * 1.0)
         }
     };
     let xg = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
@@ -342,14 +342,23 @@ fn check_lora_linear(c: &mut Checker, dtype: DType, weight_base: bool) {
     // Forward: h, the base product (weight form), the accumulating product; backward: g, dB,
     // dA, dX (and dX's accumulation in the weight form).
     let calls = if weight_base { 8 } else { 6 };
+    let accumulated = cublaslt::accumulating_calls();
     let (y, grads) = c.calls(&name("cuBLASLt GEMMs"), calls, || {
-        let base = base_gpu(&xg);
+        let base = base_gpu();
         let y = sparse_ops::lora_linear(base, xg.clone(), ag.clone(), bg.clone(), 2.0);
         let grads = (y.clone() * Tensor::from_inner(dy.clone()))
             .sum()
             .backward();
         (y.inner(), grads)
     });
+    // The update added onto y, and g A onto dY W, by the GEMMs (not a product and an add).
+    let accumulated = cublaslt::accumulating_calls() - accumulated;
+    let expected = if weight_base { 2 } else { 1 };
+    c.report(
+        &name("adds done by the GEMMs"),
+        accumulated == expected,
+        format!("{accumulated} accumulating GEMMs (expected {expected})"),
+    );
 
     let device = Default::default();
     let on_cpu =
@@ -362,7 +371,7 @@ fn check_lora_linear(c: &mut Checker, dtype: DType, weight_base: bool) {
     let base_c = if weight_base {
         sparse_ops::FrozenBase::Weight(on_cpu(&w))
     } else {
-        sparse_ops::FrozenBase::Output(on_cpu(&base_out) + xc.clone() * 0.0)
+        sparse_ops::FrozenBase::Output(on_cpu(&base_out) * 1.0)
     };
     let yc =
         sparse_ops::lora::reference::lora_linear(base_c, xc.clone(), ac.clone(), bc.clone(), 2.0);
