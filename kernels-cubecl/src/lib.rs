@@ -14,6 +14,7 @@
 //! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype |
 //! | [`top_k`] | `argsort_descending` (a host read-back on burn-cubecl) and `narrow` | read-back + sort + upload → 1 launch | nothing (int output) |
 //! | [`gather_padded`] | `select` of a frozen weight's kept rows/columns and `cat` of zeros | 2 → 1 | nothing (frozen weight, no backward) |
+//! | [`row_merge`] | the token split's `select` of the dense rows, and their merge back (row mask, `select_assign` into zeros, multiply, add) | 4 full passes → 1 over the moved rows | the row indices |
 //!
 //! The last matters most for memory: the model's attention builds an f32 `[b, h, s, kv]` score
 //! tensor (and an f32 mask of `[b, 1, s, kv]`), and autodiff keeps f32 intermediates of that size
@@ -67,6 +68,7 @@ pub mod cross_entropy;
 pub mod gather_padded;
 pub mod rms_norm;
 pub mod rope;
+pub mod row_merge;
 pub mod sequence_mean;
 pub mod swiglu;
 pub mod top_k;
@@ -89,6 +91,7 @@ pub mod reference {
     pub use crate::gather_padded::reference::{gather_columns_padded, gather_rows_padded};
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;
+    pub use crate::row_merge::reference::{gather_rows, replace_rows};
     pub use crate::sequence_mean::reference::sequence_means;
     pub use crate::swiglu::reference::swiglu;
     pub use crate::top_k::reference::top_k;

@@ -314,6 +314,36 @@ fn channel_scatter_on_cuda() {
     check_launches("channel_scatter", scatter_run::<AC>, scatter_run::<AF>, 4);
 }
 
+fn row_merge_run<B: AutodiffBackend>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    // A csr-config token split: the last 3 tokens of each 512-token sequence dense.
+    let (n, d) = (4096, 4096);
+    let rows: Vec<i64> = (0..n as i64).filter(|r| r % 512 >= 509).collect();
+    let m = rows.len();
+    let x = load::<B, 2>(&data([n, d], 20, 1.0, 0.0), dtype, device).require_grad();
+    let r = load::<B, 2>(&data([n, d], 21, 1.0, 0.0), dtype, device);
+    let rows = || Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [m]), device);
+    let out = if fused {
+        let dense = kernels_cubecl::row_merge::gather_rows(x.clone(), rows()) * 2.0;
+        kernels_cubecl::row_merge::replace_rows(x.clone() * 3.0, rows(), dense)
+    } else {
+        let dense = reference::gather_rows(x.clone(), rows()) * 2.0;
+        reference::replace_rows(x.clone() * 3.0, rows(), dense)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(x.grad(&grads).unwrap())]
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn row_merge_on_cuda() {
+    // Gather and replacement forward; gather, zeroing and scatter backward.
+    check_launches("row_merge", row_merge_run::<AC>, row_merge_run::<AF>, 5);
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn channel_mask_on_cuda() {

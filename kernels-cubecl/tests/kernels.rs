@@ -14,8 +14,8 @@ use common::{data, random, serial};
 
 use kernels_cubecl::{
     causal_attention, causal_softmax, channel_mask, channel_scatter, cross_entropy,
-    fused_available, fused_launches, gather_padded, reference, rms_norm, rope, sequence_mean,
-    swiglu, top_k,
+    fused_available, fused_launches, gather_padded, reference, rms_norm, rope, row_merge,
+    sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -1139,4 +1139,66 @@ fn flex_runs_the_references() {
             reference::top_k(tensor::<Flex, 1>(&channels, &df), 10).into_data(),
         );
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row gather and replacement (the token split's merge)
+
+fn row_tensor<B: Backend>(rows: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(rows.to_vec(), [rows.len()]), device)
+}
+
+/// As the token split uses them: the dense path on `x[rows]`, the sparse path on every row, the
+/// dense results written over the sparse ones; forward and dx against burn's select/select_assign.
+fn row_merge_case(n: usize, d: usize, rows: &[i64], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let x = data([n, d], seed, 1.0, 0.0);
+    let r = data([n, d], seed + 1, 1.0, 0.0);
+    let what = format!("row_merge n={n} d={d} m={}", rows.len());
+
+    let xw = tensor::<AW, 2>(&x, &dw).require_grad();
+    let out = launches(2, &what, || {
+        let dense = row_merge::gather_rows(xw.clone(), row_tensor(rows, &dw)) * 2.0;
+        let sparse = xw.clone() * 3.0; // a fresh buffer: replaced in place
+        row_merge::replace_rows(sparse, row_tensor(rows, &dw), dense)
+    });
+    // Backward: the replaced rows' gather and zeroing, the gather's scatter.
+    let grads = launches(3, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let xf = tensor::<AF, 2>(&x, &df).require_grad();
+    let dense = row_merge::reference::gather_rows(xf.clone(), row_tensor(rows, &df)) * 2.0;
+    let out_ref =
+        row_merge::reference::replace_rows(xf.clone() * 3.0, row_tensor(rows, &df), dense);
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &what);
+    assert_close(
+        xw.grad(&grads).unwrap(),
+        xf.grad(&grads_ref).unwrap(),
+        &format!("{what} dx"),
+    );
+
+    // A base that is still held elsewhere is not written: the replacement goes to a copy.
+    let base = tensor::<W, 2>(&x, &dw);
+    let values = tensor::<W, 2>(&data([rows.len(), d], seed + 2, 1.0, 0.0), &dw);
+    let replaced = row_merge::replace_rows(base.clone(), row_tensor(rows, &dw), values.clone());
+    let expected = row_merge::reference::replace_rows(
+        tensor::<Flex, 2>(&x, &df),
+        row_tensor(rows, &df),
+        Tensor::from_data(values.into_data(), &df),
+    );
+    assert_close(replaced, expected, &format!("{what} shared base"));
+    assert_close(
+        base,
+        tensor::<Flex, 2>(&x, &df),
+        &format!("{what} base kept"),
+    );
+}
+
+#[test]
+fn row_merge_matches_reference() {
+    let _serial = serial();
+    row_merge_case(12, 16, &[11, 0, 5], 121); // unsorted, both ends, vectorised
+    row_merge_case(9, 6, &[4], 122); // a width of 6: narrow vectors
+    row_merge_case(64, 40, &(0..64).step_by(3).collect::<Vec<_>>(), 123);
 }

@@ -17,6 +17,9 @@ mod sliced;
 // The masked-dense form of a channel slice: a keep vector and the masking pass (kernels on
 // burn-wgpu/burn-cuda, burn ops elsewhere).
 pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
+// The token split's row moves: the dense rows gathered out, their results written back over the
+// sparse ones (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
+pub use kernels_cubecl::row_merge::{gather_rows, replace_rows};
 pub use linear::{linear, matmul_batched, SeamMatmul};
 pub use lora::{lora_linear, FrozenBase};
 pub use sliced::{

@@ -15,10 +15,12 @@ use crate::channel_keep::ChannelKeep;
 /// the sparse rows out and scattering them back would cost two full copies of the activation per
 /// block, and burn's row scatter (`select_assign`) runs one thread per column, looping over the
 /// rows: 0.8 ms per call at 4096 x 4096 on an H200, 200 ms per LLaMA3-8B step (docs/perf.md).
+/// The row moves ([`sparse_ops::gather_rows`], [`sparse_ops::replace_rows`]) touch only the dense
+/// rows, forward and backward.
 #[derive(Debug, Clone)]
 pub struct TokenSplit<B: Backend> {
-    /// The dense rows and two `[n, 1]` f32 columns, 1 on the dense rows and 1 on the sparse rows
-    /// (made once per batch, not per block); `None` when no row is dense (no zero-size buffer is
+    /// The dense rows and an `[n, 1]` f32 column, 1 on the dense rows (made once per batch, not
+    /// per block); `None` when no row is dense (no zero-size buffer is
     /// ever allocated: cubecl-cuda 0.10 cannot allocate one, and the failed allocation leaves a
     /// handle that panics its device thread at every later use).
     dense: Option<DenseRows<B>>,
@@ -33,18 +35,11 @@ impl<B: Backend> TokenSplit<B> {
             .filter(|&i| dense[i as usize])
             .collect();
         let (n_dense, n) = (rows.len(), dense.len());
-        let column = |want: bool| -> Tensor<B, 2> {
-            let values: Vec<f32> = dense
-                .iter()
-                .map(|&d| f32::from(u8::from(d == want)))
-                .collect();
-            Tensor::from_data(TensorData::new(values, [n, 1]), device)
-        };
+        let is_dense: Vec<f32> = dense.iter().map(|&d| f32::from(u8::from(d))).collect();
         Self {
             dense: (n_dense > 0).then(|| DenseRows {
                 rows: Tensor::from_data(TensorData::new(rows, [n_dense]), device),
-                is_dense: column(true),
-                is_sparse: column(false),
+                is_dense: Tensor::from_data(TensorData::new(is_dense, [n, 1]), device),
             }),
             n_dense,
             n_sparse: n - n_dense,
@@ -70,27 +65,15 @@ impl<B: Backend> TokenSplit<B> {
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let Some(DenseRows {
-            rows, is_sparse, ..
-        }) = &self.dense
-        else {
+        let Some(DenseRows { rows, .. }) = &self.dense else {
             return sparse_fn(x);
         };
         if self.n_sparse == 0 {
             return dense_fn(x);
         }
-        let dense = dense_fn(x.clone().select(0, rows.clone()));
+        let dense = dense_fn(sparse_ops::gather_rows(x.clone(), rows.clone()));
         let sparse = sparse_fn(x);
-        // Rows of `sparse` kept where the column is 0, replaced by `dense` where it is 1: exact
-        // (x * 1 + 0, x * 0 + d), and the scatter moves only the dense rows.
-        let keep = is_sparse.clone().cast(sparse.dtype());
-        let written = sparse.zeros_like().select_assign(
-            0,
-            rows.clone(),
-            dense,
-            burn::tensor::IndexingUpdateOp::Add,
-        );
-        sparse * keep + written
+        sparse_ops::replace_rows(sparse, rows.clone(), dense)
     }
 
     /// What zeroes the channels outside `kept` on the sparse rows of an `[n, width]` activation
@@ -120,8 +103,6 @@ struct DenseRows<B: Backend> {
     rows: Tensor<B, 1, Int>,
     /// `[n, 1]` f32, 1 on the dense rows.
     is_dense: Tensor<B, 2>,
-    /// `[n, 1]` f32, 1 on the sparse rows.
-    is_sparse: Tensor<B, 2>,
 }
 
 /// What a sparse forward pass needs besides the batch.
