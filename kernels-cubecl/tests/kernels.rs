@@ -1150,7 +1150,9 @@ fn row_tensor<B: Backend>(rows: &[i64], device: &B::Device) -> Tensor<B, 1, Int>
 
 /// As the token split uses them: the dense path on `x[rows]`, the sparse path on every row, the
 /// dense results written over the sparse ones; forward and dx against burn's select/select_assign.
-fn row_merge_case(n: usize, d: usize, rows: &[i64], seed: u64) {
+/// With `residual` the merge's output gradient is shared with a residual stream's (as in the
+/// model), so the backward zeroes its rows in a copy; without, in place.
+fn row_merge_case(n: usize, d: usize, rows: &[i64], residual: bool, seed: u64) {
     let (dw, df) = (wgpu(), flex());
     let x = data([n, d], seed, 1.0, 0.0);
     let r = data([n, d], seed + 1, 1.0, 0.0);
@@ -1163,14 +1165,19 @@ fn row_merge_case(n: usize, d: usize, rows: &[i64], seed: u64) {
         row_merge::replace_rows(sparse, row_tensor(rows, &dw), dense)
     });
     // Backward: the replaced rows' gather and zeroing, the gather's scatter.
+    let skip = if residual { 1.0 } else { 0.0 };
     let grads = launches(3, &what, || {
-        (out.clone() * tensor(&r, &dw)).sum().backward()
+        ((out.clone() + xw.clone() * skip) * tensor(&r, &dw))
+            .sum()
+            .backward()
     });
     let xf = tensor::<AF, 2>(&x, &df).require_grad();
     let dense = row_merge::reference::gather_rows(xf.clone(), row_tensor(rows, &df)) * 2.0;
     let out_ref =
         row_merge::reference::replace_rows(xf.clone() * 3.0, row_tensor(rows, &df), dense);
-    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    let grads_ref = ((out_ref.clone() + xf.clone() * skip) * tensor(&r, &df))
+        .sum()
+        .backward();
     assert_close(out, out_ref, &what);
     assert_close(
         xw.grad(&grads).unwrap(),
@@ -1198,7 +1205,8 @@ fn row_merge_case(n: usize, d: usize, rows: &[i64], seed: u64) {
 #[test]
 fn row_merge_matches_reference() {
     let _serial = serial();
-    row_merge_case(12, 16, &[11, 0, 5], 121); // unsorted, both ends, vectorised
-    row_merge_case(9, 6, &[4], 122); // a width of 6: narrow vectors
-    row_merge_case(64, 40, &(0..64).step_by(3).collect::<Vec<_>>(), 123);
+    row_merge_case(12, 16, &[11, 0, 5], false, 121); // unsorted, both ends, vectorised
+    row_merge_case(12, 16, &[11, 0, 5], true, 121);
+    row_merge_case(9, 6, &[4], true, 122); // a width of 6: narrow vectors
+    row_merge_case(64, 40, &(0..64).step_by(3).collect::<Vec<_>>(), false, 123);
 }

@@ -21,8 +21,9 @@ pub(crate) enum RowMove {
     Zero,
 }
 
-/// One unit per vector of `N` elements of the `m` rows; `big` `[n, d]` and `small` `[m, d]`
-/// contiguous, `width_vectors = d / N`, `len = m * width_vectors`.
+/// One unit per vector of `N` elements of the `m` rows; `big` `[n, d]` and `small` `[m, d]` with
+/// unit column strides and any row strides (cubecl may pad rows: a bf16 row of 576 is allocated
+/// 640 wide on CUDA), `N` dividing both; `width_vectors = d / N`, `len = m * width_vectors`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn row_kernel<F: Float, N: Size, I: Int>(
@@ -38,12 +39,14 @@ fn row_kernel<F: Float, N: Size, I: Int>(
     if i >= len {
         terminate!();
     }
+    let n = big.vector_size();
     let (j, c) = (i / width_vectors, i % width_vectors);
-    let at = usize::cast_from(rows[j * rows.stride(0)]) * width_vectors + c;
+    let at = usize::cast_from(rows[j * rows.stride(0)]) * big.stride(0) / n + c;
+    let here = j * small.stride(0) / n + c;
     if op == 0 {
-        small[i] = big[at];
+        small[here] = big[at];
     } else if op == 1 {
-        big[at] = small[i];
+        big[at] = small[here];
     } else {
         big[at] = Vector::<F, N>::new(F::new(0.0));
     }
@@ -57,7 +60,8 @@ fn op_code(op: RowMove) -> u32 {
     }
 }
 
-/// Launches [`row_kernel`]: `big` `[n, d]` and `small` `[m, d]` contiguous, `rows` `[m]`.
+/// Launches [`row_kernel`]: `big` `[n, d]` and `small` `[m, d]` with unit column strides,
+/// `rows` `[m]`.
 fn launch<R: CubeRuntime>(
     big: &CubeTensor<R>,
     small: &CubeTensor<R>,
@@ -67,7 +71,8 @@ fn launch<R: CubeRuntime>(
     let m = rows.meta.shape()[0];
     let d = big.meta.shape()[1];
     let dtype = big.dtype;
-    let vector = vector_size(&[big, small], dtype, &[d]);
+    let row_strides = [d, big.meta.strides()[0], small.meta.strides()[0]];
+    let vector = vector_size(&[big, small], dtype, &row_strides);
     let len = m * d / vector;
     if len == 0 {
         return;
@@ -151,10 +156,11 @@ pub(crate) fn scatter_rows<R: CubeRuntime>(
     set_rows(zeros, rows, Some(values))
 }
 
-/// `t` contiguous and ours alone to write: itself when it is, else a copy.
+/// `t` with unit column strides and ours alone to write: itself when it is, else a copy (whose
+/// rows may be padded: the kernel follows row strides).
 fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     let t = into_contiguous(t);
-    if t.handle.can_mut() && t.is_contiguous() {
+    if t.handle.can_mut() {
         t
     } else {
         t.copy()

@@ -505,18 +505,22 @@ impl Prepared {
         // Planned here, where an error can still be returned.
         let plan = lt::with_device(ordinal, |device| device.plan(&problem, dtype, assumed))?;
         let sid = StreamId::current();
+        // Bindings, as a queued cubecl kernel holds them: they keep the memory from reuse until
+        // the closure has run, without counting as holders for `can_mut`, so an in-place op
+        // queued after this GEMM (on the output, say) may write where it is safe to: later on the
+        // same stream.
         let (a, b, d) = (
-            self.a.handle.clone(),
-            self.b.handle.clone(),
-            self.out.handle.clone(),
+            self.a.handle.clone().binding(),
+            self.b.handle.clone().binding(),
+            self.out.handle.clone().binding(),
         );
         let out_bytes = self.out.meta.shape().num_elements() * dtype.size();
         stream::device_handle(&self.out.device).submit(move |server: &mut stream::Server| {
             let mut d_ptr = None;
             let result = (|| -> Result<(), GemmError> {
-                let mut address = |h: &cubecl::server::Handle| {
+                let mut address = |binding: &cubecl::server::Binding| {
                     server
-                        .get_resource(h.clone().binding(), sid)
+                        .get_resource(binding.clone(), sid)
                         .map(|r| r.resource().ptr)
                         .map_err(|e| GemmError::Runtime(format!("{e:?}")))
                 };
@@ -537,7 +541,7 @@ impl Prepared {
                     } else {
                         device.plan(&problem, dtype, actual)?
                     };
-                    // SAFETY: the handles captured by this closure keep the three buffers alive
+                    // SAFETY: the bindings captured by this closure keep the three buffers alive
                     // until the launch is queued; it is queued on the stream every kernel that
                     // reads or writes them is queued on, in program order.
                     unsafe { device.launch_plan(&plan, ptrs, scaling, stream as CUstream) }
@@ -545,7 +549,7 @@ impl Prepared {
             })();
             if let Err(error) = result {
                 if let Some(ptr) = d_ptr {
-                    // SAFETY: the output buffer is alive (held by `d`) and only ours.
+                    // SAFETY: the output buffer is alive (held by `d`) and written only here.
                     unsafe { lt::fill_nan(ptr, out_bytes, dtype, stream as CUstream) };
                 }
                 let mut failure = ORDERED_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
