@@ -62,10 +62,14 @@ pub(crate) fn address_type<R: CubeRuntime>(tensors: &[&CubeTensor<R>]) -> Addres
         .unwrap_or_default()
 }
 
-/// Launch geometry of a row kernel: one cube per row, `block` threads striding over it.
+/// Launch geometry of a row kernel: `block` threads striding over each row, `rows_per_cube` rows
+/// per cube (one per `UNIT_POS_Y`; the row is `CUBE_POS * rows_per_cube + UNIT_POS_Y`, its units
+/// `UNIT_POS_X`).
 pub(crate) struct RowLaunch {
-    /// Threads per cube (a power of two; also the size of the reduction's shared memory).
+    /// Threads per row (a power of two; also the size of the reduction's shared memory).
     pub block: usize,
+    /// Rows per cube: 1 with shared-memory reductions, [`PLANE_ROWS_PER_CUBE`] with plane ones.
+    pub rows_per_cube: usize,
     /// Whether the cube is one plane (warp), so that [`row_max`] and [`row_sum`] reduce with
     /// plane operations instead of through shared memory.
     pub plane: bool,
@@ -92,14 +96,21 @@ pub(crate) fn row_launch<R: CubeRuntime>(
     let cube_count = calculate_cube_count_elemwise(&tensor.client, rows * block, cube_dim);
     RowLaunch {
         block,
+        rows_per_cube: 1,
         plane: false,
         cube_dim,
         cube_count,
     }
 }
 
-/// One cube of one plane (warp) per row, where the runtime has plane operations and a fixed plane
-/// size of 16 to [`MAX_ROW_BLOCK`] units (CUDA's 32); [`row_launch`] elsewhere (lavapipe, whose
+/// Rows (planes) per cube of [`plane_row_launch`]: a cube of one plane limits an SM to as many
+/// planes as it may hold cubes (32 on Hopper, half its 64 resident warps), which left the
+/// attention's softmax, a latency-bound kernel, at a fraction of the H200's bandwidth.
+pub(crate) const PLANE_ROWS_PER_CUBE: usize = 8;
+
+/// One plane (warp) per row, [`PLANE_ROWS_PER_CUBE`] rows per cube, where the runtime has plane
+/// operations and a fixed plane size of 16 to [`MAX_ROW_BLOCK`] units (CUDA's 32); [`row_launch`]
+/// elsewhere (lavapipe, whose
 /// subgroups are narrower). For rows short enough that a cube's shared-memory reductions, with a
 /// barrier per level, cost more than the row's loads: the attention's softmax rows (512 keys at
 /// the paper's sequence length) ran at a quarter of the H200's bandwidth that way.
@@ -121,12 +132,19 @@ pub(crate) fn plane_row_launch<R: CubeRuntime>(
     if !fixed {
         return row_launch(tensor, rows, vectors);
     }
-    let cube_dim = CubeDim::new_1d(size as u32);
+    let per_cube = PLANE_ROWS_PER_CUBE;
+    let cube_dim = CubeDim::new_2d(size as u32, per_cube as u32);
+    let cubes = rows.div_ceil(per_cube);
     RowLaunch {
         block: size,
+        rows_per_cube: per_cube,
         plane: true,
         cube_dim,
-        cube_count: calculate_cube_count_elemwise(&tensor.client, rows * size, cube_dim),
+        cube_count: calculate_cube_count_elemwise(
+            &tensor.client,
+            cubes * size * per_cube,
+            cube_dim,
+        ),
     }
 }
 

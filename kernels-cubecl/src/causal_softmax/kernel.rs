@@ -1,6 +1,6 @@
-//! The causal softmax kernels: one cube per row of scores (one query's keys), the row strided over
-//! its units in vectors, the max and sum in f32 within one plane (warp) where the runtime allows,
-//! else through shared memory. No mask tensor exists: the
+//! The causal softmax kernels: one plane (warp) per row of scores (one query's keys), several rows
+//! per cube, the row strided over the plane's units in vectors, the max and sum in f32 within the
+//! plane, where the runtime allows; else one cube per row, reducing through shared memory. No mask tensor exists: the
 //! causal part is the key index against the query's, the padding part reads `key_valid`.
 
 use burn::tensor::Shape;
@@ -56,6 +56,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     key_valid: &Tensor<M>,
     probs: &mut Tensor<Vector<F, N>>,
     rows: usize,
+    rows_per_cube: usize,
     heads_seq: usize,
     seq: usize,
     kv_v: usize,
@@ -65,7 +66,8 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     #[comptime] plane: bool,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
-    let row = CUBE_POS;
+    // A whole plane shares a row, so a plane that stops here stops together.
+    let row = CUBE_POS * rows_per_cube + UNIT_POS_Y as usize;
     if row >= rows {
         terminate!();
     }
@@ -80,7 +82,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     // Each unit's running max and sum of `exp(x - max)` over its vectors.
     let mut max_ = masked;
     let mut sum = 0.0f32;
-    let mut i = UNIT_POS as usize;
+    let mut i = UNIT_POS_X as usize;
     while i < kv_v {
         let x = logits::<F, M, N>(
             scores,
@@ -101,7 +103,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     let largest = row_max(max_, &mut shared, plane);
     let total = row_sum(sum * (max_ - largest).exp(), &mut shared, plane);
 
-    let mut i = UNIT_POS as usize;
+    let mut i = UNIT_POS_X as usize;
     while i < kv_v {
         let x = logits::<F, M, N>(
             scores,
@@ -127,13 +129,14 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
     dprobs: &Tensor<Vector<F, N>>,
     dscores: &mut Tensor<Vector<F, N>>,
     rows: usize,
+    rows_per_cube: usize,
     kv_v: usize,
     scale: f32,
     #[comptime] block: usize,
     #[comptime] plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let row = CUBE_POS;
+    let row = CUBE_POS * rows_per_cube + UNIT_POS_Y as usize;
     if row >= rows {
         terminate!();
     }
@@ -141,7 +144,7 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
     let mut shared = SharedMemory::<f32>::new(block);
 
     let mut dots = Vector::<f32, N>::new(0.0f32);
-    let mut i = UNIT_POS as usize;
+    let mut i = UNIT_POS_X as usize;
     while i < kv_v {
         let p = Vector::<f32, N>::cast_from(probs[base + i]);
         let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
@@ -151,7 +154,7 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
     let dot = row_sum(lane_sum::<N>(dots), &mut shared, plane);
     let scale = Vector::<F, N>::new(F::cast_from(scale));
 
-    let mut i = UNIT_POS as usize;
+    let mut i = UNIT_POS_X as usize;
     while i < kv_v {
         let p = Vector::<f32, N>::cast_from(probs[base + i]);
         let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
@@ -199,6 +202,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             key_valid.into_tensor_arg(),
             probs.clone().into_tensor_arg(),
             rows,
+            launch.rows_per_cube,
             heads * seq,
             seq,
             kv / vector,
@@ -245,6 +249,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             dprobs.into_tensor_arg(),
             dscores.clone().into_tensor_arg(),
             rows,
+            launch.rows_per_cube,
             kv / vector,
             scale as f32,
             launch.block,
