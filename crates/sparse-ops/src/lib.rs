@@ -23,6 +23,6 @@ pub use kernels_cubecl::row_merge::{gather_rows, replace_rows};
 pub use linear::{linear, matmul_batched, SeamMatmul};
 pub use lora::{lora_linear, FrozenBase};
 pub use sliced::{
-    channel_mask, linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,
+    linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,
     linear_out_sliced_padded, padded_width, scatter_channels,
 };

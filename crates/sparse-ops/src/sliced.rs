@@ -128,13 +128,6 @@ pub fn scatter_channels<B: Backend, const D: usize>(
         .reshape(dims)
 }
 
-/// A `[width]` f32 mask, 1 on the channels `idx` and 0 elsewhere: the masked-dense form of a
-/// channel slice (`y * mask` keeps what [`linear_out_sliced`] computes, in place). Two tiny
-/// kernels on burn-wgpu/burn-cuda ([`kernels_cubecl::channel_mask::keep_mask`]).
-pub fn channel_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize) -> Tensor<B, 1> {
-    kernels_cubecl::channel_mask::keep_mask(idx, width, burn::tensor::DType::F32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,16 +257,6 @@ mod tests {
         let grads = (y_ref * dy.slice([0..2, 0..3, 0..3])).sum().backward();
         dx.into_data()
             .assert_approx_eq::<f32>(&x2.grad(&grads).unwrap().into_data(), Tolerance::default());
-    }
-
-    #[test]
-    fn channel_mask_marks_the_kept_channels() {
-        let m: Vec<f32> = channel_mask(idx(&[4, 0, 2]), 6)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap();
-        assert_eq!(m, vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
     }
 
     #[test]

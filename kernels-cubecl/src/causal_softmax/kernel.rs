@@ -79,11 +79,14 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     let scale = F::cast_from(scale);
     let mut shared = SharedMemory::<f32>::new(block);
 
-    // Each unit's running max and sum of `exp(x - max)` over its vectors.
+    // Each unit's running max and sum of `exp(x - max)` over its vectors, up to the one holding
+    // the query's own key: the vectors after it are wholly masked, adding nothing to the sum
+    // unless the whole row is masked (handled below).
+    let end = min(kv_v, query / n + 1);
     let mut max_ = masked;
     let mut sum = 0.0f32;
     let mut i = UNIT_POS_X as usize;
-    while i < kv_v {
+    while i < end {
         let x = logits::<F, M, N>(
             scores,
             key_valid,
@@ -102,22 +105,32 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     }
     let largest = row_max(max_, &mut shared, plane);
     let total = row_sum(sum * (max_ - largest).exp(), &mut shared, plane);
+    // A row with no readable key attends uniformly to every key, as under the reference's
+    // finite additive mask.
+    let uniform = largest == masked;
+    let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (kv_v * n) as f32));
 
     let mut i = UNIT_POS_X as usize;
     while i < kv_v {
-        let x = logits::<F, M, N>(
-            scores,
-            key_valid,
-            base + i,
-            i * n,
-            query,
-            valid_at,
-            valid_stride,
-            scale,
-            masked,
-        );
-        let p = (x - Vector::new(largest)).exp() / Vector::new(total);
-        probs[base + i] = Vector::<F, N>::cast_from(p);
+        if uniform {
+            probs[base + i] = spread;
+        } else if i < end {
+            let x = logits::<F, M, N>(
+                scores,
+                key_valid,
+                base + i,
+                i * n,
+                query,
+                valid_at,
+                valid_stride,
+                scale,
+                masked,
+            );
+            let p = (x - Vector::new(largest)).exp() / Vector::new(total);
+            probs[base + i] = Vector::<F, N>::cast_from(p);
+        } else {
+            probs[base + i] = Vector::<F, N>::new(F::new(0.0));
+        }
         i += block;
     }
 }

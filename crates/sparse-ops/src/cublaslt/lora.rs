@@ -59,11 +59,13 @@ pub(crate) fn lora_linear<B: Backend>(
                 .into_primitive()
                 .tensor()
         };
-        let base = match base {
-            FrozenBase::Weight(w) => Frozen::Weight(p(w)),
-            FrozenBase::Output(y) => Frozen::Output(p(y)),
-        };
-        let (y, _, _) = forward(base, p(x), p(lora_a), p(lora_b), scaling);
+        let (y, _, _) = forward(
+            Frozen::from_base(base, p),
+            p(x),
+            p(lora_a),
+            p(lora_b),
+            scaling,
+        );
         return Ok(cast(Tensor::<CudaBackend, 2>::from_primitive(
             TensorPrimitive::Float(y),
         )));
@@ -73,11 +75,13 @@ pub(crate) fn lora_linear<B: Backend>(
             .into_primitive()
             .tensor()
     };
-    let base = match base {
-        FrozenBase::Weight(w) => Frozen::Weight(p(w)),
-        FrozenBase::Output(y) => Frozen::Output(p(y)),
-    };
-    let y = tracked(base, p(x), p(lora_a), p(lora_b), scaling);
+    let y = tracked(
+        Frozen::from_base(base, p),
+        p(x),
+        p(lora_a),
+        p(lora_b),
+        scaling,
+    );
     Ok(cast(Tensor::<AutodiffCuda, 2>::from_primitive(
         TensorPrimitive::Float(y),
     )))
@@ -88,6 +92,16 @@ pub(crate) fn lora_linear<B: Backend>(
 enum Frozen<T> {
     Weight(T),
     Output(T),
+}
+
+impl<T> Frozen<T> {
+    /// `base` with its tensor converted by `convert`.
+    fn from_base<B: Backend>(base: FrozenBase<B>, convert: impl Fn(Tensor<B, 2>) -> T) -> Self {
+        match base {
+            FrozenBase::Weight(w) => Frozen::Weight(convert(w)),
+            FrozenBase::Output(y) => Frozen::Output(convert(y)),
+        }
+    }
 }
 
 /// `(y, h, W)`: `y = base + s h B^T` with `h = x A^T` (kept for `dB`), `y` written by the last
