@@ -49,16 +49,10 @@ impl<B: Backend> LoraLinear<B> {
             return sparse_ops::linear(x, self.weight.val());
         };
         let weight = self.weight.val();
-        let same_dtype = x.dtype() == weight.dtype();
-        if let Some((a, b)) = lora.compute_weights(x.dtype()).filter(|_| same_dtype) {
+        if let Some((a, b)) = fused_weights(lora, &x, weight.dtype()) {
             // The base product and the update in one op (their add done by the GEMMs).
-            let mut dims = x.dims();
-            let d_in = dims[D - 1];
-            let rows = dims[..D - 1].iter().product();
-            dims[D - 1] = weight.dims()[0];
-            let x = x.reshape([rows, d_in]);
-            let y = sparse_ops::lora_linear(FrozenBase::Weight(weight), x, a, b, lora.scaling);
-            return y.reshape(dims);
+            let out = weight.dims()[0];
+            return lora_linear_rows(FrozenBase::Weight(weight), x, out, (a, b), lora.scaling);
         }
         let base = sparse_ops::linear(x.clone(), weight);
         self.add_adapter(base, x)
@@ -149,14 +143,10 @@ impl<B: Backend> LoraLinear<B> {
         let Some(lora) = &self.lora else {
             return base;
         };
-        let same_dtype = base.dtype() == x.dtype();
-        if let Some((a, b)) = lora.compute_weights(x.dtype()).filter(|_| same_dtype) {
-            let (dims, d_in) = (base.dims(), x.dims()[D - 1]);
-            let rows = dims[..D - 1].iter().product();
-            let base = base.reshape([rows, dims[D - 1]]);
-            let x = x.reshape([rows, d_in]);
-            let y = sparse_ops::lora_linear(FrozenBase::Output(base), x, a, b, lora.scaling);
-            return y.reshape(dims);
+        if let Some((a, b)) = fused_weights(lora, &x, base.dtype()) {
+            let out = base.dims()[D - 1];
+            let base = FrozenBase::Output(base.reshape([rows_of(&x), out]));
+            return lora_linear_rows(base, x, out, (a, b), lora.scaling);
         }
         let update = lora.forward(x);
         let dtype = base.dtype();
@@ -219,6 +209,37 @@ impl<B: Backend> LoraLinear<B> {
             .map(|_| merged.set_require_grad(require_grad));
         Ok(())
     }
+}
+
+/// `lora`'s weights for [`sparse_ops::lora_linear`] when it can add the update of `x` onto a
+/// base in `base_dtype` (see [`LoraAdapter::compute_weights`]).
+fn fused_weights<B: Backend, const D: usize>(
+    lora: &LoraAdapter<B>,
+    x: &Tensor<B, D>,
+    base_dtype: DType,
+) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
+    let dtype = x.dtype();
+    lora.compute_weights(dtype).filter(|_| dtype == base_dtype)
+}
+
+/// The token rows of `x` (`[..., in]`): the product of its leading dimensions.
+fn rows_of<B: Backend, const D: usize>(x: &Tensor<B, D>) -> usize {
+    x.dims()[..D - 1].iter().product()
+}
+
+/// [`sparse_ops::lora_linear`] on `x` (`[..., in]`) flattened to its token rows, the output
+/// (`[..., out]`) shaped back; `base` already in rows (`[rows, out]` or a weight).
+fn lora_linear_rows<B: Backend, const D: usize>(
+    base: FrozenBase<B>,
+    x: Tensor<B, D>,
+    out: usize,
+    (lora_a, lora_b): (Tensor<B, 2>, Tensor<B, 2>),
+    scaling: f64,
+) -> Tensor<B, D> {
+    let (mut dims, rows) = (x.dims(), rows_of(&x));
+    let x = x.reshape([rows, dims[D - 1]]);
+    dims[D - 1] = out;
+    sparse_ops::lora_linear(base, x, lora_a, lora_b, scaling).reshape(dims)
 }
 
 #[cfg(test)]

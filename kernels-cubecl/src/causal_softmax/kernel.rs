@@ -1,7 +1,8 @@
 //! The causal softmax kernels: one plane (warp) per row of scores (one query's keys), several rows
 //! per cube, the row strided over the plane's units in vectors, the max and sum in f32 within the
-//! plane, where the runtime allows; else one cube per row, reducing through shared memory. No mask tensor exists: the
-//! causal part is the key index against the query's, the padding part reads `key_valid`.
+//! plane, where the runtime allows; else one cube per row, reducing through shared memory. No mask
+//! tensor exists: the causal part is the key index against the query's, the padding part reads
+//! `key_valid`.
 
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;

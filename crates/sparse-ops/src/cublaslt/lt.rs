@@ -104,14 +104,6 @@ pub(crate) fn data_type(dtype: DType) -> Result<lts::cudaDataType, GemmError> {
     }
 }
 
-/// Bytes per element of a cuBLASLt data type of ours ([`data_type`]).
-fn element_bytes(dtype: lts::cudaDataType) -> usize {
-    match dtype {
-        lts::cudaDataType::CUDA_R_32F => 4,
-        _ => 2,
-    }
-}
-
 fn driver(call: &'static str) -> impl Fn(drv::DriverError) -> GemmError {
     move |e| GemmError::Driver {
         call,
@@ -253,9 +245,7 @@ impl DeviceGemm {
             return Ok(plan.clone());
         }
         // SAFETY: the handle is live for as long as `self`.
-        let plan = Arc::new(unsafe {
-            Plan::new(self.handle, data_type(dtype)?, &key, self.workspace_size)?
-        });
+        let plan = Arc::new(unsafe { Plan::new(self.handle, dtype, &key, self.workspace_size)? });
         self.plans.insert(key, plan.clone());
         Ok(plan)
     }
@@ -533,10 +523,11 @@ impl Plan {
     /// `handle` must be a live cuBLASLt handle.
     unsafe fn new(
         handle: lts::cublasLtHandle_t,
-        dtype: lts::cudaDataType,
+        element: DType,
         key: &PlanKey,
         workspace_size: usize,
     ) -> Result<Plan, GemmError> {
+        let dtype = data_type(element)?;
         let p = &key.problem;
         // Null until created; `Drop` destroys whatever was made if a later step fails.
         let mut plan = Plan {
@@ -546,7 +537,7 @@ impl Plan {
             d: std::ptr::null_mut(),
             candidates: Vec::new(),
             chosen: std::sync::OnceLock::new(),
-            d_bytes: (p.rows * p.cols * p.batch) as usize * element_bytes(dtype),
+            d_bytes: (p.rows * p.cols * p.batch) as usize * element.size(),
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(

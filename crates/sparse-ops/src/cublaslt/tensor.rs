@@ -195,7 +195,8 @@ pub(crate) fn matmul_primitive(a: Primitive, b: Primitive) -> Result<Primitive, 
     run_prepared(Prepared::new(a, b)?)
 }
 
-/// `alpha A B` through cuBLASLt, ordered on cubecl's stream (an error when it is not known).
+/// `alpha A B` through cuBLASLt: ordered on cubecl's stream, or with host waits for `alpha = 1`
+/// only (a scaled product is [`GemmError::NotWritable`] there, as an accumulating one is).
 pub(crate) fn matmul_scaled(
     a: Primitive,
     b: Primitive,
