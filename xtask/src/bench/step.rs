@@ -124,6 +124,11 @@ pub struct StepBench {
     /// `.folded`): where the CPU time of a launch-bound step goes.
     #[arg(long)]
     pub host_profile: Option<PathBuf>,
+    /// After everything else, run one more step inside a CUDA profiler range
+    /// (`cuProfilerStart`/`Stop`, queued in order with the kernels): `ncu --profile-from-start off`
+    /// then times that step's kernels only (scripts/gpu/ncu-step.sh).
+    #[arg(long)]
+    pub cuda_profiler_step: bool,
     /// A label stored in the result.
     #[arg(long, default_value = "")]
     pub tag: String,
@@ -405,6 +410,14 @@ impl StepBench {
             sync::<B>(device)?;
             profile.finish(path, self.steps)?;
             println!("host profile: {}", path.display());
+        }
+        if self.cuda_profiler_step {
+            let step = self.warmup + self.steps + unsynced + BREAKDOWN_STEPS + self.steps;
+            sync::<B>(device)?;
+            profiler_collect(self.model.backend, true)?;
+            stepper.step(step, false)?;
+            profiler_collect(self.model.backend, false)?;
+            sync::<B>(device)?;
         }
         memory.check_not_exhausted(peak_bytes)?;
         let losses: Vec<f64> = losses
@@ -794,6 +807,19 @@ impl DeviceMemory {
 
     fn pool(&self) -> Option<(u64, u64)> {
         self.pool.and_then(|read| read())
+    }
+}
+
+/// Turns the CUDA profiler's collection on or off in order with the queued kernels
+/// (`--cuda-profiler-step`); an error on a backend without one.
+fn profiler_collect(backend: BackendKind, on: bool) -> anyhow::Result<()> {
+    match backend {
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            sparse_ops::cublaslt::profiler_collect(&burn::backend::cuda::CudaDevice::new(0), on);
+            Ok(())
+        }
+        _ => bail!("--cuda-profiler-step needs --backend cuda"),
     }
 }
 

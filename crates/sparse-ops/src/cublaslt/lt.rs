@@ -104,6 +104,15 @@ pub(crate) fn data_type(dtype: DType) -> Result<lts::cudaDataType, GemmError> {
     }
 }
 
+/// `cuProfilerStart` or `cuProfilerStop` in the current context.
+pub(crate) fn profiler_collect(on: bool) -> Result<(), GemmError> {
+    if on {
+        cudarc::driver::profiler_start().map_err(driver("cuProfilerStart"))
+    } else {
+        cudarc::driver::profiler_stop().map_err(driver("cuProfilerStop"))
+    }
+}
+
 fn driver(call: &'static str) -> impl Fn(drv::DriverError) -> GemmError {
     move |e| GemmError::Driver {
         call,

@@ -27,5 +27,5 @@ pub(crate) use lora::lora_linear as dispatch_lora_linear;
 pub use tensor::{
     accumulating_calls, calls, device_info, device_memory_total, device_memory_used,
     kernel_seconds, linear_forward, linear_input_grad, matmul, matmul_batched, matmul_unordered,
-    pool_memory, reads_in_place, stream_ordered, wait_own_stream, CudaBackend,
+    pool_memory, profiler_collect, reads_in_place, stream_ordered, wait_own_stream, CudaBackend,
 };

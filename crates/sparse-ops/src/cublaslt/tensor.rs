@@ -164,6 +164,21 @@ pub fn reads_in_place(tensor: &Tensor<CudaBackend, 2>) -> bool {
     view_of(&primitive).is_some()
 }
 
+/// Turns the CUDA profiler's collection on (`cuProfilerStart`) or off (`cuProfilerStop`) at this
+/// point of `device`'s cubecl queue: the kernels queued before are outside the range, those queued
+/// after inside, whichever thread launches them (for `ncu --profile-from-start off`, which then
+/// times one training step among the warm-up's thousands of kernels). A failure is a warning: a
+/// profiler range never changes what the program computes.
+pub fn profiler_collect(device: &burn::backend::cuda::CudaDevice, on: bool) {
+    let ordinal = device.index;
+    stream::device_handle(device).submit(move |_server: &mut stream::Server| {
+        let result = lt::with_device(ordinal, |_| lt::profiler_collect(on));
+        if let Err(e) = result {
+            eprintln!("warning: sparse-ops: CUDA profiler range not set: {e}");
+        }
+    });
+}
+
 /// Seconds per GEMM of `A B` for `iters` back-to-back cuBLASLt launches on our stream, timed
 /// with CUDA events: the kernels alone, without the per-call ordering (for benchmarks).
 ///
