@@ -14,6 +14,7 @@
 //! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype |
 //! | [`top_k`] | `argsort_descending` (a host read-back on burn-cubecl) and `narrow` | read-back + sort + upload → 1 launch | nothing (int output) |
 //! | [`gather_padded`] | `select` of a frozen weight's kept rows/columns and `cat` of zeros | 2 → 1 | nothing (frozen weight, no backward) |
+//! | [`head_layout`] | burn's copy of a strided `[b, h, s, hd]` view (attention's head transposes) | 1 → 1 (a faster copy) | nothing |
 //! | [`row_merge`] | the token split's `select` of the dense rows, and their merge back (row mask, `select_assign` into zeros, multiply, add) | 4 full passes → 1 over the moved rows | the row indices |
 //!
 //! The last matters most for memory: the model's attention builds an f32 `[b, h, s, kv]` score
@@ -66,6 +67,7 @@ pub mod channel_mask;
 pub mod channel_scatter;
 pub mod cross_entropy;
 pub mod gather_padded;
+pub mod head_layout;
 pub mod rms_norm;
 pub mod rope;
 pub mod row_merge;

@@ -124,7 +124,9 @@ fn attention_run<B: AutodiffBackend>(
     let (b, nq, nkv, s, hd) = (2, 8, 2, 515, 128);
     let q = load::<B, 4>(&data([b, nq, s, hd], 21, 1.0, 0.0), dtype, device).require_grad();
     let k = load::<B, 4>(&data([b, nkv, s, hd], 22, 1.0, 0.0), dtype, device).require_grad();
-    let v = load::<B, 4>(&data([b, nkv, s, hd], 23, 1.0, 0.2), dtype, device).require_grad();
+    // V as the model passes it: a heads view of the projection's `[b, s, nkv, hd]` rows.
+    let v = load::<B, 4>(&data([b, s, nkv, hd], 23, 1.0, 0.2), dtype, device).require_grad();
+    let v_heads = v.clone().swap_dims(1, 2);
     let r = load::<B, 4>(&data([b, nq, s, hd], 24, 1.0, 0.0), dtype, device);
     let mut valid = vec![true; b * s];
     valid[s..s + 4].iter_mut().for_each(|v| *v = false); // batch 1 left-padded by 4
@@ -135,7 +137,7 @@ fn attention_run<B: AutodiffBackend>(
         kernels_cubecl::causal_attention::<B, kernels_cubecl::BurnMatmul>(
             q.clone(),
             k.clone(),
-            v.clone(),
+            v_heads,
             valid,
             scale,
         )
@@ -143,7 +145,7 @@ fn attention_run<B: AutodiffBackend>(
         reference::causal_attention::<B, kernels_cubecl::BurnMatmul>(
             q.clone(),
             k.clone(),
-            v.clone(),
+            v_heads,
             valid,
             scale,
         )
@@ -288,12 +290,13 @@ fn causal_softmax_on_cuda() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn causal_attention_on_cuda() {
-    // The softmax forward, then in the backward the softmax again and its backward.
+    // Forward: V's copy heads-major, the softmax, the output's copy into rows; backward: the
+    // softmax again, its backward, dV's copy into V's row layout.
     check_launches(
         "causal_attention",
         attention_run::<AC>,
         attention_run::<AF>,
-        3,
+        6,
     );
 }
 
@@ -389,6 +392,9 @@ fn top_k_on_cuda() {
         (4096, 1229),
         (14336, 430),
         (14336, 14336),
+        (33, 17),
+        (2049, 2049),
+        (131072, 65536),
     ];
     for dtype in [DType::F32, DType::BF16] {
         for (seed, &(n, k)) in cases.iter().enumerate() {

@@ -480,8 +480,9 @@ fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]
         tensor::<AW, 4>(&k, &dw).require_grad(),
         tensor::<AW, 4>(&v, &dw).require_grad(),
     );
-    // Forward: the fused softmax only; backward: the softmax again and its backward kernel.
-    let out = launches(1, &what, || {
+    // Forward: the fused softmax and the output's copy into `[b, s, nq, hd]` rows; backward: the
+    // softmax again and its backward kernel (V is contiguous here: no copy of it or of dV).
+    let out = launches(2, &what, || {
         causal_attention::<AW, BurnMatmul>(
             qw.clone(),
             kw.clone(),
@@ -530,6 +531,119 @@ fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]
         qf.grad(&grads_ref).unwrap(),
         &format!("{what} dq alone"),
     );
+}
+
+/// Attention as the model calls it: V a heads view of `[b, s, nkv, hd]` rows. V is copied
+/// heads-major once, the output and V's gradient come back laid out as rows (their
+/// `swap_dims(1, 2)` contiguous), the values as the reference's.
+#[test]
+fn causal_attention_hands_out_row_layouts() {
+    use kernels_cubecl::BurnMatmul;
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let (b, nq, nkv, s, hd) = (2, 4, 2, 21, 8);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let q = data([b, nq, s, hd], 94, 2.0, 0.0);
+    let k = data([b, nkv, s, hd], 95, 2.0, 0.0);
+    let v0 = data([b, s, nkv, hd], 96, 1.0, 0.3);
+    let r = data([b, nq, s, hd], 97, 1.0, 0.0);
+    let what = "causal_attention with V rows";
+
+    let vw = tensor::<AW, 4>(&v0, &dw).require_grad();
+    let out = launches(3, what, || {
+        causal_attention::<AW, BurnMatmul>(
+            tensor(&q, &dw),
+            tensor(&k, &dw),
+            heads_view(vw.clone()),
+            key_valid::<AW>(b, s, &[&[], &[2]], &dw),
+            scale,
+        )
+    });
+    let joined = out.clone().swap_dims(1, 2).into_primitive().tensor();
+    let strides = joined.primitive.meta.strides().to_vec();
+    assert_eq!(
+        strides,
+        [s * nq * hd, nq * hd, hd, 1],
+        "{what}: output rows"
+    );
+    let grads = launches(3, what, || (out.clone() * tensor(&r, &dw)).sum().backward());
+    let dv = vw.grad(&grads).unwrap();
+    let strides = dv.clone().into_primitive().tensor().meta.strides().to_vec();
+    assert_eq!(strides, [s * nkv * hd, nkv * hd, hd, 1], "{what}: dV rows");
+
+    let vf = tensor::<AF, 4>(&v0, &df).require_grad();
+    let out_ref = reference::causal_attention::<AF, BurnMatmul>(
+        tensor(&q, &df),
+        tensor(&k, &df),
+        heads_view(vf.clone()),
+        key_valid::<AF>(b, s, &[&[], &[2]], &df),
+        scale,
+    );
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, what);
+    assert_close(dv, vf.grad(&grads_ref).unwrap(), &format!("{what} dV"));
+
+    // Without autodiff: the same layout, from the same kernels.
+    let plain = launches(3, what, || {
+        causal_attention::<W, BurnMatmul>(
+            tensor(&q, &dw),
+            tensor(&k, &dw),
+            heads_view(tensor(&v0, &dw)),
+            key_valid::<W>(b, s, &[&[], &[2]], &dw),
+            scale,
+        )
+    });
+    let strides = plain
+        .swap_dims(1, 2)
+        .into_primitive()
+        .tensor()
+        .meta
+        .strides()
+        .to_vec();
+    assert_eq!(
+        strides,
+        [s * nq * hd, nq * hd, hd, 1],
+        "{what}: plain output rows"
+    );
+}
+
+/// `head_layout::contiguous` copies a strided view (one launch) with its values, and leaves a
+/// contiguous tensor alone (none).
+#[test]
+fn head_layout_copies_views_contiguous() {
+    let _serial = serial();
+    let dw = wgpu();
+    // The last view has a dimension of one beside the swapped one: already contiguous, no copy.
+    for (shape, seed, copies) in [
+        ([2, 5, 3, 8], 98, 1),
+        ([1, 7, 2, 6], 99, 1),
+        ([3, 1, 4, 4], 100, 0),
+    ] {
+        let x0 = data(shape, seed, 1.0, 0.0);
+        let view = heads_view(tensor::<W, 4>(&x0, &dw));
+        let what = format!("head_layout::contiguous {shape:?}");
+        let copied = launches(copies, &what, || {
+            kernels_cubecl::head_layout::contiguous(view.clone())
+        });
+        let [a, m, n, d] = copied.dims();
+        let strides = copied
+            .clone()
+            .into_primitive()
+            .tensor()
+            .meta
+            .strides()
+            .to_vec();
+        if copies > 0 {
+            assert_eq!(strides, [m * n * d, n * d, d, 1], "{what}: layout");
+        }
+        assert_eq!(
+            copied.clone().into_data().to_vec::<f32>().unwrap(),
+            view.into_data().to_vec::<f32>().unwrap(),
+            "{what}: values"
+        );
+        assert_eq!([a, m, n, d], [shape[0], shape[2], shape[1], shape[3]]);
+        launches(0, &what, || kernels_cubecl::head_layout::contiguous(copied));
+    }
 }
 
 #[test]
@@ -989,6 +1103,40 @@ fn top_k_matches_reference() {
     top_k_case(4096, 1229, 109);
     top_k_case(14336, 430, 110); // LLaMA3-8B MLP channels
     top_k_case(14336, 14336, 111);
+    // Around the kernel's 32 scores per cube, 256-score slices and 2048-score tiles.
+    top_k_case(31, 31, 112);
+    top_k_case(33, 1, 113);
+    top_k_case(33, 17, 114);
+    top_k_case(256, 100, 115);
+    top_k_case(257, 257, 116);
+    top_k_case(2048, 1024, 117);
+    top_k_case(2049, 2049, 118);
+    top_k_case(6145, 3000, 119);
+}
+
+#[test]
+fn top_k_all_ties() {
+    let _serial = serial();
+    let dw = wgpu();
+    // Equal scores everywhere (a NaN and a -inf among -inf's): the rank is the index.
+    for (n, k, value) in [
+        (1, 1, 0.5),
+        (33, 33, 0.5),
+        (2049, 700, 0.5),
+        (2100, 2100, f32::NEG_INFINITY),
+    ] {
+        let mut scores = vec![value; n];
+        if value == f32::NEG_INFINITY {
+            scores[5] = f32::NAN;
+            scores[2099] = f32::NAN;
+        }
+        let data = TensorData::new(scores.clone(), [n]);
+        let what = format!("top_k {k} of {n} equal scores");
+        let fused = launches(1, &what, || top_k(tensor::<W, 1>(&data, &dw), k));
+        let expected: Vec<i64> = (0..k as i64).collect();
+        assert_eq!(top_k_on_host(&scores, k), expected, "{what}: host");
+        assert_eq!(indices(fused), expected, "{what}");
+    }
 }
 
 #[test]

@@ -234,7 +234,10 @@ impl<B: Backend> SvdChannelSelector<B> {
         } else {
             z
         };
-        let gram = z.clone().transpose().matmul(z); // [3r, 3r]
+        // `z^T z` through the GEMM seam: burn's matmul gives this [3r, 3r] output of a
+        // 4096-long reduction one cube (~110 us on the H200, Nsight Compute), cuBLASLt splits K.
+        let z_t = z.transpose();
+        let gram = sparse_ops::linear(z_t.clone(), z_t); // [3r, 3r]
         let w2 = stacked.w2.clone();
         let squared = (gram.matmul(w2.clone()) * w2).sum_dim(0); // [1, q_width + 2 kv_width]
         let norms = stacked.split(squared.clamp_min(0.0).sqrt());
@@ -331,7 +334,10 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
                 } else {
                     // Gate and up from one pair of products.
                     let stacked = self.stacked.get(&(layer, Block::Mlp))?;
-                    let both = means.matmul(stacked.w1.clone()).matmul(stacked.w2.clone());
+                    // `means w1` through the seam, as the Gram matrix above (a [b, m r]
+                    // output of a d_model-long reduction).
+                    let z = sparse_ops::linear(means, stacked.w1.clone().transpose());
+                    let both = z.matmul(stacked.w2.clone());
                     let [gate, up]: [Tensor<B, 2>; 2] = stacked.split(both).try_into().ok()?;
                     (gate, up)
                 };

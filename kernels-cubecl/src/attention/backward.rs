@@ -14,6 +14,8 @@ use burn::tensor::{Bool, Tensor, TensorPrimitive};
 use super::{reference, BatchedMatmul};
 use crate::causal_softmax;
 use crate::dispatch::Cube;
+use crate::head_layout;
+use crate::rope::kernel::is_sequence_major;
 
 /// Backward of [`super::causal_attention`] with respect to Q, K and V, recomputing the
 /// probabilities from Q and K.
@@ -23,12 +25,14 @@ struct AttentionBackward<M> {
     matmul: PhantomData<M>,
 }
 
-/// Q, K, V (`[b, nq|nkv, s, hd]`) and `key_valid` (`[b, s]`) on the inner backend.
+/// Q, K, V (`[b, nq|nkv, s, hd]`, V contiguous) and `key_valid` (`[b, s]`) on the inner backend,
+/// and whether the forward's V was laid out `[b, s, nkv, hd]` (its gradient is given back so).
 type State<C> = (
     FloatTensor<C>,
     FloatTensor<C>,
     FloatTensor<C>,
     BoolTensor<C>,
+    bool,
 );
 
 fn float<C: Cube, const D: usize>(t: FloatTensor<C>) -> Tensor<C, D> {
@@ -44,8 +48,12 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
-        let dout: Tensor<C, 4> = float(grads.consume::<C>(&ops.node));
-        let (q, k, v, key_valid) = ops.state;
+        let v_id = node_v.as_ref().map(|node| node.id);
+        // The output was handed out laid out [b, s, nq, hd]; so comes its gradient, usually.
+        let dout: Tensor<C, 4> = float(head_layout::contiguous_primitive::<C>(
+            grads.consume::<C>(&ops.node),
+        ));
+        let (q, k, v, key_valid, v_sequence_major) = ops.state;
         let (q, k, v): (Tensor<C, 4>, Tensor<C, 4>, Tensor<C, 4>) = (float(q), float(k), float(v));
         let key_valid = Tensor::<C, 2, Bool>::from_primitive(key_valid);
         let [b, nq, s, hd] = q.dims();
@@ -91,7 +99,13 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
             (node_v, dv.map(|t| t.reshape([b, nkv, s, hd]))),
         ] {
             if let (Some(node), Some(grad)) = (node, grad) {
-                grads.register::<C>(node.id, primitive(grad));
+                let grad = primitive(grad);
+                let grad = if Some(node.id) == v_id && v_sequence_major {
+                    head_layout::sequence_major::<C>(grad)
+                } else {
+                    grad
+                };
+                grads.register::<C>(node.id, grad);
             }
         }
     }
@@ -106,13 +120,18 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
     key_valid: BoolTensor<C>,
     scale: f64,
 ) -> FloatTensor<Autodiff<C>> {
-    let out = primitive(super::composed::<C, M>(
+    // V heads-major once, for the forward's product and the backward's two (the view of the
+    // projection's rows it usually is would be copied by each).
+    let v_sequence_major = is_sequence_major(&C::float_into(v.primitive.clone()));
+    let v_heads = head_layout::contiguous_primitive::<C>(v.primitive.clone());
+    let out = super::composed::<C, M>(
         float(q.primitive.clone()),
         float(k.primitive.clone()),
-        float(v.primitive.clone()),
+        float(v_heads.clone()),
         Tensor::<C, 2, Bool>::from_primitive(key_valid.clone()),
         scale,
-    ));
+    );
+    let out = head_layout::sequence_major::<C>(primitive(out));
     let backward = AttentionBackward::<M> {
         scale,
         matmul: PhantomData,
@@ -122,9 +141,16 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => {
-            prep.finish((q.primitive, k.primitive, v.primitive, key_valid), out)
-        }
+        OpsKind::Tracked(prep) => prep.finish(
+            (
+                q.primitive,
+                k.primitive,
+                v_heads,
+                key_valid,
+                v_sequence_major,
+            ),
+            out,
+        ),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }

@@ -60,6 +60,11 @@ fn recompute_disabled() -> bool {
 /// instead of kept (see the module). Every backend runs the fused softmax where it has one; the
 /// values and gradients are those of [`reference::causal_attention`] up to its rounding.
 ///
+/// On those backends the output is laid out `[b, s, nq, hd]` in memory (a view with shape
+/// `[b, nq, s, hd]`), so that joining the heads (`swap_dims(1, 2)` then a reshape to
+/// `[b, s, nq * hd]`) copies nothing; V's gradient comes back in V's layout when V was such a
+/// view of `[b, s, nkv, hd]` rows.
+///
 /// # Shapes
 /// - `q`: `[b, nq, s, hd]`, `k`, `v`: `[b, nkv, s, hd]` with `nkv` dividing `nq`, `key_valid`:
 ///   `[b, s]`; output `[b, nq, s, hd]`
@@ -91,7 +96,7 @@ pub fn causal_attention<B: Backend, M: BatchedMatmul>(
         && q.shape().num_elements() > 0;
     match route {
         Some(route) if fits => on_route!(route, C =>
-            plain: cast(composed::<C, M>(cast(q), cast(k), cast(v), cast(key_valid), scale)),
+            plain: cast(plain::<C, M>(cast(q), cast(k), cast(v), cast(key_valid), scale)),
             autodiff: cast(tracked::<C, M>(cast(q), cast(k), cast(v), cast(key_valid), scale)),
         ),
         _ => composed::<B, M>(q, k, v, key_valid, scale),
@@ -110,6 +115,21 @@ fn composed<B: Backend, M: BatchedMatmul>(
     let scores = reference::grouped_scores::<B, M>(q, k);
     let probs = crate::causal_softmax(scores, key_valid, scale);
     reference::grouped_mix::<B, M>(probs, v)
+}
+
+/// [`composed`] on a cubecl backend without `Autodiff`: V made heads-major and the output laid
+/// out `[b, s, nq, hd]` by [`crate::head_layout`]'s copy (as under `Autodiff`).
+fn plain<C: Cube, M: BatchedMatmul>(
+    q: Tensor<C, 4>,
+    k: Tensor<C, 4>,
+    v: Tensor<C, 4>,
+    key_valid: Tensor<C, 2, Bool>,
+    scale: f64,
+) -> Tensor<C, 4> {
+    let v = crate::head_layout::contiguous(v);
+    let out = composed::<C, M>(q, k, v, key_valid, scale);
+    let out = crate::head_layout::sequence_major::<C>(out.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 fn tracked<C: Cube, M: BatchedMatmul>(

@@ -16,18 +16,15 @@ use crate::common::{
 };
 
 /// The masked f32 logits of the vector at `at` (keys `j0..j0 + N` of query `query`):
-/// `f32(F(s * scale))` where the key is allowed, `masked` elsewhere. Vectors wholly after the
-/// query are not read.
+/// `f32(F(s * scale))` where the key is allowed, `masked` elsewhere. `valid` is the keys' vector
+/// of `key_valid`. Vectors wholly after the query are not read.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 fn logits<F: Float, M: Int, N: Size>(
     scores: &Tensor<Vector<F, N>>,
-    key_valid: &Tensor<M>,
+    valid: Vector<M, N>,
     at: usize,
     j0: usize,
     query: usize,
-    valid_at: usize,
-    valid_stride: usize,
     scale: F,
     masked: f32,
 ) -> Vector<f32, N> {
@@ -36,8 +33,7 @@ fn logits<F: Float, M: Int, N: Size>(
         let s = Vector::<f32, N>::cast_from(scores[at] * Vector::new(scale));
         #[unroll]
         for k in 0..N::value() {
-            let j = j0 + k;
-            if j <= query && u32::cast_from(key_valid[valid_at + j * valid_stride]) != 0 {
+            if j0 + k <= query && u32::cast_from(valid[k]) != 0 {
                 x[k] = s[k];
             }
         }
@@ -48,13 +44,14 @@ fn logits<F: Float, M: Int, N: Size>(
 /// `probs = softmax(logits)` per row, from the online (max, sum) of each unit combined over the
 /// cube.
 ///
-/// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order; `key_valid`: `[b, kv]`,
-/// any strides; `kv_v = kv / N`.
+/// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order; `key_valid`: `[b, kv]`
+/// contiguous, read in vectors of `N` as the scores (one load per vector instead of `N`);
+/// `kv_v = kv / N`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     scores: &Tensor<Vector<F, N>>,
-    key_valid: &Tensor<M>,
+    key_valid: &Tensor<Vector<M, N>>,
     probs: &mut Tensor<Vector<F, N>>,
     rows: usize,
     rows_per_cube: usize,
@@ -74,8 +71,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     }
     let n = scores.vector_size();
     let query = row % seq;
-    let valid_at = (row / heads_seq) * key_valid.stride(0);
-    let valid_stride = key_valid.stride(1);
+    let valid_at = (row / heads_seq) * kv_v;
     let base = row * kv_v;
     let scale = F::cast_from(scale);
     let mut shared = SharedMemory::<f32>::new(block);
@@ -90,12 +86,10 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     while i < end {
         let x = logits::<F, M, N>(
             scores,
-            key_valid,
+            key_valid[valid_at + i],
             base + i,
             i * n,
             query,
-            valid_at,
-            valid_stride,
             scale,
             masked,
         );
@@ -109,6 +103,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     // A row with no readable key attends uniformly to every key, as under the reference's
     // finite additive mask.
     let uniform = largest == masked;
+    let inv_total = Vector::<f32, N>::new(1.0f32 / total);
     let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (kv_v * n) as f32));
 
     let mut i = UNIT_POS_X as usize;
@@ -118,16 +113,14 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
         } else if i < end {
             let x = logits::<F, M, N>(
                 scores,
-                key_valid,
+                key_valid[valid_at + i],
                 base + i,
                 i * n,
                 query,
-                valid_at,
-                valid_stride,
                 scale,
                 masked,
             );
-            let p = (x - Vector::new(largest)).exp() / Vector::new(total);
+            let p = (x - Vector::new(largest)).exp() * inv_total;
             probs[base + i] = Vector::<F, N>::cast_from(p);
         } else {
             probs[base + i] = Vector::<F, N>::new(F::new(0.0));
@@ -199,6 +192,7 @@ pub(crate) fn forward<R: CubeRuntime>(
     let probs =
         empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), shape, dtype);
     let vector = vector_size(&[&scores, &probs], dtype, &[kv]);
+    let key_valid = aligned_mask(key_valid, vector);
     let launch = plane_row_launch(&scores, rows, kv / vector);
     let address = address_type(&[&scores, &key_valid, &probs]);
     let dtypes = [dtype.into(), key_valid.dtype.into()];
@@ -228,6 +222,23 @@ pub(crate) fn forward<R: CubeRuntime>(
         )
     };
     probs
+}
+
+/// `key_valid` contiguous and starting on a boundary of `vector` elements (the kernel loads it in
+/// vectors): itself when it is (the model's masks are), else a copy into a fresh buffer.
+fn aligned_mask<R: CubeRuntime>(key_valid: CubeTensor<R>, vector: usize) -> CubeTensor<R> {
+    let key_valid = into_contiguous(key_valid);
+    let boundary = (vector * key_valid.dtype.size()) as u64;
+    if key_valid.handle.offset_start.unwrap_or(0) % boundary == 0 {
+        return key_valid;
+    }
+    let (client, device, dtype) = (
+        key_valid.client.clone(),
+        key_valid.device.clone(),
+        key_valid.dtype,
+    );
+    let copy = cubecl::std::tensor::into_contiguous(&client, key_valid.binding(), dtype.into());
+    CubeTensor::new(client, copy.handle, *copy.metadata, device, dtype)
 }
 
 /// The backward: the scores' gradient for `dprobs`, from the forward's output `probs`; output

@@ -1,7 +1,7 @@
 //! Rotary position embedding (HF LLaMA) in one pass, forward and backward.
 
 mod backward;
-mod kernel;
+pub(crate) mod kernel;
 pub mod reference;
 
 use burn::backend::Autodiff;

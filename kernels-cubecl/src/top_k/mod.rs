@@ -22,7 +22,8 @@ use crate::dispatch::{cast, on_route, route, Cube};
 ///
 /// On burn-wgpu/burn-cuda (plain or `Autodiff`; the scores are constants, nothing is recorded)
 /// one kernel that ranks every score by counting the scores before it: `n²` comparisons (2·10⁸
-/// for 14336 channels), each score's count spread over 8 warps, with no host read-back. Other backends
+/// for 14336 channels), 32 scores per cube against tiles of the scores staged in shared memory,
+/// each score's count spread over 8 warps, with no host read-back. Other backends
 /// and dtypes other than f32/f16/bf16 take the reference (a sort, which on burn-cubecl reads the
 /// scores back to the host).
 ///
