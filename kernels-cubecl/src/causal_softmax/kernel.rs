@@ -229,7 +229,12 @@ pub(crate) fn forward<R: CubeRuntime>(
 fn aligned_mask<R: CubeRuntime>(key_valid: CubeTensor<R>, vector: usize) -> CubeTensor<R> {
     let key_valid = into_contiguous(key_valid);
     let boundary = (vector * key_valid.dtype.size()) as u64;
-    if key_valid.handle.offset_start.unwrap_or(0) % boundary == 0 {
+    if key_valid
+        .handle
+        .offset_start
+        .unwrap_or(0)
+        .is_multiple_of(boundary)
+    {
         return key_valid;
     }
     let (client, device, dtype) = (
