@@ -11,6 +11,7 @@ import sys
 
 CATEGORIES = [
     ('GEMM (cuBLASLt)', r'gemm|nvjet|cutlass|sm90_|sm80_|xmma|splitK|cublas'),
+    ('GEMM (burn matmul)', r'matmul_entry'),
     ('softmax', r'softmax'),
     ('attention (other)', r'attention'),
     ('RMSNorm', r'rms_norm'),
@@ -19,7 +20,7 @@ CATEGORIES = [
     ('cross-entropy', r'cross_entropy'),
     ('AdamW + clipping', r'adamw|global_norm|norm_sq|sum_sq'),
     ('estimator / selection', r'top_k|channel|gather|scatter|row_|sequence_mean|mask'),
-    ('copies / layout', r'copy|into_contiguous|reshape|transpose|permute'),
+    ('copies / layout', r'copy|contiguous|reshape|transpose|permute'),
     ('casts', r'cast'),
     ('reductions', r'reduce|sum|mean|max'),
     ('element-wise', r'binop|unary|elemwise|kernel_scalar|add|mul|fill|prng|zeros'),
