@@ -130,13 +130,20 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
 }
 
 /// `dscores = F(P (dP - sum(dP P))) * F(scale)` per row.
+///
+/// `P` is the causal forward's: exactly zero after the query's key unless the row attends
+/// uniformly (no readable key), which its last element tells (nonzero only then, or for the last
+/// query). So a row reads `P` and `dP` up to the vector holding the query's key and writes zeros
+/// after it, as the forward does; a uniform row is read whole. `seq`: queries per `(b, h)`.
 #[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
 fn causal_softmax_backward_kernel<F: Float, N: Size>(
     probs: &Tensor<Vector<F, N>>,
     dprobs: &Tensor<Vector<F, N>>,
     dscores: &mut Tensor<Vector<F, N>>,
     rows: usize,
     rows_per_cube: usize,
+    seq: usize,
     kv_v: usize,
     scale: f32,
     #[comptime] block: usize,
@@ -147,12 +154,16 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
     if row >= rows {
         terminate!();
     }
+    let n = probs.vector_size();
     let base = row * kv_v;
     let mut shared = SharedMemory::<f32>::new(block);
+    let last = probs[base + kv_v - 1];
+    let uniform = f32::cast_from(last[n - 1]) != 0.0f32;
+    let end = select(uniform, kv_v, min(kv_v, (row % seq) / n + 1));
 
     let mut dots = Vector::<f32, N>::new(0.0f32);
     let mut i = UNIT_POS_X as usize;
-    while i < kv_v {
+    while i < end {
         let p = Vector::<f32, N>::cast_from(probs[base + i]);
         let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
         dots += p * dp;
@@ -163,10 +174,14 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
 
     let mut i = UNIT_POS_X as usize;
     while i < kv_v {
-        let p = Vector::<f32, N>::cast_from(probs[base + i]);
-        let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
-        let d = Vector::<F, N>::cast_from(p * (dp - Vector::new(dot)));
-        dscores[base + i] = d * scale;
+        if i < end {
+            let p = Vector::<f32, N>::cast_from(probs[base + i]);
+            let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
+            let d = Vector::<F, N>::cast_from(p * (dp - Vector::new(dot)));
+            dscores[base + i] = d * scale;
+        } else {
+            dscores[base + i] = Vector::<F, N>::new(F::new(0.0));
+        }
         i += block;
     }
 }
@@ -255,6 +270,7 @@ pub(crate) fn backward<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let (probs, dprobs) = (into_contiguous(probs), into_contiguous(dprobs));
     let (rows, kv) = rows_kv(&probs);
+    let seq = probs.meta.shape()[2];
     let dtype = probs.dtype;
     let dscores = empty_device_contiguous_dtype(
         probs.client.clone(),
@@ -280,6 +296,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             dscores.clone().into_tensor_arg(),
             rows,
             launch.rows_per_cube,
+            seq,
             kv / vector,
             scale as f32,
             launch.block,

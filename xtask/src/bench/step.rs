@@ -348,6 +348,33 @@ impl StepBench {
         Ok((model, setup))
     }
 
+    /// The steps run under a profiler, after every measured one (numbered from `first`):
+    /// `--host-profile`'s and `--cuda-profiler-step`'s.
+    fn profiled_steps<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>>(
+        &self,
+        stepper: &mut Stepper<'_, B, O>,
+        first: usize,
+    ) -> anyhow::Result<()> {
+        let device = stepper.device;
+        if let Some(path) = &self.host_profile {
+            let profile = super::host_profile::HostProfile::start()?;
+            for step in first..first + self.steps {
+                stepper.step(step, false)?;
+            }
+            sync::<B>(device)?;
+            profile.finish(path, self.steps)?;
+            println!("host profile: {}", path.display());
+        }
+        if self.cuda_profiler_step {
+            sync::<B>(device)?;
+            profiler_collect(self.model.backend, true)?;
+            stepper.step(first + self.steps, false)?;
+            profiler_collect(self.model.backend, false)?;
+            sync::<B>(device)?;
+        }
+        Ok(())
+    }
+
     /// The steps, in order: `--warmup` untimed, `--steps` timed (one synchronisation at the end
     /// of each, as the peer does), `--unsynced-steps` with none, and with `--breakdown` up to
     /// [`BREAKDOWN_STEPS`] synchronised between phases.
@@ -401,24 +428,10 @@ impl StepBench {
                 stepper.step(step, true)?;
             }
         }
-        if let Some(path) = &self.host_profile {
-            let first = self.warmup + self.steps + unsynced + BREAKDOWN_STEPS;
-            let profile = super::host_profile::HostProfile::start()?;
-            for step in first..first + self.steps {
-                stepper.step(step, false)?;
-            }
-            sync::<B>(device)?;
-            profile.finish(path, self.steps)?;
-            println!("host profile: {}", path.display());
-        }
-        if self.cuda_profiler_step {
-            let step = self.warmup + self.steps + unsynced + BREAKDOWN_STEPS + self.steps;
-            sync::<B>(device)?;
-            profiler_collect(self.model.backend, true)?;
-            stepper.step(step, false)?;
-            profiler_collect(self.model.backend, false)?;
-            sync::<B>(device)?;
-        }
+        self.profiled_steps(
+            &mut stepper,
+            self.warmup + self.steps + unsynced + BREAKDOWN_STEPS,
+        )?;
         memory.check_not_exhausted(peak_bytes)?;
         let losses: Vec<f64> = losses
             .into_iter()
