@@ -48,7 +48,6 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
-        let v_id = node_v.as_ref().map(|node| node.id);
         // The output was handed out laid out [b, s, nq, hd]; so comes its gradient, usually.
         let dout: Tensor<C, 4> = float(head_layout::contiguous_primitive::<C>(
             grads.consume::<C>(&ops.node),
@@ -75,9 +74,16 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
             v.reshape([n, s, hd]),
         );
         // dV sums over the query heads of each group, inside the product.
-        let dv = node_v
-            .as_ref()
-            .map(|_| M::matmul(grouped(probs.clone()).swap_dims(1, 2), dout.clone()));
+        // dV in the forward's V layout (rows when V was a view of them).
+        let dv = node_v.as_ref().map(|_| {
+            let dv = M::matmul(grouped(probs.clone()).swap_dims(1, 2), dout.clone());
+            let dv = dv.reshape([b, nkv, s, hd]);
+            if v_sequence_major {
+                float(head_layout::sequence_major::<C>(primitive(dv)))
+            } else {
+                dv
+            }
+        });
         let dprobs = M::matmul(dout, vg.swap_dims(1, 2)).reshape([b, nq, s, s]);
         // The kernel reads rows of `[b, h, s, kv]` tensors.
         let dscores = C::float_from(causal_softmax::kernel_backward::<C::Runtime>(
@@ -93,19 +99,9 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
             .as_ref()
             .map(|_| M::matmul(dscores.swap_dims(1, 2), qg).reshape([b, nkv, s, hd]));
 
-        for (node, grad) in [
-            (node_q, dq),
-            (node_k, dk),
-            (node_v, dv.map(|t| t.reshape([b, nkv, s, hd]))),
-        ] {
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let (Some(node), Some(grad)) = (node, grad) {
-                let grad = primitive(grad);
-                let grad = if Some(node.id) == v_id && v_sequence_major {
-                    head_layout::sequence_major::<C>(grad)
-                } else {
-                    grad
-                };
-                grads.register::<C>(node.id, grad);
+                grads.register::<C>(node.id, primitive(grad));
             }
         }
     }
@@ -124,14 +120,13 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
     // projection's rows it usually is would be copied by each).
     let v_sequence_major = is_sequence_major(&C::float_into(v.primitive.clone()));
     let v_heads = head_layout::contiguous_primitive::<C>(v.primitive.clone());
-    let out = super::composed::<C, M>(
+    let out = super::composed_rows::<C, M>(
         float(q.primitive.clone()),
         float(k.primitive.clone()),
         float(v_heads.clone()),
         Tensor::<C, 2, Bool>::from_primitive(key_valid.clone()),
         scale,
     );
-    let out = head_layout::sequence_major::<C>(primitive(out));
     let backward = AttentionBackward::<M> {
         scale,
         matmul: PhantomData,

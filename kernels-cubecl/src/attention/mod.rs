@@ -19,6 +19,7 @@ pub mod reference;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, BoolStore, DType, Tensor, TensorPrimitive};
 
 use crate::common::float_dtype;
@@ -117,8 +118,9 @@ fn composed<B: Backend, M: BatchedMatmul>(
     reference::grouped_mix::<B, M>(probs, v)
 }
 
-/// [`composed`] on a cubecl backend without `Autodiff`: V made heads-major and the output laid
-/// out `[b, s, nq, hd]` by [`crate::head_layout`]'s copy (as under `Autodiff`).
+/// [`composed`] on a cubecl backend without `Autodiff`: V made heads-major by
+/// [`crate::head_layout`]'s copy, the output laid out as rows ([`composed_rows`]), as under
+/// `Autodiff`.
 fn plain<C: Cube, M: BatchedMatmul>(
     q: Tensor<C, 4>,
     k: Tensor<C, 4>,
@@ -126,10 +128,23 @@ fn plain<C: Cube, M: BatchedMatmul>(
     key_valid: Tensor<C, 2, Bool>,
     scale: f64,
 ) -> Tensor<C, 4> {
-    let v = crate::head_layout::contiguous(v);
-    let out = composed::<C, M>(q, k, v, key_valid, scale);
-    let out = crate::head_layout::sequence_major::<C>(out.into_primitive().tensor());
+    let v_heads = crate::head_layout::contiguous_primitive::<C>(v.into_primitive().tensor());
+    let v_heads = Tensor::from_primitive(TensorPrimitive::Float(v_heads));
+    let out = composed_rows::<C, M>(q, k, v_heads, key_valid, scale);
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`composed`] with its output laid out `[b, s, nq, hd]` (shape `[b, nq, s, hd]`): the layout
+/// contract of [`causal_attention`] on the cubecl backends, plain or under `Autodiff`.
+fn composed_rows<C: Cube, M: BatchedMatmul>(
+    q: Tensor<C, 4>,
+    k: Tensor<C, 4>,
+    v_heads: Tensor<C, 4>,
+    key_valid: Tensor<C, 2, Bool>,
+    scale: f64,
+) -> FloatTensor<C> {
+    let out = composed::<C, M>(q, k, v_heads, key_valid, scale);
+    crate::head_layout::sequence_major::<C>(out.into_primitive().tensor())
 }
 
 fn tracked<C: Cube, M: BatchedMatmul>(

@@ -36,8 +36,11 @@ fn contiguous_kernel<F: Float, N: Size>(
     out[i] = x[at];
 }
 
-/// Whether `x` (4-d) is stored contiguously in its own dimension order.
-pub(crate) fn is_contiguous<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
+/// Whether `x` (4-d) is stored contiguously in its own dimension order, the strides of
+/// dimensions of size one aside. burn's `CubeTensor::is_contiguous` also requires those to be
+/// canonical, which would copy for nothing a swapped view with such a dimension (the
+/// `[b, 1, h, hd]` of a one-token step).
+fn is_contiguous<R: CubeRuntime>(x: &CubeTensor<R>) -> bool {
     let (shape, strides) = (x.meta.shape(), x.meta.strides());
     let mut expected = 1;
     for dim in (0..4).rev() {
