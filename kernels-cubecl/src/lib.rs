@@ -67,6 +67,7 @@ pub mod channel_mask;
 pub mod channel_scatter;
 pub mod cross_entropy;
 pub mod gather_padded;
+pub mod gradient_sum;
 pub mod head_layout;
 pub mod rms_norm;
 pub mod rope;

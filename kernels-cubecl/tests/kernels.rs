@@ -138,6 +138,38 @@ fn rms_norm_matches_reference() {
     rms_norm_case([7, 96], 5); // fewer vectors than a plane
 }
 
+/// A residual stream: `x` feeds the norm and, deeper, the residual add, whose share of `dx`
+/// burn registers first; the norm's backward kernel adds it in (`gradient_sum`) instead of burn.
+#[test]
+fn rms_norm_sums_the_residual_gradient() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let shape = [3, 5, 256];
+    let x = data(shape, 31, 1.5, 0.3);
+    let w = data([256], 32, 0.2, 1.0);
+    let r = data(shape, 33, 1.0, 0.0);
+    let r2 = data(shape, 34, 1.0, 0.0);
+    let block = |n: Tensor<AW, 3>| (n * tensor::<AW, 3>(&r, &dw)).tanh();
+    let xw = tensor::<AW, 3>(&x, &dw).require_grad();
+    let h = xw.clone()
+        + block(launches(1, "rms_norm", || {
+            rms_norm(xw.clone(), tensor(&w, &dw), EPS)
+        }));
+    let grads = launches(1, "rms_norm summed backward", || {
+        (h * tensor(&r2, &dw)).sum().backward()
+    });
+
+    let xf = tensor::<AF, 3>(&x, &df).require_grad();
+    let n = reference::rms_norm(xf.clone(), tensor(&w, &df), EPS);
+    let h = xf.clone() + (n * tensor::<AF, 3>(&r, &df)).tanh();
+    let grads_ref = (h * tensor(&r2, &df)).sum().backward();
+    assert_close(
+        xw.grad(&grads).unwrap(),
+        xf.grad(&grads_ref).unwrap(),
+        "dx of x + f(rms_norm(x))",
+    );
+}
+
 #[test]
 fn rms_norm_strided_input() {
     let _serial = serial();

@@ -88,10 +88,14 @@ impl<B: Backend> LlamaAttention<B> {
         mask: AttentionMask<B>,
         cache: Option<&mut LayerKvCache<B>>,
     ) -> Tensor<B, 3> {
-        let q = self.q_proj.forward(x.clone());
-        let k = self.k_proj.forward(x.clone());
-        let v = self.v_proj.forward(x);
-        let out = self.attend(q, k, v, rope, mask, cache); // [b, s, nq * hd]
+        let [b, s, d] = x.dims();
+        // One `[rows, d]` tensor read by the three projections (one autodiff node), so that
+        // their input gradients are summed inside their GEMMs: `kernels_cubecl::gradient_sum`.
+        let rows = x.reshape([b * s, d]);
+        let q = self.q_proj.forward(rows.clone());
+        let k = self.k_proj.forward(rows.clone());
+        let v = self.v_proj.forward(rows);
+        let out = self.attend(q, k, v, [b, s], rope, mask, cache); // [b, s, nq * hd]
         self.o_proj.forward(out)
     }
 
@@ -123,12 +127,11 @@ impl<B: Backend> LlamaAttention<B> {
             let width = p.dims().0;
             let keep = sparse.channel_keep(idx, width, dtype);
             p.forward_out_masked(rows.clone(), &keep, drop)
-                .reshape([b, s, width])
         };
         let q = masked(&self.q_proj, &channels.q);
         let k = masked(&self.k_proj, &channels.k);
         let v = masked(&self.v_proj, &channels.v);
-        let out = self.attend(q, k, v, rope, mask, None);
+        let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);
         self.o_proj
@@ -136,20 +139,21 @@ impl<B: Backend> LlamaAttention<B> {
             .reshape([b, s, self.o_proj.dims().0])
     }
 
-    /// Scaled dot-product attention of projected q/k/v (`[b, s, heads * hd]`), RoPE applied
-    /// here; returns the heads concatenated, `[b, s, n_heads * head_dim]`.
+    /// Scaled dot-product attention of projected q/k/v (token rows `[b * s, heads * hd]`), RoPE
+    /// applied here; returns the heads concatenated, `[b, s, n_heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
-        q: Tensor<B, 3>,
-        k: Tensor<B, 3>,
-        v: Tensor<B, 3>,
+        q: Tensor<B, 2>,
+        k: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        [b, s]: [usize; 2],
         rope: &RopeAngles<B>,
         mask: AttentionMask<B>,
         cache: Option<&mut LayerKvCache<B>>,
     ) -> Tensor<B, 3> {
-        let [b, s, _] = q.dims();
         let (nq, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let heads = |t: Tensor<B, 2>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
         let q = rope.apply(heads(q, nq)); // [b, nq, s, hd]
         let k = rope.apply(heads(k, nkv)); // [b, nkv, s, hd]
         let v = heads(v, nkv); // [b, nkv, s, hd]

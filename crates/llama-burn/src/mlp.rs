@@ -42,8 +42,18 @@ impl<B: Backend> LlamaMlp<B> {
     /// # Shapes
     /// - `x`: `[..., d_model]` (already normalised), output the same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let hidden = swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)); // [.., d_ff]
-        self.down_proj.forward(hidden)
+        let mut dims = x.dims();
+        let d = dims[D - 1];
+        // One `[rows, d]` tensor read by gate and up (one autodiff node), so that their input
+        // gradients are summed inside their GEMMs: `kernels_cubecl::gradient_sum`.
+        let rows = sparse_ops::reshaped(x, [dims.iter().product::<usize>() / d.max(1), d]);
+        let hidden = swiglu(
+            self.gate_proj.forward(rows.clone()),
+            self.up_proj.forward(rows),
+        ); // [rows, d_ff]
+        let out = self.down_proj.forward(hidden);
+        dims[D - 1] = out.dims()[1];
+        sparse_ops::reshaped(out, dims)
     }
 
     /// The MLP on the intermediate channels `idx` only (SPEC 5). With no adapter on any of its

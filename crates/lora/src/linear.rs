@@ -145,7 +145,7 @@ impl<B: Backend> LoraLinear<B> {
         };
         if let Some((a, b)) = fused_weights(lora, &x, base.dtype()) {
             let out = base.dims()[D - 1];
-            let base = FrozenBase::Output(base.reshape([rows_of(&x), out]));
+            let base = FrozenBase::Output(sparse_ops::reshaped(base, [rows_of(&x), out]));
             return lora_linear_rows(base, x, out, (a, b), lora.scaling);
         }
         let update = lora.forward(x);
@@ -237,9 +237,12 @@ fn lora_linear_rows<B: Backend, const D: usize>(
     scaling: f64,
 ) -> Tensor<B, D> {
     let (mut dims, rows) = (x.dims(), rows_of(&x));
-    let x = x.reshape([rows, dims[D - 1]]);
+    let x = sparse_ops::reshaped(x, [rows, dims[D - 1]]);
     dims[D - 1] = out;
-    sparse_ops::lora_linear(base, x, lora_a, lora_b, scaling).reshape(dims)
+    sparse_ops::reshaped(
+        sparse_ops::lora_linear(base, x, lora_a, lora_b, scaling),
+        dims,
+    )
 }
 
 #[cfg(test)]

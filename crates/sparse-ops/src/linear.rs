@@ -23,14 +23,29 @@ pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>)
     let rows: usize = dims[..D - 1].iter().product();
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
-    let x = x.reshape([rows, d_in]);
+    let x = reshaped(x, [rows, d_in]);
     #[cfg(feature = "cuda")]
     let (x, weight) = match crate::cublaslt::dispatch_linear(x, weight) {
-        Ok(y) => return y.reshape(out_dims),
+        Ok(y) => return reshaped(y, out_dims),
         Err(inputs) => inputs,
     };
     // [rows, in] x [in, out]; the transpose is a stride swap, not a copy, on burn's backends.
-    x.matmul(weight.transpose()).reshape(out_dims)
+    reshaped(x.matmul(weight.transpose()), out_dims)
+}
+
+/// `t.reshape(dims)`, but `t` itself when it already has that shape: under `Autodiff` a reshape
+/// is a new node even then, and projections that read one `[rows, in]` tensor must share its
+/// node for their input gradients to be summed inside their GEMMs
+/// ([`kernels_cubecl::gradient_sum`]) rather than by burn after each reshape's backward.
+pub fn reshaped<B: Backend, const D: usize, const D2: usize>(
+    t: Tensor<B, D>,
+    dims: [usize; D2],
+) -> Tensor<B, D2> {
+    if D == D2 && t.dims()[..] == dims[..] {
+        Tensor::from_primitive(t.into_primitive())
+    } else {
+        t.reshape(dims)
+    }
 }
 
 /// A batch of matrix products, `out[i] = a[i] b[i]`: attention's `Q K^T` and `P V` per head.

@@ -3,12 +3,13 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
 
 use super::kernel;
 use crate::dispatch::Cube;
+use crate::gradient_sum::register_summed;
 
 /// Backward of the fused RMSNorm with respect to `x` (the weight is frozen).
 #[derive(Debug)]
@@ -21,16 +22,32 @@ impl<C: Cube> Backward<C, 1> for RmsNormBackward {
     type State = (FloatTensor<C>, FloatTensor<C>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [Some(parent)] = ops.parents else {
+            return;
+        };
         let (x, weight) = ops.state;
         let eps = self.eps;
-        unary::<C, _>(ops.parents, ops.node, grads, |dy| {
-            C::float_from(kernel::backward(
-                C::float_into(x),
-                C::float_into(weight),
-                C::float_into(dy),
-                eps,
-            ))
-        });
+        let dy = grads.consume::<C>(&ops.node);
+        let (x, weight, dy) = (C::float_into(x), C::float_into(weight), C::float_into(dy));
+        // The residual stream's other share (the residual add's, registered first) is summed in
+        // the kernel: see `crate::gradient_sum`.
+        register_summed::<C>(
+            grads,
+            C::float_from(dy.clone()),
+            |key| key.node = parent.clone(),
+            |earlier| {
+                kernel::backward_summed(
+                    x.clone(),
+                    weight.clone(),
+                    dy.clone(),
+                    C::float_into(earlier),
+                    eps,
+                )
+                .map(C::float_from)
+                .map_err(C::float_from)
+            },
+            || C::float_from(kernel::backward(x.clone(), weight.clone(), dy.clone(), eps)),
+        );
     }
 }
 

@@ -52,18 +52,22 @@ fn rms_norm_forward_kernel<F: Float, N: Size>(
 }
 
 /// `dx = r dn - x r^3 sum(dn x) / width` with `dn = f32(F(dy * w))` per row (the gradient of
-/// [`rms_norm_forward_kernel`] with respect to `x`).
+/// [`rms_norm_forward_kernel`] with respect to `x`), plus `earlier` when `summed` (another
+/// consumer's share of `x`'s gradient, added in f32 before the one rounding).
 #[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
 fn rms_norm_backward_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
     dy: &Tensor<Vector<F, N>>,
+    earlier: &Tensor<Vector<F, N>>,
     dx: &mut Tensor<Vector<F, N>>,
     rows: usize,
     width_v: usize,
     width: f32,
     eps: f32,
     #[comptime] block: usize,
+    #[comptime] summed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS;
@@ -92,7 +96,11 @@ fn rms_norm_backward_kernel<F: Float, N: Size>(
     while i < width_v {
         let v = Vector::<f32, N>::cast_from(x[base + i]);
         let dn = Vector::<f32, N>::cast_from(dy[base + i] * w[i]);
-        dx[base + i] = Vector::<F, N>::cast_from(dn * Vector::new(r) - v * Vector::new(c));
+        let mut d = dn * Vector::new(r) - v * Vector::new(c);
+        if summed {
+            d += Vector::<f32, N>::cast_from(earlier[base + i]);
+        }
+        dx[base + i] = Vector::<F, N>::cast_from(d);
         i += block;
     }
 }
@@ -153,14 +161,42 @@ pub(crate) fn backward<R: CubeRuntime>(
     dy: CubeTensor<R>,
     eps: f64,
 ) -> CubeTensor<R> {
+    launch_backward(x, w, dy, None, eps)
+}
+
+/// [`backward`] plus `earlier` (another consumer's share of `x`'s gradient) in the same pass;
+/// `earlier` back when it is not of `x`'s shape and dtype.
+pub(crate) fn backward_summed<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    w: CubeTensor<R>,
+    dy: CubeTensor<R>,
+    earlier: CubeTensor<R>,
+    eps: f64,
+) -> Result<CubeTensor<R>, CubeTensor<R>> {
+    if earlier.dtype != x.dtype || earlier.meta.shape() != x.meta.shape() {
+        return Err(earlier);
+    }
+    Ok(launch_backward(x, w, dy, Some(earlier), eps))
+}
+
+fn launch_backward<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    w: CubeTensor<R>,
+    dy: CubeTensor<R>,
+    earlier: Option<CubeTensor<R>>,
+    eps: f64,
+) -> CubeTensor<R> {
     let (x, w, dy) = (into_contiguous(x), into_contiguous(w), into_contiguous(dy));
+    let summed = earlier.is_some();
+    // Without a share to add, `dy` stands in for the unread input.
+    let earlier = earlier.map_or_else(|| dy.clone(), into_contiguous);
     let (rows, width) = rows_width(&x);
     let dtype = x.dtype;
     let shape: Shape = x.meta.shape().clone();
     let dx = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, dtype);
-    let vector = vector_size(&[&x, &w, &dy, &dx], dtype, &[width]);
+    let vector = vector_size(&[&x, &w, &dy, &earlier, &dx], dtype, &[width]);
     let launch = row_launch(&x, rows, width / vector);
-    let address = address_type(&[&x, &w, &dy, &dx]);
+    let address = address_type(&[&x, &w, &dy, &earlier, &dx]);
     let client = x.client.clone();
     count_launch();
     // SAFETY: as in `forward`.
@@ -174,12 +210,14 @@ pub(crate) fn backward<R: CubeRuntime>(
             x.into_tensor_arg(),
             w.into_tensor_arg(),
             dy.into_tensor_arg(),
+            earlier.into_tensor_arg(),
             dx.clone().into_tensor_arg(),
             rows,
             width / vector,
             width as f32,
             eps as f32,
             launch.block,
+            summed,
             dtype.into(),
         )
     };

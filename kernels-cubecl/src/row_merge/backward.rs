@@ -5,13 +5,14 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::kernel;
 use crate::dispatch::Cube;
+use crate::gradient_sum::register_summed;
 
 /// The row indices, as the kernels take them.
 type Rows<C> = CubeTensor<<C as Cube>::Runtime>;
@@ -25,10 +26,30 @@ impl<C: Cube> Backward<C, 1> for GatherBackward {
     type State = (Rows<C>, usize);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [Some(parent)] = ops.parents else {
+            return;
+        };
         let (rows, n) = ops.state;
-        unary::<C, _>(ops.parents, ops.node, grads, |dout| {
-            C::float_from(kernel::scatter_rows(C::float_into(dout), rows, n))
-        });
+        let dout = C::float_into(grads.consume::<C>(&ops.node));
+        // The rows added into the other consumers' share of `dx` (the sparse path's, which reads
+        // every row), touching only them, instead of a zero `[n, d]` that burn then adds: see
+        // `crate::gradient_sum`.
+        register_summed::<C>(
+            grads,
+            C::float_from(dout.clone()),
+            |key| key.node = parent.clone(),
+            |earlier| {
+                let earlier = C::float_into(earlier);
+                let fits = earlier.dtype == dout.dtype
+                    && earlier.meta.shape()[..] == [n, dout.meta.shape()[1]];
+                if fits {
+                    Ok(C::float_from(kernel::add_rows(earlier, rows.clone(), dout.clone())))
+                } else {
+                    Err(C::float_from(earlier))
+                }
+            },
+            || C::float_from(kernel::scatter_rows(dout.clone(), rows.clone(), n)),
+        );
     }
 }
 

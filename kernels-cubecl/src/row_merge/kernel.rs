@@ -11,8 +11,8 @@ use cubecl::prelude::*;
 
 use crate::common::{address_type, count_launch, elementwise_launch, vector_size};
 
-/// `dst[rows[j]] = values[j]`, or `dst[rows[j]] = 0` with `zero` (`values` is not read then):
-/// one unit per vector of `N` elements of the `m` rows. `dst` `[n, d]` and `values` `[m, d]` have
+/// `dst[rows[j]] = values[j]`, `dst[rows[j]] += values[j]` with `add` (rows distinct), or
+/// `dst[rows[j]] = 0` with `zero` (`values` is not read then): one unit per vector of `N` elements of the `m` rows. `dst` `[n, d]` and `values` `[m, d]` have
 /// unit column strides and any row strides (cubecl may pad rows: a bf16 row of 576 is allocated
 /// 640 wide on CUDA), `N` dividing both; `width_vectors = d / N`, `len = m * width_vectors`.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -23,6 +23,7 @@ fn row_kernel<F: Float, N: Size, I: Int>(
     len: usize,
     width_vectors: usize,
     #[comptime] zero: bool,
+    #[comptime] add: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let i = ABSOLUTE_POS;
@@ -34,9 +35,21 @@ fn row_kernel<F: Float, N: Size, I: Int>(
     let at = usize::cast_from(rows[j * rows.stride(0)]) * dst.stride(0) / n + c;
     if zero {
         dst[at] = Vector::<F, N>::new(F::new(0.0));
+    } else if add {
+        let sum = Vector::<f32, N>::cast_from(dst[at])
+            + Vector::<f32, N>::cast_from(values[j * values.stride(0) / n + c]);
+        dst[at] = Vector::<F, N>::cast_from(sum);
     } else {
         dst[at] = values[j * values.stride(0) / n + c];
     }
+}
+
+/// What [`row_kernel`] writes into the rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RowWrite {
+    Set,
+    Add,
+    Zero,
 }
 
 /// Launches [`row_kernel`]: `dst` `[n, d]` and `values` `[m, d]` with unit column strides,
@@ -45,7 +58,7 @@ fn launch<R: CubeRuntime>(
     dst: &CubeTensor<R>,
     values: &CubeTensor<R>,
     rows: &CubeTensor<R>,
-    zero: bool,
+    mode: RowWrite,
 ) {
     let m = rows.meta.shape()[0];
     let d = dst.meta.shape()[1];
@@ -73,7 +86,8 @@ fn launch<R: CubeRuntime>(
             rows.clone().into_tensor_arg(),
             len,
             d / vector,
-            zero,
+            mode == RowWrite::Zero,
+            mode == RowWrite::Add,
             [dtype.into(), rows.dtype.into()],
         )
     };
@@ -94,7 +108,7 @@ pub(crate) fn set_rows<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let dst = writable(dst);
     match values {
-        Some(values) => launch(&dst, &into_contiguous(values), &rows, false),
+        Some(values) => launch(&dst, &into_contiguous(values), &rows, RowWrite::Set),
         // `values` is not read; a one-row stand-in (not `dst` itself: the same buffer bound
         // twice, once for writing, is invalid on wgpu).
         None => {
@@ -105,9 +119,21 @@ pub(crate) fn set_rows<R: CubeRuntime>(
                 Shape::new([1, d]),
                 dst.dtype,
             );
-            launch(&dst, &unused, &rows, true)
+            launch(&dst, &unused, &rows, RowWrite::Zero)
         }
     }
+    dst
+}
+
+/// `dst` (`[n, d]`) with `values` (`[m, d]`) added to its rows `rows` (distinct), in f32 with one
+/// rounding: in `dst`'s own buffer when nothing else holds it, else in a copy.
+pub(crate) fn add_rows<R: CubeRuntime>(
+    dst: CubeTensor<R>,
+    rows: CubeTensor<R>,
+    values: CubeTensor<R>,
+) -> CubeTensor<R> {
+    let dst = writable(dst);
+    launch(&dst, &into_contiguous(values), &rows, RowWrite::Add);
     dst
 }
 

@@ -306,6 +306,78 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
             check_lora_linear(c, dtype, true);
             check_lora_linear(c, dtype, false);
         }
+        check_summed_input_gradient(c);
+    }
+}
+
+/// One input read by three projections (q, k and v: a frozen `linear`, a `lora_linear`, a frozen
+/// `linear`): its gradient summed by the GEMMs (`beta = 1`, `kernels_cubecl::gradient_sum`), not
+/// by burn, and equal to the CPU reference.
+fn check_summed_input_gradient(c: &mut Checker) {
+    type Ad = Autodiff<Gpu>;
+    type AdCpu = Autodiff<Cpu>;
+    let bf16 = DType::BF16;
+    let (n, d_in, r) = (96, 1024, 16);
+    let ws = [768, 256, 256].map(|d_out| c.random([d_out, d_in], bf16));
+    let (x, a, b) = (
+        c.random([n, d_in], bf16),
+        c.random([r, d_in], bf16),
+        c.random([256, r], bf16),
+    );
+    let dys = [768, 256, 256].map(|d_out| c.random([n, d_out], bf16));
+    let xg = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+    let accumulated = cublaslt::accumulating_calls();
+    let grads = {
+        let w = |i: usize| Tensor::<Ad, 2>::from_inner(ws[i].clone());
+        let q = sparse_ops::linear(xg.clone(), w(0));
+        let k = sparse_ops::lora_linear(
+            sparse_ops::FrozenBase::Weight(w(1)),
+            xg.clone(),
+            Tensor::from_inner(a.clone()),
+            Tensor::from_inner(b.clone()),
+            2.0,
+        );
+        let v = sparse_ops::linear(xg.clone(), w(2));
+        let dy = |i: usize| Tensor::<Ad, 2>::from_inner(dys[i].clone());
+        ((q * dy(0)).sum() + (k * dy(1)).sum() + (v * dy(2)).sum()).backward()
+    };
+    // The LoRA update in the forward and `g A` in its backward accumulate anyway; the two sums
+    // of the three shares add three more (a product accumulating into the earlier share).
+    let accumulated = cublaslt::accumulating_calls() - accumulated;
+    c.report(
+        "three projections' dX summed by the GEMMs",
+        accumulated == 4,
+        format!("{accumulated} accumulating GEMMs (expected 4)"),
+    );
+
+    let device = Default::default();
+    let on_cpu =
+        |t: &Tensor<Gpu, 2>| Tensor::<AdCpu, 2>::from_data(cpu(t.clone()).into_data(), &device);
+    let xc = on_cpu(&x).require_grad();
+    let q = sparse_ops::linear(xc.clone(), on_cpu(&ws[0]));
+    let k = sparse_ops::lora::reference::lora_linear(
+        sparse_ops::FrozenBase::Weight(on_cpu(&ws[1])),
+        xc.clone(),
+        on_cpu(&a),
+        on_cpu(&b),
+        2.0,
+    );
+    let v = sparse_ops::linear(xc.clone(), on_cpu(&ws[2]));
+    let grads_c =
+        ((q * on_cpu(&dys[0])).sum() + (k * on_cpu(&dys[1])).sum() + (v * on_cpu(&dys[2])).sum())
+            .backward();
+    match (xg.grad(&grads), xc.grad(&grads_c)) {
+        (Some(ours), Some(reference)) => c.compare(
+            "dX summed over three projections",
+            Ok(ours),
+            reference,
+            bf16,
+        ),
+        _ => c.report(
+            "dX summed over three projections",
+            false,
+            "no gradient".into(),
+        ),
     }
 }
 

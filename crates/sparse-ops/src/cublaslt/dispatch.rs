@@ -19,11 +19,12 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Tensor, TensorPrimitive};
+use kernels_cubecl::gradient_sum::register_summed;
 
 use super::error::GemmError;
 use super::tensor::{
-    linear_forward, matmul_batched_primitive, matmul_primitive, stream_ordered, CudaBackend,
-    Primitive,
+    linear_forward, matmul_accumulate, matmul_batched_primitive, matmul_primitive, stream_ordered,
+    CudaBackend, Primitive,
 };
 
 /// With host-wait ordering (when cubecl's stream is not known), products below this many FLOPs
@@ -253,20 +254,42 @@ impl Backward<CudaBackend, 2> for LinearGrads {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, weight) = ops.state;
-        binary::<CudaBackend, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |dy| {
-                let weight = weight.expect("kept when x needs a gradient");
-                gemm_or_burn(dy, weight)
-            },
-            |dy| {
-                let x = x.expect("kept when W needs a gradient");
-                gemm_or_burn(CudaBackend::float_transpose(dy), x)
-            },
-        );
+        let [node_x, node_w] = ops.parents;
+        let dy: Primitive = grads.consume::<CudaBackend>(&ops.node);
+        if let Some(node) = node_w {
+            let x = x.expect("kept when W needs a gradient");
+            let dw = gemm_or_burn(CudaBackend::float_transpose(dy.clone()), x);
+            grads.register::<CudaBackend>(node.id, dw);
+        }
+        if let Some(node) = node_x {
+            let weight = weight.expect("kept when x needs a gradient");
+            // dX = dY W, accumulated into another consumer's share of dX when there is one
+            // (q, k and v read one input): `kernels_cubecl::gradient_sum`.
+            register_summed::<CudaBackend>(
+                grads,
+                dy.clone(),
+                |key| key.node = node.clone(),
+                |earlier| accumulate_into(dy.clone(), weight.clone(), earlier),
+                || gemm_or_burn(dy.clone(), weight.clone()),
+            );
+        }
     }
+}
+
+/// `c + a b` written into `c` by a `beta = 1` GEMM; `c` back when the GEMM cannot write it
+/// (shared, strided, another dtype, host-wait ordering), for burn to add instead.
+pub(super) fn accumulate_into(
+    a: Primitive,
+    b: Primitive,
+    c: Primitive,
+) -> Result<Primitive, Primitive> {
+    matmul_accumulate(a, b, 1.0, c).map_err(|failed| {
+        let (error, c) = *failed;
+        if error != GemmError::NotWritable {
+            warn_once(&error);
+        }
+        c
+    })
 }
 
 /// `a b` through cuBLASLt when worth it (see [`linear`]), else burn's matmul.

@@ -15,10 +15,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::dispatch::{cast, warn_once};
+use super::dispatch::{accumulate_into, cast, warn_once};
 use super::error::GemmError;
 use super::tensor::{matmul_accumulate, matmul_scaled, stream_ordered, CudaBackend, Primitive};
 use crate::frozen_base::FrozenBase;
+use kernels_cubecl::gradient_sum::register_summed;
 
 type AutodiffCuda = Autodiff<CudaBackend>;
 
@@ -217,12 +218,26 @@ impl Backward<CudaBackend, 4> for LoraBackward {
             grads.register::<CudaBackend>(node.id, scaled(t(g.clone()), x, 1.0));
         }
         if let (Some(node), Some(g)) = (node_x, g) {
-            let dx = match weight {
-                // dX = dY W, then dX += g A in the same buffer.
-                Some(w) => accumulate(g, a, 1.0, scaled(dy.clone(), w, 1.0)),
-                None => scaled(g, a, 1.0),
-            };
-            grads.register::<CudaBackend>(node.id, dx);
+            // dX = dY W (or nothing for a given base output), then dX += g A in the same buffer;
+            // both accumulate into another consumer's share of dX when there is one (q, k and v
+            // read one input): `kernels_cubecl::gradient_sum`.
+            let (g_sum, a_sum, dy_sum, w_sum) = (g.clone(), a.clone(), dy.clone(), weight.clone());
+            register_summed::<CudaBackend>(
+                grads,
+                dy.clone(),
+                |key| key.node = node.clone(),
+                |earlier| {
+                    let base = match w_sum {
+                        Some(w) => accumulate_into(dy_sum, w, earlier)?,
+                        None => earlier,
+                    };
+                    Ok(accumulate(g_sum, a_sum, 1.0, base))
+                },
+                || match weight {
+                    Some(w) => accumulate(g, a, 1.0, scaled(dy.clone(), w, 1.0)),
+                    None => scaled(g, a, 1.0),
+                },
+            );
         }
         if let (Some(node), true) = (node_base, self.base_is_output) {
             grads.register::<CudaBackend>(node.id, dy);
