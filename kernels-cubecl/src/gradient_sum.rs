@@ -26,13 +26,13 @@ use burn::tensor::ops::FloatTensor;
 /// sets the `node` of a key tensor: `|key| key.node = parent.clone()`. `like` is any tensor of the
 /// inner backend (a handle, not read): the key needs a primitive to exist.
 ///
-/// `sum` may decline (give `None`, e.g. for a layout or dtype it cannot read); then the share is
-/// computed alone and burn adds the two, as without this module.
+/// `sum` may decline, giving `earlier` back (e.g. for a layout or dtype it cannot read); then the
+/// share is computed alone and burn adds the two, as without this module.
 pub fn register_summed<B: Backend>(
     grads: &mut Gradients,
     like: FloatTensor<B>,
     point_at_parent: impl FnOnce(&mut FloatTensor<Autodiff<B>>),
-    sum: impl FnOnce(FloatTensor<B>) -> Result<FloatTensor<B>, FloatTensor<B>>,
+    sum: impl FnOnce(FloatTensor<B>) -> Result<FloatTensor<B>, Box<FloatTensor<B>>>,
     own: impl FnOnce() -> FloatTensor<B>,
 ) {
     let mut key = <Autodiff<B> as AutodiffBackend>::from_inner(like);
@@ -40,7 +40,7 @@ pub fn register_summed<B: Backend>(
     let total = match grads.remove::<B>(&key) {
         Some(earlier) => match sum(earlier) {
             Ok(total) => total,
-            Err(earlier) => B::float_add(own(), earlier),
+            Err(earlier) => B::float_add(own(), *earlier),
         },
         None => own(),
     };

@@ -9,7 +9,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::{reference, BatchedMatmul};
 use crate::causal_softmax;
@@ -25,15 +25,22 @@ struct AttentionBackward<M> {
     matmul: PhantomData<M>,
 }
 
-/// Q, K, V (`[b, nq|nkv, s, hd]`, V contiguous) and `key_valid` (`[b, s]`) on the inner backend,
-/// and whether the forward's V was laid out `[b, s, nkv, hd]` (its gradient is given back so).
-type State<C> = (
-    FloatTensor<C>,
-    FloatTensor<C>,
-    FloatTensor<C>,
-    BoolTensor<C>,
-    bool,
-);
+/// What the backward reads, on the inner backend.
+#[derive(Debug, Clone)]
+struct State<C: Cube> {
+    /// `[b, nq, s, hd]`.
+    q: FloatTensor<C>,
+    /// `[b, nkv, s, hd]`.
+    k: FloatTensor<C>,
+    /// `[b, nkv, s, hd]`, contiguous.
+    v: FloatTensor<C>,
+    /// `[b, s]`.
+    key_valid: BoolTensor<C>,
+    /// The softmax's max and `1 / sum` per row, `[b * nq * s * 2]` f32: `P` is rebuilt from them.
+    stats: FloatTensor<C>,
+    /// Whether the forward's V was laid out `[b, s, nkv, hd]` (its gradient is given back so).
+    v_sequence_major: bool,
+}
 
 fn float<C: Cube, const D: usize>(t: FloatTensor<C>) -> Tensor<C, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
@@ -52,20 +59,23 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
         let dout: Tensor<C, 4> = float(head_layout::contiguous_primitive::<C>(
             grads.consume::<C>(&ops.node),
         ));
-        let (q, k, v, key_valid, v_sequence_major) = ops.state;
+        let State {
+            q,
+            k,
+            v,
+            key_valid,
+            stats,
+            v_sequence_major,
+        } = ops.state;
         let (q, k, v): (Tensor<C, 4>, Tensor<C, 4>, Tensor<C, 4>) = (float(q), float(k), float(v));
-        let key_valid = Tensor::<C, 2, Bool>::from_primitive(key_valid);
         let [b, nq, s, hd] = q.dims();
         let nkv = k.dims()[1];
         let rows = nq / nkv * s; // query rows per KV head
         let n = b * nkv;
 
-        // The forward's probabilities, again (the same kernels on the same inputs: the same P).
-        let probs = causal_softmax::causal_softmax(
-            reference::grouped_scores::<C, M>(q.clone(), k.clone()),
-            key_valid,
-            self.scale,
-        ); // [b, nq, s, s]
+        // The forward's scores again (the same GEMM on the same inputs: the same values), from
+        // which one kernel rebuilds P with the forward's row statistics and computes dS.
+        let scores = reference::grouped_scores::<C, M>(q.clone(), k.clone()); // [b, nq, s, s]
         let grouped = |t: Tensor<C, 4>| t.reshape([n, rows, s]);
         let dout = dout.reshape([n, rows, hd]);
         let (qg, kg, vg) = (
@@ -73,25 +83,28 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
             k.reshape([n, s, hd]),
             v.reshape([n, s, hd]),
         );
-        // dV sums over the query heads of each group, inside the product.
-        // dV in the forward's V layout (rows when V was a view of them).
+        let dprobs = M::matmul(dout.clone(), vg.swap_dims(1, 2)).reshape([b, nq, s, s]);
+        let (probs, dscores) = causal_softmax::recompute_backward::<C::Runtime>(
+            C::float_into(primitive(scores)),
+            C::bool_into(key_valid),
+            C::float_into(stats),
+            C::float_into(primitive(dprobs)),
+            self.scale,
+        );
+        let (probs, dscores) = (
+            grouped(float(C::float_from(probs))),
+            grouped(float(C::float_from(dscores))),
+        );
+        // dV sums over the query heads of each group, inside the product; it is given back in
+        // the forward's V layout (rows when V was a view of them).
         let dv = node_v.as_ref().map(|_| {
-            let dv = M::matmul(grouped(probs.clone()).swap_dims(1, 2), dout.clone());
-            let dv = dv.reshape([b, nkv, s, hd]);
+            let dv = M::matmul(probs.swap_dims(1, 2), dout).reshape([b, nkv, s, hd]);
             if v_sequence_major {
                 float(head_layout::sequence_major::<C>(primitive(dv)))
             } else {
                 dv
             }
         });
-        let dprobs = M::matmul(dout, vg.swap_dims(1, 2)).reshape([b, nq, s, s]);
-        // The kernel reads rows of `[b, h, s, kv]` tensors.
-        let dscores = C::float_from(causal_softmax::kernel_backward::<C::Runtime>(
-            C::float_into(primitive(probs)),
-            C::float_into(primitive(dprobs)),
-            self.scale,
-        ));
-        let dscores = grouped(float(dscores));
         let dq = node_q
             .as_ref()
             .map(|_| M::matmul(dscores.clone(), kg).reshape([b, nq, s, hd]));
@@ -120,13 +133,17 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
     // projection's rows it usually is would be copied by each).
     let v_sequence_major = is_sequence_major(&C::float_into(v.primitive.clone()));
     let v_heads = head_layout::contiguous_primitive::<C>(v.primitive.clone());
-    let out = super::composed_rows::<C, M>(
-        float(q.primitive.clone()),
-        float(k.primitive.clone()),
-        float(v_heads.clone()),
-        Tensor::<C, 2, Bool>::from_primitive(key_valid.clone()),
+    // The composed forward (as `super::composed_rows`), its softmax also keeping each row's max
+    // and `1 / sum` for the backward.
+    let scores =
+        reference::grouped_scores::<C, M>(float(q.primitive.clone()), float(k.primitive.clone()));
+    let (probs, stats) = causal_softmax::forward_with_stats::<C::Runtime>(
+        C::float_into(primitive(scores)),
+        C::bool_into(key_valid.clone()),
         scale,
     );
+    let out = reference::grouped_mix::<C, M>(float(C::float_from(probs)), float(v_heads.clone()));
+    let out = head_layout::sequence_major::<C>(primitive(out));
     let backward = AttentionBackward::<M> {
         scale,
         matmul: PhantomData,
@@ -137,13 +154,14 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish(
-            (
-                q.primitive,
-                k.primitive,
-                v_heads,
+            State {
+                q: q.primitive,
+                k: k.primitive,
+                v: v_heads,
                 key_valid,
+                stats: C::float_from(stats),
                 v_sequence_major,
-            ),
+            },
             out,
         ),
         OpsKind::UnTracked(prep) => prep.finish(out),

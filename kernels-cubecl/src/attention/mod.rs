@@ -5,9 +5,11 @@
 //! `b * n_heads * s^2` values: 128 MiB per LLaMA3-8B layer at batch 8 x 512, 4 GiB a step, 2 GiB
 //! per layer at 8 x 2048) alive from the forward to the backward, for `dV = P^T dO` and the
 //! softmax's gradient. Here the forward keeps only Q, K and V, which the products' backward keeps
-//! anyway, and the backward recomputes `S = Q K^T` and `P` (one more product and one more softmax
-//! pass per layer, a few percent of the attention's time), then runs the usual chain:
-//! `dV = P^T dO`, `dP = dO V^T`, `dS = scale * P * (dP - rowsum(dP P))`, `dQ = dS K`,
+//! anyway, and each query row's softmax max and `1 / sum` (8 bytes a row, as flash attention
+//! keeps its log-sum-exp). The backward recomputes `S = Q K^T` (one more product per layer) and
+//! `dP = dO V^T`; one kernel then rebuilds `P` from `S` and the row statistics, exactly as the
+//! forward computed it, and gives `dS = scale * P * (dP - rowsum(dP P))` in the same pass (no
+//! second softmax with its max and sum reductions); then `dV = P^T dO`, `dQ = dS K`,
 //! `dK = dS^T Q`. The transient `S`, `P`, `dP`, `dS` of one layer are freed before the next
 //! layer's backward starts.
 //!

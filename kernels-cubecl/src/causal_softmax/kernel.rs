@@ -4,7 +4,7 @@
 //! tensor exists: the causal part is the key index against the query's, the padding part reads
 //! `key_valid`.
 
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -42,7 +42,7 @@ fn logits<F: Float, M: Int, N: Size>(
 }
 
 /// `probs = softmax(logits)` per row, from the online (max, sum) of each unit combined over the
-/// cube.
+/// cube; with `with_stats`, also the row's `(max, 1 / sum)` into `stats` (`[rows, 2]`).
 ///
 /// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order; `key_valid`: `[b, kv]`
 /// contiguous, read in vectors of `N` as the scores (one load per vector instead of `N`);
@@ -53,6 +53,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     scores: &Tensor<Vector<F, N>>,
     key_valid: &Tensor<Vector<M, N>>,
     probs: &mut Tensor<Vector<F, N>>,
+    stats: &mut Tensor<f32>,
     rows: usize,
     rows_per_cube: usize,
     heads_seq: usize,
@@ -62,6 +63,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     masked: f32,
     #[comptime] block: usize,
     #[comptime] plane: bool,
+    #[comptime] with_stats: bool,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
     // A whole plane shares a row, so a plane that stops here stops together.
@@ -104,6 +106,12 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     // finite additive mask.
     let uniform = largest == masked;
     let inv_total = Vector::<f32, N>::new(1.0f32 / total);
+    if with_stats && UNIT_POS_X == 0 {
+        // What the recomputing backward needs to rebuild this row's P (`largest == masked`
+        // marks a uniform row).
+        stats[row * 2] = largest;
+        stats[row * 2 + 1] = 1.0f32 / total;
+    }
     let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (kv_v * n) as f32));
 
     let mut i = UNIT_POS_X as usize;
@@ -186,6 +194,122 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
     }
 }
 
+/// The recomputing backward of the causal softmax in one pass per row: `P` rebuilt from the
+/// recomputed `scores` and the forward's `stats` (`[rows, 2]`: max and `1 / sum`, max `masked`
+/// for a uniform row), exactly as the forward computed it, then written for `dV = P^T dO`
+/// alongside `dscores = F(P (dP - sum(dP P))) * F(scale)`. It replaces a second forward pass (its
+/// max and sum reductions, and a write of `P` that the old backward read back).
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
+    scores: &Tensor<Vector<F, N>>,
+    key_valid: &Tensor<Vector<M, N>>,
+    stats: &Tensor<f32>,
+    dprobs: &Tensor<Vector<F, N>>,
+    probs: &mut Tensor<Vector<F, N>>,
+    dscores: &mut Tensor<Vector<F, N>>,
+    rows: usize,
+    rows_per_cube: usize,
+    heads_seq: usize,
+    seq: usize,
+    kv_v: usize,
+    scale: f32,
+    masked: f32,
+    #[comptime] block: usize,
+    #[comptime] plane: bool,
+    #[define(F, M)] _dtypes: [StorageType; 2],
+) {
+    let row = CUBE_POS * rows_per_cube + UNIT_POS_Y as usize;
+    if row >= rows {
+        terminate!();
+    }
+    let n = scores.vector_size();
+    let query = row % seq;
+    let valid_at = (row / heads_seq) * kv_v;
+    let base = row * kv_v;
+    let f_scale = F::cast_from(scale);
+    let mut shared = SharedMemory::<f32>::new(block);
+    let largest = stats[row * 2];
+    let inv_total = Vector::<f32, N>::new(stats[row * 2 + 1]);
+    let uniform = largest == masked;
+    let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (kv_v * n) as f32));
+    let end = select(uniform, kv_v, min(kv_v, query / n + 1));
+
+    let mut dots = Vector::<f32, N>::new(0.0f32);
+    let mut i = UNIT_POS_X as usize;
+    while i < end {
+        let p = recomputed_probs::<F, M, N>(
+            scores,
+            key_valid[valid_at + i],
+            base + i,
+            i * n,
+            query,
+            f_scale,
+            masked,
+            largest,
+            inv_total,
+            uniform,
+            spread,
+        );
+        dots += Vector::<f32, N>::cast_from(p) * Vector::<f32, N>::cast_from(dprobs[base + i]);
+        i += block;
+    }
+    let dot = row_sum(lane_sum::<N>(dots), &mut shared, plane);
+    let out_scale = Vector::<F, N>::new(F::cast_from(scale));
+
+    let mut i = UNIT_POS_X as usize;
+    while i < kv_v {
+        if i < end {
+            let p = recomputed_probs::<F, M, N>(
+                scores,
+                key_valid[valid_at + i],
+                base + i,
+                i * n,
+                query,
+                f_scale,
+                masked,
+                largest,
+                inv_total,
+                uniform,
+                spread,
+            );
+            let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
+            let pf = Vector::<f32, N>::cast_from(p);
+            probs[base + i] = p;
+            dscores[base + i] = Vector::<F, N>::cast_from(pf * (dp - Vector::new(dot))) * out_scale;
+        } else {
+            probs[base + i] = Vector::<F, N>::new(F::new(0.0));
+            dscores[base + i] = Vector::<F, N>::new(F::new(0.0));
+        }
+        i += block;
+    }
+}
+
+/// The forward's `P` of the vector at `at` (keys `j0..j0 + N`), from the row's max and `1 / sum`
+/// (`uniform`: every key gets `spread`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn recomputed_probs<F: Float, M: Int, N: Size>(
+    scores: &Tensor<Vector<F, N>>,
+    valid: Vector<M, N>,
+    at: usize,
+    j0: usize,
+    query: usize,
+    scale: F,
+    masked: f32,
+    largest: f32,
+    inv_total: Vector<f32, N>,
+    uniform: bool,
+    spread: Vector<F, N>,
+) -> Vector<F, N> {
+    let mut p = spread;
+    if !uniform {
+        let x = logits::<F, M, N>(scores, valid, at, j0, query, scale, masked);
+        p = Vector::<F, N>::cast_from((x - Vector::new(largest)).exp() * inv_total);
+    }
+    p
+}
+
 /// `(rows, kv)` of a `[b, h, s, kv]` tensor.
 fn rows_kv<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize) {
     let shape = t.meta.shape();
@@ -199,21 +323,44 @@ pub(crate) fn forward<R: CubeRuntime>(
     key_valid: CubeTensor<R>,
     scale: f64,
 ) -> CubeTensor<R> {
+    launch_forward(scores, key_valid, scale, false).0
+}
+
+/// [`forward`], plus each row's max and `1 / sum` (`[rows * 2]` f32), from which
+/// [`recompute_backward`] rebuilds the probabilities.
+pub(crate) fn forward_with_stats<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    key_valid: CubeTensor<R>,
+    scale: f64,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    launch_forward(scores, key_valid, scale, true)
+}
+
+fn launch_forward<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    key_valid: CubeTensor<R>,
+    scale: f64,
+    with_stats: bool,
+) -> (CubeTensor<R>, CubeTensor<R>) {
     let scores = into_contiguous(scores);
     let shape: Shape = scores.meta.shape().clone();
     let (heads, seq) = (shape[1], shape[2]);
     let (rows, kv) = rows_kv(&scores);
     let dtype = scores.dtype;
-    let probs =
-        empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), shape, dtype);
+    let (client, device) = (scores.client.clone(), scores.device.clone());
+    let probs = empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype);
+    // Without stats the kernel writes none: a one-pair stand-in.
+    let stat_rows = if with_stats { rows } else { 1 };
+    let stats =
+        empty_device_contiguous_dtype(client.clone(), device, [stat_rows * 2].into(), DType::F32);
     let vector = vector_size(&[&scores, &probs], dtype, &[kv]);
     let key_valid = aligned_mask(key_valid, vector);
     let launch = plane_row_launch(&scores, rows, kv / vector);
     let address = address_type(&[&scores, &key_valid, &probs]);
     let dtypes = [dtype.into(), key_valid.dtype.into()];
-    let client = scores.client.clone();
     count_launch();
-    // SAFETY: every index stays in its row of `rows * kv` contiguous elements, or in `key_valid`.
+    // SAFETY: every index stays in its row of `rows * kv` contiguous elements, in `key_valid`,
+    // or (with stats) in the row's pair of `stats`.
     unsafe {
         causal_softmax_forward_kernel::launch_unchecked::<R>(
             &client,
@@ -224,6 +371,62 @@ pub(crate) fn forward<R: CubeRuntime>(
             scores.into_tensor_arg(),
             key_valid.into_tensor_arg(),
             probs.clone().into_tensor_arg(),
+            stats.clone().into_tensor_arg(),
+            rows,
+            launch.rows_per_cube,
+            heads * seq,
+            seq,
+            kv / vector,
+            scale as f32,
+            f32::MIN,
+            launch.block,
+            launch.plane,
+            with_stats,
+            dtypes,
+        )
+    };
+    (probs, stats)
+}
+
+/// The recomputing backward: from the recomputed `scores` (`[b, h, s, kv]`), `key_valid`, the
+/// forward's `stats` ([`forward_with_stats`]) and `dprobs`, the probabilities again (for
+/// `dV = P^T dO`) and the scores' gradient, both contiguous in the scores' dtype.
+pub(crate) fn recompute_backward<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    key_valid: CubeTensor<R>,
+    stats: CubeTensor<R>,
+    dprobs: CubeTensor<R>,
+    scale: f64,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (scores, dprobs) = (into_contiguous(scores), into_contiguous(dprobs));
+    let stats = into_contiguous(stats);
+    let shape: Shape = scores.meta.shape().clone();
+    let (heads, seq) = (shape[1], shape[2]);
+    let (rows, kv) = rows_kv(&scores);
+    let dtype = scores.dtype;
+    let (client, device) = (scores.client.clone(), scores.device.clone());
+    let probs = empty_device_contiguous_dtype(client.clone(), device.clone(), shape.clone(), dtype);
+    let dscores = empty_device_contiguous_dtype(client.clone(), device, shape, dtype);
+    let vector = vector_size(&[&scores, &dprobs, &probs, &dscores], dtype, &[kv]);
+    let key_valid = aligned_mask(key_valid, vector);
+    let launch = plane_row_launch(&scores, rows, kv / vector);
+    let address = address_type(&[&scores, &key_valid, &dprobs, &probs, &dscores]);
+    let dtypes = [dtype.into(), key_valid.dtype.into()];
+    count_launch();
+    // SAFETY: as in `launch_forward`; `stats` holds a pair per row.
+    unsafe {
+        causal_softmax_recompute_backward_kernel::launch_unchecked::<R>(
+            &client,
+            launch.cube_count,
+            launch.cube_dim,
+            address,
+            vector,
+            scores.into_tensor_arg(),
+            key_valid.into_tensor_arg(),
+            stats.into_tensor_arg(),
+            dprobs.into_tensor_arg(),
+            probs.clone().into_tensor_arg(),
+            dscores.clone().into_tensor_arg(),
             rows,
             launch.rows_per_cube,
             heads * seq,
@@ -236,7 +439,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             dtypes,
         )
     };
-    probs
+    (probs, dscores)
 }
 
 /// `key_valid` contiguous and starting on a boundary of `vector` elements (the kernel loads it in

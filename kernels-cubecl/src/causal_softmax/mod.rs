@@ -5,8 +5,9 @@ mod backward;
 mod kernel;
 pub mod reference;
 
-/// The backward kernel on cubecl tensors (the attention's recomputing backward calls it).
-pub(crate) use kernel::backward as kernel_backward;
+/// The kernels on cubecl tensors that the attention's recomputing backward calls: the forward
+/// that also keeps each row's max and `1 / sum`, and the backward that rebuilds `P` from them.
+pub(crate) use kernel::{forward_with_stats, recompute_backward};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;

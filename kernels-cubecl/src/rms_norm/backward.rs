@@ -36,15 +36,13 @@ impl<C: Cube> Backward<C, 1> for RmsNormBackward {
             C::float_from(dy.clone()),
             |key| key.node = parent.clone(),
             |earlier| {
-                kernel::backward_summed(
-                    x.clone(),
-                    weight.clone(),
-                    dy.clone(),
-                    C::float_into(earlier),
-                    eps,
-                )
-                .map(C::float_from)
-                .map_err(C::float_from)
+                let earlier = C::float_into(earlier);
+                if !kernel::fits_summed(&x, &earlier) {
+                    return Err(Box::new(C::float_from(earlier)));
+                }
+                let (x, weight, dy) = (x.clone(), weight.clone(), dy.clone());
+                let dx = kernel::backward_summed(x, weight, dy, earlier, eps);
+                Ok(C::float_from(dx))
             },
             || C::float_from(kernel::backward(x.clone(), weight.clone(), dy.clone(), eps)),
         );

@@ -164,19 +164,21 @@ pub(crate) fn backward<R: CubeRuntime>(
     launch_backward(x, w, dy, None, eps)
 }
 
-/// [`backward`] plus `earlier` (another consumer's share of `x`'s gradient) in the same pass;
-/// `earlier` back when it is not of `x`'s shape and dtype.
+/// [`backward`] plus `earlier` (another consumer's share of `x`'s gradient, of `x`'s shape and
+/// dtype: see [`fits_summed`]) in the same pass.
 pub(crate) fn backward_summed<R: CubeRuntime>(
     x: CubeTensor<R>,
     w: CubeTensor<R>,
     dy: CubeTensor<R>,
     earlier: CubeTensor<R>,
     eps: f64,
-) -> Result<CubeTensor<R>, CubeTensor<R>> {
-    if earlier.dtype != x.dtype || earlier.meta.shape() != x.meta.shape() {
-        return Err(earlier);
-    }
-    Ok(launch_backward(x, w, dy, Some(earlier), eps))
+) -> CubeTensor<R> {
+    launch_backward(x, w, dy, Some(earlier), eps)
+}
+
+/// Whether [`backward_summed`] can add `earlier` into the gradient of `x`.
+pub(crate) fn fits_summed<R: CubeRuntime>(x: &CubeTensor<R>, earlier: &CubeTensor<R>) -> bool {
+    earlier.dtype == x.dtype && earlier.meta.shape() == x.meta.shape()
 }
 
 fn launch_backward<R: CubeRuntime>(

@@ -43,9 +43,13 @@ impl<C: Cube> Backward<C, 1> for GatherBackward {
                 let fits = earlier.dtype == dout.dtype
                     && earlier.meta.shape()[..] == [n, dout.meta.shape()[1]];
                 if fits {
-                    Ok(C::float_from(kernel::add_rows(earlier, rows.clone(), dout.clone())))
+                    Ok(C::float_from(kernel::add_rows(
+                        earlier,
+                        rows.clone(),
+                        dout.clone(),
+                    )))
                 } else {
-                    Err(C::float_from(earlier))
+                    Err(Box::new(C::float_from(earlier)))
                 }
             },
             || C::float_from(kernel::scatter_rows(dout.clone(), rows.clone(), n)),

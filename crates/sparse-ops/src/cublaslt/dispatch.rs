@@ -282,13 +282,13 @@ pub(super) fn accumulate_into(
     a: Primitive,
     b: Primitive,
     c: Primitive,
-) -> Result<Primitive, Primitive> {
+) -> Result<Primitive, Box<Primitive>> {
     matmul_accumulate(a, b, 1.0, c).map_err(|failed| {
         let (error, c) = *failed;
         if error != GemmError::NotWritable {
             warn_once(&error);
         }
-        c
+        Box::new(c)
     })
 }
 
