@@ -28,11 +28,6 @@ pub enum AttentionMask<B: Backend> {
     Additive(Tensor<B, 4>),
 }
 
-/// The largest fraction of q's channels kept for which a sparse attention block slices its q/k/v
-/// products (see [`LlamaAttention::forward_sparse`]); above it they run masked-dense. The paper's
-/// attention sparsities keep 25-80% of the channels.
-pub const SLICED_MAX_KEPT: f64 = 0.5;
-
 /// The attention block of one decoder layer.
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
@@ -109,13 +104,10 @@ impl<B: Backend> LlamaAttention<B> {
     /// reads only its chosen input channels; adapters add their dense outputs on top. Token rows
     /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
     ///
-    /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept, q/k/v are sliced products
-    /// ([`LoraLinear::forward_out_sliced`]: the kept weight rows gathered, the product on them,
-    /// its output scattered to full width) on the sparse rows, and full products on the dense
-    /// ones. Where more are kept, and always for o_proj, the projections run dense and masked
-    /// ([`LoraLinear::forward_out_masked`], [`LoraLinear::forward_in_masked`]): a slice keeping
-    /// most channels saves less than its gather, scatter and the dense rows' second product cost
-    /// (docs/perf.md). Both forms give the sliced products' values and gradients.
+    /// The projections run dense and masked ([`LoraLinear::forward_out_masked`]): the paper's
+    /// attention sparsities keep 25-80% of the channels, where a sliced product saves less than
+    /// gathering the weight rows and scattering the output back costs (docs/perf.md). The values
+    /// and gradients are those of the sliced products.
     ///
     /// # Shapes
     /// - as [`Self::forward`]
@@ -131,23 +123,14 @@ impl<B: Backend> LlamaAttention<B> {
         let dtype = x.dtype();
         let rows = x.reshape([b * s, d]);
         let drop = sparse.drop_sliced_input_grad;
-        let q_width = self.q_proj.dims().0;
-        let sliced = channels.q.dims()[0] as f64 <= SLICED_MAX_KEPT * q_width as f64;
-        let project = |p: &LoraLinear<B>, idx: &Tensor<B, 1, Int>| {
-            if sliced {
-                sparse.rows(
-                    rows.clone(),
-                    |x| p.forward_out_sliced(x, idx, drop),
-                    |x| p.forward(x),
-                )
-            } else {
-                let keep = sparse.channel_keep(idx, p.dims().0, dtype);
-                p.forward_out_masked(rows.clone(), &keep, drop)
-            }
+        let masked = |p: &LoraLinear<B>, idx: &Tensor<B, 1, Int>| {
+            let width = p.dims().0;
+            let keep = sparse.channel_keep(idx, width, dtype);
+            p.forward_out_masked(rows.clone(), &keep, drop)
         };
-        let q = project(&self.q_proj, &channels.q);
-        let k = project(&self.k_proj, &channels.k);
-        let v = project(&self.v_proj, &channels.v);
+        let q = masked(&self.q_proj, &channels.q);
+        let k = masked(&self.k_proj, &channels.k);
+        let v = masked(&self.v_proj, &channels.v);
         let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);

@@ -265,10 +265,8 @@ fn keeping_every_channel_equals_the_dense_model() {
     compare(&LlamaProjection::ALL, channels(), false);
 }
 
-/// q keeps 20 of 64 channels, at most [`llama_burn::SLICED_MAX_KEPT`]: q/k/v are sliced products.
 #[test]
 fn sparse_attention_and_compact_mlp_match_masked_dense() {
-    const { assert!(20.0 <= llama_burn::SLICED_MAX_KEPT * 64.0) };
     compare(
         &[
             LlamaProjection::Q,
@@ -279,26 +277,6 @@ fn sparse_attention_and_compact_mlp_match_masked_dense() {
         random_channels(7),
         true,
     );
-}
-
-/// q keeps 44 of 64 channels, more than [`llama_burn::SLICED_MAX_KEPT`]: q/k/v run masked-dense.
-#[test]
-fn sparse_attention_keeping_most_channels_matches_masked_dense() {
-    const { assert!(44.0 > llama_burn::SLICED_MAX_KEPT * 64.0) };
-    let mut channels = random_channels(5);
-    channels.attn[0] = Some([
-        subset(64, 44, 21),
-        subset(32, 22, 22),
-        subset(32, 25, 23),
-        subset(64, 50, 24),
-    ]);
-    channels.attn[1] = Some([
-        subset(64, 12, 25),
-        subset(32, 6, 26),
-        subset(32, 7, 27),
-        subset(64, 12, 28),
-    ]);
-    compare(&LlamaProjection::ATTENTION, channels, true);
 }
 
 #[test]
@@ -385,46 +363,4 @@ fn reference_compat_drops_the_base_input_gradient_of_sliced_adapted_projections(
     let dx_ref = x2.grad(&(y_ref * probe).sum().backward()).unwrap();
     dx.into_data()
         .assert_approx_eq::<f32>(&dx_ref.into_data(), Tolerance::default());
-}
-
-/// The two forms of a sparse attention projection under a token split, as
-/// `LlamaAttention::forward_sparse` picks between them: sliced on every row with the dense rows
-/// recomputed in full, and masked-dense with the mask sparing the dense rows. Same values, same
-/// input gradient.
-#[test]
-fn sliced_and_masked_projections_agree_under_a_token_split() {
-    let model = model(&[LlamaProjection::Q]);
-    let proj = &model.model.layers[0].self_attn.q_proj;
-    let device = Default::default();
-    let dense_rows = [false, true, false, false, true, false];
-    let sparse = SparseForward {
-        selector: &random_channels(1),
-        split: Some(TokenSplit::from_dense_mask(&dense_rows, &device)),
-        drop_sliced_input_grad: false,
-    };
-    let idx = ints(&subset(64, 13, 9));
-    let x = Tensor::<B, 2>::random([6, 64], Distribution::Normal(0.0, 1.0), &device);
-    let probe = Tensor::<B, 2>::random([6, 64], Distribution::Normal(0.0, 1.0), &device);
-
-    let x1 = x.clone().require_grad();
-    let sliced = sparse.rows(
-        x1.clone(),
-        |x| proj.forward_out_sliced(x, &idx, false),
-        |x| proj.forward(x),
-    );
-    let dx1 = x1
-        .grad(&(sliced.clone() * probe.clone()).sum().backward())
-        .unwrap();
-
-    let x2 = x.require_grad();
-    let keep = sparse.channel_keep(&idx, 64, burn::tensor::DType::F32);
-    let masked = proj.forward_out_masked(x2.clone(), &keep, false);
-    let dx2 = x2.grad(&(masked.clone() * probe).sum().backward()).unwrap();
-
-    let tol = Tolerance::<f32>::default();
-    sliced
-        .into_data()
-        .assert_approx_eq::<f32>(&masked.into_data(), tol);
-    dx1.into_data()
-        .assert_approx_eq::<f32>(&dx2.into_data(), tol);
 }

@@ -74,10 +74,7 @@ impl<B: Backend> LoraLinear<B> {
     ) -> Tensor<B, 2> {
         let (out, _) = self.dims();
         let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        // The kept weight rows by one gather kernel (burn's `select` elsewhere), no padding.
-        let k = idx.dims()[0];
-        let kept =
-            sparse_ops::linear_out_sliced_padded(base_input, self.weight.val(), idx.clone(), k);
+        let kept = sparse_ops::linear_out_sliced(base_input, self.weight.val(), idx.clone());
         let base = sparse_ops::scatter_channels(kept, idx.clone(), out);
         self.add_adapter(base, x)
     }
