@@ -11,7 +11,7 @@
 //! | [`rms_norm`] | cast to f32, square, mean, `+ eps`, sqrt, recip, multiply, cast back, `* weight` | ~9 → 1 | `x`, `weight` (no f32 copies) |
 //! | [`swiglu`] | `silu(gate) * up` (sigmoid in f32, casts, two products) | ~8 → 1 | `gate`, `up` |
 //! | [`rope`] | two slices, negation, concatenation, `x * cos + rot * sin` (and the copy of a strided `x`) | ~6 → 1 | `cos`, `sin` |
-//! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype |
+//! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype (inside [`causal_attention`]: only each row's max and `1 / sum`) |
 //! | [`top_k`] | `argsort_descending` (a host read-back on burn-cubecl) and `narrow` | read-back + sort + upload → 1 launch | nothing (int output) |
 //! | [`gather_padded`] | `select` of a frozen weight's kept rows/columns and `cat` of zeros | 2 → 1 | nothing (frozen weight, no backward) |
 //! | [`head_layout`] | burn's copy of a strided `[b, h, s, hd]` view (attention's head transposes) | 1 → 1 (a faster copy) | nothing |
@@ -23,6 +23,11 @@
 //! f32 max/sum reductions in registers and shared memory, and saves only `P` (in the scores'
 //! dtype); its backward computes `dS = scale * P * (dP - sum_j dP P)` from `P` alone. The causal
 //! part of the mask is never materialised: key positions after the query are not even read.
+//!
+//! Under `Autodiff`, the backwards that make a gradient also add it to the share another consumer
+//! of the same tensor registered before (RMSNorm's backward kernel, the row gather's backward,
+//! and through [`gradient_sum`] the GEMM seam's `beta = 1` products in `sparse-ops`), so burn does
+//! not add the shares in separate passes.
 //!
 //! [`top_k`] is SparseLoRA's channel selection (the `k` highest channel scores of a sparse layer).
 //! burn-cubecl 0.21 has no device sort: its `argsort` reads the scores back to the host, which
