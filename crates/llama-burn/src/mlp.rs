@@ -46,7 +46,7 @@ impl<B: Backend> LlamaMlp<B> {
         let d = dims[D - 1];
         // One `[rows, d]` tensor read by gate and up (one autodiff node), so that their input
         // gradients are summed inside their GEMMs: `kernels_cubecl::gradient_sum`.
-        let rows = sparse_ops::reshaped(x, [dims.iter().product::<usize>() / d.max(1), d]);
+        let rows = sparse_ops::reshaped(x, [dims[..D - 1].iter().product(), d]);
         let hidden = swiglu(
             self.gate_proj.forward(rows.clone()),
             self.up_proj.forward(rows),

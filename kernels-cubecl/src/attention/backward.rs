@@ -9,7 +9,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Bool, Tensor, TensorPrimitive};
 
 use super::{reference, BatchedMatmul};
 use crate::causal_softmax;
@@ -133,17 +133,15 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
     // projection's rows it usually is would be copied by each).
     let v_sequence_major = is_sequence_major(&C::float_into(v.primitive.clone()));
     let v_heads = head_layout::contiguous_primitive::<C>(v.primitive.clone());
-    // The composed forward (as `super::composed_rows`), its softmax also keeping each row's max
-    // and `1 / sum` for the backward.
-    let scores =
-        reference::grouped_scores::<C, M>(float(q.primitive.clone()), float(k.primitive.clone()));
-    let (probs, stats) = causal_softmax::forward_with_stats::<C::Runtime>(
-        C::float_into(primitive(scores)),
-        C::bool_into(key_valid.clone()),
+    let (out, stats) = super::composed_rows::<C, M>(
+        float(q.primitive.clone()),
+        float(k.primitive.clone()),
+        float(v_heads.clone()),
+        Tensor::<C, 2, Bool>::from_primitive(key_valid.clone()),
         scale,
+        true,
     );
-    let out = reference::grouped_mix::<C, M>(float(C::float_from(probs)), float(v_heads.clone()));
-    let out = head_layout::sequence_major::<C>(primitive(out));
+    let stats = stats.expect("composed_rows keeps the statistics asked for");
     let backward = AttentionBackward::<M> {
         scale,
         matmul: PhantomData,
@@ -159,7 +157,7 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
                 k: k.primitive,
                 v: v_heads,
                 key_valid,
-                stats: C::float_from(stats),
+                stats,
                 v_sequence_major,
             },
             out,

@@ -132,21 +132,36 @@ fn plain<C: Cube, M: BatchedMatmul>(
 ) -> Tensor<C, 4> {
     let v_heads = crate::head_layout::contiguous_primitive::<C>(v.into_primitive().tensor());
     let v_heads = Tensor::from_primitive(TensorPrimitive::Float(v_heads));
-    let out = composed_rows::<C, M>(q, k, v_heads, key_valid, scale);
+    let (out, _) = composed_rows::<C, M>(q, k, v_heads, key_valid, scale, false);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// [`composed`] with its output laid out `[b, s, nq, hd]` (shape `[b, nq, s, hd]`): the layout
-/// contract of [`causal_attention`] on the cubecl backends, plain or under `Autodiff`.
+/// contract of [`causal_attention`] on the cubecl backends, plain or under `Autodiff`. With
+/// `keep_stats`, also the softmax's max and `1 / sum` per query row, from which the backward
+/// rebuilds the probabilities.
 fn composed_rows<C: Cube, M: BatchedMatmul>(
     q: Tensor<C, 4>,
     k: Tensor<C, 4>,
     v_heads: Tensor<C, 4>,
     key_valid: Tensor<C, 2, Bool>,
     scale: f64,
-) -> FloatTensor<C> {
-    let out = composed::<C, M>(q, k, v_heads, key_valid, scale);
-    crate::head_layout::sequence_major::<C>(out.into_primitive().tensor())
+    keep_stats: bool,
+) -> (FloatTensor<C>, Option<FloatTensor<C>>) {
+    let scores = reference::grouped_scores::<C, M>(q, k)
+        .into_primitive()
+        .tensor();
+    // `causal_attention` checked what `crate::causal_softmax` would before running its kernel.
+    let (probs, stats) = crate::causal_softmax::forward_keeping_stats::<C::Runtime>(
+        C::float_into(scores),
+        C::bool_into(key_valid.into_primitive()),
+        scale,
+        keep_stats,
+    );
+    let probs = Tensor::from_primitive(TensorPrimitive::Float(C::float_from(probs)));
+    let out = reference::grouped_mix::<C, M>(probs, v_heads);
+    let out = crate::head_layout::sequence_major::<C>(out.into_primitive().tensor());
+    (out, stats.map(C::float_from))
 }
 
 fn tracked<C: Cube, M: BatchedMatmul>(

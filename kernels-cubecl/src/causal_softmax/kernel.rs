@@ -323,25 +323,17 @@ pub(crate) fn forward<R: CubeRuntime>(
     key_valid: CubeTensor<R>,
     scale: f64,
 ) -> CubeTensor<R> {
-    launch_forward(scores, key_valid, scale, false).0
+    forward_keeping_stats(scores, key_valid, scale, false).0
 }
 
-/// [`forward`], plus each row's max and `1 / sum` (`[rows * 2]` f32), from which
-/// [`recompute_backward`] rebuilds the probabilities.
-pub(crate) fn forward_with_stats<R: CubeRuntime>(
+/// [`forward`], plus with `keep_stats` each row's max and `1 / sum` (`[rows * 2]` f32), from
+/// which [`recompute_backward`] rebuilds the probabilities.
+pub(crate) fn forward_keeping_stats<R: CubeRuntime>(
     scores: CubeTensor<R>,
     key_valid: CubeTensor<R>,
     scale: f64,
-) -> (CubeTensor<R>, CubeTensor<R>) {
-    launch_forward(scores, key_valid, scale, true)
-}
-
-fn launch_forward<R: CubeRuntime>(
-    scores: CubeTensor<R>,
-    key_valid: CubeTensor<R>,
-    scale: f64,
-    with_stats: bool,
-) -> (CubeTensor<R>, CubeTensor<R>) {
+    keep_stats: bool,
+) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let scores = into_contiguous(scores);
     let shape: Shape = scores.meta.shape().clone();
     let (heads, seq) = (shape[1], shape[2]);
@@ -350,7 +342,7 @@ fn launch_forward<R: CubeRuntime>(
     let (client, device) = (scores.client.clone(), scores.device.clone());
     let probs = empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype);
     // Without stats the kernel writes none: a one-pair stand-in.
-    let stat_rows = if with_stats { rows } else { 1 };
+    let stat_rows = if keep_stats { rows } else { 1 };
     let stats =
         empty_device_contiguous_dtype(client.clone(), device, [stat_rows * 2].into(), DType::F32);
     let vector = vector_size(&[&scores, &probs], dtype, &[kv]);
@@ -381,15 +373,15 @@ fn launch_forward<R: CubeRuntime>(
             f32::MIN,
             launch.block,
             launch.plane,
-            with_stats,
+            keep_stats,
             dtypes,
         )
     };
-    (probs, stats)
+    (probs, keep_stats.then_some(stats))
 }
 
 /// The recomputing backward: from the recomputed `scores` (`[b, h, s, kv]`), `key_valid`, the
-/// forward's `stats` ([`forward_with_stats`]) and `dprobs`, the probabilities again (for
+/// forward's `stats` ([`forward_keeping_stats`]) and `dprobs`, the probabilities again (for
 /// `dV = P^T dO`) and the scores' gradient, both contiguous in the scores' dtype.
 pub(crate) fn recompute_backward<R: CubeRuntime>(
     scores: CubeTensor<R>,
@@ -413,7 +405,7 @@ pub(crate) fn recompute_backward<R: CubeRuntime>(
     let address = address_type(&[&scores, &key_valid, &dprobs, &probs, &dscores]);
     let dtypes = [dtype.into(), key_valid.dtype.into()];
     count_launch();
-    // SAFETY: as in `launch_forward`; `stats` holds a pair per row.
+    // SAFETY: as in `forward_keeping_stats`; `stats` holds a pair per row.
     unsafe {
         causal_softmax_recompute_backward_kernel::launch_unchecked::<R>(
             &client,

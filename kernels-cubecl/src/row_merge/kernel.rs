@@ -12,9 +12,10 @@ use cubecl::prelude::*;
 use crate::common::{address_type, count_launch, elementwise_launch, vector_size};
 
 /// `dst[rows[j]] = values[j]`, `dst[rows[j]] += values[j]` with `add` (rows distinct), or
-/// `dst[rows[j]] = 0` with `zero` (`values` is not read then): one unit per vector of `N` elements of the `m` rows. `dst` `[n, d]` and `values` `[m, d]` have
-/// unit column strides and any row strides (cubecl may pad rows: a bf16 row of 576 is allocated
-/// 640 wide on CUDA), `N` dividing both; `width_vectors = d / N`, `len = m * width_vectors`.
+/// `dst[rows[j]] = 0` with `zero` (`values` is not read then): one unit per vector of `N`
+/// elements of the `m` rows. `dst` `[n, d]` and `values` `[m, d]` have unit column strides and
+/// any row strides (cubecl may pad rows: a bf16 row of 576 is allocated 640 wide on CUDA), `N`
+/// dividing both; `width_vectors = d / N`, `len = m * width_vectors`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn row_kernel<F: Float, N: Size, I: Int>(
     dst: &mut Tensor<Vector<F, N>>,

@@ -221,21 +221,23 @@ impl Backward<CudaBackend, 4> for LoraBackward {
             // dX = dY W (or nothing for a given base output), then dX += g A in the same buffer;
             // both accumulate into another consumer's share of dX when there is one (q, k and v
             // read one input): `kernels_cubecl::gradient_sum`.
-            let (g_sum, a_sum, dy_sum, w_sum) = (g.clone(), a.clone(), dy.clone(), weight.clone());
             register_summed::<CudaBackend>(
                 grads,
                 dy.clone(),
                 |key| key.node = node.clone(),
                 |earlier| {
-                    let base = match w_sum {
-                        Some(w) => accumulate_into(dy_sum, w, earlier)?,
+                    let base = match &weight {
+                        Some(w) => accumulate_into(dy.clone(), w.clone(), earlier)?,
                         None => earlier,
                     };
-                    Ok(accumulate(g_sum, a_sum, 1.0, base))
+                    Ok(accumulate(g.clone(), a.clone(), 1.0, base))
                 },
-                || match weight {
-                    Some(w) => accumulate(g, a, 1.0, scaled(dy.clone(), w, 1.0)),
-                    None => scaled(g, a, 1.0),
+                || {
+                    let (g, a) = (g.clone(), a.clone());
+                    match &weight {
+                        Some(w) => accumulate(g, a, 1.0, scaled(dy.clone(), w.clone(), 1.0)),
+                        None => scaled(g, a, 1.0),
+                    }
                 },
             );
         }
