@@ -76,14 +76,18 @@ impl<B: Backend> LlamaAttention<B> {
         }
     }
 
+    /// `residual` plus the block's output on `x`: the add onto the residual stream is done by
+    /// o_proj's product ([`LoraLinear::forward_onto`]).
+    ///
     /// # Shapes
-    /// - `x`: `[batch, seq, d_model]` (already normalised)
+    /// - `x`: `[batch, seq, d_model]` (already normalised), `residual` the same
     /// - `rope`: cos/sin `[batch, 1, seq, head_dim]` of the query positions
     /// - `mask`: see [`AttentionMask`] (`kv_len` = the cache capacity with a cache)
     /// - output: `[batch, seq, d_model]`
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         mask: AttentionMask<B>,
         cache: Option<&mut LayerKvCache<B>>,
@@ -96,7 +100,7 @@ impl<B: Backend> LlamaAttention<B> {
         let k = self.k_proj.forward(rows.clone());
         let v = self.v_proj.forward(rows);
         let out = self.attend(q, k, v, [b, s], rope, mask, cache); // [b, s, nq * hd]
-        self.o_proj.forward(out)
+        self.o_proj.forward_onto(out, residual)
     }
 
     /// The block on the channels `channels` only (SPEC 5): q/k/v keep only their chosen output
@@ -114,6 +118,7 @@ impl<B: Backend> LlamaAttention<B> {
     pub(crate) fn forward_sparse(
         &self,
         x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         mask: AttentionMask<B>,
         channels: &AttnChannels<B>,
@@ -134,9 +139,10 @@ impl<B: Backend> LlamaAttention<B> {
         let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);
+        let residual = residual.reshape([b * s, d]);
         self.o_proj
-            .forward_in_masked(out.reshape([b * s, width]), &keep, drop)
-            .reshape([b, s, self.o_proj.dims().0])
+            .forward_in_masked_onto(out.reshape([b * s, width]), &keep, drop, residual)
+            .reshape([b, s, d])
     }
 
     /// Scaled dot-product attention of projected q/k/v (token rows `[b * s, heads * hd]`), RoPE

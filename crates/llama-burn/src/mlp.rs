@@ -42,17 +42,42 @@ impl<B: Backend> LlamaMlp<B> {
     /// # Shapes
     /// - `x`: `[..., d_model]` (already normalised), output the same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.forward_with(x, None)
+    }
+
+    /// `residual + self.forward(x)`, the add done by down's product
+    /// ([`LoraLinear::forward_onto`]).
+    ///
+    /// # Shapes
+    /// - `x`, `residual` and output: `[..., d_model]`
+    pub fn forward_onto<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        self.forward_with(x, Some(residual))
+    }
+
+    fn forward_with<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
         let mut dims = x.dims();
         let d = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
         // One `[rows, d]` tensor read by gate and up (one autodiff node), so that their input
         // gradients are summed inside their GEMMs: `kernels_cubecl::gradient_sum`.
-        let rows = sparse_ops::reshaped(x, [dims[..D - 1].iter().product(), d]);
-        let hidden = swiglu(
-            self.gate_proj.forward(rows.clone()),
-            self.up_proj.forward(rows),
-        ); // [rows, d_ff]
-        let out = self.down_proj.forward(hidden);
-        dims[D - 1] = out.dims()[1];
+        let x = sparse_ops::reshaped(x, [rows, d]);
+        let hidden = swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)); // [rows, d_ff]
+        let d_out = self.down_proj.dims().0;
+        let out = match residual {
+            Some(residual) => self
+                .down_proj
+                .forward_onto(hidden, sparse_ops::reshaped(residual, [rows, d_out])),
+            None => self.down_proj.forward(hidden),
+        };
+        dims[D - 1] = d_out;
         sparse_ops::reshaped(out, dims)
     }
 

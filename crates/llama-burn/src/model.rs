@@ -69,16 +69,20 @@ impl<B: Backend> LlamaDecoderLayer<B> {
                 .selector
                 .attention(s.layer, self.self_attn.projections(), x, s.tokens.clone())
         });
-        let attn = match (&sparse, channels) {
-            (Some(s), Some(channels)) => {
-                self.self_attn
-                    .forward_sparse(attn_input.clone(), rope, mask, &channels, s.forward)
-            }
+        // Each block's output is added onto the residual stream by its last product.
+        let h = match (&sparse, channels) {
+            (Some(s), Some(channels)) => self.self_attn.forward_sparse(
+                attn_input.clone(),
+                x,
+                rope,
+                mask,
+                &channels,
+                s.forward,
+            ),
             _ => self
                 .self_attn
-                .forward(attn_input.clone(), rope, mask, cache),
+                .forward(attn_input.clone(), x, rope, mask, cache),
         };
-        let h = x + attn;
         let mlp_input = self.post_attention_layernorm.forward(h.clone());
         if let Some(inputs) = inputs {
             inputs.push(LayerInputs {
@@ -92,11 +96,10 @@ impl<B: Backend> LlamaDecoderLayer<B> {
                 .selector
                 .mlp(s.layer, self.mlp.projections(), x, s.tokens.clone())
         });
-        let mlp = match (&sparse, channels) {
-            (Some(s), Some(idx)) => self.mlp.forward_sparse(mlp_input, &idx, s.forward),
-            _ => self.mlp.forward(mlp_input),
-        };
-        h + mlp
+        match (&sparse, channels) {
+            (Some(s), Some(idx)) => h + self.mlp.forward_sparse(mlp_input, &idx, s.forward),
+            _ => self.mlp.forward_onto(mlp_input, h),
+        }
     }
 }
 

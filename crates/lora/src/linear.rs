@@ -129,6 +129,38 @@ impl<B: Backend> LoraLinear<B> {
         self.add_adapter(base, x)
     }
 
+    /// `residual + self.forward(x)`: a block's output added onto the residual stream, the add
+    /// done by the base product's epilogue where the seam can ([`sparse_ops::linear_onto`]), the
+    /// adapter's update then accumulated onto it as in [`Self::forward`].
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, `residual` and output `[..., out]`
+    pub fn forward_onto<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        let base = sparse_ops::linear_onto(x.clone(), self.weight.val(), residual);
+        self.add_adapter(base, x)
+    }
+
+    /// `residual + self.forward_in_masked(x, keep, drop_base_input_grad)`, the add done as in
+    /// [`Self::forward_onto`].
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `keep` over `in` channels, `residual` and output `[n, out]`
+    pub fn forward_in_masked_onto(
+        &self,
+        x: Tensor<B, 2>,
+        keep: &ChannelKeep<B>,
+        drop_base_input_grad: bool,
+        residual: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let base_input = keep.apply(self.base_input(x.clone(), drop_base_input_grad));
+        let base = sparse_ops::linear_onto(base_input, self.weight.val(), residual);
+        self.add_adapter(base, x)
+    }
+
     fn base_input<const D: usize>(&self, x: Tensor<B, D>, drop_grad: bool) -> Tensor<B, D> {
         if drop_grad && self.lora.is_some() {
             x.detach()

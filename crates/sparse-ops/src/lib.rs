@@ -20,7 +20,7 @@ pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
 // The token split's row moves: the dense rows gathered out, their results written back over the
 // sparse ones (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
 pub use kernels_cubecl::row_merge::{gather_rows, replace_rows};
-pub use linear::{linear, matmul_batched, reshaped, SeamMatmul};
+pub use linear::{linear, linear_onto, matmul_batched, reshaped, SeamMatmul};
 pub use lora::{lora_linear, FrozenBase};
 pub use sliced::{
     linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,

@@ -33,6 +33,44 @@ pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>)
     reshaped(x.matmul(weight.transpose()), out_dims)
 }
 
+/// `addend + x W^T` (a projection whose output is added onto a tensor, as attention's and the
+/// MLP's outputs onto the residual stream).
+///
+/// On burn-cuda with GEMMs ordered on cubecl's stream the add is the product's epilogue (cuBLASLt's
+/// `D = A B + C` with `C` the addend, kept: the next norm's backward reads it), forward and
+/// backward (the addend's gradient is `dY` itself); elsewhere [`linear`] and an add.
+///
+/// # Shapes
+/// - `x`: `[..., in]`, `weight`: `[out, in]`, `addend` and output `[..., out]`
+pub fn linear_onto<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    addend: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dims = addend.dims();
+    let [d_out, d_in] = weight.dims();
+    assert!(
+        dims[D - 1] == d_out && x.dims()[..D - 1] == dims[..D - 1],
+        "linear_onto: input {:?}, weight [out={d_out}, in={d_in}] and addend {dims:?} disagree",
+        x.dims()
+    );
+    #[cfg(feature = "cuda")]
+    let (x, weight, addend) = {
+        let rows: usize = dims[..D - 1].iter().product();
+        let x2 = reshaped(x, [rows, d_in]);
+        let addend2 = reshaped(addend, [rows, d_out]);
+        match crate::cublaslt::dispatch_linear_onto(x2, weight, addend2) {
+            Ok(y) => return reshaped(y, dims),
+            Err((x2, weight, addend2)) => {
+                let mut x_dims = dims;
+                x_dims[D - 1] = d_in;
+                (reshaped(x2, x_dims), weight, reshaped(addend2, dims))
+            }
+        }
+    };
+    addend + linear(x, weight)
+}
+
 /// `t.reshape(dims)`, but `t` itself when it already has that shape: under `Autodiff` a reshape
 /// is a new node even then, and projections that read one `[rows, in]` tensor must share its
 /// node for their input gradients to be summed inside their GEMMs

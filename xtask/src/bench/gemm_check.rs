@@ -307,6 +307,7 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
             check_lora_linear(c, dtype, false);
         }
         check_summed_input_gradient(c);
+        check_linear_onto(c);
     }
 }
 
@@ -378,6 +379,88 @@ fn check_summed_input_gradient(c: &mut Checker) {
             false,
             "no gradient".into(),
         ),
+    }
+}
+
+/// `sparse_ops::linear_onto` (a projection added onto a residual by the GEMM's epilogue, the
+/// residual kept), plain and under `Autodiff` with a LoRA update accumulated on top, as o_proj
+/// and down_proj run: the output, the residual left unchanged, and the gradients of the input
+/// and the residual against the CPU.
+fn check_linear_onto(c: &mut Checker) {
+    type Ad = Autodiff<Gpu>;
+    type AdCpu = Autodiff<Cpu>;
+    let bf16 = DType::BF16;
+    let (n, d_in, d_out, r) = (96, 1024, 768, 16);
+    let (x, w, residual) = (
+        c.random([n, d_in], bf16),
+        c.random([d_out, d_in], bf16),
+        c.random([n, d_out], bf16),
+    );
+    let (a, b, dy) = (
+        c.random([r, d_in], bf16),
+        c.random([d_out, r], bf16),
+        c.random([n, d_out], bf16),
+    );
+    let device = Default::default();
+    let before = cpu(residual.clone());
+    let accumulated = cublaslt::accumulating_calls();
+    let y = c.calls("linear_onto: one cuBLASLt GEMM", 1, || {
+        sparse_ops::linear_onto(x.clone(), w.clone(), residual.clone())
+    });
+    let accumulated = cublaslt::accumulating_calls() - accumulated;
+    c.report(
+        "linear_onto: the add done by the GEMM",
+        accumulated == 1,
+        format!("{accumulated} accumulating GEMMs (expected 1)"),
+    );
+    let reference = before.clone() + cpu(x.clone()).matmul(cpu(w.clone()).transpose());
+    c.compare("linear_onto: y = r + x W^T", Ok(y), reference, bf16);
+    let kept = relative_error(cpu(residual.clone()), before);
+    c.report(
+        "linear_onto: the residual is kept",
+        kept == 0.0,
+        format!("rel. change {kept:.2e}"),
+    );
+
+    // Under Autodiff, as LoraLinear::forward_onto runs o_proj: the base onto the residual, the
+    // update accumulated onto that.
+    let name = |what: &str| format!("linear_onto + LoRA under Autodiff: {what}");
+    let xg = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+    let rg = Tensor::<Ad, 2>::from_inner(residual.clone()).require_grad();
+    let (y, grads) = {
+        let base = sparse_ops::linear_onto(xg.clone(), Tensor::from_inner(w.clone()), rg.clone());
+        let y = sparse_ops::lora_linear(
+            sparse_ops::FrozenBase::Output(base),
+            xg.clone(),
+            Tensor::from_inner(a.clone()),
+            Tensor::from_inner(b.clone()),
+            2.0,
+        );
+        let grads = (y.clone() * Tensor::from_inner(dy.clone()))
+            .sum()
+            .backward();
+        (y.inner(), grads)
+    };
+    let on_cpu =
+        |t: &Tensor<Gpu, 2>| Tensor::<AdCpu, 2>::from_data(cpu(t.clone()).into_data(), &device);
+    let (xc, rc) = (on_cpu(&x).require_grad(), on_cpu(&residual).require_grad());
+    let yc = sparse_ops::lora::reference::lora_linear(
+        sparse_ops::FrozenBase::Weight(on_cpu(&w)),
+        xc.clone(),
+        on_cpu(&a),
+        on_cpu(&b),
+        2.0,
+    ) + rc.clone();
+    let grads_c = (yc.clone() * on_cpu(&dy)).sum().backward();
+    c.compare(&name("y"), Ok(y), yc.inner(), bf16);
+    for (what, ours, reference) in [
+        ("dX", xg.grad(&grads), xc.grad(&grads_c)),
+        ("d residual", rg.grad(&grads), rc.grad(&grads_c)),
+    ] {
+        match (ours, reference) {
+            (Some(ours), Some(reference)) => c.compare(&name(what), Ok(ours), reference, bf16),
+            _ => c.report(&name(what), false, "no gradient".into()),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::cuda::CudaDevice;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -23,8 +24,8 @@ use kernels_cubecl::gradient_sum::register_summed;
 
 use super::error::GemmError;
 use super::tensor::{
-    linear_forward, matmul_accumulate, matmul_batched_primitive, matmul_primitive, stream_ordered,
-    CudaBackend, Primitive,
+    linear_forward, matmul_accumulate, matmul_add, matmul_batched_primitive, matmul_primitive,
+    stream_ordered, CudaBackend, Primitive,
 };
 
 /// With host-wait ordering (when cubecl's stream is not known), products below this many FLOPs
@@ -248,30 +249,159 @@ fn tracked(
 #[derive(Debug)]
 struct LinearGrads;
 
+/// `(x if W needs a gradient, W if x needs one)`: what the backward of `x W^T` reads.
+type LinearState = (Option<Primitive>, Option<Primitive>);
+
 impl Backward<CudaBackend, 2> for LinearGrads {
-    /// `(x if W needs a gradient, W if x needs one)`.
-    type State = (Option<Primitive>, Option<Primitive>);
+    type State = LinearState;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, weight) = ops.state;
-        let [node_x, node_w] = ops.parents;
         let dy: Primitive = grads.consume::<CudaBackend>(&ops.node);
-        if let Some(node) = node_w {
-            let x = x.expect("kept when W needs a gradient");
-            let dw = gemm_or_burn(CudaBackend::float_transpose(dy.clone()), x);
-            grads.register::<CudaBackend>(node.id, dw);
+        let [node_x, node_w] = ops.parents;
+        let x_key = node_x.map(|node| move |key: &mut FloatTensor<AutodiffCuda>| key.node = node);
+        linear_grads(ops.state, x_key, node_w.map(|node| node.id), dy, grads);
+    }
+}
+
+/// The gradients of `y = x W^T` for `dy`: `dW = dY^T X` for the weight's node `w_id`, and
+/// `dX = dY W` for the input's node, which `x_key` points a gradient key at; each only when
+/// asked for.
+fn linear_grads(
+    (x, weight): LinearState,
+    x_key: Option<impl FnOnce(&mut FloatTensor<AutodiffCuda>)>,
+    w_id: Option<NodeId>,
+    dy: Primitive,
+    grads: &mut Gradients,
+) {
+    if let Some(id) = w_id {
+        let x = x.expect("kept when W needs a gradient");
+        let dw = gemm_or_burn(CudaBackend::float_transpose(dy.clone()), x);
+        grads.register::<CudaBackend>(id, dw);
+    }
+    if let Some(x_key) = x_key {
+        let weight = weight.expect("kept when x needs a gradient");
+        // dX = dY W, accumulated into another consumer's share of dX when there is one
+        // (q, k and v read one input): `kernels_cubecl::gradient_sum`.
+        register_summed::<CudaBackend>(
+            grads,
+            dy.clone(),
+            x_key,
+            |earlier| accumulate_into(dy.clone(), weight.clone(), earlier),
+            || gemm_or_burn(dy.clone(), weight.clone()),
+        );
+    }
+}
+
+/// `addend + x W^T` through cuBLASLt with the add done by the product's epilogue (`C != D`: the
+/// addend, a residual stream, is read and kept), when `B` is burn-cuda, GEMMs are ordered on
+/// cubecl's stream and the three share a dtype; otherwise (or when cuBLASLt cannot take it,
+/// reported once) gives the inputs back untouched.
+///
+/// # Shapes
+/// - `x`: `[rows, in]`, `weight`: `[out, in]`, `addend` and output `[rows, out]`
+pub(crate) fn linear_onto<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    addend: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, LinearOntoInputs<B>> {
+    let backend = TypeId::of::<B>();
+    let (plain, autodiff) = (
+        backend == TypeId::of::<CudaBackend>(),
+        backend == TypeId::of::<AutodiffCuda>(),
+    );
+    let fits = (plain || autodiff)
+        && x.dtype() == weight.dtype()
+        && x.dtype() == addend.dtype()
+        && stream_ordered(&cast::<_, CudaDevice>(x.device()));
+    if !fits {
+        return Err((x, weight, addend));
+    }
+    let y = if plain {
+        let p = |t: Tensor<B, 2>| {
+            cast::<_, Tensor<CudaBackend, 2>>(t)
+                .into_primitive()
+                .tensor()
+        };
+        let w = CudaBackend::float_transpose(p(weight.clone()));
+        matmul_add(p(x.clone()), w, 1.0, p(addend.clone())).map(|y| {
+            cast(Tensor::<CudaBackend, 2>::from_primitive(
+                TensorPrimitive::Float(y),
+            ))
+        })
+    } else {
+        let p = |t: Tensor<B, 2>| {
+            cast::<_, Tensor<AutodiffCuda, 2>>(t)
+                .into_primitive()
+                .tensor()
+        };
+        tracked_onto(p(x.clone()), p(weight.clone()), p(addend.clone())).map(|y| {
+            cast(Tensor::<AutodiffCuda, 2>::from_primitive(
+                TensorPrimitive::Float(y),
+            ))
+        })
+    };
+    y.map_err(|e| {
+        if e != GemmError::NotWritable {
+            warn_once(&e);
         }
-        if let Some(node) = node_x {
-            let weight = weight.expect("kept when x needs a gradient");
-            // dX = dY W, accumulated into another consumer's share of dX when there is one
-            // (q, k and v read one input): `kernels_cubecl::gradient_sum`.
-            register_summed::<CudaBackend>(
-                grads,
-                dy.clone(),
-                |key| key.node = node.clone(),
-                |earlier| accumulate_into(dy.clone(), weight.clone(), earlier),
-                || gemm_or_burn(dy.clone(), weight.clone()),
-            );
+        (x, weight, addend)
+    })
+}
+
+/// The inputs of [`linear_onto`], given back when the fused op does not apply.
+pub(crate) type LinearOntoInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>);
+
+/// [`linear_onto`] under `Autodiff`, recording [`LinearOntoGrads`] as its backward.
+fn tracked_onto(
+    x: FloatTensor<AutodiffCuda>,
+    weight: FloatTensor<AutodiffCuda>,
+    addend: FloatTensor<AutodiffCuda>,
+) -> Result<FloatTensor<AutodiffCuda>, GemmError> {
+    let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+    let y = matmul_add(
+        x.primitive.clone(),
+        CudaBackend::float_transpose(weight.primitive.clone()),
+        1.0,
+        addend.primitive,
+    )?;
+    Ok(
+        match LinearOntoGrads
+            .prepare::<NoCheckpointing>([x.node, weight.node, addend.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    w_tracked.then(|| x.primitive.clone()),
+                    x_tracked.then(|| weight.primitive.clone()),
+                );
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    )
+}
+
+/// Backward of `y = addend + x W^T`: [`LinearGrads`]' two, and `dY` itself for the addend.
+#[derive(Debug)]
+struct LinearOntoGrads;
+
+impl Backward<CudaBackend, 3> for LinearOntoGrads {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy: Primitive = grads.consume::<CudaBackend>(&ops.node);
+        let [node_x, node_w, node_addend] = ops.parents;
+        let x_key = node_x.map(|node| move |key: &mut FloatTensor<AutodiffCuda>| key.node = node);
+        linear_grads(
+            ops.state,
+            x_key,
+            node_w.map(|node| node.id),
+            dy.clone(),
+            grads,
+        );
+        if let Some(node) = node_addend {
+            grads.register::<CudaBackend>(node.id, dy);
         }
     }
 }

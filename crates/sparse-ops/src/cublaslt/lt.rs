@@ -135,15 +135,40 @@ struct PlanKey {
     alignments: [u32; 3],
 }
 
-/// Device addresses of one GEMM: `d = op(first) op(second)` (see [`Problem`]).
+/// Device addresses of one GEMM: `d = alpha op(first) op(second) + beta c` (see [`Problem`]).
+/// `c` has `d`'s layout; it is `d` itself for a plain or an in-place accumulating product, and
+/// another buffer when the product is added onto a tensor that must survive (a residual stream).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pointers {
     pub first: u64,
     pub second: u64,
+    pub c: u64,
     pub d: u64,
 }
 
-/// What a launch computes around the product: `D = alpha op(first) op(second) + beta D`.
+impl Pointers {
+    /// The product written to `d` (and, with `beta != 0`, added onto `d`'s contents).
+    pub fn in_place(first: u64, second: u64, d: u64) -> Self {
+        Pointers {
+            first,
+            second,
+            c: d,
+            d,
+        }
+    }
+
+    /// The alignments a plan is made for (`[first, second, d]`): `d`'s slot takes the smaller
+    /// of `c`'s and `d`'s, which share one layout.
+    pub fn alignments(&self) -> [u32; 3] {
+        [
+            alignment(self.first),
+            alignment(self.second),
+            alignment(self.c).min(alignment(self.d)),
+        ]
+    }
+}
+
+/// What a launch computes around the product: `D = alpha op(first) op(second) + beta C`.
 /// `beta = 1` accumulates into the output's current contents (LoRA's update added onto the base
 /// projection's output, one input gradient onto another) instead of writing a new tensor that an
 /// element-wise add would then read again.
@@ -292,7 +317,7 @@ impl DeviceGemm {
         let algo = match plan.chosen.get() {
             Some(algo) => *algo,
             None => {
-                let algo = if scaling.beta == 0.0 {
+                let algo = if scaling.beta == 0.0 || ptrs.c != ptrs.d {
                     self.fastest(plan, ptrs, stream, workspace)
                 } else {
                     // Timing the candidates overwrites the output, which this launch reads: time
@@ -318,7 +343,8 @@ impl DeviceGemm {
         workspace: drvs::CUdeviceptr,
     ) -> Result<lts::cublasLtMatmulAlgo_t, GemmError> {
         let scratch = drv::malloc_sync(plan.d_bytes).map_err(driver("cuMemAlloc"))?;
-        let algo = self.fastest(plan, Pointers { d: scratch, ..ptrs }, stream, workspace);
+        let on_scratch = Pointers::in_place(ptrs.first, ptrs.second, scratch);
+        let algo = self.fastest(plan, on_scratch, stream, workspace);
         // The timing ended with a host wait on an event after the last launch.
         drv::stream::synchronize(stream).map_err(driver("cuStreamSynchronize"))?;
         drv::free_sync(scratch).map_err(driver("cuMemFree"))?;
@@ -348,7 +374,7 @@ impl DeviceGemm {
             plan.first,
             ptrs.second as *const c_void,
             plan.second,
-            ptrs.d as *const c_void,
+            ptrs.c as *const c_void,
             plan.d,
             ptrs.d as *mut c_void,
             plan.d,
@@ -408,12 +434,7 @@ impl DeviceGemm {
         dtype: DType,
         ptrs: Pointers,
     ) -> Result<(), GemmError> {
-        let alignments = [
-            alignment(ptrs.first),
-            alignment(ptrs.second),
-            alignment(ptrs.d),
-        ];
-        let plan = self.plan(problem, dtype, alignments)?;
+        let plan = self.plan(problem, dtype, ptrs.alignments())?;
         self.launch_plan(&plan, ptrs, Scaling::PRODUCT, self.stream)
     }
 

@@ -20,7 +20,10 @@ mod lt;
 mod stream;
 mod tensor;
 
-pub(crate) use dispatch::{linear as dispatch_linear, matmul_batched as dispatch_matmul_batched};
+pub(crate) use dispatch::{
+    linear as dispatch_linear, linear_onto as dispatch_linear_onto,
+    matmul_batched as dispatch_matmul_batched,
+};
 pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
 pub(crate) use lora::lora_linear as dispatch_lora_linear;

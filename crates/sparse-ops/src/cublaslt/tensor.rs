@@ -251,6 +251,38 @@ pub(crate) fn matmul_accumulate(
     Ok(out)
 }
 
+/// `C + alpha A B` into a new tensor, `c` only read, through cuBLASLt ordered on cubecl's stream:
+/// an add onto a tensor that must survive (the residual stream, which the next norm's backward
+/// reads) done by the product's epilogue (`D = alpha A B + C`, `C != D`).
+///
+/// # Errors
+/// [`GemmError::NotWritable`] when `c` is not a contiguous `[m, n]` tensor of the operands'
+/// dtype on their device, or when the GEMMs are not ordered on cubecl's stream; otherwise as
+/// [`matmul`].
+pub(crate) fn matmul_add(
+    a: Primitive,
+    b: Primitive,
+    alpha: f32,
+    c: Primitive,
+) -> Result<Primitive, GemmError> {
+    if ordered_stream(&c.device).is_none() {
+        return Err(GemmError::NotWritable);
+    }
+    let mut gemm = Prepared::new(a, b)?;
+    let fits = c.dtype == gemm.out.dtype
+        && c.device == gemm.out.device
+        && c.meta.shape().num_dims() == 2
+        && dims(&c) == dims(&gemm.out);
+    if !fits {
+        return Err(GemmError::NotWritable);
+    }
+    gemm.addend = Some(c);
+    gemm.scaling = Scaling { alpha, beta: 1.0 };
+    let out = run_prepared(gemm)?;
+    ACCUMULATED.fetch_add(1, Ordering::Relaxed);
+    Ok(out)
+}
+
 /// Queues a prepared GEMM, ordered on cubecl's stream when it is known, else with host waits
 /// (plain products only).
 fn run_prepared(gemm: Prepared) -> Result<Primitive, GemmError> {
@@ -370,8 +402,10 @@ struct Prepared {
     a: Primitive,
     b: Primitive,
     out: Primitive,
+    /// Read as `C` instead of `out` (`out = alpha a b + beta addend`), `out`'s layout.
+    addend: Option<Primitive>,
     problem: Problem,
-    /// `out = alpha a b + beta out`.
+    /// `out = alpha a b + beta out` (or `+ beta addend`).
     scaling: Scaling,
 }
 
@@ -435,6 +469,7 @@ impl Prepared {
             a,
             b,
             out,
+            addend: None,
             scaling: Scaling::PRODUCT,
         })
     }
@@ -464,6 +499,7 @@ impl Prepared {
             a,
             b,
             out,
+            addend: None,
             scaling: Scaling::PRODUCT,
         })
     }
@@ -489,11 +525,8 @@ impl Prepared {
         let (ra, rb, rd) = (resource(&self.a)?, resource(&self.b)?, resource(&self.out)?);
         cubecl::future::block_on(client.sync())
             .map_err(|e| GemmError::Runtime(format!("{e:?}")))?;
-        let ptrs = Pointers {
-            first: rb.resource().ptr,
-            second: ra.resource().ptr,
-            d: rd.resource().ptr,
-        };
+        // Only plain products wait on the host (`run_prepared`): no addend here.
+        let ptrs = Pointers::in_place(rb.resource().ptr, ra.resource().ptr, rd.resource().ptr);
         let dtype = self.out.dtype;
         let value = lt::with_device(self.out.device.index, |device| {
             let value = launch(device, &self.problem, dtype, ptrs);
@@ -515,7 +548,8 @@ impl Prepared {
         let assumed = [
             offset_alignment(&self.b),
             offset_alignment(&self.a),
-            offset_alignment(&self.out),
+            offset_alignment(&self.out)
+                .min(self.addend.as_ref().map_or(u32::MAX, offset_alignment)),
         ];
         let (problem, scaling) = (self.problem, self.scaling);
         // Planned here, where an error can still be returned.
@@ -530,6 +564,7 @@ impl Prepared {
             self.b.handle.clone().binding(),
             self.out.handle.clone().binding(),
         );
+        let c = self.addend.as_ref().map(|c| c.handle.clone().binding());
         let out_bytes = self.out.meta.shape().num_elements() * dtype.size();
         stream::device_handle(&self.out.device).submit(move |server: &mut stream::Server| {
             let mut d_ptr = None;
@@ -540,17 +575,15 @@ impl Prepared {
                         .map(|r| r.resource().ptr)
                         .map_err(|e| GemmError::Runtime(format!("{e:?}")))
                 };
+                let d_address = address(&d)?;
                 let ptrs = Pointers {
                     first: address(&b)?,
                     second: address(&a)?,
-                    d: address(&d)?,
+                    c: c.as_ref().map_or(Ok(d_address), &mut address)?,
+                    d: d_address,
                 };
                 d_ptr = Some(ptrs.d);
-                let actual = [
-                    alignment(ptrs.first),
-                    alignment(ptrs.second),
-                    alignment(ptrs.d),
-                ];
+                let actual = ptrs.alignments();
                 lt::with_device(ordinal, |device| {
                     let plan = if actual.iter().zip(assumed).all(|(&got, want)| got >= want) {
                         plan
@@ -571,9 +604,9 @@ impl Prepared {
                 let mut failure = ORDERED_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
                 failure.get_or_insert(error);
             }
-            // `a`, `b` and `d` are dropped here: their memory may be reused by work queued later
-            // on the same stream, i.e. after this GEMM.
-            drop((a, b, d));
+            // `a`, `b`, `c` and `d` are dropped here: their memory may be reused by work queued
+            // later on the same stream, i.e. after this GEMM.
+            drop((a, b, c, d));
         });
         Ok(self.out)
     }
