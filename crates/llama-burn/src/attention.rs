@@ -139,10 +139,8 @@ impl<B: Backend> LlamaAttention<B> {
         let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);
-        let residual = residual.reshape([b * s, d]);
         self.o_proj
             .forward_in_masked_onto(out.reshape([b * s, width]), &keep, drop, residual)
-            .reshape([b, s, d])
     }
 
     /// Scaled dot-product attention of projected q/k/v (token rows `[b * s, heads * hd]`), RoPE

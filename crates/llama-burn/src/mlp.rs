@@ -70,15 +70,13 @@ impl<B: Backend> LlamaMlp<B> {
         // gradients are summed inside their GEMMs: `kernels_cubecl::gradient_sum`.
         let x = sparse_ops::reshaped(x, [rows, d]);
         let hidden = swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)); // [rows, d_ff]
-        let d_out = self.down_proj.dims().0;
-        let out = match residual {
-            Some(residual) => self
-                .down_proj
-                .forward_onto(hidden, sparse_ops::reshaped(residual, [rows, d_out])),
-            None => self.down_proj.forward(hidden),
-        };
-        dims[D - 1] = d_out;
-        sparse_ops::reshaped(out, dims)
+        match residual {
+            Some(residual) => self.down_proj.forward_onto(hidden, residual),
+            None => {
+                dims[D - 1] = self.down_proj.dims().0;
+                sparse_ops::reshaped(self.down_proj.forward(hidden), dims)
+            }
+        }
     }
 
     /// The MLP on the intermediate channels `idx` only (SPEC 5). With no adapter on any of its

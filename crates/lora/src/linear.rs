@@ -130,35 +130,55 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// `residual + self.forward(x)`: a block's output added onto the residual stream, the add
-    /// done by the base product's epilogue where the seam can ([`sparse_ops::linear_onto`]), the
-    /// adapter's update then accumulated onto it as in [`Self::forward`].
+    /// done by the base product's epilogue where the seam can ([`sparse_ops::linear_onto`], which
+    /// also says why the residual keeps its own shape), the adapter's update then accumulated onto
+    /// it as in [`Self::forward`].
     ///
     /// # Shapes
-    /// - `x`: `[..., in]`, `residual` and output `[..., out]`
-    pub fn forward_onto<const D: usize>(
+    /// - `x`: `[..., in]`, `residual` and output `[..., out]` with as many rows as `x`
+    pub fn forward_onto<const D: usize, const E: usize>(
         &self,
         x: Tensor<B, D>,
-        residual: Tensor<B, D>,
-    ) -> Tensor<B, D> {
+        residual: Tensor<B, E>,
+    ) -> Tensor<B, E> {
+        let dims = residual.dims();
         let base = sparse_ops::linear_onto(x.clone(), self.weight.val(), residual);
-        self.add_adapter(base, x)
+        self.add_adapter_onto(base, x, dims)
     }
 
     /// `residual + self.forward_in_masked(x, keep, drop_base_input_grad)`, the add done as in
     /// [`Self::forward_onto`].
     ///
     /// # Shapes
-    /// - `x`: `[n, in]`, `keep` over `in` channels, `residual` and output `[n, out]`
-    pub fn forward_in_masked_onto(
+    /// - `x`: `[n, in]`, `keep` over `in` channels, `residual` and output `[..., out]` with `n`
+    ///   rows
+    pub fn forward_in_masked_onto<const E: usize>(
         &self,
         x: Tensor<B, 2>,
         keep: &ChannelKeep<B>,
         drop_base_input_grad: bool,
-        residual: Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
+        residual: Tensor<B, E>,
+    ) -> Tensor<B, E> {
+        let dims = residual.dims();
         let base_input = keep.apply(self.base_input(x.clone(), drop_base_input_grad));
         let base = sparse_ops::linear_onto(base_input, self.weight.val(), residual);
-        self.add_adapter(base, x)
+        self.add_adapter_onto(base, x, dims)
+    }
+
+    /// [`Self::add_adapter`] for a base in the residual's shape `dims`.
+    fn add_adapter_onto<const D: usize, const E: usize>(
+        &self,
+        base: Tensor<B, E>,
+        x: Tensor<B, D>,
+        dims: [usize; E],
+    ) -> Tensor<B, E> {
+        if self.lora.is_none() {
+            return base;
+        }
+        let mut x_dims = x.dims();
+        x_dims[D - 1] = dims[E - 1];
+        let y = self.add_adapter(sparse_ops::reshaped(base, x_dims), x);
+        sparse_ops::reshaped(y, dims)
     }
 
     fn base_input<const D: usize>(&self, x: Tensor<B, D>, drop_grad: bool) -> Tensor<B, D> {

@@ -34,41 +34,39 @@ pub fn linear<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>)
 }
 
 /// `addend + x W^T` (a projection whose output is added onto a tensor, as attention's and the
-/// MLP's outputs onto the residual stream).
+/// MLP's outputs onto the residual stream), in the addend's shape.
 ///
 /// On burn-cuda with GEMMs ordered on cubecl's stream the add is the product's epilogue (cuBLASLt's
 /// `D = A B + C` with `C` the addend, kept: the next norm's backward reads it), forward and
-/// backward (the addend's gradient is `dY` itself); elsewhere [`linear`] and an add.
+/// backward (the addend's gradient is `dY` itself); elsewhere [`linear`] and an add. `x` and the
+/// addend may have different ranks (token rows against `[batch, seq, out]`): the addend is not
+/// reshaped by a separate op, so that its gradient share reaches the norm that also reads it in
+/// time to be summed there (`kernels_cubecl::gradient_sum`).
 ///
 /// # Shapes
-/// - `x`: `[..., in]`, `weight`: `[out, in]`, `addend` and output `[..., out]`
-pub fn linear_onto<B: Backend, const D: usize>(
+/// - `x`: `[..., in]`, `weight`: `[out, in]`, `addend` and output `[..., out]`, with as many rows
+///   (the product of the leading dimensions) as `x`
+pub fn linear_onto<B: Backend, const D: usize, const E: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
-    addend: Tensor<B, D>,
-) -> Tensor<B, D> {
-    let dims = addend.dims();
+    addend: Tensor<B, E>,
+) -> Tensor<B, E> {
+    let (x_dims, dims) = (x.dims(), addend.dims());
     let [d_out, d_in] = weight.dims();
+    let rows: usize = x_dims[..D - 1].iter().product();
     assert!(
-        dims[D - 1] == d_out && x.dims()[..D - 1] == dims[..D - 1],
-        "linear_onto: input {:?}, weight [out={d_out}, in={d_in}] and addend {dims:?} disagree",
-        x.dims()
+        x_dims[D - 1] == d_in
+            && dims[E - 1] == d_out
+            && dims[..E - 1].iter().product::<usize>() == rows,
+        "linear_onto: input {x_dims:?}, weight [out={d_out}, in={d_in}] and addend {dims:?} disagree"
     );
+    let x = reshaped(x, [rows, d_in]);
     #[cfg(feature = "cuda")]
-    let (x, weight, addend) = {
-        let rows: usize = dims[..D - 1].iter().product();
-        let x2 = reshaped(x, [rows, d_in]);
-        let addend2 = reshaped(addend, [rows, d_out]);
-        match crate::cublaslt::dispatch_linear_onto(x2, weight, addend2) {
-            Ok(y) => return reshaped(y, dims),
-            Err((x2, weight, addend2)) => {
-                let mut x_dims = dims;
-                x_dims[D - 1] = d_in;
-                (reshaped(x2, x_dims), weight, reshaped(addend2, dims))
-            }
-        }
+    let (x, weight, addend) = match crate::cublaslt::dispatch_linear_onto(x, weight, addend) {
+        Ok(y) => return reshaped(y, dims),
+        Err(inputs) => inputs,
     };
-    addend + linear(x, weight)
+    addend + reshaped(linear(x, weight), dims)
 }
 
 /// `t.reshape(dims)`, but `t` itself when it already has that shape: under `Autodiff` a reshape

@@ -422,13 +422,15 @@ fn check_linear_onto(c: &mut Checker) {
         format!("rel. change {kept:.2e}"),
     );
 
-    // Under Autodiff, as LoraLinear::forward_onto runs o_proj: the base onto the residual, the
-    // update accumulated onto that.
+    // Under Autodiff, as LoraLinear::forward_onto runs o_proj: token rows onto a `[b, s, out]`
+    // residual (flattened inside the op), the update accumulated onto that.
     let name = |what: &str| format!("linear_onto + LoRA under Autodiff: {what}");
     let xg = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
-    let rg = Tensor::<Ad, 2>::from_inner(residual.clone()).require_grad();
+    let rg =
+        Tensor::<Ad, 3>::from_inner(residual.clone().reshape([4, n / 4, d_out])).require_grad();
     let (y, grads) = {
         let base = sparse_ops::linear_onto(xg.clone(), Tensor::from_inner(w.clone()), rg.clone());
+        let base = base.reshape([n, d_out]);
         let y = sparse_ops::lora_linear(
             sparse_ops::FrozenBase::Output(base),
             xg.clone(),
@@ -453,9 +455,10 @@ fn check_linear_onto(c: &mut Checker) {
     ) + rc.clone();
     let grads_c = (yc.clone() * on_cpu(&dy)).sum().backward();
     c.compare(&name("y"), Ok(y), yc.inner(), bf16);
+    let d_residual = rg.grad(&grads).map(|g| g.reshape([n, d_out]));
     for (what, ours, reference) in [
         ("dX", xg.grad(&grads), xc.grad(&grads_c)),
-        ("d residual", rg.grad(&grads), rc.grad(&grads_c)),
+        ("d residual", d_residual, rc.grad(&grads_c)),
     ] {
         match (ours, reference) {
             (Some(ours), Some(reference)) => c.compare(&name(what), Ok(ours), reference, bf16),

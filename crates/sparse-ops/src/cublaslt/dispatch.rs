@@ -19,7 +19,7 @@ use burn::backend::cuda::CudaDevice;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use kernels_cubecl::gradient_sum::register_summed;
 
 use super::error::GemmError;
@@ -297,13 +297,20 @@ fn linear_grads(
 /// cubecl's stream and the three share a dtype; otherwise (or when cuBLASLt cannot take it,
 /// reported once) gives the inputs back untouched.
 ///
+/// The addend keeps its own shape and is flattened to rows inside the op: a reshape node between
+/// the residual stream and this op would register its gradient share only after the norm that
+/// also reads the stream has run its backward (both would sit one step below the stream), so the
+/// norm's kernel could not add it (`kernels_cubecl::gradient_sum`) and burn would, in one more
+/// pass. As a direct parent, its share is registered when this op runs, before the norm's.
+///
 /// # Shapes
-/// - `x`: `[rows, in]`, `weight`: `[out, in]`, `addend` and output `[rows, out]`
-pub(crate) fn linear_onto<B: Backend>(
+/// - `x`: `[rows, in]`, `weight`: `[out, in]`, `addend`: `[..., out]` with `rows` rows; output
+///   `[rows, out]`
+pub(crate) fn linear_onto<B: Backend, const E: usize>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
-    addend: Tensor<B, 2>,
-) -> Result<Tensor<B, 2>, LinearOntoInputs<B>> {
+    addend: Tensor<B, E>,
+) -> Result<Tensor<B, 2>, LinearOntoInputs<B, E>> {
     let backend = TypeId::of::<B>();
     let (plain, autodiff) = (
         backend == TypeId::of::<CudaBackend>(),
@@ -317,28 +324,17 @@ pub(crate) fn linear_onto<B: Backend>(
         return Err((x, weight, addend));
     }
     let y = if plain {
-        let p = |t: Tensor<B, 2>| {
-            cast::<_, Tensor<CudaBackend, 2>>(t)
-                .into_primitive()
-                .tensor()
-        };
-        let w = CudaBackend::float_transpose(p(weight.clone()));
-        matmul_add(p(x.clone()), w, 1.0, p(addend.clone())).map(|y| {
-            cast(Tensor::<CudaBackend, 2>::from_primitive(
-                TensorPrimitive::Float(y),
-            ))
-        })
+        let w = CudaBackend::float_transpose(primitive::<CudaBackend, _, 2>(weight.clone()));
+        let c = rows_of(primitive::<CudaBackend, _, E>(addend.clone()));
+        let x = primitive::<CudaBackend, _, 2>(x.clone());
+        matmul_add(x, w, 1.0, c).map(from_primitive::<CudaBackend, B>)
     } else {
-        let p = |t: Tensor<B, 2>| {
-            cast::<_, Tensor<AutodiffCuda, 2>>(t)
-                .into_primitive()
-                .tensor()
-        };
-        tracked_onto(p(x.clone()), p(weight.clone()), p(addend.clone())).map(|y| {
-            cast(Tensor::<AutodiffCuda, 2>::from_primitive(
-                TensorPrimitive::Float(y),
-            ))
-        })
+        tracked_onto(
+            primitive::<AutodiffCuda, _, 2>(x.clone()),
+            primitive::<AutodiffCuda, _, 2>(weight.clone()),
+            primitive::<AutodiffCuda, _, E>(addend.clone()),
+        )
+        .map(from_primitive::<AutodiffCuda, B>)
     };
     y.map_err(|e| {
         if e != GemmError::NotWritable {
@@ -349,7 +345,28 @@ pub(crate) fn linear_onto<B: Backend>(
 }
 
 /// The inputs of [`linear_onto`], given back when the fused op does not apply.
-pub(crate) type LinearOntoInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>);
+pub(crate) type LinearOntoInputs<B, const E: usize> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, E>);
+
+/// The primitive of `t`, a tensor of `B` already checked to be of `C`.
+fn primitive<C: Backend, B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<C> {
+    cast::<_, Tensor<C, D>>(t).into_primitive().tensor()
+}
+
+/// The tensor of `B` (checked to be `C`) around a `[rows, out]` primitive of `C`.
+fn from_primitive<C: Backend, B: Backend>(t: FloatTensor<C>) -> Tensor<B, 2> {
+    cast(Tensor::<C, 2>::from_primitive(TensorPrimitive::Float(t)))
+}
+
+/// `t` (`[..., n]`) as `[rows, n]`: a view for a contiguous tensor.
+fn rows_of(t: Primitive) -> Primitive {
+    let shape = t.meta.shape();
+    let n = shape
+        .get(shape.num_dims().wrapping_sub(1))
+        .copied()
+        .unwrap_or(1);
+    let rows = shape.num_elements() / n.max(1);
+    CudaBackend::float_reshape(t, Shape::new([rows, n]))
+}
 
 /// [`linear_onto`] under `Autodiff`, recording [`LinearOntoGrads`] as its backward.
 fn tracked_onto(
@@ -358,14 +375,15 @@ fn tracked_onto(
     addend: FloatTensor<AutodiffCuda>,
 ) -> Result<FloatTensor<AutodiffCuda>, GemmError> {
     let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+    let addend_shape = addend.primitive.meta.shape().clone();
     let y = matmul_add(
         x.primitive.clone(),
         CudaBackend::float_transpose(weight.primitive.clone()),
         1.0,
-        addend.primitive,
+        rows_of(addend.primitive),
     )?;
     Ok(
-        match LinearOntoGrads
+        match (LinearOntoGrads { addend_shape })
             .prepare::<NoCheckpointing>([x.node, weight.node, addend.node])
             .compute_bound()
             .stateful()
@@ -382,9 +400,12 @@ fn tracked_onto(
     )
 }
 
-/// Backward of `y = addend + x W^T`: [`LinearGrads`]' two, and `dY` itself for the addend.
+/// Backward of `y = addend + x W^T`: [`LinearGrads`]' two, and `dY` itself (in the addend's
+/// shape) for the addend.
 #[derive(Debug)]
-struct LinearOntoGrads;
+struct LinearOntoGrads {
+    addend_shape: Shape,
+}
 
 impl Backward<CudaBackend, 3> for LinearOntoGrads {
     type State = LinearState;
@@ -401,6 +422,7 @@ impl Backward<CudaBackend, 3> for LinearOntoGrads {
             grads,
         );
         if let Some(node) = node_addend {
+            let dy = CudaBackend::float_reshape(dy, self.addend_shape);
             grads.register::<CudaBackend>(node.id, dy);
         }
     }
