@@ -425,6 +425,66 @@ fn top_k_on_cuda() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn quadratic_form_norms_on_cuda() {
+    let _serial = serial();
+    // LLaMA3-8B's attention estimate: rank 8 for each of q, k, v (k = 24), 6144 channels.
+    let (k, out) = (24, 6144);
+    let z = data([4096, k], 41, 1.0, 0.0);
+    let w = data([k, out], 42, 1.0, 0.0);
+    let zf = Tensor::<AF, 2>::from_data(z.clone(), &Default::default());
+    let gram = zf.clone().transpose().matmul(zf);
+    let expected = values(reference::quadratic_form_norms(
+        gram.clone(),
+        Tensor::from_data(w.clone(), &Default::default()),
+    ));
+    let device = Default::default();
+    let gram = Tensor::<AC, 2>::from_data(gram.into_data(), &device);
+    let before = fused_launches();
+    let fused = values(kernels_cubecl::gram_norms::quadratic_form_norms(
+        gram,
+        Tensor::from_data(w, &device),
+    ));
+    assert_eq!(
+        fused_launches() - before,
+        1,
+        "quadratic_form_norms: launches"
+    );
+    let err = rel_l2(&fused, &expected);
+    println!("quadratic_form_norms: rel. err {err:.2e}");
+    assert!(err <= 1e-5, "quadratic_form_norms: rel. err {err:e}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn mlp_channel_scores_on_cuda() {
+    let _serial = serial();
+    // LLaMA3-8B's MLP estimate: 8 sequence means, gate and up side by side (14336 channels each).
+    let (rows, d_ff) = (8, 14336);
+    let both = data([rows, 2 * d_ff], 31, 2.0, 0.0);
+    let halves = |t: Tensor<AF, 2>| (t.clone().narrow(1, 0, d_ff), t.narrow(1, d_ff, d_ff));
+    let (gate, up) = halves(Tensor::from_data(both.clone(), &Default::default()));
+    let expected = values(reference::mlp_channel_scores(gate, up));
+    let device = Default::default();
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        let stacked = load::<AC, 2>(&both, dtype, &device);
+        let before = fused_launches();
+        let fused = values(kernels_cubecl::mlp_scores::mlp_channel_scores(
+            stacked.clone().narrow(1, 0, d_ff),
+            stacked.narrow(1, d_ff, d_ff),
+        ));
+        assert_eq!(
+            fused_launches() - before,
+            1,
+            "mlp_channel_scores {dtype:?}: launches"
+        );
+        let err = rel_l2(&fused, &expected);
+        println!("mlp_channel_scores {dtype:?}: rel. err {err:.2e}");
+        assert!(err <= tol, "mlp_channel_scores {dtype:?}: rel. err {err:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn sequence_means_on_cuda() {
     let _serial = serial();
     // LLaMA3-8B's MLP input: 8 sequences of 512, the first 100 positions of one padding.

@@ -14,8 +14,8 @@ use common::{data, random, serial};
 
 use kernels_cubecl::{
     causal_attention, causal_softmax, channel_mask, channel_scatter, cross_entropy,
-    fused_available, fused_launches, gather_padded, reference, rms_norm, rope, row_merge,
-    sequence_mean, swiglu, top_k,
+    fused_available, fused_launches, gather_padded, gram_norms, mlp_scores, reference, rms_norm,
+    rope, row_merge, sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -1056,6 +1056,67 @@ fn sequence_means_match_reference() {
     sequence_mean_case(3, 70, 64, &[&[0, 1, 2], &[69], &[]], 111); // vector loads, 3 chunks
     sequence_mean_case(2, 5, 7, &[&[], &[0, 1, 2, 3, 4]], 112); // odd width; an empty sequence
     sequence_mean_case(1, 512, 576, &[&(0..100).collect::<Vec<_>>()], 113);
+}
+
+/// The MLP channel score on the two halves of one stacked `[rows, 2 d_ff]` product (strided
+/// views, as the estimator hands them over), plain and under `Autodiff`.
+fn mlp_scores_case(rows: usize, d_ff: usize, seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let both = data([rows, 2 * d_ff], seed, 2.0, 0.0);
+    let halves = |t: Tensor<W, 2>| (t.clone().narrow(1, 0, d_ff), t.narrow(1, d_ff, d_ff));
+    let what = format!("mlp_channel_scores rows={rows} d_ff={d_ff}");
+    let (gate, up) = halves(tensor::<W, 2>(&both, &dw));
+    let fused = launches(1, &what, || mlp_scores::mlp_channel_scores(gate, up));
+    let both_f = tensor::<Flex, 2>(&both, &df);
+    let expected = reference::mlp_channel_scores(
+        both_f.clone().narrow(1, 0, d_ff),
+        both_f.narrow(1, d_ff, d_ff),
+    );
+    assert_close(fused, expected.clone(), &what);
+    let both_a = tensor::<AW, 2>(&both, &dw).require_grad();
+    let fused = launches(1, &what, || {
+        mlp_scores::mlp_channel_scores(
+            both_a.clone().narrow(1, 0, d_ff),
+            both_a.narrow(1, d_ff, d_ff),
+        )
+    });
+    assert_close(fused, expected, &format!("{what} autodiff"));
+}
+
+/// The column norms of `z w` from `gram = z^T z`, for a `w` read through a transposed view.
+#[test]
+fn quadratic_form_norms_match_reference() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    for (n, k, out, seed) in [(64, 24, 6144, 131), (5, 3, 7, 132)] {
+        let z = data([n, k], seed, 1.0, 0.0);
+        let wt = data([out, k], seed + 1, 1.0, 0.0); // stored transposed
+        let what = format!("quadratic_form_norms k={k} out={out}");
+        let gram = |z: Tensor<W, 2>| z.clone().transpose().matmul(z);
+        let fused = launches(1, &what, || {
+            let zw = tensor::<W, 2>(&z, &dw);
+            gram_norms::quadratic_form_norms(gram(zw), tensor::<W, 2>(&wt, &dw).transpose())
+        });
+        let (zf, wf) = (
+            tensor::<Flex, 2>(&z, &df),
+            tensor::<Flex, 2>(&wt, &df).transpose(),
+        );
+        let expected =
+            reference::quadratic_form_norms(zf.clone().transpose().matmul(zf.clone()), wf.clone());
+        assert_close(fused.clone(), expected, &what);
+        // They are the column norms of z w.
+        let direct = zf.matmul(wf);
+        let direct = (direct.clone() * direct).sum_dim(0).sqrt();
+        assert_close(fused, direct, &format!("{what}: norms of z w"));
+    }
+}
+
+#[test]
+fn mlp_channel_scores_match_reference() {
+    let _serial = serial();
+    mlp_scores_case(8, 1000, 121); // the estimator's shape: a row per sequence
+    mlp_scores_case(3, 7, 122); // odd width
+    mlp_scores_case(33, 257, 123); // more rows than a warp
 }
 
 // ---------------------------------------------------------------------------------------------

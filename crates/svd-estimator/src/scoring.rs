@@ -8,7 +8,6 @@
 //! `repeat_kv` makes query head `h` read KV head `h / groups` (`groups = n_heads / n_kv_heads`), so
 //! the query heads of KV head `m` are `m * groups .. (m + 1) * groups`.
 
-use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
 /// The head layout of one attention block.
@@ -95,13 +94,16 @@ pub fn channel_norms<B: Backend>(y: Tensor<B, 2>) -> Tensor<B, 1> {
     (y.clone() * y).sum_dim(0).sqrt().reshape([c])
 }
 
-/// The MLP score of each intermediate channel: the L2 norm over sequences of `silu(g) * u`.
+/// The MLP score of each intermediate channel: the L2 norm over sequences of `silu(g) * u`, in
+/// f32.
+///
+/// On burn's cubecl backends one kernel ([`kernels_cubecl::mlp_scores`]); elsewhere burn ops.
 ///
 /// # Shapes
 /// - `gate`, `up`: `[batch, d_ff]` (estimated or true projections of the sequence means)
 /// - output: `[d_ff]`
 pub fn mlp_scores<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 1> {
-    channel_norms(silu(gate.cast(DType::F32)) * up.cast(DType::F32))
+    kernels_cubecl::mlp_scores::mlp_channel_scores(gate, up)
 }
 
 /// The query norms gathered onto KV channels, `[kv_width]`: for [`GqaMapping::Hf`] the mean of

@@ -238,9 +238,9 @@ impl<B: Backend> SvdChannelSelector<B> {
         // 4096-long reduction one cube (~110 us on the H200, Nsight Compute), cuBLASLt splits K.
         let z_t = z.transpose();
         let gram = sparse_ops::linear(z_t.clone(), z_t); // [3r, 3r]
-        let w2 = stacked.w2.clone();
-        let squared = (gram.matmul(w2.clone()) * w2).sum_dim(0); // [1, q_width + 2 kv_width]
-        let norms = stacked.split(squared.clamp_min(0.0).sqrt());
+                                                         // [1, q_width + 2 kv_width]: one kernel on burn's cubecl backends.
+        let norms = kernels_cubecl::gram_norms::quadratic_form_norms(gram, stacked.w2.clone());
+        let norms = stacked.split(norms);
         let [q, k, v]: [Tensor<B, 2>; 3] = norms.try_into().ok()?;
         Some([q, k, v].map(|t| {
             let [_, width] = t.dims();
