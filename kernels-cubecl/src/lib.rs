@@ -16,6 +16,7 @@
 //! | [`gather_padded`] | `select` of a frozen weight's kept rows/columns and `cat` of zeros | 2 → 1 | nothing (frozen weight, no backward) |
 //! | [`head_layout`] | burn's copy of a strided `[b, h, s, hd]` view (attention's head transposes) | 1 → 1 (a faster copy) | nothing |
 //! | [`gram_norms`] | the SVD estimator's attention channel norms from a Gram matrix: product, multiply, column sum, clamp, square root | 5 → 1 | nothing (no gradient) |
+//! | [`kv_channels`] | SparseLoRA's grouped-query channel expansion (KV channels to their query channels): `arange`, division, remainder, products, broadcast adds | ~6 → 1 | nothing (int output) |
 //! | [`mlp_scores`] | SparseLoRA's MLP channel score: casts, `silu(gate) * up`, square, column sum, square root | ~11 → 1 | nothing (no gradient) |
 //! | [`row_merge`] | the token split's `select` of the dense rows, and their merge back (row mask, `select_assign` into zeros, multiply, add) | 4 full passes → 1 over the moved rows | the row indices |
 //!
@@ -77,6 +78,7 @@ pub mod gather_padded;
 pub mod gradient_sum;
 pub mod gram_norms;
 pub mod head_layout;
+pub mod kv_channels;
 pub mod mlp_scores;
 pub mod rms_norm;
 pub mod rope;
@@ -102,6 +104,7 @@ pub mod reference {
     pub use crate::cross_entropy::reference::row_nll;
     pub use crate::gather_padded::reference::{gather_columns_padded, gather_rows_padded};
     pub use crate::gram_norms::reference::quadratic_form_norms;
+    pub use crate::kv_channels::reference::query_channels_of;
     pub use crate::mlp_scores::reference::mlp_channel_scores;
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::rope;

@@ -425,6 +425,43 @@ fn top_k_on_cuda() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn kv_channel_expansion_on_cuda() {
+    use kernels_cubecl::kv_channels::{query_channels_of, KvGroups};
+    let _serial = serial();
+    // LLaMA3-8B: 819 of 1024 KV channels kept, 4 query heads per KV head of 128.
+    let kv: Vec<i64> = (0..819).map(|i| (i * 7919 + 3) % 1024).collect();
+    let data = TensorData::new(kv, [819]);
+    let host = |t: TensorData| t.convert::<i64>().into_vec::<i64>().unwrap();
+    for layout in [KvGroups::Heads { head_dim: 128 }, KvGroups::Consecutive] {
+        let expected = host(
+            reference::query_channels_of(
+                Tensor::<AF, 1, Int>::from_data(data.clone(), &Default::default()),
+                4,
+                layout,
+            )
+            .into_data(),
+        );
+        let before = fused_launches();
+        let fused = query_channels_of(
+            Tensor::<AC, 1, Int>::from_data(data.clone(), &Default::default()),
+            4,
+            layout,
+        );
+        assert_eq!(
+            fused_launches() - before,
+            1,
+            "query_channels_of {layout:?}: launches"
+        );
+        assert_eq!(
+            host(fused.into_data()),
+            expected,
+            "query_channels_of {layout:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn quadratic_form_norms_on_cuda() {
     let _serial = serial();
     // LLaMA3-8B's attention estimate: rank 8 for each of q, k, v (k = 24), 6144 channels.

@@ -14,8 +14,8 @@ use common::{data, random, serial};
 
 use kernels_cubecl::{
     causal_attention, causal_softmax, channel_mask, channel_scatter, cross_entropy,
-    fused_available, fused_launches, gather_padded, gram_norms, mlp_scores, reference, rms_norm,
-    rope, row_merge, sequence_mean, swiglu, top_k,
+    fused_available, fused_launches, gather_padded, gram_norms, kv_channels, mlp_scores, reference,
+    rms_norm, rope, row_merge, sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -1081,6 +1081,54 @@ fn mlp_scores_case(rows: usize, d_ff: usize, seed: u64) {
         )
     });
     assert_close(fused, expected, &format!("{what} autodiff"));
+}
+
+/// The grouped-query expansion of KV channel indices: exactly the reference's, for LLaMA3-8B's
+/// layout (8 KV heads of 128, 4 query heads each) and a small odd one, both layouts, plain and
+/// under `Autodiff`.
+#[test]
+fn kv_channel_expansion_matches_reference() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let ints = |v: &[i64]| TensorData::new(v.to_vec(), [v.len()]);
+    let host = |data: TensorData| data.convert::<i64>().into_vec::<i64>().unwrap();
+    let llama: Vec<i64> = (0..819).map(|i| (i * 7919 + 3) % 1024).collect();
+    for (kv, groups, head_dim) in [(llama, 4, 128), (vec![5, 0, 3], 3, 2)] {
+        for layout in [
+            kv_channels::KvGroups::Heads { head_dim },
+            kv_channels::KvGroups::Consecutive,
+        ] {
+            let what = format!(
+                "query_channels_of k={} groups={groups} {layout:?}",
+                kv.len()
+            );
+            let data = ints(&kv);
+            let expected = host(
+                reference::query_channels_of(
+                    Tensor::<Flex, 1, Int>::from_data(data.clone(), &df),
+                    groups,
+                    layout,
+                )
+                .into_data(),
+            );
+            let fused = launches(1, &what, || {
+                kv_channels::query_channels_of(
+                    Tensor::<W, 1, Int>::from_data(data.clone(), &dw),
+                    groups,
+                    layout,
+                )
+            });
+            assert_eq!(host(fused.into_data()), expected, "{what}");
+            let fused = launches(1, &what, || {
+                kv_channels::query_channels_of(
+                    Tensor::<AW, 1, Int>::from_data(data.clone(), &dw),
+                    groups,
+                    layout,
+                )
+            });
+            assert_eq!(host(fused.into_data()), expected, "{what}: autodiff");
+        }
+    }
 }
 
 /// The column norms of `z w` from `gram = z^T z`, for a `w` read through a transposed view.

@@ -9,6 +9,7 @@
 //! the query heads of KV head `m` are `m * groups .. (m + 1) * groups`.
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
+use kernels_cubecl::kv_channels::KvGroups;
 
 /// The head layout of one attention block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,31 +164,13 @@ pub fn query_channels<B: Backend>(
     shape: AttnShape,
     mapping: GqaMapping,
 ) -> Tensor<B, 1, Int> {
-    let groups = shape.groups();
-    let [k] = kv.dims();
-    let offsets = Tensor::<B, 1, Int>::arange(0..groups as i64, &kv.device())
-        .reshape([1, groups])
-        .expand([k, groups]);
-    let channels = match mapping {
-        GqaMapping::Hf => {
-            let hd = shape.head_dim as i64;
-            let head = kv.clone().div_scalar(hd); // m
-            let dim = kv.remainder_scalar(hd); // d
-                                               // (m * groups + r) * hd + d
-            let first_head = head
-                .mul_scalar(groups as i64)
-                .reshape([k, 1])
-                .expand([k, groups]);
-            (first_head + offsets).mul_scalar(hd) + dim.reshape([k, 1]).expand([k, groups])
-        }
-        GqaMapping::ReferenceCompat => {
-            kv.mul_scalar(groups as i64)
-                .reshape([k, 1])
-                .expand([k, groups])
-                + offsets
-        }
+    let layout = match mapping {
+        GqaMapping::Hf => KvGroups::Heads {
+            head_dim: shape.head_dim,
+        },
+        GqaMapping::ReferenceCompat => KvGroups::Consecutive,
     };
-    channels.reshape([k * groups])
+    kernels_cubecl::kv_channels::query_channels_of(kv, shape.groups(), layout)
 }
 
 /// The o_proj input channels that read the kept V channels `v`: under [`GqaMapping::Hf`] the
