@@ -238,7 +238,7 @@ impl<B: Backend> SvdChannelSelector<B> {
         // 4096-long reduction one cube (~110 us on the H200, Nsight Compute), cuBLASLt splits K.
         let z_t = z.transpose();
         let gram = sparse_ops::linear(z_t.clone(), z_t); // [3r, 3r]
-                                                         // [1, q_width + 2 kv_width]: one kernel on burn's cubecl backends.
+                                                         // The channel norms, [1, q_width + 2 kv_width]: one kernel on burn's cubecl backends.
         let norms = kernels_cubecl::gram_norms::quadratic_form_norms(gram, stacked.w2.clone());
         let norms = stacked.split(norms);
         let [q, k, v]: [Tensor<B, 2>; 3] = norms.try_into().ok()?;

@@ -147,22 +147,11 @@ fn tracked_batched(
 ) -> Result<FloatTensor<AutodiffCuda>, GemmError> {
     let (a_tracked, b_tracked) = (a.is_tracked(), b.is_tracked());
     let c = matmul_batched_primitive(a.primitive.clone(), b.primitive.clone())?;
-    Ok(
-        match BatchedGrads
-            .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = (
-                    b_tracked.then(|| a.primitive.clone()),
-                    a_tracked.then(|| b.primitive.clone()),
-                );
-                prep.finish(state, c)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(c),
-        },
-    )
+    let state = (
+        b_tracked.then(|| a.primitive.clone()),
+        a_tracked.then(|| b.primitive.clone()),
+    );
+    Ok(record(BatchedGrads, [&a, &b], state, c))
 }
 
 /// Backward of `C = A B` batched: `dA = dC B^T`, `dB = A^T dC`, each only when asked for.
@@ -225,23 +214,30 @@ fn tracked(
         x.primitive.clone(),
         CudaBackend::float_transpose(weight.primitive.clone()),
     )?;
-    Ok(
-        match LinearGrads
-            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                // dX needs W, dW needs X: keep only what a requested gradient reads.
-                let state = (
-                    w_tracked.then(|| x.primitive.clone()),
-                    x_tracked.then(|| weight.primitive.clone()),
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-    )
+    // dX needs W, dW needs X: keep only what a requested gradient reads.
+    let state = (
+        w_tracked.then(|| x.primitive.clone()),
+        x_tracked.then(|| weight.primitive.clone()),
+    );
+    Ok(record(LinearGrads, [&x, &weight], state, y))
+}
+
+/// Records `op` as the backward of `out`, computed from `parents`, keeping `state` for it when
+/// any parent is tracked: the one way this module's ops enter the autodiff graph.
+fn record<O: Backward<CudaBackend, N>, const N: usize>(
+    op: O,
+    parents: [&FloatTensor<AutodiffCuda>; N],
+    state: O::State,
+    out: Primitive,
+) -> FloatTensor<AutodiffCuda> {
+    match op
+        .prepare::<NoCheckpointing>(parents.map(|t| t.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
 }
 
 /// Backward of `y = x W^T`: `dX = dY W` and `dW = dY^T X`, each only when asked for, through
@@ -380,24 +376,18 @@ fn tracked_onto(
         x.primitive.clone(),
         CudaBackend::float_transpose(weight.primitive.clone()),
         1.0,
-        rows_of(addend.primitive),
+        rows_of(addend.primitive.clone()),
     )?;
-    Ok(
-        match (LinearOntoGrads { addend_shape })
-            .prepare::<NoCheckpointing>([x.node, weight.node, addend.node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = (
-                    w_tracked.then(|| x.primitive.clone()),
-                    x_tracked.then(|| weight.primitive.clone()),
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-    )
+    let state = (
+        w_tracked.then(|| x.primitive.clone()),
+        x_tracked.then(|| weight.primitive.clone()),
+    );
+    Ok(record(
+        LinearOntoGrads { addend_shape },
+        [&x, &weight, &addend],
+        state,
+        y,
+    ))
 }
 
 /// Backward of `y = addend + x W^T`: [`LinearGrads`]' two, and `dY` itself (in the addend's

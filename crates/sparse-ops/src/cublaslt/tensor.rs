@@ -268,15 +268,7 @@ pub(crate) fn matmul_add(
     if ordered_stream(&c.device).is_none() {
         return Err(GemmError::NotWritable);
     }
-    let mut gemm = Prepared::new(a, b)?;
-    let fits = c.dtype == gemm.out.dtype
-        && c.device == gemm.out.device
-        && c.meta.shape().num_dims() == 2
-        && dims(&c) == dims(&gemm.out);
-    if !fits {
-        return Err(GemmError::NotWritable);
-    }
-    gemm.addend = Some(c);
+    let mut gemm = Prepared::with_buffers(a, b, None, Some(c))?;
     gemm.scaling = Scaling { alpha, beta: 1.0 };
     let out = run_prepared(gemm)?;
     ACCUMULATED.fetch_add(1, Ordering::Relaxed);
@@ -427,7 +419,7 @@ fn check_operands(a: &Primitive, b: &Primitive) -> Result<burn::tensor::DType, G
 
 impl Prepared {
     fn new(a: Primitive, b: Primitive) -> Result<Prepared, GemmError> {
-        Self::with_output(a, b, None)
+        Self::with_buffers(a, b, None, None)
     }
 
     /// With `out` given, the product is written into it (it must be a contiguous `[m, n]` of the
@@ -437,6 +429,17 @@ impl Prepared {
         b: Primitive,
         out: Option<Primitive>,
     ) -> Result<Prepared, GemmError> {
+        Self::with_buffers(a, b, out, None)
+    }
+
+    /// [`Self::with_output`], and with `addend` given, `C` read from it instead of from `out`
+    /// (the same requirements as a given `out`).
+    fn with_buffers(
+        a: Primitive,
+        b: Primitive,
+        out: Option<Primitive>,
+        addend: Option<Primitive>,
+    ) -> Result<Prepared, GemmError> {
         let dtype = check_operands(&a, &b)?;
         let (sa, sb) = (a.shape(), b.shape());
         let [m, k] = two_d(&sa);
@@ -444,17 +447,17 @@ impl Prepared {
         if sa.num_dims() != 2 || sb.num_dims() != 2 || k != k2 || m * n * k == 0 {
             return Err(GemmError::Shape { m, k, k2, n });
         }
+        let fits = |c: &Primitive| {
+            c.dtype == dtype
+                && c.device == a.device
+                && c.meta.shape().num_dims() == 2
+                && dims(c) == ([m, n], [n, 1])
+        };
+        if !out.iter().chain(&addend).all(fits) {
+            return Err(GemmError::NotWritable);
+        }
         let out = match out {
-            Some(c) => {
-                let fits = c.dtype == dtype
-                    && c.device == a.device
-                    && c.meta.shape().num_dims() == 2
-                    && dims(&c) == ([m, n], [n, 1]);
-                if !fits {
-                    return Err(GemmError::NotWritable);
-                }
-                c
-            }
+            Some(c) => c,
             None => empty_device_contiguous_dtype(
                 a.client.clone(),
                 a.device.clone(),
@@ -469,7 +472,7 @@ impl Prepared {
             a,
             b,
             out,
-            addend: None,
+            addend,
             scaling: Scaling::PRODUCT,
         })
     }
