@@ -11,7 +11,7 @@
 //! | [`rms_norm`] | cast to f32, square, mean, `+ eps`, sqrt, recip, multiply, cast back, `* weight` | ~9 → 1 | `x`, `weight` (no f32 copies) |
 //! | [`swiglu`] | `silu(gate) * up` (sigmoid in f32, casts, two products) | ~8 → 1 | `gate`, `up` |
 //! | [`rope`] | two slices, negation, concatenation, `x * cos + rot * sin` (and the copy of a strided `x`) | ~6 → 1 | `cos`, `sin` |
-//! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype (inside [`causal_attention`]: only each row's max and `1 / sum`) |
+//! | [`causal_softmax`] | `* scale`, cast to f32, causal/padding mask, max, exp, sum, divide, cast back | ~8 → 1 | the probabilities `P`, in the scores' dtype (inside [`grouped_causal_attention`]: only each row's max and `1 / sum`) |
 //! | [`top_k`] | `argsort_descending` (a host read-back on burn-cubecl) and `narrow` | read-back + sort + upload → 1 launch | nothing (int output) |
 //! | [`gather_padded`] | `select` of a frozen weight's kept rows/columns and `cat` of zeros | 2 → 1 | nothing (frozen weight, no backward) |
 //! | [`head_layout`] | burn's copy of a strided `[b, h, s, hd]` view (attention's head transposes) | 1 → 1 (a faster copy) | nothing |
@@ -87,17 +87,17 @@ pub mod sequence_mean;
 pub mod swiglu;
 pub mod top_k;
 
-pub use attention::{causal_attention, BatchedMatmul, BurnMatmul};
+pub use attention::{grouped_causal_attention, BatchedMatmul, BurnMatmul, ProductBlock};
 pub use causal_softmax::causal_softmax;
 pub use rms_norm::rms_norm;
-pub use rope::rope;
+pub use rope::{rope, rope_grouped};
 pub use swiglu::swiglu;
 pub use top_k::top_k;
 
 /// The plain burn-tensor versions of the kernels: what the fused functions compute, and what they
 /// run on backends without the fast path.
 pub mod reference {
-    pub use crate::attention::reference::causal_attention;
+    pub use crate::attention::reference::{causal_attention, grouped_causal_attention};
     pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
     pub use crate::channel_mask::reference::{keep_mask, mask_channels};
     pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
@@ -107,7 +107,7 @@ pub mod reference {
     pub use crate::kv_channels::reference::query_channels_of;
     pub use crate::mlp_scores::reference::mlp_channel_scores;
     pub use crate::rms_norm::reference::rms_norm;
-    pub use crate::rope::reference::rope;
+    pub use crate::rope::reference::{rope, rope_grouped};
     pub use crate::row_merge::reference::{gather_rows, replace_rows};
     pub use crate::sequence_mean::reference::sequence_means;
     pub use crate::swiglu::reference::swiglu;

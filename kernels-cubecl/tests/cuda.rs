@@ -97,6 +97,29 @@ fn rope_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -
     vec![values(out), values(x0.grad(&grads).unwrap())]
 }
 
+/// `rope_grouped` with LLaMA3's grouping (4 query heads per KV head) and head width, `x` the
+/// model's heads view.
+fn rope_grouped_run<B: AutodiffBackend>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let (b, h, s, hd, groups) = (2, 8, 33, 128, 4);
+    let x0 = load::<B, 4>(&data([b, s, h, hd], 13, 1.0, 0.0), dtype, device).require_grad();
+    let cos = load::<B, 4>(&data([b, 1, s, hd], 14, 1.0, 0.0), dtype, device);
+    let sin = load::<B, 4>(&data([b, 1, s, hd], 15, 1.0, 0.0), dtype, device);
+    let shape = [b, h / groups, s, groups * hd];
+    let r = load::<B, 4>(&data(shape, 16, 1.0, 0.0), dtype, device);
+    let x = x0.clone().swap_dims(1, 2);
+    let out = if fused {
+        kernels_cubecl::rope_grouped(x, cos, sin, groups)
+    } else {
+        reference::rope_grouped(x, cos, sin, groups)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(x0.grad(&grads).unwrap())]
+}
+
 fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
     let (b, h, s) = (2, 3, 515);
     let scores = load::<B, 4>(&data([b, h, s, s], 11, 8.0, 0.0), dtype, device).require_grad();
@@ -120,36 +143,37 @@ fn attention_run<B: AutodiffBackend>(
     dtype: DType,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
-    // LLaMA3's grouping (4 query heads per KV head) and head width, at a sequence of 515.
+    // LLaMA3's grouping (4 query heads per KV head) and head width, at a sequence of 515: the
+    // products in blocks of 128 positions (a partial last block).
     let (b, nq, nkv, s, hd) = (2, 8, 2, 515, 128);
-    let q = load::<B, 4>(&data([b, nq, s, hd], 21, 1.0, 0.0), dtype, device).require_grad();
+    let g = nq / nkv;
+    let q = load::<B, 4>(&data([b, nkv, s, g * hd], 21, 1.0, 0.0), dtype, device).require_grad();
     let k = load::<B, 4>(&data([b, nkv, s, hd], 22, 1.0, 0.0), dtype, device).require_grad();
     // V as the model passes it: a heads view of the projection's `[b, s, nkv, hd]` rows.
     let v = load::<B, 4>(&data([b, s, nkv, hd], 23, 1.0, 0.2), dtype, device).require_grad();
     let v_heads = v.clone().swap_dims(1, 2);
-    let r = load::<B, 4>(&data([b, nq, s, hd], 24, 1.0, 0.0), dtype, device);
+    let r = load::<B, 4>(&data([b, nkv, s, g * hd], 24, 1.0, 0.0), dtype, device);
+    // Padding keys inside blocks (a left-padded row would attend uniformly to its block only).
     let mut valid = vec![true; b * s];
-    valid[s..s + 4].iter_mut().for_each(|v| *v = false); // batch 1 left-padded by 4
+    valid[s + 200..s + 204].iter_mut().for_each(|v| *v = false);
     valid[100] = false;
     let valid = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [b, s]), device);
     let scale = 1.0 / (hd as f64).sqrt();
-    let out = if fused {
-        kernels_cubecl::causal_attention::<B, kernels_cubecl::BurnMatmul>(
-            q.clone(),
-            k.clone(),
-            v_heads,
-            valid,
-            scale,
-        )
-    } else {
-        reference::causal_attention::<B, kernels_cubecl::BurnMatmul>(
-            q.clone(),
-            k.clone(),
-            v_heads,
-            valid,
-            scale,
-        )
-    };
+    let out =
+        if fused {
+            kernels_cubecl::attention::grouped_causal_attention_blocked::<
+                B,
+                kernels_cubecl::BurnMatmul,
+            >(q.clone(), k.clone(), v_heads, valid, scale, 128)
+        } else {
+            reference::grouped_causal_attention::<B, kernels_cubecl::BurnMatmul>(
+                q.clone(),
+                k.clone(),
+                v_heads,
+                valid,
+                scale,
+            )
+        };
     let grads = (out.clone() * r).sum().backward();
     vec![
         values(out),
@@ -279,6 +303,16 @@ fn swiglu_on_cuda() {
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn rope_on_cuda() {
     check("rope", rope_run::<AC>, rope_run::<AF>);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn rope_grouped_on_cuda() {
+    check(
+        "rope_grouped",
+        rope_grouped_run::<AC>,
+        rope_grouped_run::<AF>,
+    );
 }
 
 #[test]

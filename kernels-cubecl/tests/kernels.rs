@@ -13,9 +13,9 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{data, random, serial};
 
 use kernels_cubecl::{
-    causal_attention, causal_softmax, channel_mask, channel_scatter, cross_entropy,
-    fused_available, fused_launches, gather_padded, gram_norms, kv_channels, mlp_scores, reference,
-    rms_norm, rope, row_merge, sequence_mean, swiglu, top_k,
+    causal_softmax, channel_mask, channel_scatter, cross_entropy, fused_available, fused_launches,
+    gather_padded, gram_norms, kv_channels, mlp_scores, reference, rms_norm, rope, rope_grouped,
+    row_merge, sequence_mean, swiglu, top_k,
 };
 
 type W = Wgpu;
@@ -400,6 +400,205 @@ fn rope_contiguous_input() {
     assert_close(fused, expected, "rope of a contiguous x");
 }
 
+/// `x0` as `[b, h, s, hd]`: the model's heads view of a `[b, s, h, hd]` `x0` with `viewed`, else
+/// `x0` itself.
+fn heads_of<B: Backend>(x0: Tensor<B, 4>, viewed: bool) -> Tensor<B, 4> {
+    if viewed {
+        heads_view(x0)
+    } else {
+        x0
+    }
+}
+
+/// The strides of `t`'s storage.
+fn strides_of(t: &Tensor<W, 4>) -> Vec<usize> {
+    t.clone().into_primitive().tensor().meta.strides().to_vec()
+}
+
+/// `rope_grouped` on wgpu against `reference::rope_grouped` on Flex: the forward plain and under
+/// `Autodiff`, and `dx` through `(out * r).sum()`, each in one launch; `x` the heads view of a
+/// `[b, s, h, hd]` tensor (`viewed`) or a contiguous `[b, h, s, hd]` one. The output comes back
+/// contiguous, `dx` in `x`'s layout.
+#[allow(clippy::too_many_arguments)]
+fn rope_grouped_case(
+    b: usize,
+    h: usize,
+    s: usize,
+    hd: usize,
+    groups: usize,
+    viewed: bool,
+    angles: (TensorData, TensorData),
+    seed: u64,
+) {
+    let (dw, df) = (wgpu(), flex());
+    let (cos, sin) = angles;
+    let nkv = h / groups;
+    let stored = if viewed { [b, s, h, hd] } else { [b, h, s, hd] };
+    let x0 = data(stored, seed, 1.0, 0.0);
+    let r = data([b, nkv, s, groups * hd], seed + 1, 1.0, 0.0);
+    let what = format!("rope_grouped b={b} h={h} s={s} hd={hd} groups={groups} viewed={viewed}");
+    let contiguous = [nkv * s * groups * hd, s * groups * hd, groups * hd, 1];
+
+    let fused = launches(1, &what, || {
+        rope_grouped(
+            heads_of(tensor::<W, 4>(&x0, &dw), viewed),
+            tensor(&cos, &dw),
+            tensor(&sin, &dw),
+            groups,
+        )
+    });
+    assert_eq!(strides_of(&fused), contiguous, "{what}: output layout");
+    if groups == 1 {
+        // Exactly `rope`: the same kernel, the same layout.
+        let plain = launches(1, &what, || {
+            rope(
+                heads_of(tensor::<W, 4>(&x0, &dw), viewed),
+                tensor(&cos, &dw),
+                tensor(&sin, &dw),
+            )
+        });
+        assert_eq!(
+            fused.clone().into_data().to_vec::<f32>().unwrap(),
+            plain.into_data().to_vec::<f32>().unwrap(),
+            "{what}: rope_grouped with one group against rope"
+        );
+    }
+    let expected = reference::rope_grouped(
+        heads_of(tensor::<Flex, 4>(&x0, &df), viewed),
+        tensor(&cos, &df),
+        tensor(&sin, &df),
+        groups,
+    );
+    assert_close(fused, expected, &what);
+
+    let xw = tensor::<AW, 4>(&x0, &dw).require_grad();
+    let out = launches(1, &what, || {
+        rope_grouped(
+            heads_of(xw.clone(), viewed),
+            tensor(&cos, &dw),
+            tensor(&sin, &dw),
+            groups,
+        )
+    });
+    assert_eq!(
+        strides_of(&out.clone().inner()),
+        contiguous,
+        "{what}: autodiff output layout"
+    );
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let xf = tensor::<AF, 4>(&x0, &df).require_grad();
+    let out_ref = reference::rope_grouped(
+        heads_of(xf.clone(), viewed),
+        tensor(&cos, &df),
+        tensor(&sin, &df),
+        groups,
+    );
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &format!("{what} autodiff"));
+    let dx = xw.grad(&grads).unwrap();
+    // dx in x0's own layout (for the heads view, contiguous `[b, s, h, hd]`: no copy on its way
+    // back to the projection that produced x0).
+    let [_, d1, d2, d3] = stored;
+    assert_eq!(
+        strides_of(&dx),
+        [d1 * d2 * d3, d2 * d3, d3, 1],
+        "{what}: dx layout"
+    );
+    assert_close(dx, xf.grad(&grads_ref).unwrap(), &format!("{what} dx"));
+}
+
+#[test]
+fn rope_grouped_matches_reference() {
+    let _serial = serial();
+    // Halves of `cos`/`sin` that differ check that the backward is the exact transpose.
+    let angles = |b, s, hd, seed| {
+        (
+            data([b, 1, s, hd], seed, 1.0, 0.0),
+            data([b, 1, s, hd], seed + 1, 1.0, 0.0),
+        )
+    };
+    for groups in [1, 2, 4] {
+        for viewed in [false, true] {
+            let seed = 200 + 10 * groups as u64 + viewed as u64;
+            rope_grouped_case(
+                2,
+                8,
+                13,
+                8,
+                groups,
+                viewed,
+                angles(2, 13, 8, seed),
+                seed + 2,
+            );
+            // Half of 3: scalar loads.
+            rope_grouped_case(
+                2,
+                8,
+                13,
+                6,
+                groups,
+                viewed,
+                angles(2, 13, 6, seed),
+                seed + 4,
+            );
+        }
+    }
+    // LLaMA's angles and head width, broadcast over the batch.
+    rope_grouped_case(3, 8, 5, 64, 4, true, llama_angles(1, 5, 64), 251);
+}
+
+/// The backward reads a `dy` that is not contiguous (here the grouped output went through a
+/// transposed view before the loss) through its strides, still in one launch.
+#[test]
+fn rope_grouped_backward_of_a_strided_gradient() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    let (b, h, s, hd, groups) = (2, 6, 7, 8, 3);
+    let nkv = h / groups;
+    let (cos, sin) = llama_angles(b, s, hd);
+    let x0 = data([b, s, h, hd], 261, 1.0, 0.0);
+    let r = data([b, s, nkv, groups * hd], 262, 1.0, 0.0);
+    let what = "rope_grouped with a strided dy";
+
+    let xw = tensor::<AW, 4>(&x0, &dw).require_grad();
+    let out = launches(1, what, || {
+        rope_grouped(
+            heads_view(xw.clone()),
+            tensor(&cos, &dw),
+            tensor(&sin, &dw),
+            groups,
+        )
+    });
+    let grads = launches(1, what, || {
+        (out.swap_dims(1, 2) * tensor(&r, &dw)).sum().backward()
+    });
+    let xf = tensor::<AF, 4>(&x0, &df).require_grad();
+    let out_ref = reference::rope_grouped(
+        heads_view(xf.clone()),
+        tensor(&cos, &df),
+        tensor(&sin, &df),
+        groups,
+    );
+    let grads_ref = (out_ref.swap_dims(1, 2) * tensor(&r, &df)).sum().backward();
+    assert_close(xw.grad(&grads).unwrap(), xf.grad(&grads_ref).unwrap(), what);
+}
+
+#[test]
+#[should_panic(expected = "8 heads do not split into groups of 3")]
+fn rope_grouped_of_uneven_groups_panics() {
+    let dw = wgpu();
+    let (cos, sin) = llama_angles(1, 4, 8);
+    let x = data([1, 8, 4, 8], 271, 1.0, 0.0);
+    rope_grouped(
+        tensor::<W, 4>(&x, &dw),
+        tensor(&cos, &dw),
+        tensor(&sin, &dw),
+        3,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Causal softmax
 
@@ -496,16 +695,29 @@ fn causal_softmax_matches_reference() {
 // ---------------------------------------------------------------------------------------------
 // Attention that recomputes its probabilities in the backward
 
-fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]], seed: u64) {
+/// `grouped_causal_attention` against its reference: `block` positions per block of the products
+/// (0: none; with blocks, `invalid` must leave every query a readable key, see the function).
+#[allow(clippy::too_many_arguments)]
+fn attention_case(
+    b: usize,
+    nq: usize,
+    nkv: usize,
+    s: usize,
+    invalid: &[&[usize]],
+    block: usize,
+    seed: u64,
+) {
+    use kernels_cubecl::attention::grouped_causal_attention_blocked as attention;
     use kernels_cubecl::BurnMatmul;
     let (dw, df) = (wgpu(), flex());
     let hd = 8;
+    let g = nq / nkv;
     let scale = 1.0 / (hd as f64).sqrt();
-    let q = data([b, nq, s, hd], seed, 2.0, 0.0);
+    let q = data([b, nkv, s, g * hd], seed, 2.0, 0.0);
     let k = data([b, nkv, s, hd], seed + 1, 2.0, 0.0);
     let v = data([b, nkv, s, hd], seed + 2, 1.0, 0.3);
-    let r = data([b, nq, s, hd], seed + 3, 1.0, 0.0);
-    let what = format!("causal_attention b={b} nq={nq} nkv={nkv} s={s}");
+    let r = data([b, nkv, s, g * hd], seed + 3, 1.0, 0.0);
+    let what = format!("causal_attention b={b} nq={nq} nkv={nkv} s={s} block={block}");
 
     let (qw, kw, vw) = (
         tensor::<AW, 4>(&q, &dw).require_grad(),
@@ -513,15 +725,17 @@ fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]
         tensor::<AW, 4>(&v, &dw).require_grad(),
     );
     // Forward: the fused softmax (keeping its row statistics) and the output's copy into
-    // `[b, s, nq, hd]` rows; backward: one kernel rebuilding P and computing dS (V is contiguous
-    // here: no copy of it or of dV).
-    let out = launches(2, &what, || {
-        causal_attention::<AW, BurnMatmul>(
+    // `[b, s, nq, hd]` rows (none with one KV head: the layouts coincide); backward: one kernel
+    // rebuilding P and computing dS (V is contiguous here: no copy of it or of dV).
+    let forward_launches = if nkv == 1 { 1 } else { 2 };
+    let out = launches(forward_launches, &what, || {
+        attention::<AW, BurnMatmul>(
             qw.clone(),
             kw.clone(),
             vw.clone(),
             key_valid::<AW>(b, s, invalid, &dw),
             scale,
+            block,
         )
     });
     let grads = launches(1, &what, || {
@@ -532,7 +746,7 @@ fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]
         tensor::<AF, 4>(&k, &df).require_grad(),
         tensor::<AF, 4>(&v, &df).require_grad(),
     );
-    let out_ref = reference::causal_attention::<AF, BurnMatmul>(
+    let out_ref = reference::grouped_causal_attention::<AF, BurnMatmul>(
         qf.clone(),
         kf.clone(),
         vf.clone(),
@@ -551,12 +765,13 @@ fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]
 
     // Only some inputs tracked (frozen K, say): the others' gradients are still right.
     let qw = tensor::<AW, 4>(&q, &dw).require_grad();
-    let out = causal_attention::<AW, BurnMatmul>(
+    let out = attention::<AW, BurnMatmul>(
         qw.clone(),
         tensor(&k, &dw),
         tensor(&v, &dw),
         key_valid::<AW>(b, s, invalid, &dw),
         scale,
+        block,
     );
     let grads = (out * tensor(&r, &dw)).sum().backward();
     assert_close(
@@ -564,6 +779,26 @@ fn attention_case(b: usize, nq: usize, nkv: usize, s: usize, invalid: &[&[usize]
         qf.grad(&grads_ref).unwrap(),
         &format!("{what} dq alone"),
     );
+
+    // Without autodiff: the same values from the same kernels (softmax and output copy).
+    let plain = launches(forward_launches, &what, || {
+        attention::<W, BurnMatmul>(
+            tensor(&q, &dw),
+            tensor(&k, &dw),
+            tensor(&v, &dw),
+            key_valid::<W>(b, s, invalid, &dw),
+            scale,
+            block,
+        )
+    });
+    let plain_ref = reference::grouped_causal_attention::<Flex, BurnMatmul>(
+        tensor(&q, &df),
+        tensor(&k, &df),
+        tensor(&v, &df),
+        key_valid::<Flex>(b, s, invalid, &df),
+        scale,
+    );
+    assert_close(plain, plain_ref, &format!("{what} plain"));
 }
 
 /// Attention as the model calls it: V a heads view of `[b, s, nkv, hd]` rows. V is copied
@@ -575,16 +810,18 @@ fn causal_attention_hands_out_row_layouts() {
     let _serial = serial();
     let (dw, df) = (wgpu(), flex());
     let (b, nq, nkv, s, hd) = (2, 4, 2, 21, 8);
+    let g = nq / nkv;
     let scale = 1.0 / (hd as f64).sqrt();
-    let q = data([b, nq, s, hd], 94, 2.0, 0.0);
+    let q = data([b, nkv, s, g * hd], 94, 2.0, 0.0);
     let k = data([b, nkv, s, hd], 95, 2.0, 0.0);
     let v0 = data([b, s, nkv, hd], 96, 1.0, 0.3);
-    let r = data([b, nq, s, hd], 97, 1.0, 0.0);
+    let r = data([b, nkv, s, g * hd], 97, 1.0, 0.0);
     let what = "causal_attention with V rows";
+    let attention = kernels_cubecl::grouped_causal_attention::<AW, BurnMatmul>;
 
     let vw = tensor::<AW, 4>(&v0, &dw).require_grad();
     let out = launches(3, what, || {
-        causal_attention::<AW, BurnMatmul>(
+        attention(
             tensor(&q, &dw),
             tensor(&k, &dw),
             heads_view(vw.clone()),
@@ -596,7 +833,7 @@ fn causal_attention_hands_out_row_layouts() {
     let strides = joined.primitive.meta.strides().to_vec();
     assert_eq!(
         strides,
-        [s * nq * hd, nq * hd, hd, 1],
+        [s * nq * hd, nq * hd, g * hd, 1],
         "{what}: output rows"
     );
     let grads = launches(2, what, || (out.clone() * tensor(&r, &dw)).sum().backward());
@@ -605,7 +842,7 @@ fn causal_attention_hands_out_row_layouts() {
     assert_eq!(strides, [s * nkv * hd, nkv * hd, hd, 1], "{what}: dV rows");
 
     let vf = tensor::<AF, 4>(&v0, &df).require_grad();
-    let out_ref = reference::causal_attention::<AF, BurnMatmul>(
+    let out_ref = reference::grouped_causal_attention::<AF, BurnMatmul>(
         tensor(&q, &df),
         tensor(&k, &df),
         heads_view(vf.clone()),
@@ -618,7 +855,7 @@ fn causal_attention_hands_out_row_layouts() {
 
     // Without autodiff: the same layout, from the same kernels.
     let plain = launches(3, what, || {
-        causal_attention::<W, BurnMatmul>(
+        kernels_cubecl::grouped_causal_attention::<W, BurnMatmul>(
             tensor(&q, &dw),
             tensor(&k, &dw),
             heads_view(tensor(&v0, &dw)),
@@ -635,9 +872,44 @@ fn causal_attention_hands_out_row_layouts() {
         .to_vec();
     assert_eq!(
         strides,
-        [s * nq * hd, nq * hd, hd, 1],
+        [s * nq * hd, nq * hd, g * hd, 1],
         "{what}: plain output rows"
     );
+}
+
+/// The blocked products' contract, by parts: only the blocks are computed, zeros elsewhere.
+#[test]
+fn matmul_blocks_by_parts_computes_the_blocks() {
+    use kernels_cubecl::{attention::matmul_blocks_by_parts, BurnMatmul, ProductBlock};
+    let _serial = serial();
+    let df = flex();
+    let a = tensor::<Flex, 3>(&data([2, 6, 5], 110, 1.0, 0.0), &df);
+    let b = tensor::<Flex, 3>(&data([2, 5, 7], 111, 1.0, 0.0), &df);
+    let blocks = [
+        ProductBlock {
+            rows: 0..2,
+            cols: 0..3,
+            depth: 0..5,
+        },
+        ProductBlock {
+            rows: 2..6,
+            cols: 1..7,
+            depth: 2..4,
+        },
+    ];
+    let out = matmul_blocks_by_parts::<Flex, BurnMatmul>(a.clone(), b.clone(), &blocks);
+    let whole = a.clone().matmul(b.clone());
+    let part = a
+        .slice([0..2, 2..6, 2..4])
+        .matmul(b.slice([0..2, 2..4, 1..7]));
+    assert_close(
+        out.clone().slice([0..2, 0..2, 0..3]),
+        whole.slice([0..2, 0..2, 0..3]),
+        "block 0",
+    );
+    assert_close(out.clone().slice([0..2, 2..6, 1..7]), part, "block 1");
+    let outside = out.slice([0..2, 0..2, 3..7]).abs().max().into_scalar();
+    assert_eq!(outside, 0.0, "outside every block");
 }
 
 /// `head_layout::contiguous` copies a strided view (one launch) with its values, and leaves a
@@ -683,9 +955,23 @@ fn head_layout_copies_views_contiguous() {
 fn causal_attention_recomputes_probabilities_and_matches_reference() {
     let _serial = serial();
     // Grouped query heads (2 per KV head), a left-padded sequence (uniform rows), a padding key.
-    attention_case(2, 4, 2, 37, &[&[5], &[0, 1, 2]], 91);
-    attention_case(1, 3, 3, 64, &[&[]], 92); // one query head per KV head, vector loads
-    attention_case(2, 4, 1, 19, &[&[], &[3]], 93); // every query head on one KV head
+    attention_case(2, 4, 2, 37, &[&[5], &[0, 1, 2]], 0, 91);
+    attention_case(1, 3, 3, 64, &[&[]], 0, 92); // one query head per KV head, vector loads
+    attention_case(2, 4, 1, 19, &[&[], &[3]], 0, 93); // every query head on one KV head
+}
+
+/// The products in blocks of positions, skipping the masked ones: the same values.
+#[test]
+fn blocked_causal_attention_matches_reference() {
+    let _serial = serial();
+    // Blocks of 8 over 37 positions (a partial last block), padding keys inside blocks.
+    attention_case(2, 4, 2, 37, &[&[5], &[9, 30]], 8, 94);
+    // Vector loads (blocks of 16 over 64), one query head per KV head.
+    attention_case(1, 3, 3, 64, &[&[]], 16, 95);
+    // Four query heads on one KV head, blocks of one vector.
+    attention_case(2, 4, 1, 40, &[&[], &[3]], 8, 96);
+    // A block as long as the sequence: one block, the whole products.
+    attention_case(1, 2, 1, 24, &[&[7]], 24, 97);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -158,27 +158,42 @@ impl<B: Backend> LlamaAttention<B> {
     ) -> Tensor<B, 3> {
         let (nq, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 2>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(q, nq)); // [b, nq, s, hd]
         let k = rope.apply(heads(k, nkv)); // [b, nkv, s, hd]
         let v = heads(v, nkv); // [b, nkv, s, hd]
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v), // [b, nkv, kv_len, hd]
-            None => (k, v),
-        };
         let scale = 1.0 / (hd as f64).sqrt();
-        let out = match mask {
-            // Fused softmax, and on burn-cuda/burn-wgpu under autodiff no probabilities kept for
-            // the backward (recomputed there from q and k: kernels_cubecl::attention).
-            AttentionMask::Causal(key_valid) => {
-                kernels_cubecl::causal_attention::<B, SeamMatmul>(q, k, v, key_valid, scale)
+        match (mask, cache) {
+            // Training and scoring: the query heads of each KV head stacked position-major by
+            // RoPE, so that the causal products skip the masked blocks; the fused softmax, and
+            // on burn-cuda/burn-wgpu under autodiff no probabilities kept for the backward
+            // (recomputed there from q and k). See kernels_cubecl::attention.
+            (AttentionMask::Causal(key_valid), None) => {
+                let q = rope.apply_grouped(heads(q, nq), nq / nkv); // [b, nkv, s, g * hd]
+                kernels_cubecl::grouped_causal_attention::<B, SeamMatmul>(q, k, v, key_valid, scale) // [b, nkv, s, g * hd], laid out as [b, s, nq * hd] rows on cubecl backends
+                    .swap_dims(1, 2)
+                    .reshape([b, s, nq * hd])
             }
-            AttentionMask::Additive(mask) => {
-                let scores = grouped_scores::<B, SeamMatmul>(q, k) * scale; // [b, nq, s, kv_len]
-                let dtype = scores.dtype();
-                let probs = softmax(scores.cast(DType::F32) + mask, 3).cast(dtype);
-                grouped_mix::<B, SeamMatmul>(probs, v)
+            (mask, cache) => {
+                let q = rope.apply(heads(q, nq)); // [b, nq, s, hd]
+                let (k, v) = match cache {
+                    Some(cache) => cache.append(k, v), // [b, nkv, kv_len, hd]
+                    None => (k, v),
+                };
+                let probs = match mask {
+                    AttentionMask::Causal(key_valid) => {
+                        let scores = grouped_scores::<B, SeamMatmul>(q, k);
+                        kernels_cubecl::causal_softmax(scores, key_valid, scale)
+                    }
+                    AttentionMask::Additive(mask) => {
+                        // [b, nq, s, kv_len]
+                        let scores = grouped_scores::<B, SeamMatmul>(q, k) * scale;
+                        let dtype = scores.dtype();
+                        softmax(scores.cast(DType::F32) + mask, 3).cast(dtype)
+                    }
+                };
+                grouped_mix::<B, SeamMatmul>(probs, v) // [b, nq, s, hd]
+                    .swap_dims(1, 2)
+                    .reshape([b, s, nq * hd])
             }
-        }; // [b, nq, s, hd]
-        out.swap_dims(1, 2).reshape([b, s, nq * hd])
+        }
     }
 }

@@ -85,6 +85,13 @@ impl<B: Backend> RopeAngles<B> {
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         kernels_cubecl::rope(x, self.cos.clone(), self.sin.clone())
     }
+
+    /// [`Self::apply`] with the output's heads stacked `groups` at a time, position-major
+    /// (`[batch, heads / groups, seq, groups * head_dim]`): the query layout of
+    /// [`kernels_cubecl::grouped_causal_attention`], written by the same one kernel.
+    pub fn apply_grouped(&self, x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+        kernels_cubecl::rope_grouped(x, self.cos.clone(), self.sin.clone(), groups)
+    }
 }
 
 #[cfg(test)]

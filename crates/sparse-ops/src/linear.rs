@@ -109,6 +109,21 @@ impl kernels_cubecl::BatchedMatmul for SeamMatmul {
     fn matmul<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
         matmul_batched(a, b)
     }
+
+    /// On burn-cuda one cuBLASLt GEMM per block, each writing its block of the output in place;
+    /// elsewhere the blocks by parts.
+    fn matmul_blocks<B: Backend>(
+        a: Tensor<B, 3>,
+        b: Tensor<B, 3>,
+        blocks: &[kernels_cubecl::ProductBlock],
+    ) -> Tensor<B, 3> {
+        #[cfg(feature = "cuda")]
+        let (a, b) = match crate::cublaslt::dispatch_matmul_blocks(a, b, blocks) {
+            Ok(c) => return c,
+            Err(inputs) => inputs,
+        };
+        kernels_cubecl::attention::matmul_blocks_by_parts::<B, Self>(a, b, blocks)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use burn::backend::Autodiff;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 
-use super::{reference, BatchedMatmul};
+use super::{blocked, scores, BatchedMatmul, Blocks};
 use crate::causal_softmax;
 use crate::dispatch::Cube;
 use crate::head_layout;
@@ -22,13 +22,14 @@ use crate::rope::kernel::is_sequence_major;
 #[derive(Debug)]
 struct AttentionBackward<M> {
     scale: f64,
+    blocks: Blocks,
     matmul: PhantomData<M>,
 }
 
 /// What the backward reads, on the inner backend.
 #[derive(Debug, Clone)]
 struct State<C: Cube> {
-    /// `[b, nq, s, hd]`.
+    /// `[b, nkv, s, g hd]`, the query heads of a KV head position-major.
     q: FloatTensor<C>,
     /// `[b, nkv, s, hd]`.
     k: FloatTensor<C>,
@@ -55,7 +56,7 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
-        // The output was handed out laid out [b, s, nq, hd]; so comes its gradient, usually.
+        // The output was handed out laid out [b, s, nkv, g hd]; so comes its gradient, usually.
         let dout: Tensor<C, 4> = float(head_layout::contiguous_primitive::<C>(
             grads.consume::<C>(&ops.node),
         ));
@@ -68,49 +69,50 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
             v_sequence_major,
         } = ops.state;
         let (q, k, v): (Tensor<C, 4>, Tensor<C, 4>, Tensor<C, 4>) = (float(q), float(k), float(v));
-        let [b, nq, s, hd] = q.dims();
-        let nkv = k.dims()[1];
-        let rows = nq / nkv * s; // query rows per KV head
-        let n = b * nkv;
+        let [b, nkv, s, width] = q.dims();
+        let hd = k.dims()[3];
+        let blocks = self.blocks;
+        let (n, rows) = (b * nkv, s * (width / hd));
 
-        // The forward's scores again (the same GEMM on the same inputs: the same values), from
+        // The forward's scores again (the same GEMMs on the same inputs: the same values), from
         // which one kernel rebuilds P with the forward's row statistics and computes dS.
-        let scores = reference::grouped_scores::<C, M>(q.clone(), k.clone()); // [b, nq, s, s]
-        let grouped = |t: Tensor<C, 4>| t.reshape([n, rows, s]);
+        let scores = scores::<C, M>(q.clone(), k.clone(), blocks);
         let dout = dout.reshape([n, rows, hd]);
         let (qg, kg, vg) = (
             q.reshape([n, rows, hd]),
             k.reshape([n, s, hd]),
             v.reshape([n, s, hd]),
         );
-        let dprobs = M::matmul(dout.clone(), vg.swap_dims(1, 2)).reshape([b, nq, s, s]);
+        let dprobs = blocked::<C, M>(dout.clone(), vg.swap_dims(1, 2), &blocks.query_by_key(hd));
         let (probs, dscores) = causal_softmax::recompute_backward::<C::Runtime>(
             C::float_into(primitive(scores)),
             C::bool_into(key_valid),
             C::float_into(stats),
-            C::float_into(primitive(dprobs)),
+            C::float_into(primitive(dprobs.reshape([b, nkv, rows, s]))),
             self.scale,
+            blocks.row_layout(),
         );
-        let (probs, dscores) = (
-            grouped(float(C::float_from(probs))),
-            grouped(float(C::float_from(dscores))),
-        );
+        let grouped = |t| float::<C, 4>(C::float_from(t)).reshape([n, rows, s]);
+        let (probs, dscores) = (grouped(probs), grouped(dscores));
         // dV sums over the query heads of each group, inside the product; it is given back in
         // the forward's V layout (rows when V was a view of them).
         let dv = node_v.as_ref().map(|_| {
-            let dv = M::matmul(probs.swap_dims(1, 2), dout).reshape([b, nkv, s, hd]);
+            let dv = blocked::<C, M>(probs.swap_dims(1, 2), dout, &blocks.key_over_queries(hd))
+                .reshape([b, nkv, s, hd]);
             if v_sequence_major {
                 float(head_layout::sequence_major::<C>(primitive(dv)))
             } else {
                 dv
             }
         });
-        let dq = node_q
-            .as_ref()
-            .map(|_| M::matmul(dscores.clone(), kg).reshape([b, nq, s, hd]));
-        let dk = node_k
-            .as_ref()
-            .map(|_| M::matmul(dscores.swap_dims(1, 2), qg).reshape([b, nkv, s, hd]));
+        let dq = node_q.as_ref().map(|_| {
+            blocked::<C, M>(dscores.clone(), kg, &blocks.query_over_keys(hd))
+                .reshape([b, nkv, s, width])
+        });
+        let dk = node_k.as_ref().map(|_| {
+            blocked::<C, M>(dscores.swap_dims(1, 2), qg, &blocks.key_over_queries(hd))
+                .reshape([b, nkv, s, hd])
+        });
 
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let (Some(node), Some(grad)) = (node, grad) {
@@ -128,6 +130,7 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
     v: FloatTensor<Autodiff<C>>,
     key_valid: BoolTensor<C>,
     scale: f64,
+    blocks: Blocks,
 ) -> FloatTensor<Autodiff<C>> {
     // V heads-major once, for the forward's product and the backward's two (the view of the
     // projection's rows it usually is would be copied by each).
@@ -139,11 +142,13 @@ pub(super) fn forward<C: Cube, M: BatchedMatmul>(
         float(v_heads.clone()),
         Tensor::<C, 2, Bool>::from_primitive(key_valid.clone()),
         scale,
+        blocks,
         true,
     );
     let stats = stats.expect("composed_rows keeps the statistics asked for");
     let backward = AttentionBackward::<M> {
         scale,
+        blocks,
         matmul: PhantomData,
     };
     match backward

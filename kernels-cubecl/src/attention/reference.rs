@@ -56,3 +56,41 @@ pub fn causal_attention<B: Backend, M: BatchedMatmul>(
     let probs = crate::causal_softmax::reference::causal_softmax(scores, key_valid, scale);
     grouped_mix::<B, M>(probs, v)
 }
+
+/// Query heads `[b, nkv * g, s, hd]` from their grouped, position-major layout
+/// `[b, nkv, s, g * hd]` (see [`crate::attention::grouped_causal_attention`]).
+pub fn heads_from_grouped<B: Backend>(q: Tensor<B, 4>, hd: usize) -> Tensor<B, 4> {
+    let [b, nkv, s, width] = q.dims();
+    let g = width / hd;
+    q.reshape([b, nkv, s, g, hd])
+        .swap_dims(2, 3)
+        .reshape([b, nkv * g, s, hd])
+}
+
+/// The grouped, position-major layout `[b, nkv, s, g * hd]` of query heads `[b, nkv * g, s, hd]`
+/// (the inverse of [`heads_from_grouped`]).
+pub fn grouped_from_heads<B: Backend>(q: Tensor<B, 4>, nkv: usize) -> Tensor<B, 4> {
+    let [b, nq, s, hd] = q.dims();
+    let g = nq / nkv;
+    q.reshape([b, nkv, g, s, hd])
+        .swap_dims(2, 3)
+        .reshape([b, nkv, s, g * hd])
+}
+
+/// [`causal_attention`] with the query heads (and the output) in the grouped, position-major
+/// layout of [`crate::attention::grouped_causal_attention`].
+///
+/// # Shapes
+/// - `q`: `[b, nkv, s, g * hd]`, `k`, `v`: `[b, nkv, s, hd]`, `key_valid`: `[b, s]`; output
+///   `[b, nkv, s, g * hd]`
+pub fn grouped_causal_attention<B: Backend, M: BatchedMatmul>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    key_valid: Tensor<B, 2, Bool>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let [_, nkv, _, hd] = k.dims();
+    let out = causal_attention::<B, M>(heads_from_grouped(q, hd), k, v, key_valid, scale);
+    grouped_from_heads(out, nkv)
+}

@@ -44,9 +44,11 @@ fn logits<F: Float, M: Int, N: Size>(
 /// `probs = softmax(logits)` per row, from the online (max, sum) of each unit combined over the
 /// cube; with `with_stats`, also the row's `(max, 1 / sum)` into `stats` (`[rows, 2]`).
 ///
-/// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order; `key_valid`: `[b, kv]`
-/// contiguous, read in vectors of `N` as the scores (one load per vector instead of `N`);
-/// `kv_v = kv / N`.
+/// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order, or `(b, h, s, g)` with
+/// `groups = g` consecutive rows per query; `key_valid`: `[b, kv]` contiguous, read in vectors of
+/// `N` as the scores (one load per vector instead of `N`); `kv_v = kv / N`. A row is read and
+/// written only up to the end of its query's key block (`key_block`, a multiple of `N`, or `kv`):
+/// beyond it the scores were not computed and the probabilities are not read.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
@@ -58,6 +60,8 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     rows_per_cube: usize,
     heads_seq: usize,
     seq: usize,
+    groups: usize,
+    key_block: usize,
     kv_v: usize,
     scale: f32,
     masked: f32,
@@ -72,7 +76,8 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
         terminate!();
     }
     let n = scores.vector_size();
-    let query = row % seq;
+    let query = (row / groups) % seq;
+    let limit_v = key_limit(query, key_block, kv_v, n);
     let valid_at = (row / heads_seq) * kv_v;
     let base = row * kv_v;
     let scale = F::cast_from(scale);
@@ -81,7 +86,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     // Each unit's running max and sum of `exp(x - max)` over its vectors, up to the one holding
     // the query's own key: the vectors after it are wholly masked, adding nothing to the sum
     // unless the whole row is masked (handled below).
-    let end = min(kv_v, query / n + 1);
+    let end = min(limit_v, query / n + 1);
     let mut max_ = masked;
     let mut sum = 0.0f32;
     let mut i = UNIT_POS_X as usize;
@@ -102,8 +107,8 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     }
     let largest = row_max(max_, &mut shared, plane);
     let total = row_sum(sum * (max_ - largest).exp(), &mut shared, plane);
-    // A row with no readable key attends uniformly to every key, as under the reference's
-    // finite additive mask.
+    // A row with no readable key attends uniformly to every key (of its key block), as under the
+    // reference's finite additive mask.
     let uniform = largest == masked;
     let inv_total = Vector::<f32, N>::new(1.0f32 / total);
     if with_stats && UNIT_POS_X == 0 {
@@ -112,10 +117,10 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
         stats[row * 2] = largest;
         stats[row * 2 + 1] = 1.0f32 / total;
     }
-    let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (kv_v * n) as f32));
+    let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (limit_v * n) as f32));
 
     let mut i = UNIT_POS_X as usize;
-    while i < kv_v {
+    while i < limit_v {
         if uniform {
             probs[base + i] = spread;
         } else if i < end {
@@ -212,6 +217,8 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
     rows_per_cube: usize,
     heads_seq: usize,
     seq: usize,
+    groups: usize,
+    key_block: usize,
     kv_v: usize,
     scale: f32,
     masked: f32,
@@ -224,7 +231,8 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
         terminate!();
     }
     let n = scores.vector_size();
-    let query = row % seq;
+    let query = (row / groups) % seq;
+    let limit_v = key_limit(query, key_block, kv_v, n);
     let valid_at = (row / heads_seq) * kv_v;
     let base = row * kv_v;
     let f_scale = F::cast_from(scale);
@@ -232,8 +240,8 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
     let largest = stats[row * 2];
     let inv_total = Vector::<f32, N>::new(stats[row * 2 + 1]);
     let uniform = largest == masked;
-    let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (kv_v * n) as f32));
-    let end = select(uniform, kv_v, min(kv_v, query / n + 1));
+    let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (limit_v * n) as f32));
+    let end = select(uniform, limit_v, min(limit_v, query / n + 1));
 
     let mut dots = Vector::<f32, N>::new(0.0f32);
     let mut i = UNIT_POS_X as usize;
@@ -258,7 +266,7 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
     let out_scale = Vector::<F, N>::new(F::cast_from(scale));
 
     let mut i = UNIT_POS_X as usize;
-    while i < kv_v {
+    while i < limit_v {
         if i < end {
             let p = recomputed_probs::<F, M, N>(
                 scores,
@@ -283,6 +291,12 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
         }
         i += block;
     }
+}
+
+/// Vectors of keys a row of query `query` covers: up to the end of the query's key block.
+#[cube]
+fn key_limit(query: usize, key_block: usize, kv_v: usize, n: usize) -> usize {
+    min(kv_v, (query / key_block + 1) * key_block / n)
 }
 
 /// The forward's `P` of the vector at `at` (keys `j0..j0 + N`), from the row's max and `1 / sum`
@@ -316,6 +330,29 @@ fn rows_kv<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize) {
     (shape[0] * shape[1] * shape[2], shape[3])
 }
 
+/// How the rows of a `[b, h, s, kv]` scores tensor map to queries, and which of their keys were
+/// computed: what attention's blocked products ([`crate::attention`]) hand the softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowLayout {
+    /// Consecutive rows that share one query: 1 when each `(b, h)` holds one head's queries in
+    /// order; `g` when the `g` query heads of a KV head are stacked position-major (rows in
+    /// `(b, kv, s, g)` order).
+    pub groups: usize,
+    /// The keys of query `i`'s row that were computed, and that are written: those below
+    /// `min(kv, (i / key_block + 1) key_block)`. `kv` (or more): every key.
+    pub key_block: usize,
+}
+
+impl RowLayout {
+    /// One head's queries in order, every key computed.
+    pub fn heads(kv: usize) -> RowLayout {
+        RowLayout {
+            groups: 1,
+            key_block: kv.max(1),
+        }
+    }
+}
+
 /// The forward: `scores` `[b, h, s, kv]` of a float dtype, `key_valid` `[b, kv]` stored as u8 or
 /// u32; output (the probabilities) contiguous in the scores' dtype.
 pub(crate) fn forward<R: CubeRuntime>(
@@ -323,16 +360,25 @@ pub(crate) fn forward<R: CubeRuntime>(
     key_valid: CubeTensor<R>,
     scale: f64,
 ) -> CubeTensor<R> {
-    forward_keeping_stats(scores, key_valid, scale, false).0
+    let kv = scores.meta.shape()[3];
+    forward_keeping_stats(scores, key_valid, scale, false, RowLayout::heads(kv)).0
+}
+
+/// The vector size of a row pass over `tensors` (`kv` keys a row, blocks of `layout.key_block`).
+fn row_vector<R: CubeRuntime>(tensors: &[&CubeTensor<R>], kv: usize, layout: RowLayout) -> usize {
+    let dtype = tensors[0].dtype;
+    vector_size(tensors, dtype, &[kv, layout.key_block.min(kv)])
 }
 
 /// [`forward`], plus with `keep_stats` each row's max and `1 / sum` (`[rows * 2]` f32), from
-/// which [`recompute_backward`] rebuilds the probabilities.
+/// which [`recompute_backward`] rebuilds the probabilities; rows mapped to queries and keys by
+/// `layout`.
 pub(crate) fn forward_keeping_stats<R: CubeRuntime>(
     scores: CubeTensor<R>,
     key_valid: CubeTensor<R>,
     scale: f64,
     keep_stats: bool,
+    layout: RowLayout,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let scores = into_contiguous(scores);
     let shape: Shape = scores.meta.shape().clone();
@@ -345,7 +391,7 @@ pub(crate) fn forward_keeping_stats<R: CubeRuntime>(
     let stat_rows = if keep_stats { rows } else { 1 };
     let stats =
         empty_device_contiguous_dtype(client.clone(), device, [stat_rows * 2].into(), DType::F32);
-    let vector = vector_size(&[&scores, &probs], dtype, &[kv]);
+    let vector = row_vector(&[&scores, &probs], kv, layout);
     let key_valid = aligned_mask(key_valid, vector);
     let launch = plane_row_launch(&scores, rows, kv / vector);
     let address = address_type(&[&scores, &key_valid, &probs]);
@@ -368,6 +414,8 @@ pub(crate) fn forward_keeping_stats<R: CubeRuntime>(
             launch.rows_per_cube,
             heads * seq,
             seq,
+            layout.groups,
+            layout.key_block,
             kv / vector,
             scale as f32,
             f32::MIN,
@@ -382,13 +430,15 @@ pub(crate) fn forward_keeping_stats<R: CubeRuntime>(
 
 /// The recomputing backward: from the recomputed `scores` (`[b, h, s, kv]`), `key_valid`, the
 /// forward's `stats` ([`forward_keeping_stats`]) and `dprobs`, the probabilities again (for
-/// `dV = P^T dO`) and the scores' gradient, both contiguous in the scores' dtype.
+/// `dV = P^T dO`) and the scores' gradient, both contiguous in the scores' dtype, written (and
+/// `scores`, `dprobs` read) only where `layout` says the products computed them.
 pub(crate) fn recompute_backward<R: CubeRuntime>(
     scores: CubeTensor<R>,
     key_valid: CubeTensor<R>,
     stats: CubeTensor<R>,
     dprobs: CubeTensor<R>,
     scale: f64,
+    layout: RowLayout,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (scores, dprobs) = (into_contiguous(scores), into_contiguous(dprobs));
     let stats = into_contiguous(stats);
@@ -399,7 +449,7 @@ pub(crate) fn recompute_backward<R: CubeRuntime>(
     let (client, device) = (scores.client.clone(), scores.device.clone());
     let probs = empty_device_contiguous_dtype(client.clone(), device.clone(), shape.clone(), dtype);
     let dscores = empty_device_contiguous_dtype(client.clone(), device, shape, dtype);
-    let vector = vector_size(&[&scores, &dprobs, &probs, &dscores], dtype, &[kv]);
+    let vector = row_vector(&[&scores, &dprobs, &probs, &dscores], kv, layout);
     let key_valid = aligned_mask(key_valid, vector);
     let launch = plane_row_launch(&scores, rows, kv / vector);
     let address = address_type(&[&scores, &key_valid, &dprobs, &probs, &dscores]);
@@ -423,6 +473,8 @@ pub(crate) fn recompute_backward<R: CubeRuntime>(
             launch.rows_per_cube,
             heads * seq,
             seq,
+            layout.groups,
+            layout.key_block,
             kv / vector,
             scale as f32,
             f32::MIN,

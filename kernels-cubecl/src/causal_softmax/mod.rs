@@ -7,7 +7,7 @@ pub mod reference;
 
 /// The kernels on cubecl tensors that the attention's recomputing backward calls: the forward
 /// that also keeps each row's max and `1 / sum`, and the backward that rebuilds `P` from them.
-pub(crate) use kernel::{forward_keeping_stats, recompute_backward};
+pub(crate) use kernel::{forward_keeping_stats, recompute_backward, RowLayout};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;

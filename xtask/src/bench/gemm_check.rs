@@ -195,6 +195,7 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     check_linear_seam(&mut c, &w);
+    check_matmul_blocks(&mut c);
 
     println!(
         "{} of {} checks passed",
@@ -595,4 +596,85 @@ fn check_ordering(c: &mut Checker) {
         }
         Err(e) => c.report("unordered chain", false, format!("cuBLASLt error: {e}")),
     }
+}
+
+/// `SeamMatmul::matmul_blocks` (one cuBLASLt GEMM per block, writing its block of one output in
+/// place) on causal attention's blocks: 300 positions in blocks of 128 (a partial last block),
+/// 4 query rows a position, LLaMA's head width; compared with the CPU product on the blocks.
+fn check_matmul_blocks(c: &mut Checker) {
+    use kernels_cubecl::{BatchedMatmul, ProductBlock};
+    use sparse_ops::SeamMatmul;
+    let (n, s, g, hd, block): (usize, usize, usize, usize, usize) = (3, 300, 4, 128, 128);
+    let bf16 = DType::BF16;
+    let device = c.device.clone();
+    let random = |dims: [usize; 3]| {
+        Tensor::<Gpu, 3>::random(dims, Distribution::Normal(0.0, 1.0), &device).cast(bf16)
+    };
+    let ends: Vec<(usize, usize)> = (0..s.div_ceil(block))
+        .map(|i| (i * block, ((i + 1) * block).min(s)))
+        .collect();
+    // Zero outside the blocks, on the CPU: what the comparison keeps of both sides.
+    let on_blocks = |t: Tensor<Cpu, 3>, blocks: &[ProductBlock]| {
+        let mut kept = Tensor::<Cpu, 3>::zeros(t.dims(), &Default::default());
+        for b in blocks {
+            let region = [0..n, b.rows.clone(), b.cols.clone()];
+            kept = kept.slice_assign(region.clone(), t.clone().slice(region));
+        }
+        kept
+    };
+    let case = |c: &mut Checker,
+                name: &str,
+                a: Tensor<Gpu, 3>,
+                b: Tensor<Gpu, 3>,
+                blocks: Vec<ProductBlock>| {
+        let reference = on_blocks(cpu(a.clone()).matmul(cpu(b.clone())), &blocks);
+        let out = c.calls(
+            &format!("{name}: one GEMM per block"),
+            blocks.len() as u64,
+            || SeamMatmul::matmul_blocks(a, b, &blocks),
+        );
+        let ours = on_blocks(cpu(out), &blocks);
+        let ours = Tensor::<Gpu, 3>::from_data(ours.into_data(), &device);
+        c.compare(name, Ok(ours), reference, bf16);
+    };
+
+    // Q K^T: query rows against the keys up to their block's end (K read transposed in place).
+    let (q, k) = (random([n, s * g, hd]), random([n, s, hd]));
+    let blocks = ends
+        .iter()
+        .map(|&(start, end)| ProductBlock {
+            rows: start * g..end * g,
+            cols: 0..end,
+            depth: 0..hd,
+        })
+        .collect();
+    case(
+        c,
+        "blocks of Q K^T (causal, 300 positions)",
+        q.clone(),
+        k.clone().swap_dims(1, 2),
+        blocks,
+    );
+    // P V: query rows summed over the keys up to their block's end.
+    let (p, v) = (random([n, s * g, s]), random([n, s, hd]));
+    let blocks = ends
+        .iter()
+        .map(|&(start, end)| ProductBlock {
+            rows: start * g..end * g,
+            cols: 0..hd,
+            depth: 0..end,
+        })
+        .collect();
+    case(c, "blocks of P V", p.clone(), v, blocks);
+    // P^T dO: key blocks summed over the query rows from their start (P read transposed).
+    let dout = random([n, s * g, hd]);
+    let blocks = ends
+        .iter()
+        .map(|&(start, end)| ProductBlock {
+            rows: start..end,
+            cols: 0..hd,
+            depth: start * g..s * g,
+        })
+        .collect();
+    case(c, "blocks of P^T dO", p.swap_dims(1, 2), dout, blocks);
 }

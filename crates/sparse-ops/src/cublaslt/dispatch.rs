@@ -24,8 +24,8 @@ use kernels_cubecl::gradient_sum::register_summed;
 
 use super::error::GemmError;
 use super::tensor::{
-    linear_forward, matmul_accumulate, matmul_add, matmul_batched_primitive, matmul_primitive,
-    stream_ordered, CudaBackend, Primitive,
+    linear_forward, matmul_accumulate, matmul_add, matmul_batched_primitive,
+    matmul_blocks_primitive, matmul_primitive, stream_ordered, CudaBackend, Primitive,
 };
 
 /// With host-wait ordering (when cubecl's stream is not known), products below this many FLOPs
@@ -135,6 +135,38 @@ pub(crate) fn matmul_batched<B: Backend>(
         })
     };
     y.map_err(|e| {
+        warn_once(&e);
+        (a, b)
+    })
+}
+
+/// The blocks of a batched product ([`kernels_cubecl::BatchedMatmul::matmul_blocks`]) through
+/// cuBLASLt, one strided-batch GEMM per block writing in place, when `B` is burn-cuda (no
+/// `Autodiff`: attention calls it on the inner backend) and the GEMMs are ordered on cubecl's
+/// stream; otherwise gives `(a, b)` back untouched.
+pub(crate) fn matmul_blocks<B: Backend>(
+    a: Tensor<B, 3>,
+    b: Tensor<B, 3>,
+    blocks: &[kernels_cubecl::ProductBlock],
+) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 3>)> {
+    if TypeId::of::<B>() != TypeId::of::<CudaBackend>()
+        || !stream_ordered(&cast::<_, CudaDevice>(a.device()))
+    {
+        return Err((a, b));
+    }
+    let (pa, pb): (Tensor<CudaBackend, 3>, Tensor<CudaBackend, 3>) =
+        (cast(a.clone()), cast(b.clone()));
+    matmul_blocks_primitive(
+        pa.into_primitive().tensor(),
+        pb.into_primitive().tensor(),
+        blocks,
+    )
+    .map(|c| {
+        cast(Tensor::<CudaBackend, 3>::from_primitive(
+            TensorPrimitive::Float(c),
+        ))
+    })
+    .map_err(|e| {
         warn_once(&e);
         (a, b)
     })

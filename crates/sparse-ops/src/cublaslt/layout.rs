@@ -114,6 +114,11 @@ pub(crate) struct Problem {
     pub depth: u64,
     /// Matrices in a strided batch (1: a single product).
     pub batch: u64,
+    /// Elements between consecutive columns of `D` (our output's row stride): `rows` for a packed
+    /// output, more for a block of a wider one.
+    pub out_ld: u64,
+    /// Elements between consecutive matrices of `D` (`rows * cols` when packed).
+    pub out_batch_stride: u64,
 }
 
 impl Problem {
@@ -126,6 +131,8 @@ impl Problem {
             cols: a.rows as u64,
             depth: a.cols as u64,
             batch: 1,
+            out_ld: b.cols as u64,
+            out_batch_stride: (b.cols * a.rows) as u64,
         }
     }
 
@@ -139,6 +146,22 @@ impl Problem {
             problem.second.batch_stride = a_stride as i64;
         }
         problem
+    }
+
+    /// The same product written into a block of a larger row-major output: our output's rows
+    /// `row_stride` elements apart, its matrices `batch_stride` apart.
+    pub fn into_block(mut self, row_stride: usize, batch_stride: usize) -> Problem {
+        self.out_ld = row_stride as u64;
+        self.out_batch_stride = batch_stride as u64;
+        self
+    }
+
+    /// Elements from `D`'s first to one past its last (what a scratch copy of it must hold).
+    pub fn out_span(&self) -> u64 {
+        if self.rows * self.cols * self.batch == 0 {
+            return 0;
+        }
+        (self.batch - 1) * self.out_batch_stride + (self.cols - 1) * self.out_ld + self.rows
     }
 }
 

@@ -567,7 +567,7 @@ impl Plan {
             d: std::ptr::null_mut(),
             candidates: Vec::new(),
             chosen: std::sync::OnceLock::new(),
-            d_bytes: (p.rows * p.cols * p.batch) as usize * element.size(),
+            d_bytes: p.out_span() as usize * element.size(),
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(
@@ -601,9 +601,9 @@ impl Plan {
             &Operand {
                 rows: p.rows,
                 cols: p.cols,
-                ld: p.rows as i64,
+                ld: p.out_ld as i64,
                 trans: false,
-                batch_stride: (p.rows * p.cols) as i64,
+                batch_stride: p.out_batch_stride as i64,
             },
             p.batch,
         )?;

@@ -22,7 +22,7 @@ mod tensor;
 
 pub(crate) use dispatch::{
     linear as dispatch_linear, linear_onto as dispatch_linear_onto,
-    matmul_batched as dispatch_matmul_batched,
+    matmul_batched as dispatch_matmul_batched, matmul_blocks as dispatch_matmul_blocks,
 };
 pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;

@@ -389,6 +389,75 @@ pub(crate) fn matmul_batched_primitive(a: Primitive, b: Primitive) -> Result<Pri
     run_prepared(Prepared::batched(a, b)?)
 }
 
+/// The blocks `out[:, rows, cols] = a[:, rows, depth] b[:, depth, cols]` of a batched product, one
+/// strided-batch GEMM each, written into one new `[batch, m, n]` tensor (contiguous, the inputs'
+/// dtype); elements outside every block are left unwritten. Each block reads its parts of `a` and
+/// `b` in place and writes its part of the output in place (cuBLASLt's `D` with the output's row
+/// and batch strides).
+///
+/// # Errors
+/// As [`matmul`]; [`GemmError::Shape`] also for a block outside the operands or an empty block.
+pub(crate) fn matmul_blocks_primitive(
+    a: Primitive,
+    b: Primitive,
+    blocks: &[kernels_cubecl::ProductBlock],
+) -> Result<Primitive, GemmError> {
+    let dtype = check_operands(&a, &b)?;
+    let (sa, sb) = (a.shape(), b.shape());
+    let dim = |s: &Shape, i: usize| s.get(i).copied().unwrap_or(0);
+    let (batch, m, k) = (dim(&sa, 0), dim(&sa, 1), dim(&sa, 2));
+    let (batch_b, k2, n) = (dim(&sb, 0), dim(&sb, 1), dim(&sb, 2));
+    let shape_error = GemmError::Shape { m, k, k2, n };
+    if sa.num_dims() != 3 || sb.num_dims() != 3 || batch != batch_b || k != k2 || batch == 0 {
+        return Err(shape_error);
+    }
+    let inside = |r: &std::ops::Range<usize>, len: usize| r.start < r.end && r.end <= len;
+    if !blocks
+        .iter()
+        .all(|blk| inside(&blk.rows, m) && inside(&blk.cols, n) && inside(&blk.depth, k))
+    {
+        return Err(shape_error);
+    }
+    // Views whose strides cuBLASLt cannot read are copied once, not once per block.
+    let (a, _, _) = readable_batch(a);
+    let (b, _, _) = readable_batch(b);
+    let out = empty_device_contiguous_dtype(
+        a.client.clone(),
+        a.device.clone(),
+        Shape::new([batch, m, n]),
+        dtype,
+    );
+    for blk in blocks {
+        let part_a = sub_view(&a, [blk.rows.clone(), blk.depth.clone()]);
+        let part_b = sub_view(&b, [blk.depth.clone(), blk.cols.clone()]);
+        let part_out = sub_view(&out, [blk.rows.clone(), blk.cols.clone()]);
+        let (part_a, va, stride_a) = readable_batch(part_a);
+        let (part_b, vb, stride_b) = readable_batch(part_b);
+        run_prepared(Prepared {
+            problem: Problem::batched(va, stride_a, vb, stride_b, batch).into_block(n, m * n),
+            a: part_a,
+            b: part_b,
+            out: part_out,
+            addend: None,
+            scaling: Scaling::PRODUCT,
+        })?;
+    }
+    Ok(out)
+}
+
+/// The view `t[:, rows, cols]` of a 3-D primitive (same strides, the handle offset to its first
+/// element): no copy.
+fn sub_view(t: &Primitive, [rows, cols]: [std::ops::Range<usize>; 2]) -> Primitive {
+    let strides = t.meta.strides();
+    let offset = rows.start * strides[1] + cols.start * strides[2];
+    let mut view = t.clone();
+    view.handle = view.handle.offset_start((offset * t.dtype.size()) as u64);
+    let shape = view.meta.shape_mut();
+    shape[1] = rows.len();
+    shape[2] = cols.len();
+    view
+}
+
 /// Operands checked and readable, the output allocated.
 struct Prepared {
     a: Primitive,
