@@ -120,9 +120,13 @@ pub fn query_block() -> usize {
 }
 
 /// Query positions per block of the causal products by default. Of the `s x s` square the
-/// blocked products compute `(c + 1) / 2c` for `c = s / block` blocks (5/8 at `s = 512`), and
-/// each block is one strided-batch GEMM: 128 keeps the blocks large enough to run at full rate.
-pub const DEFAULT_QUERY_BLOCK: usize = 128;
+/// blocked products compute `(c + 1) / 2c` for `c = s / block` blocks, in `c` GEMMs per product,
+/// and each GEMM has a fixed cost of a few microseconds (its tiles' pipeline fill and the
+/// output's tail) that the smaller blocks do not amortise. Measured on an H200 (LLaMA3-8B,
+/// batch 8, dense LoRA step, docs/perf.md): at `s = 2048` blocks of 256 took the step from 1017
+/// to 960 ms (128: 971), at 1024 from 456 to 445 ms (128: 452), at 512 blocks of 128 gave
+/// nothing (218.7 against 217.6 ms).
+pub const DEFAULT_QUERY_BLOCK: usize = 256;
 
 /// `softmax(scale Q K^T + mask) V` for grouped-query attention, with the `g` query heads of each
 /// KV head stacked **position-major**: `q[b, m, i, j * hd + d]` is query head `m g + j` at
