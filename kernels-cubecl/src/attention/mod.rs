@@ -255,43 +255,42 @@ impl Blocks {
         }
     }
 
+    /// One block per block of positions, `block(start, end)` each.
+    fn each(self, block: impl Fn(usize, usize) -> ProductBlock) -> Vec<ProductBlock> {
+        self.ends().map(|(start, end)| block(start, end)).collect()
+    }
+
     /// `out[rows, keys]` with query rows of `a` and key columns of `b` (`Q K^T`, `dO V^T`): each
     /// block of query rows against the keys up to its end.
     fn query_by_key(self, depth: usize) -> Vec<ProductBlock> {
         let g = self.groups;
-        self.ends()
-            .map(|(start, end)| ProductBlock {
-                rows: start * g..end * g,
-                cols: 0..end,
-                depth: 0..depth,
-            })
-            .collect()
+        self.each(|start, end| ProductBlock {
+            rows: start * g..end * g,
+            cols: 0..end,
+            depth: 0..depth,
+        })
     }
 
     /// `out[rows, cols]` with query rows, summed over keys (`P V`, `dS K`): each block of query
     /// rows over the keys up to its end.
     fn query_over_keys(self, cols: usize) -> Vec<ProductBlock> {
         let g = self.groups;
-        self.ends()
-            .map(|(start, end)| ProductBlock {
-                rows: start * g..end * g,
-                cols: 0..cols,
-                depth: 0..end,
-            })
-            .collect()
+        self.each(|start, end| ProductBlock {
+            rows: start * g..end * g,
+            cols: 0..cols,
+            depth: 0..end,
+        })
     }
 
     /// `out[keys, cols]` summed over query rows (`P^T dO`, `dS^T Q`): each block of keys over
     /// the query rows from its start on.
     fn key_over_queries(self, cols: usize) -> Vec<ProductBlock> {
         let (g, s) = (self.groups, self.seq);
-        self.ends()
-            .map(|(start, end)| ProductBlock {
-                rows: start..end,
-                cols: 0..cols,
-                depth: start * g..s * g,
-            })
-            .collect()
+        self.each(|start, end| ProductBlock {
+            rows: start..end,
+            cols: 0..cols,
+            depth: start * g..s * g,
+        })
     }
 }
 

@@ -403,14 +403,8 @@ pub(crate) fn matmul_blocks_primitive(
     blocks: &[kernels_cubecl::ProductBlock],
 ) -> Result<Primitive, GemmError> {
     let dtype = check_operands(&a, &b)?;
-    let (sa, sb) = (a.shape(), b.shape());
-    let dim = |s: &Shape, i: usize| s.get(i).copied().unwrap_or(0);
-    let (batch, m, k) = (dim(&sa, 0), dim(&sa, 1), dim(&sa, 2));
-    let (batch_b, k2, n) = (dim(&sb, 0), dim(&sb, 1), dim(&sb, 2));
-    let shape_error = GemmError::Shape { m, k, k2, n };
-    if sa.num_dims() != 3 || sb.num_dims() != 3 || batch != batch_b || k != k2 || batch == 0 {
-        return Err(shape_error);
-    }
+    let [batch, m, k, n] = batched_dims(&a, &b)?;
+    let shape_error = GemmError::Shape { m, k, k2: k, n };
     let inside = |r: &std::ops::Range<usize>, len: usize| r.start < r.end && r.end <= len;
     if !blocks
         .iter()
@@ -421,12 +415,7 @@ pub(crate) fn matmul_blocks_primitive(
     // Views whose strides cuBLASLt cannot read are copied once, not once per block.
     let (a, _, _) = readable_batch(a);
     let (b, _, _) = readable_batch(b);
-    let out = empty_device_contiguous_dtype(
-        a.client.clone(),
-        a.device.clone(),
-        Shape::new([batch, m, n]),
-        dtype,
-    );
+    let out = empty_batch(&a, [batch, m, n], dtype);
     for blk in blocks {
         let part_a = sub_view(&a, [blk.rows.clone(), blk.depth.clone()]);
         let part_b = sub_view(&b, [blk.depth.clone(), blk.cols.clone()]);
@@ -443,6 +432,32 @@ pub(crate) fn matmul_blocks_primitive(
         })?;
     }
     Ok(out)
+}
+
+/// `[batch, m, k, n]` of a batched product `a` `[batch, m, k]` times `b` `[batch, k, n]`, none of
+/// them zero.
+fn batched_dims(a: &Primitive, b: &Primitive) -> Result<[usize; 4], GemmError> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let dim = |s: &Shape, i: usize| s.get(i).copied().unwrap_or(0);
+    let (batch, m, k) = (dim(&sa, 0), dim(&sa, 1), dim(&sa, 2));
+    let (batch_b, k2, n) = (dim(&sb, 0), dim(&sb, 1), dim(&sb, 2));
+    if sa.num_dims() != 3 || sb.num_dims() != 3 || batch != batch_b || k != k2 {
+        return Err(GemmError::Shape { m, k, k2, n });
+    }
+    if batch * m * n * k == 0 {
+        return Err(GemmError::Shape { m, k, k2, n });
+    }
+    Ok([batch, m, k, n])
+}
+
+/// A new contiguous `[batch, m, n]` output on `like`'s device.
+fn empty_batch(like: &Primitive, dims: [usize; 3], dtype: burn::tensor::DType) -> Primitive {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::new(dims),
+        dtype,
+    )
 }
 
 /// The view `t[:, rows, cols]` of a 3-D primitive (same strides, the handle offset to its first
@@ -548,24 +563,10 @@ impl Prepared {
 
     fn batched(a: Primitive, b: Primitive) -> Result<Prepared, GemmError> {
         let dtype = check_operands(&a, &b)?;
-        let (sa, sb) = (a.shape(), b.shape());
-        let dim = |s: &Shape, i: usize| s.get(i).copied().unwrap_or(0);
-        let (batch, m, k) = (dim(&sa, 0), dim(&sa, 1), dim(&sa, 2));
-        let (batch_b, k2, n) = (dim(&sb, 0), dim(&sb, 1), dim(&sb, 2));
-        if sa.num_dims() != 3 || sb.num_dims() != 3 || batch != batch_b || k != k2 {
-            return Err(GemmError::Shape { m, k, k2, n });
-        }
-        if batch * m * n * k == 0 {
-            return Err(GemmError::Shape { m, k, k2, n });
-        }
+        let [batch, m, _, n] = batched_dims(&a, &b)?;
         let (a, va, stride_a) = readable_batch(a);
         let (b, vb, stride_b) = readable_batch(b);
-        let out = empty_device_contiguous_dtype(
-            a.client.clone(),
-            a.device.clone(),
-            Shape::new([batch, m, n]),
-            dtype,
-        );
+        let out = empty_batch(&a, [batch, m, n], dtype);
         Ok(Prepared {
             problem: Problem::batched(va, stride_a, vb, stride_b, batch),
             a,
