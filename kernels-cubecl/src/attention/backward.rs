@@ -17,7 +17,7 @@ use crate::dispatch::Cube;
 use crate::head_layout;
 use crate::rope::kernel::is_sequence_major;
 
-/// Backward of [`super::causal_attention`] with respect to Q, K and V, recomputing the
+/// Backward of [`super::grouped_causal_attention`] with respect to Q, K and V, recomputing the
 /// probabilities from Q and K.
 #[derive(Debug)]
 struct AttentionBackward<M> {

@@ -7,9 +7,10 @@
 //! copies per layer and step. [`contiguous`] is one unit per vector of the output, its source
 //! found by 4-d index arithmetic.
 //!
-//! [`crate::causal_attention`] uses it to take V and its output gradient into the heads-major
-//! layout, and to hand its output (and V's gradient) back laid out `[b, s, h, hd]`, so that the
-//! model's `swap_dims(1, 2).reshape(..)` that joins the heads is a view, not a copy.
+//! [`crate::grouped_causal_attention`] uses it to take V and its output gradient into the
+//! heads-major layout, and to hand its output (and V's gradient) back laid out as rows
+//! (`[b, s, h, hd]`), so that the model's `swap_dims(1, 2).reshape(..)` that joins the heads is a
+//! view, not a copy.
 
 pub(crate) mod kernel;
 
