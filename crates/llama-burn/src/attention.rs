@@ -167,10 +167,13 @@ impl<B: Backend> LlamaAttention<B> {
             // on burn-cuda/burn-wgpu under autodiff no probabilities kept for the backward
             // (recomputed there from q and k). See kernels_cubecl::attention.
             (AttentionMask::Causal(key_valid), None) => {
-                let q = rope.apply_grouped(heads(q, nq), nq / nkv); // [b, nkv, s, g * hd]
-                kernels_cubecl::grouped_causal_attention::<B, SeamMatmul>(q, k, v, key_valid, scale) // [b, nkv, s, g * hd], laid out as [b, s, nq * hd] rows on cubecl backends
-                    .swap_dims(1, 2)
-                    .reshape([b, s, nq * hd])
+                // q and the output: [b, nkv, s, g * hd]; on cubecl backends the output is
+                // laid out as the rows [b, s, nq * hd].
+                let q = rope.apply_grouped(heads(q, nq), nq / nkv);
+                let out = kernels_cubecl::grouped_causal_attention::<B, SeamMatmul>(
+                    q, k, v, key_valid, scale,
+                );
+                out.swap_dims(1, 2).reshape([b, s, nq * hd])
             }
             (mask, cache) => {
                 let q = rope.apply(heads(q, nq)); // [b, nq, s, hd]

@@ -88,7 +88,8 @@ impl<C: Cube, M: BatchedMatmul> Backward<C, 3> for AttentionBackward<M> {
             C::float_into(primitive(scores)),
             C::bool_into(key_valid),
             C::float_into(stats),
-            C::float_into(primitive(dprobs.reshape([b, nkv, rows, s]))),
+            // In the scores' `[b, nkv g, s, s]`, which the kernel reads the row layout from.
+            C::float_into(primitive(dprobs.reshape([b, nkv * (width / hd), s, s]))),
             self.scale,
             blocks.row_layout(),
         );

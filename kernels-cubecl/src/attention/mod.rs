@@ -34,8 +34,8 @@ use burn::tensor::{Bool, BoolStore, DType, Tensor, TensorPrimitive};
 use crate::common::float_dtype;
 use crate::dispatch::{cast, on_route, route, Cube};
 
-/// A batch of matrix products, `out[i] = a[i] b[i]`, on any backend: how [`grouped_causal_attention`]
-/// multiplies (forward and backward).
+/// A batch of matrix products, `out[i] = a[i] b[i]`, on any backend: how
+/// [`grouped_causal_attention`] multiplies (forward and backward).
 ///
 /// # Shapes
 /// - `a`: `[n, m, k]`, `b`: `[n, k, p]` (either may be a transposed view), output `[n, m, p]`
