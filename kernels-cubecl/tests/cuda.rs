@@ -498,31 +498,44 @@ fn kv_channel_expansion_on_cuda() {
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn quadratic_form_norms_on_cuda() {
     let _serial = serial();
-    // LLaMA3-8B's attention estimate: rank 8 for each of q, k, v (k = 24), 6144 channels.
+    // LLaMA3-8B's attention estimate: rank 8 for each of q, k, v (k = 24), 6144 channels; a
+    // full `w`, then the estimator's block-diagonal one (q's 4096 channels read rows 0..8, k's
+    // and v's 1024 each the next 8).
     let (k, out) = (24, 6144);
     let z = data([4096, k], 41, 1.0, 0.0);
-    let w = data([k, out], 42, 1.0, 0.0);
     let zf = Tensor::<AF, 2>::from_data(z.clone(), &Default::default());
     let gram = zf.clone().transpose().matmul(zf);
-    let expected = values(reference::quadratic_form_norms(
-        gram.clone(),
-        Tensor::from_data(w.clone(), &Default::default()),
-    ));
-    let device = Default::default();
-    let gram = Tensor::<AC, 2>::from_data(gram.into_data(), &device);
-    let before = fused_launches();
-    let fused = values(kernels_cubecl::gram_norms::quadratic_form_norms(
-        gram,
-        Tensor::from_data(w, &device),
-    ));
-    assert_eq!(
-        fused_launches() - before,
-        1,
-        "quadratic_form_norms: launches"
-    );
-    let err = rel_l2(&fused, &expected);
-    println!("quadratic_form_norms: rel. err {err:.2e}");
-    assert!(err <= 1e-5, "quadratic_form_norms: rel. err {err:e}");
+    for block_diagonal in [false, true] {
+        let mut w = data([k, out], 42, 1.0, 0.0);
+        if block_diagonal {
+            let block = |c: usize| if c < 4096 { 0 } else { 1 + (c - 4096) / 1024 };
+            let mut v = w.to_vec::<f32>().unwrap();
+            for (i, row) in v.chunks_mut(out).enumerate() {
+                for (c, x) in row.iter_mut().enumerate() {
+                    if i / 8 != block(c) {
+                        *x = 0.0;
+                    }
+                }
+            }
+            w = TensorData::new(v, [k, out]);
+        }
+        let what = format!("quadratic_form_norms (block-diagonal: {block_diagonal})");
+        let expected = values(reference::quadratic_form_norms(
+            gram.clone(),
+            Tensor::from_data(w.clone(), &Default::default()),
+        ));
+        let device = Default::default();
+        let gram = Tensor::<AC, 2>::from_data(gram.clone().into_data(), &device);
+        let before = fused_launches();
+        let fused = values(kernels_cubecl::gram_norms::quadratic_form_norms(
+            gram,
+            Tensor::from_data(w, &device),
+        ));
+        assert_eq!(fused_launches() - before, 1, "{what}: launches");
+        let err = rel_l2(&fused, &expected);
+        println!("{what}: rel. err {err:.2e}");
+        assert!(err <= 1e-5, "{what}: rel. err {err:e}");
+    }
 }
 
 #[test]
@@ -552,6 +565,44 @@ fn mlp_channel_scores_on_cuda() {
         println!("mlp_channel_scores {dtype:?}: rel. err {err:.2e}");
         assert!(err <= tol, "mlp_channel_scores {dtype:?}: rel. err {err:e}");
     }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn mlp_channel_scores_of_factors_on_cuda() {
+    let _serial = serial();
+    // LLaMA3-8B's MLP estimator: 8 sequence means through rank-8 factors of gate and up (the
+    // halves of one stacked `z`), 14336 channels each.
+    let (rows, r, d_ff) = (8, 8, 14336);
+    let z = data([rows, 2 * r], 33, 1.0, 0.0);
+    let (wg, wu) = (data([r, d_ff], 34, 0.5, 0.0), data([r, d_ff], 35, 0.5, 0.0));
+    let host = |d: &TensorData| Tensor::<AF, 2>::from_data(d.clone(), &Default::default());
+    let expected = values(reference::mlp_channel_scores_of_factors(
+        host(&z).narrow(1, 0, r),
+        host(&wg),
+        host(&z).narrow(1, r, r),
+        host(&wu),
+    ));
+    let device = Default::default();
+    let zc = Tensor::<AC, 2>::from_data(z, &device);
+    let before = fused_launches();
+    let fused = values(kernels_cubecl::mlp_scores::mlp_channel_scores_of_factors(
+        zc.clone().narrow(1, 0, r),
+        Tensor::from_data(wg, &device),
+        zc.narrow(1, r, r),
+        Tensor::from_data(wu, &device),
+    ));
+    assert_eq!(
+        fused_launches() - before,
+        1,
+        "mlp_channel_scores_of_factors: launches"
+    );
+    let err = rel_l2(&fused, &expected);
+    println!("mlp_channel_scores_of_factors: rel. err {err:.2e}");
+    assert!(
+        err <= 1e-5,
+        "mlp_channel_scores_of_factors: rel. err {err:e}"
+    );
 }
 
 #[test]

@@ -1422,9 +1422,28 @@ fn kv_channel_expansion_matches_reference() {
 fn quadratic_form_norms_match_reference() {
     let _serial = serial();
     let (dw, df) = (wgpu(), flex());
-    for (n, k, out, seed) in [(64, 24, 6144, 131), (5, 3, 7, 132)] {
+    // The last case is the estimator's block-diagonal form (three blocks of 8 rows), with a
+    // zero column and zeros inside the blocks: the kernel sums over each column's nonzero rows.
+    for (n, k, out, seed, blocks) in [
+        (64, 24, 6144, 131, None),
+        (5, 3, 7, 132, None),
+        (40, 24, 300, 133, Some(3)),
+    ] {
         let z = data([n, k], seed, 1.0, 0.0);
-        let wt = data([out, k], seed + 1, 1.0, 0.0); // stored transposed
+        let mut wt = data([out, k], seed + 1, 1.0, 0.0); // stored transposed
+        if let Some(blocks) = blocks {
+            let mut values = wt.to_vec::<f32>().unwrap();
+            let (rows_per_block, cols_per_block) = (k / blocks, out / blocks);
+            for (c, column) in values.chunks_mut(k).enumerate() {
+                let block = c / cols_per_block;
+                for (i, v) in column.iter_mut().enumerate() {
+                    if i / rows_per_block != block || c == 7 || (i + c) % 5 == 0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+            wt = TensorData::new(values, [out, k]);
+        }
         let what = format!("quadratic_form_norms k={k} out={out}");
         let gram = |z: Tensor<W, 2>| z.clone().transpose().matmul(z);
         let fused = launches(1, &what, || {
@@ -1451,6 +1470,50 @@ fn mlp_channel_scores_match_reference() {
     mlp_scores_case(8, 1000, 121); // the estimator's shape: a row per sequence
     mlp_scores_case(3, 7, 122); // odd width
     mlp_scores_case(33, 257, 123); // more rows than a warp
+}
+
+/// The scores of the low-rank estimates `z_gate w_gate`, `z_up w_up`, formed per channel: the
+/// factors read as views (the halves of one stacked `z`, transposed `w`s), plain and `Autodiff`.
+#[test]
+fn mlp_channel_scores_of_factors_match_reference() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    for (rows, r, d_ff, seed) in [(8, 8, 1000, 124), (3, 5, 7, 125)] {
+        let z = data([rows, 2 * r], seed, 1.0, 0.0);
+        let (wg, wu) = (
+            data([d_ff, r], seed + 1, 0.5, 0.0),
+            data([d_ff, r], seed + 2, 0.5, 0.0),
+        );
+        let what = format!("mlp_channel_scores_of_factors rows={rows} r={r} d_ff={d_ff}");
+        let zf = tensor::<Flex, 2>(&z, &df);
+        let expected = reference::mlp_channel_scores(
+            zf.clone()
+                .narrow(1, 0, r)
+                .matmul(tensor::<Flex, 2>(&wg, &df).transpose()),
+            zf.narrow(1, r, r)
+                .matmul(tensor::<Flex, 2>(&wu, &df).transpose()),
+        );
+        let zw = tensor::<W, 2>(&z, &dw);
+        let fused = launches(1, &what, || {
+            mlp_scores::mlp_channel_scores_of_factors(
+                zw.clone().narrow(1, 0, r),
+                tensor::<W, 2>(&wg, &dw).transpose(),
+                zw.narrow(1, r, r),
+                tensor::<W, 2>(&wu, &dw).transpose(),
+            )
+        });
+        assert_close(fused, expected.clone(), &what);
+        let za = tensor::<AW, 2>(&z, &dw);
+        let fused = launches(1, &what, || {
+            mlp_scores::mlp_channel_scores_of_factors(
+                za.clone().narrow(1, 0, r),
+                tensor::<AW, 2>(&wg, &dw).transpose(),
+                za.narrow(1, r, r),
+                tensor::<AW, 2>(&wu, &dw).transpose(),
+            )
+        });
+        assert_close(fused, expected, &format!("{what} autodiff"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 # A RUN is `peft:<workload>`, `dense:<workload>` or `sparse:<workload>:<config.toml>`, optionally
 # prefixed with `env=VAR=value,` (e.g. `env=SPARSELORA_STREAM_ORDER=0,dense:csr`); the model is
 # $MODEL (default llama3-8b). With SVD_CACHE=FILE the sparse runs share one file of SVD factors
-# (`--svd-cache`: the random model's factors are built by the first sparse run only). With
+# (`--svd-cache`: the random model's factors are built by the first sparse run only), and each
+# measures the estimator's end-to-end cost (`--estimator-overhead`: STEPS more pairs of steps). With
 # HOST_PROFILE=1 each of our runs also writes a host profile (`--host-profile`, docs/perf.md) into
 # the archive; the binary must keep its symbol table (not `strip`ped) for readable names.
 # Each run's SM clock, power and the driver's clock-event reasons are sampled every 200 ms by
@@ -61,7 +62,7 @@ for run in "$@"; do
     sparse)
       cmd=("$XTASK" bench step --model "$MODEL" --workload "$workload" --sparsity "$config"
            --steps "$STEPS" --warmup "$WARMUP" --unsynced-steps "$UNSYNCED" --breakdown
-           --output-dir "$work" ${SVD_CACHE:+--svd-cache "$SVD_CACHE"}) ;;
+           --estimator-overhead --output-dir "$work" ${SVD_CACHE:+--svd-cache "$SVD_CACHE"}) ;;
     *) echo "unknown run $run"; status=1; continue ;;
   esac
   if [ "$kind" != peft ] && [ -f "$work/peft.jsonl" ]; then cmd+=(--peft "$work/peft.jsonl"); fi

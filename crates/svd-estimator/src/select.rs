@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
 use lora::sparse::{
@@ -21,8 +22,8 @@ use crate::cache::{CoverageError, SvdCache};
 use crate::layout::{EstimatedProjection, ModelLayout};
 use crate::mode::SelectionMode;
 use crate::scoring::{
-    channel_norms, mlp_scores, output_channels, qk_scores, query_channels, sequence_means,
-    token_rows, top_k, AttnShape, GqaMapping,
+    channel_norms, mlp_scores, mlp_scores_of_factors, output_channels, qk_scores, query_channels,
+    sequence_means, token_rows, top_k, AttnShape, GqaMapping,
 };
 
 /// How an [`SvdChannelSelector`] chooses.
@@ -167,7 +168,10 @@ impl<B: Backend> SvdChannelSelector<B> {
                         })
                         .collect();
                     if let Some(parts) = parts {
-                        stacked.insert((layer, block), StackedFactors::new(parts));
+                        // The attention norms read the stacked `w2`; the MLP scores each
+                        // projection's own.
+                        let stack_w2 = block == Block::Attn;
+                        stacked.insert((layer, block), StackedFactors::new(parts, stack_w2));
                     }
                 }
             }
@@ -227,7 +231,7 @@ impl<B: Backend> SvdChannelSelector<B> {
         }
         let stacked = self.stacked.get(&(layer, Block::Attn))?;
         let [b, s, d] = x.dims();
-        let w1 = stacked.w1.clone().cast(x.dtype());
+        let w1 = stacked.w1_in(x.dtype());
         let z = sparse_ops::linear(x.reshape([b * s, d]), w1.transpose()).cast(DType::F32); // [n, 3r]
         let z = if mask_padding {
             z * tokens.float().cast(DType::F32).reshape([b * s, 1])
@@ -239,7 +243,7 @@ impl<B: Backend> SvdChannelSelector<B> {
         let z_t = z.transpose();
         let gram = sparse_ops::linear(z_t.clone(), z_t); // [3r, 3r]
                                                          // The channel norms, [1, q_width + 2 kv_width]: one kernel on burn's cubecl backends.
-        let norms = kernels_cubecl::gram_norms::quadratic_form_norms(gram, stacked.w2.clone());
+        let norms = kernels_cubecl::gram_norms::quadratic_form_norms(gram, stacked.w2.clone()?);
         let norms = stacked.split(norms);
         let [q, k, v]: [Tensor<B, 2>; 3] = norms.try_into().ok()?;
         Some([q, k, v].map(|t| {
@@ -325,23 +329,37 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
                 Some(self.random_channels(self.options.seed, layer, 0, d_ff, k, &x.device()))
             }
             SelectionMode::Estimated | SelectionMode::Oracle => {
-                let means = sequence_means(x, tokens, !self.options.reference_compat);
-                let (gate, up) = if self.options.mode == SelectionMode::Oracle {
-                    (
+                let mask_padding = !self.options.reference_compat;
+                if self.options.mode == SelectionMode::Oracle {
+                    let means = sequence_means(x, tokens, mask_padding);
+                    let (gate, up) = (
                         Self::project_exactly(mlp.gate_proj, means.clone()),
                         Self::project_exactly(mlp.up_proj, means),
-                    )
+                    );
+                    Some(top_k(mlp_scores(gate, up), k))
                 } else {
-                    // Gate and up from one pair of products.
                     let stacked = self.stacked.get(&(layer, Block::Mlp))?;
-                    // `means w1` through the seam, as the Gram matrix above (a [b, m r]
-                    // output of a d_model-long reduction).
-                    let z = sparse_ops::linear(means, stacked.w1.clone().transpose());
-                    let both = z.matmul(stacked.w2.clone());
-                    let [gate, up]: [Tensor<B, 2>; 2] = stacked.split(both).try_into().ok()?;
-                    (gate, up)
-                };
-                Some(top_k(mlp_scores(gate, up), k))
+                    // `mean(x) w1` as `mean(x w1)` (equal by linearity): the skinny product
+                    // reads `x` in its own dtype through the GEMM seam (bf16 in training, f32
+                    // accumulation, `w1` rounded to bf16, as the attention norms above) and the
+                    // means are taken over its `[b, s, 2r]` output. On the H200 the other order
+                    // cost ~60 us per sparse MLP block: the means read all of `x` (~27 us) and
+                    // cuBLASLt ran the `[b, d] x [d, 2r]` f32 product as a split-K SIMT kernel
+                    // (~35 us); this one is ~15 us plus the means of a 256x smaller tensor.
+                    let [b, s, d] = x.dims();
+                    let w1 = stacked.w1_in(x.dtype());
+                    let rank = w1.dims()[1];
+                    let z = sparse_ops::linear(x.reshape([b * s, d]), w1.transpose());
+                    let z = sequence_means(z.reshape([b, s, rank]), tokens, mask_padding);
+                    // The scores straight from `z` and each projection's `w2` (one kernel on
+                    // burn's cubecl backends): the `[b, 2 d_ff]` estimates are never formed.
+                    let [(gate_z, gate_w2), (up_z, up_w2)]: [_; 2] =
+                        stacked.parts(z).try_into().ok()?;
+                    Some(top_k(
+                        mlp_scores_of_factors(gate_z, gate_w2, up_z, up_w2),
+                        k,
+                    ))
+                }
             }
         }
     }
@@ -353,25 +371,73 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
 #[derive(Debug)]
 struct StackedFactors<B: Backend> {
     w1: Tensor<B, 2>,
-    w2: Tensor<B, 2>,
+    /// Block-diagonal; built for the attention blocks only.
+    w2: Option<Tensor<B, 2>>,
     /// Output width of each projection, in order.
     widths: Vec<usize>,
+    /// Each projection's own `w1` rank and `w2` (`[rank, width]`, the diagonal blocks of `w2`).
+    ranks: Vec<usize>,
+    blocks: Vec<Tensor<B, 2>>,
+    /// `w1` in the compute dtype of the first input that needed a cast (bf16 in training): made
+    /// once, not at every selection (one launch per sparse block and step).
+    w1_cast: OnceLock<Tensor<B, 2>>,
 }
 
 impl<B: Backend> StackedFactors<B> {
-    fn new(parts: Vec<(Tensor<B, 2>, Tensor<B, 2>)>) -> Self {
+    /// With `stack_w2` the block-diagonal `w2` is built (`None` otherwise: memory the MLP's
+    /// scores do not need).
+    fn new(parts: Vec<(Tensor<B, 2>, Tensor<B, 2>)>, stack_w2: bool) -> Self {
         let ranks: Vec<usize> = parts.iter().map(|(w1, _)| w1.dims()[1]).collect();
         let widths: Vec<usize> = parts.iter().map(|(_, w2)| w2.dims()[1]).collect();
         let (rank, width): (usize, usize) = (ranks.iter().sum(), widths.iter().sum());
         let (device, dtype) = (parts[0].1.device(), parts[0].1.dtype());
         let w1 = Tensor::cat(parts.iter().map(|(w1, _)| w1.clone()).collect(), 1);
-        let mut w2 = Tensor::<B, 2>::zeros([rank, width], (&device, dtype));
-        let (mut row, mut col) = (0, 0);
-        for ((_, part), (&r, &w)) in parts.iter().zip(ranks.iter().zip(&widths)) {
-            w2 = w2.slice_assign([row..row + r, col..col + w], part.clone());
-            (row, col) = (row + r, col + w);
+        let w2 = stack_w2.then(|| {
+            let mut w2 = Tensor::<B, 2>::zeros([rank, width], (&device, dtype));
+            let (mut row, mut col) = (0, 0);
+            for ((_, part), (&r, &w)) in parts.iter().zip(ranks.iter().zip(&widths)) {
+                w2 = w2.slice_assign([row..row + r, col..col + w], part.clone());
+                (row, col) = (row + r, col + w);
+            }
+            w2
+        });
+        Self {
+            w1,
+            w2,
+            widths,
+            ranks,
+            blocks: parts.into_iter().map(|(_, w2)| w2).collect(),
+            w1_cast: OnceLock::new(),
         }
-        Self { w1, w2, widths }
+    }
+
+    /// `w1` in `dtype`, the input's, for the skinny product that reads the input in its own
+    /// dtype.
+    fn w1_in(&self, dtype: DType) -> Tensor<B, 2> {
+        if self.w1.dtype() == dtype {
+            return self.w1.clone();
+        }
+        let cast = self.w1_cast.get_or_init(|| self.w1.clone().cast(dtype));
+        if cast.dtype() == dtype {
+            cast.clone()
+        } else {
+            self.w1.clone().cast(dtype)
+        }
+    }
+
+    /// `z = x w1` (`[n, sum of ranks]`) cut into each projection's `[n, rank]` columns, each with
+    /// that projection's `w2`.
+    fn parts(&self, z: Tensor<B, 2>) -> Vec<(Tensor<B, 2>, Tensor<B, 2>)> {
+        let mut start = 0;
+        self.ranks
+            .iter()
+            .zip(&self.blocks)
+            .map(|(&r, w2)| {
+                let part = z.clone().narrow(1, start, r);
+                start += r;
+                (part, w2.clone())
+            })
+            .collect()
     }
 
     /// `[n, sum of widths]` cut back into one `[n, width]` per projection.

@@ -47,7 +47,7 @@ pub use eval_extract::{response_text, Extraction, Prediction};
 pub use evaluate::{evaluate, PromptSeam, TaskAccuracy};
 pub use example_batches::ExampleBatches;
 pub use sampler::{Sampler, SamplerState};
-pub use sparse_step::{SparseTraining, TimedSelector};
+pub use sparse_step::{ReplaySelector, SparseTraining, TimedSelector};
 pub use task::Task;
 pub use template::{eval_prompt, training_prompt, training_text};
 pub use tokenize::{

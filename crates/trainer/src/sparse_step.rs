@@ -1,7 +1,8 @@
 //! SparseLoRA's place in the training loop (SPEC 6): which steps are sparse, which tokens stay
 //! dense, and how long the channel selection takes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
@@ -179,9 +180,139 @@ impl<B: Backend> ChannelSelector<B> for TimedSelector<'_, B> {
     }
 }
 
+/// Wraps a selector and, when asked to, replays the channels it last chose for each layer and
+/// block instead of running it: the same sparse compute with none of the selection's work. Timing
+/// steps with and without replay measures what the estimator costs a step end to end, overlap
+/// with the rest of the step included (`cargo xtask bench step --estimator-overhead`); the
+/// synchronised split of [`TimedSelector`] instead charges the estimator the idle time its
+/// synchronisations cause.
+///
+/// A layer with no recorded choice yet asks the inner selector even while replaying.
+pub struct ReplaySelector<'a, B: Backend> {
+    inner: &'a dyn ChannelSelector<B>,
+    replay: Cell<bool>,
+    attention: RefCell<HashMap<usize, Option<AttnChannels<B>>>>,
+    mlp: RefCell<HashMap<usize, Option<Tensor<B, 1, Int>>>>,
+}
+
+impl<'a, B: Backend> ReplaySelector<'a, B> {
+    /// Records what `inner` chooses; replays nothing until [`Self::set_replay`].
+    pub fn new(inner: &'a dyn ChannelSelector<B>) -> Self {
+        Self {
+            inner,
+            replay: Cell::new(false),
+            attention: RefCell::new(HashMap::new()),
+            mlp: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the next calls replay the recorded channels (true) or ask the inner selector and
+    /// record its answer (false).
+    pub fn set_replay(&self, on: bool) {
+        self.replay.set(on);
+    }
+}
+
+impl<B: Backend> ChannelSelector<B> for ReplaySelector<'_, B> {
+    fn attention(
+        &self,
+        layer: usize,
+        attn: AttentionProjections<'_, B>,
+        x: Tensor<B, 3>,
+        tokens: Tensor<B, 2, Bool>,
+    ) -> Option<AttnChannels<B>> {
+        if self.replay.get() {
+            if let Some(channels) = self.attention.borrow().get(&layer) {
+                return channels.clone();
+            }
+        }
+        let channels = self.inner.attention(layer, attn, x, tokens);
+        self.attention.borrow_mut().insert(layer, channels.clone());
+        channels
+    }
+
+    fn mlp(
+        &self,
+        layer: usize,
+        mlp: MlpProjections<'_, B>,
+        x: Tensor<B, 3>,
+        tokens: Tensor<B, 2, Bool>,
+    ) -> Option<Tensor<B, 1, Int>> {
+        if self.replay.get() {
+            if let Some(channels) = self.mlp.borrow().get(&layer) {
+                return channels.clone();
+            }
+        }
+        let channels = self.inner.mlp(layer, mlp, x, tokens);
+        self.mlp.borrow_mut().insert(layer, channels.clone());
+        channels
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type TestBackend = burn::backend::Flex;
+
+    /// Answers every MLP call with one channel, the number of calls so far; no attention.
+    struct Counting(Cell<i64>);
+
+    impl ChannelSelector<TestBackend> for Counting {
+        fn attention(
+            &self,
+            _: usize,
+            _: AttentionProjections<'_, TestBackend>,
+            _: Tensor<TestBackend, 3>,
+            _: Tensor<TestBackend, 2, Bool>,
+        ) -> Option<AttnChannels<TestBackend>> {
+            None
+        }
+
+        fn mlp(
+            &self,
+            _: usize,
+            _: MlpProjections<'_, TestBackend>,
+            _: Tensor<TestBackend, 3>,
+            _: Tensor<TestBackend, 2, Bool>,
+        ) -> Option<Tensor<TestBackend, 1, Int>> {
+            let call = self.0.get();
+            self.0.set(call + 1);
+            Some(Tensor::from_data([call], &Default::default()))
+        }
+    }
+
+    #[test]
+    fn replay_returns_the_last_recorded_channels_without_asking_again() {
+        let device = Default::default();
+        let config = LlamaConfig::preset("tiny").unwrap();
+        let model = llama_burn::LlamaForCausalLM::<TestBackend>::new(&config, &device);
+        let layer = &model.model.layers[0];
+        let x = Tensor::<TestBackend, 3>::zeros([1, 2, config.hidden_size], &device);
+        let tokens = Tensor::<TestBackend, 2, Bool>::from_data([[true, true]], &device);
+        let inner = Counting(Cell::new(0));
+        let replay = ReplaySelector::new(&inner);
+        let ask = |layer_index: usize| -> i64 {
+            let idx = replay
+                .mlp(
+                    layer_index,
+                    layer.mlp.projections(),
+                    x.clone(),
+                    tokens.clone(),
+                )
+                .unwrap();
+            idx.into_data().convert::<i64>().into_vec::<i64>().unwrap()[0]
+        };
+        // Recording: every call asks the inner selector.
+        assert_eq!((ask(0), ask(0)), (0, 1));
+        replay.set_replay(true);
+        // Layer 0 replays its last choice; layer 1 was never recorded, so it is asked (and
+        // recorded).
+        assert_eq!((ask(0), ask(0), ask(1), ask(1)), (1, 1, 2, 2));
+        replay.set_replay(false);
+        assert_eq!(ask(0), 3);
+        assert_eq!(inner.0.get(), 4);
+    }
 
     #[test]
     fn unit_interval_is_uniform_enough_and_deterministic() {

@@ -9,7 +9,7 @@ pub mod reference;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 use crate::common::float_dtype;
 use crate::dispatch::{cast, on_route, route, Cube};
@@ -39,6 +39,50 @@ pub fn mlp_channel_scores<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> T
             cast(Tensor::<Autodiff<C>, 1>::from_inner(plain::<C>(gate.inner(), up.inner())))
         },
     )
+}
+
+/// [`mlp_channel_scores`] of the low-rank estimates `gate = z_gate w_gate` and
+/// `up = z_up w_up` (the estimator's sequence means through its SVD factors), without forming
+/// them: on burn-wgpu/burn-cuda one kernel, each channel's unit taking its `rows x (r_g + r_u)`
+/// dot products itself, for f32 inputs of any strides (views into stacked factors); elsewhere the
+/// [reference](reference::mlp_channel_scores_of_factors), the two products then
+/// [`mlp_channel_scores`]. This replaces a `[rows, r] x [r, 2 d_ff]` product (a launch and a
+/// `[rows, 2 d_ff]` f32 tensor) per sparse MLP block and step.
+///
+/// # Shapes
+/// - `z_gate`: `[rows, r_g]`, `w_gate`: `[r_g, d_ff]`, `z_up`: `[rows, r_u]`, `w_up`:
+///   `[r_u, d_ff]`; output `[d_ff]`
+pub fn mlp_channel_scores_of_factors<B: Backend>(
+    z_gate: Tensor<B, 2>,
+    w_gate: Tensor<B, 2>,
+    z_up: Tensor<B, 2>,
+    w_up: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let ([rows, r_g], [r_g2, d_ff]) = (z_gate.dims(), w_gate.dims());
+    let ([rows2, r_u], [r_u2, d_ff2]) = (z_up.dims(), w_up.dims());
+    let fits = [&z_gate, &w_gate, &z_up, &w_up]
+        .iter()
+        .all(|t| t.dtype() == DType::F32)
+        && (rows, r_g, d_ff) == (rows2, r_g2, d_ff2)
+        && r_u == r_u2
+        && rows * d_ff > 0;
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::mlp_channel_scores_of_factors(z_gate, w_gate, z_up, w_up);
+    };
+    on_route!(route, C =>
+        plain: cast(plain_of_factors::<C>([cast(z_gate), cast(w_gate), cast(z_up), cast(w_up)])),
+        autodiff: {
+            let inputs: [Tensor<Autodiff<C>, 2>; 4] =
+                [cast(z_gate), cast(w_gate), cast(z_up), cast(w_up)];
+            cast(Tensor::<Autodiff<C>, 1>::from_inner(plain_of_factors::<C>(inputs.map(|t| t.inner()))))
+        },
+    )
+}
+
+fn plain_of_factors<C: Cube>(inputs: [Tensor<C, 2>; 4]) -> Tensor<C, 1> {
+    let [z_gate, w_gate, z_up, w_up] = inputs.map(|t| C::float_into(t.into_primitive().tensor()));
+    let scores = kernel::forward_of_factors(z_gate, w_gate, z_up, w_up);
+    Tensor::from_primitive(TensorPrimitive::Float(C::float_from(scores)))
 }
 
 fn plain<C: Cube>(gate: Tensor<C, 2>, up: Tensor<C, 2>) -> Tensor<C, 1> {

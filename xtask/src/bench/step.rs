@@ -27,7 +27,7 @@ use sparselora::{FactorCache, SparseSetup};
 use trainer::grad_norm::IntoScalarF64;
 use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
-use trainer::{SparseTraining, TimedSelector, TrainBatch};
+use trainer::{ReplaySelector, SparseTraining, TimedSelector, TrainBatch};
 
 use crate::backend::{BackendKind, TrainJob};
 use crate::finetune::sparse_setup;
@@ -115,6 +115,12 @@ pub struct StepBench {
     /// report the split (kept out of the headline figures).
     #[arg(long)]
     pub breakdown: bool,
+    /// With `--sparsity`: also time `--steps` pairs of steps, one that runs the estimator and one
+    /// that replays its last channels (the same sparse compute, no selection), alternating so
+    /// that clocks and power drift alike on both; the difference is the estimator's end-to-end
+    /// cost (`estimator_overhead`), overlap with the rest of the step included.
+    #[arg(long)]
+    pub estimator_overhead: bool,
     /// The peer's JSON lines (`peft_lora_bench.py --json`) from the same device session: its
     /// figures for the same model and workload are stored beside ours, with the ratios.
     #[arg(long)]
@@ -141,6 +147,9 @@ impl StepBench {
     pub fn run(self) -> anyhow::Result<()> {
         if self.steps == 0 {
             bail!("--steps must be at least 1");
+        }
+        if self.estimator_overhead && self.sparsity.is_none() {
+            bail!("--estimator-overhead needs --sparsity (a dense step runs no estimator)");
         }
         let out_len = self.out_len.unwrap_or(self.workload.answer_len());
         if out_len == 0 || out_len >= self.seq {
@@ -297,6 +306,8 @@ struct Measured {
     peak_bytes: u64,
     /// The mean time of the steps run without synchronisation.
     unsynced_mean_ms: Option<f64>,
+    /// `--estimator-overhead`'s paired steps.
+    estimator_overhead: Option<EstimatorOverhead>,
     /// The `--breakdown` split.
     phases: Phases,
     pool: PoolPeaks,
@@ -386,7 +397,10 @@ impl StepBench {
         memory: &DeviceMemory,
         device: &B::Device,
     ) -> anyhow::Result<Measured> {
-        let timed = training.map(|t| TimedSelector::new(t.selector, device));
+        let replay = training.map(|t| ReplaySelector::new(t.selector));
+        let timed = replay
+            .as_ref()
+            .map(|r| TimedSelector::new(r as &dyn lora::sparse::ChannelSelector<B>, device));
         let mut optim = FusedAdamWConfig::new()
             .with_beta_1(0.9)
             .with_beta_2(0.999)
@@ -421,17 +435,22 @@ impl StepBench {
         sync::<B>(device)?;
         let unsynced_mean_ms =
             (unsynced > 0).then(|| t0.elapsed().as_secs_f64() * 1e3 / unsynced as f64);
+        let estimator_overhead = match &replay {
+            Some(replay) if self.estimator_overhead => Some(stepper.estimator_overhead(
+                replay,
+                self.warmup + self.steps + unsynced,
+                self.steps,
+            )?),
+            _ => None,
+        };
+        let first_after = self.warmup + self.steps + unsynced + 2 * self.steps;
         // The split, from steps of their own: its synchronisations stay out of the headline.
         if self.breakdown {
-            let first = self.warmup + self.steps + unsynced;
-            for step in first..first + self.steps.min(BREAKDOWN_STEPS) {
+            for step in first_after..first_after + self.steps.min(BREAKDOWN_STEPS) {
                 stepper.step(step, true)?;
             }
         }
-        self.profiled_steps(
-            &mut stepper,
-            self.warmup + self.steps + unsynced + BREAKDOWN_STEPS,
-        )?;
+        self.profiled_steps(&mut stepper, first_after + BREAKDOWN_STEPS)?;
         memory.check_not_exhausted(peak_bytes)?;
         let losses: Vec<f64> = losses
             .into_iter()
@@ -445,6 +464,7 @@ impl StepBench {
             losses,
             peak_bytes,
             unsynced_mean_ms,
+            estimator_overhead,
             phases: stepper.times,
             pool: stepper.pool,
         })
@@ -493,6 +513,7 @@ impl StepBench {
             "p90_ms": measured.total.quantile(0.9),
             "unsynced_mean_ms": measured.unsynced_mean_ms,
             "breakdown": self.breakdown.then(|| measured.phases.to_json()),
+            "estimator_overhead": measured.estimator_overhead.as_ref().map(EstimatorOverhead::to_json),
             "peak_memory_gib": (peak_bytes > 0).then(|| gib(peak_bytes.saturating_sub(baseline))),
             "tokens_per_s": (self.batch * self.seq) as f64 / (median / 1e3),
             "flops_step": executed,
@@ -566,6 +587,42 @@ impl Phases {
             "optimizer_ms": o,
             "estimator_ms": e,
             "estimator_share": e.zip(f.zip(b).zip(o)).map(|(e, ((f, b), o))| e / (f + b + o)),
+        })
+    }
+}
+
+/// `--estimator-overhead`'s paired steps: with the estimator, and replaying its channels.
+#[derive(Default)]
+struct EstimatorOverhead {
+    selected: Series,
+    replayed: Series,
+}
+
+impl EstimatorOverhead {
+    /// Both medians, and the median of the pairs' differences as the estimator's cost (robust
+    /// to a slow step on either side), with its share of the estimator steps' median.
+    fn to_json(&self) -> Value {
+        let diffs = Series(
+            self.selected
+                .0
+                .iter()
+                .zip(&self.replayed.0)
+                .map(|(s, r)| s - r)
+                .collect(),
+        );
+        let (selected, replayed, cost) = (
+            self.selected.median(),
+            self.replayed.median(),
+            diffs.median(),
+        );
+        json!({
+            "pairs": diffs.0.len(),
+            "with_estimator_median_ms": selected,
+            "replayed_channels_median_ms": replayed,
+            "overhead_ms": cost,
+            "overhead_p10_ms": diffs.quantile(0.1),
+            "overhead_p90_ms": diffs.quantile(0.9),
+            "share": cost.zip(selected).map(|(c, s)| c / s),
         })
     }
 }
@@ -644,6 +701,33 @@ impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_
         Ok(loss)
     }
 
+    /// `pairs` pairs of steps numbered from `first`, each timed to a synchronisation at its end:
+    /// one that runs the selector (recording its channels), then one that replays them.
+    fn estimator_overhead(
+        &mut self,
+        replay: &ReplaySelector<'_, B>,
+        first: usize,
+        pairs: usize,
+    ) -> anyhow::Result<EstimatorOverhead> {
+        let mut overhead = EstimatorOverhead::default();
+        for pair in 0..pairs {
+            for (offset, replaying) in [(0, false), (1, true)] {
+                replay.set_replay(replaying);
+                let t0 = Instant::now();
+                self.step(first + 2 * pair + offset, false)?;
+                sync::<B>(self.device)?;
+                let series = if replaying {
+                    &mut overhead.replayed
+                } else {
+                    &mut overhead.selected
+                };
+                series.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        replay.set_replay(false);
+        Ok(overhead)
+    }
+
     /// The steps `steps`, each timed to a synchronisation at its end: their times, losses (on
     /// the device) and the peak device memory (bytes, 0 when unknown); the pool's peaks are kept
     /// in `self.pool`.
@@ -719,6 +803,19 @@ fn print_summary(doc: &Value) {
             g("backward_ms"),
             g("optimizer_ms"),
             g("estimator_ms")
+        );
+    }
+    if let Some(e) = doc.get("estimator_overhead").filter(|e| !e.is_null()) {
+        let g = |key: &str| one_decimal(e, key);
+        println!(
+            "  estimator end to end ({} pairs): {} ms with it, {} ms replaying its channels, overhead {} ms (p10 {}, p90 {}), {:.2}% of the step",
+            e["pairs"],
+            g("with_estimator_median_ms"),
+            g("replayed_channels_median_ms"),
+            g("overhead_ms"),
+            g("overhead_p10_ms"),
+            g("overhead_p90_ms"),
+            e["share"].as_f64().unwrap_or(f64::NAN) * 100.0
         );
     }
 }
