@@ -242,14 +242,14 @@ impl<B: Backend> SvdChannelSelector<B> {
         // 4096-long reduction one cube (~110 us on the H200, Nsight Compute), cuBLASLt splits K.
         let z_t = z.transpose();
         let gram = sparse_ops::linear(z_t.clone(), z_t); // [3r, 3r]
-                                                         // The channel norms, [1, q_width + 2 kv_width]: one kernel on burn's cubecl backends.
+
+        // The channel norms, one kernel on burn's cubecl backends, made 1-D before they are cut
+        // so that each projection's part is a contiguous view (cutting the `[1, width]` row and
+        // then reshaping each part copied it: three launches per block).
         let norms = kernels_cubecl::gram_norms::quadratic_form_norms(gram, stacked.w2.clone()?);
-        let norms = stacked.split(norms);
-        let [q, k, v]: [Tensor<B, 2>; 3] = norms.try_into().ok()?;
-        Some([q, k, v].map(|t| {
-            let [_, width] = t.dims();
-            t.reshape([width])
-        }))
+        let [_, width] = norms.dims();
+        let norms = stacked.split_channels(norms.reshape([width]));
+        norms.try_into().ok()
     }
 
     /// `k` distinct channels of `0..width`, uniformly at random (random mode).
@@ -440,13 +440,13 @@ impl<B: Backend> StackedFactors<B> {
             .collect()
     }
 
-    /// `[n, sum of widths]` cut back into one `[n, width]` per projection.
-    fn split(&self, stacked: Tensor<B, 2>) -> Vec<Tensor<B, 2>> {
+    /// `[sum of widths]` cut into one `[width]` per projection (views).
+    fn split_channels(&self, stacked: Tensor<B, 1>) -> Vec<Tensor<B, 1>> {
         let mut start = 0;
         self.widths
             .iter()
             .map(|&w| {
-                let part = stacked.clone().narrow(1, start, w);
+                let part = stacked.clone().narrow(0, start, w);
                 start += w;
                 part
             })
