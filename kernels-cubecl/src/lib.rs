@@ -103,9 +103,9 @@ pub mod reference {
     pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
     pub use crate::cross_entropy::reference::row_nll;
     pub use crate::gather_padded::reference::{gather_columns_padded, gather_rows_padded};
-    pub use crate::gram_norms::reference::quadratic_form_norms;
+    pub use crate::gram_norms::reference::{masked_gram, quadratic_form_norms};
     pub use crate::kv_channels::reference::query_channels_of;
-    pub use crate::mlp_scores::reference::mlp_channel_scores;
+    pub use crate::mlp_scores::reference::{mlp_channel_scores, mlp_channel_scores_of_factors};
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::{rope, rope_grouped};
     pub use crate::row_merge::reference::{gather_rows, replace_rows};

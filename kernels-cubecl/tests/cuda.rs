@@ -540,6 +540,39 @@ fn quadratic_form_norms_on_cuda() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn masked_gram_on_cuda() {
+    let _serial = serial();
+    // LLaMA3-8B's attention estimate: z = x w1 for 8 x 512 tokens at rank 3 x 8, in bf16 as in
+    // training and in f32; a few padding positions.
+    let (b, s, k) = (8, 512, 24);
+    let z = data([b * s, k], 43, 1.0, 0.0);
+    let valid: Vec<bool> = (0..b * s).map(|i| i % s >= 5).collect();
+    let tokens = TensorData::new(valid, [b, s]);
+    let device = Default::default();
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-5)] {
+        let zc = load::<AC, 2>(&z, dtype, &device);
+        // The reference on the values the kernel reads (rounded to bf16 for bf16).
+        let rounded = zc.clone().cast(DType::F32).into_data();
+        let expected = values(reference::masked_gram(
+            Tensor::<AF, 2>::from_data(rounded, &Default::default()),
+            Tensor::<AF, 2, Bool>::from_data(tokens.clone(), &Default::default()),
+            true,
+        ));
+        let before = fused_launches();
+        let fused = values(kernels_cubecl::gram_norms::masked_gram(
+            zc,
+            Tensor::<AC, 2, Bool>::from_data(tokens.clone(), &device),
+            true,
+        ));
+        assert_eq!(fused_launches() - before, 1, "masked_gram {dtype:?}: launches");
+        let err = rel_l2(&fused, &expected);
+        println!("masked_gram {dtype:?}: rel. err {err:.2e}");
+        assert!(err <= tol, "masked_gram {dtype:?}: rel. err {err:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn mlp_channel_scores_on_cuda() {
     let _serial = serial();
     // LLaMA3-8B's MLP estimate: 8 sequence means, gate and up side by side (14336 channels each).

@@ -1464,6 +1464,43 @@ fn quadratic_form_norms_match_reference() {
     }
 }
 
+/// The Gram matrix of the real token rows (some padding), plain and `Autodiff`, masked and not,
+/// with `z` read through a transposed view.
+#[test]
+fn masked_gram_matches_reference() {
+    let _serial = serial();
+    let (dw, df) = (wgpu(), flex());
+    for (b, s, k, seed) in [(2, 300, 24, 134), (3, 5, 3, 135)] {
+        let zt = data([k, b * s], seed, 1.0, 0.0); // stored transposed
+        let valid: Vec<bool> = (0..b * s).map(|i| i % s >= 3 || i % 7 == 1).collect();
+        let tokens = TensorData::new(valid, [b, s]);
+        for mask_padding in [true, false] {
+            let what = format!("masked_gram b={b} s={s} k={k} mask_padding={mask_padding}");
+            let expected = reference::masked_gram(
+                tensor::<Flex, 2>(&zt, &df).transpose(),
+                Tensor::<Flex, 2, Bool>::from_data(tokens.clone(), &df),
+                mask_padding,
+            );
+            let fused = launches(1, &what, || {
+                gram_norms::masked_gram(
+                    tensor::<W, 2>(&zt, &dw).transpose(),
+                    Tensor::<W, 2, Bool>::from_data(tokens.clone(), &dw),
+                    mask_padding,
+                )
+            });
+            assert_close(fused, expected.clone(), &what);
+            let fused = launches(1, &what, || {
+                gram_norms::masked_gram(
+                    tensor::<AW, 2>(&zt, &dw).transpose(),
+                    Tensor::<AW, 2, Bool>::from_data(tokens.clone(), &dw),
+                    mask_padding,
+                )
+            });
+            assert_close(fused, expected, &format!("{what} autodiff"));
+        }
+    }
+}
+
 #[test]
 fn mlp_channel_scores_match_reference() {
     let _serial = serial();

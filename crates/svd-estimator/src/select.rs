@@ -211,9 +211,9 @@ impl<B: Backend> SvdChannelSelector<B> {
     /// product and two tiny ones for the whole block, instead of three `[n, out]` f32 tensors
     /// and their column reductions (equal up to f32 rounding). The skinny product reads `x` in
     /// its own dtype (bf16 in training, with f32 accumulation, `w1` rounded to bf16) and the
-    /// padding rows are zeroed on `z` (`[n, 3r]`), so the `[n, d_model]` input is never copied:
-    /// an f32 copy and a masking pass of it cost ~0.1 ms per sparse attention block at LLaMA3-8B's
-    /// 4096 tokens.
+    /// padding rows are left out of the Gram matrix of `z` (`[n, 3r]`), so the `[n, d_model]`
+    /// input is never copied: an f32 copy and a masking pass of it cost ~0.1 ms per sparse
+    /// attention block at LLaMA3-8B's 4096 tokens.
     fn attention_norms(
         &self,
         layer: usize,
@@ -232,16 +232,11 @@ impl<B: Backend> SvdChannelSelector<B> {
         let stacked = self.stacked.get(&(layer, Block::Attn))?;
         let [b, s, d] = x.dims();
         let w1 = stacked.w1_in(x.dtype());
-        let z = sparse_ops::linear(x.reshape([b * s, d]), w1.transpose()).cast(DType::F32); // [n, 3r]
-        let z = if mask_padding {
-            z * tokens.float().cast(DType::F32).reshape([b * s, 1])
-        } else {
-            z
-        };
-        // `z^T z` through the GEMM seam: burn's matmul gives this [3r, 3r] output of a
-        // 4096-long reduction one cube (~110 us on the H200, Nsight Compute), cuBLASLt splits K.
-        let z_t = z.transpose();
-        let gram = sparse_ops::linear(z_t.clone(), z_t); // [3r, 3r]
+        let z = sparse_ops::linear(x.reshape([b * s, d]), w1.transpose()); // [n, 3r]
+        // `z^T z` over the real rows, in f32: one kernel on burn's cubecl backends (burn's
+        // matmul gave this [3r, 3r] output of a 4096-long reduction one cube, ~110 us on the
+        // H200; cuBLASLt an f32 split-K SIMT GEMM after a cast and a masking pass, ~18 us).
+        let gram = kernels_cubecl::gram_norms::masked_gram(z, tokens, mask_padding); // [3r, 3r]
 
         // The channel norms, one kernel on burn's cubecl backends, made 1-D before they are cut
         // so that each projection's part is a contiguous view (cutting the `[1, width]` row and

@@ -14,7 +14,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use crate::common::{address_type, count_launch, elementwise_launch};
+use crate::common::{address_type, block_sum, count_launch, elementwise_launch};
 
 /// `norms[c] = sqrt(max(0, sum_i w[i, c] sum_j gram[i, j] w[j, c]))`, `i` and `j` over the rows
 /// from the first to the last nonzero of column `c`.
@@ -81,4 +81,82 @@ pub(crate) fn forward<R: CubeRuntime>(gram: CubeTensor<R>, w: CubeTensor<R>) -> 
         )
     };
     norms
+}
+
+/// Units per cube of [`masked_gram_kernel`], each summing every `GRAM_BLOCK`-th row.
+const GRAM_BLOCK: usize = 256;
+
+/// `gram[i, j] = sum over rows r (real ones when masked) of f32(z[r, i]) f32(z[r, j])`: one cube
+/// per entry, its units over the rows, summed through shared memory.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn masked_gram_kernel<F: Float, M: Int>(
+    z: &Tensor<F>,
+    tokens: &Tensor<M>,
+    gram: &mut Tensor<f32>,
+    n: usize,
+    k: usize,
+    #[comptime] mask_padding: bool,
+    #[define(F, M)] _dtypes: [StorageType; 2],
+) {
+    let mut shared = SharedMemory::<f32>::new(GRAM_BLOCK);
+    let entry = CUBE_POS;
+    let (i, j) = (entry / k, entry % k);
+    let mut acc = 0.0f32;
+    let mut r = UNIT_POS as usize;
+    while r < n {
+        let mut real = true;
+        if mask_padding {
+            real = u32::cast_from(tokens[r]) != 0;
+        }
+        if real {
+            let row = r * z.stride(0);
+            acc +=
+                f32::cast_from(z[row + i * z.stride(1)]) * f32::cast_from(z[row + j * z.stride(1)]);
+        }
+        r += GRAM_BLOCK;
+    }
+    let total = block_sum(acc, &mut shared);
+    if UNIT_POS == 0 {
+        gram[entry] = total;
+    }
+}
+
+/// `z` `[n, k]` of a float dtype, any strides; `tokens` `[n]` contiguous, stored as u8 or u32;
+/// output `[k, k]` f32, contiguous.
+pub(crate) fn masked_gram<R: CubeRuntime>(
+    z: CubeTensor<R>,
+    tokens: CubeTensor<R>,
+    mask_padding: bool,
+) -> CubeTensor<R> {
+    let shape = z.meta.shape();
+    let (n, k) = (shape[0], shape[1]);
+    let gram = empty_device_contiguous_dtype(
+        z.client.clone(),
+        z.device.clone(),
+        Shape::new([k, k]),
+        DType::F32,
+    );
+    let address = address_type(&[&z, &tokens, &gram]);
+    let dtypes = [z.dtype.into(), tokens.dtype.into()];
+    let client = z.client.clone();
+    count_launch();
+    // SAFETY: one cube per entry `entry < k * k` of `gram`, so `i, j < k`; rows `r < n`; `z` is
+    // indexed through its strides within `[n, k]` and `tokens` (contiguous) within `n`.
+    unsafe {
+        masked_gram_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static((k * k) as u32, 1, 1),
+            CubeDim::new_1d(GRAM_BLOCK as u32),
+            address,
+            z.into_tensor_arg(),
+            tokens.into_tensor_arg(),
+            gram.clone().into_tensor_arg(),
+            n,
+            k,
+            mask_padding,
+            dtypes,
+        )
+    };
+    gram
 }

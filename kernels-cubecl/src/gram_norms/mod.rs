@@ -9,8 +9,9 @@ pub mod reference;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, BoolStore, DType, Tensor, TensorPrimitive};
 
+use crate::common::float_dtype;
 use crate::dispatch::{cast, on_route, route, Cube};
 
 /// `sqrt(max(0, w[:, c]^T gram w[:, c]))` for every column `c` of `w`, `[1, out]` in f32: the L2
@@ -45,4 +46,56 @@ fn plain<C: Cube>(gram: Tensor<C, 2>, w: Tensor<C, 2>) -> Tensor<C, 2> {
         C::float_into(w.into_primitive().tensor()),
     );
     Tensor::from_primitive(TensorPrimitive::Float(C::float_from(norms)))
+}
+
+/// `z^T z` in f32 over the token rows of `z` that are real (`tokens` true) when `mask_padding`,
+/// over every row otherwise: the Gram matrix [`quadratic_form_norms`] takes, from the
+/// estimator's skinny product `z = x w1` in its own dtype.
+///
+/// On burn-wgpu/burn-cuda one kernel (one cube per entry, f32 sums) in place of a cast of `z`, a
+/// mask and its multiply, and an f32 product that cuBLASLt runs as a split-K SIMT GEMM plus its
+/// reduction (five launches, ~18 us per sparse attention block on the H200); elsewhere the
+/// [reference](reference::masked_gram). Not differentiable (an estimator input).
+///
+/// # Shapes
+/// - `z`: `[n, k]`, `tokens`: `[batch, seq]` with `batch * seq = n`; output `[k, k]`
+pub fn masked_gram<B: Backend>(
+    z: Tensor<B, 2>,
+    tokens: Tensor<B, 2, Bool>,
+    mask_padding: bool,
+) -> Tensor<B, 2> {
+    let [n, k] = z.dims();
+    let [b, s] = tokens.dims();
+    let fits = float_dtype(z.dtype())
+        && matches!(tokens.dtype(), DType::Bool(BoolStore::U8 | BoolStore::U32))
+        && b * s == n
+        && n * k > 0;
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::masked_gram(z, tokens, mask_padding);
+    };
+    let tokens = tokens.reshape([n]);
+    on_route!(route, C =>
+        plain: cast(plain_gram::<C>(cast(z), cast(tokens), mask_padding)),
+        autodiff: {
+            let z: Tensor<Autodiff<C>, 2> = cast(z);
+            let tokens: Tensor<Autodiff<C>, 1, Bool> = cast(tokens);
+            let tokens = Tensor::<C, 1, Bool>::from_primitive(tokens.into_primitive());
+            cast(Tensor::<Autodiff<C>, 2>::from_inner(plain_gram::<C>(z.inner(), tokens, mask_padding)))
+        },
+    )
+}
+
+fn plain_gram<C: Cube>(
+    z: Tensor<C, 2>,
+    tokens: Tensor<C, 1, Bool>,
+    mask_padding: bool,
+) -> Tensor<C, 2> {
+    let tokens = C::bool_into(tokens.into_primitive());
+    let tokens = burn_cubecl::kernel::into_contiguous(tokens);
+    let gram = kernel::masked_gram(
+        C::float_into(z.into_primitive().tensor()),
+        tokens,
+        mask_padding,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(C::float_from(gram)))
 }
