@@ -1342,6 +1342,8 @@ fn sequence_means_match_reference() {
     sequence_mean_case(3, 70, 64, &[&[0, 1, 2], &[69], &[]], 111); // vector loads, 3 chunks
     sequence_mean_case(2, 5, 7, &[&[], &[0, 1, 2, 3, 4]], 112); // odd width; an empty sequence
     sequence_mean_case(1, 512, 576, &[&(0..100).collect::<Vec<_>>()], 113);
+    // Wide enough for the long chunks (the model's width), a partial last chunk.
+    sequence_mean_case(2, 40, 2048, &[&[3], &[]], 114);
 }
 
 /// The MLP channel score on the two halves of one stacked `[rows, 2 d_ff]` product (strided
@@ -1509,8 +1511,8 @@ fn mlp_channel_scores_match_reference() {
     mlp_scores_case(33, 257, 123); // more rows than a warp
 }
 
-/// The scores of the low-rank estimates `z_gate w_gate`, `z_up w_up`, formed per channel: the
-/// factors read as views (the halves of one stacked `z`, transposed `w`s), plain and `Autodiff`.
+/// The scores of the low-rank estimates `z[:, ..r] w_gate`, `z[:, r..] w_up`, formed per
+/// channel: the factors read as transposed views, plain and `Autodiff`.
 #[test]
 fn mlp_channel_scores_of_factors_match_reference() {
     let _serial = serial();
@@ -1530,22 +1532,18 @@ fn mlp_channel_scores_of_factors_match_reference() {
             zf.narrow(1, r, r)
                 .matmul(tensor::<Flex, 2>(&wu, &df).transpose()),
         );
-        let zw = tensor::<W, 2>(&z, &dw);
         let fused = launches(1, &what, || {
             mlp_scores::mlp_channel_scores_of_factors(
-                zw.clone().narrow(1, 0, r),
+                tensor::<W, 2>(&z, &dw),
                 tensor::<W, 2>(&wg, &dw).transpose(),
-                zw.narrow(1, r, r),
                 tensor::<W, 2>(&wu, &dw).transpose(),
             )
         });
         assert_close(fused, expected.clone(), &what);
-        let za = tensor::<AW, 2>(&z, &dw);
         let fused = launches(1, &what, || {
             mlp_scores::mlp_channel_scores_of_factors(
-                za.clone().narrow(1, 0, r),
+                tensor::<AW, 2>(&z, &dw),
                 tensor::<AW, 2>(&wg, &dw).transpose(),
-                za.narrow(1, r, r),
                 tensor::<AW, 2>(&wu, &dw).transpose(),
             )
         });

@@ -107,19 +107,18 @@ pub fn mlp_scores<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B,
     kernels_cubecl::mlp_scores::mlp_channel_scores(gate, up)
 }
 
-/// [`mlp_scores`] of the estimates `z_gate w2_gate` and `z_up w2_up` without forming them
-/// (one kernel on burn's cubecl backends, [`kernels_cubecl::mlp_scores`]).
+/// [`mlp_scores`] of the estimates `z[:, ..r] w2_gate` and `z[:, r..] w2_up` without forming
+/// them (one kernel on burn's cubecl backends, [`kernels_cubecl::mlp_scores`]).
 ///
 /// # Shapes
-/// - `z_gate`, `z_up`: `[batch, r]` (the sequence means through each projection's `w1`),
+/// - `z`: `[batch, 2r]` (the sequence means through gate's and up's `w1` side by side),
 ///   `w2_gate`, `w2_up`: `[r, d_ff]`; output `[d_ff]`
 pub fn mlp_scores_of_factors<B: Backend>(
-    z_gate: Tensor<B, 2>,
+    z: Tensor<B, 2>,
     w2_gate: Tensor<B, 2>,
-    z_up: Tensor<B, 2>,
     w2_up: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
-    kernels_cubecl::mlp_scores::mlp_channel_scores_of_factors(z_gate, w2_gate, z_up, w2_up)
+    kernels_cubecl::mlp_scores::mlp_channel_scores_of_factors(z, w2_gate, w2_up)
 }
 
 /// The query norms gathered onto KV channels, `[kv_width]`: for [`GqaMapping::Hf`] the mean of

@@ -233,9 +233,9 @@ impl<B: Backend> SvdChannelSelector<B> {
         let [b, s, d] = x.dims();
         let w1 = stacked.w1_in(x.dtype());
         let z = sparse_ops::linear(x.reshape([b * s, d]), w1.transpose()); // [n, 3r]
-        // `z^T z` over the real rows, in f32: one kernel on burn's cubecl backends (burn's
-        // matmul gave this [3r, 3r] output of a 4096-long reduction one cube, ~110 us on the
-        // H200; cuBLASLt an f32 split-K SIMT GEMM after a cast and a masking pass, ~18 us).
+                                                                           // `z^T z` over the real rows, in f32: one kernel on burn's cubecl backends (burn's
+                                                                           // matmul gave this [3r, 3r] output of a 4096-long reduction one cube, ~110 us on the
+                                                                           // H200; cuBLASLt an f32 split-K SIMT GEMM after a cast and a masking pass, ~18 us).
         let gram = kernels_cubecl::gram_norms::masked_gram(z, tokens, mask_padding); // [3r, 3r]
 
         // The channel norms, one kernel on burn's cubecl backends, made 1-D before they are cut
@@ -348,12 +348,9 @@ impl<B: Backend> ChannelSelector<B> for SvdChannelSelector<B> {
                     let z = sequence_means(z.reshape([b, s, rank]), tokens, mask_padding);
                     // The scores straight from `z` and each projection's `w2` (one kernel on
                     // burn's cubecl backends): the `[b, 2 d_ff]` estimates are never formed.
-                    let [(gate_z, gate_w2), (up_z, up_w2)]: [_; 2] =
-                        stacked.parts(z).try_into().ok()?;
-                    Some(top_k(
-                        mlp_scores_of_factors(gate_z, gate_w2, up_z, up_w2),
-                        k,
-                    ))
+                    let [gate_w2, up_w2]: [Tensor<B, 2>; 2] =
+                        stacked.blocks.clone().try_into().ok()?;
+                    Some(top_k(mlp_scores_of_factors(z, gate_w2, up_w2), k))
                 }
             }
         }
@@ -370,8 +367,7 @@ struct StackedFactors<B: Backend> {
     w2: Option<Tensor<B, 2>>,
     /// Output width of each projection, in order.
     widths: Vec<usize>,
-    /// Each projection's own `w1` rank and `w2` (`[rank, width]`, the diagonal blocks of `w2`).
-    ranks: Vec<usize>,
+    /// Each projection's own `w2` (`[rank, width]`, the diagonal blocks of `w2`).
     blocks: Vec<Tensor<B, 2>>,
     /// `w1` in the compute dtype of the first input that needed a cast (bf16 in training): made
     /// once, not at every selection (one launch per sparse block and step).
@@ -400,7 +396,6 @@ impl<B: Backend> StackedFactors<B> {
             w1,
             w2,
             widths,
-            ranks,
             blocks: parts.into_iter().map(|(_, w2)| w2).collect(),
             w1_cast: OnceLock::new(),
         }
@@ -418,21 +413,6 @@ impl<B: Backend> StackedFactors<B> {
         } else {
             self.w1.clone().cast(dtype)
         }
-    }
-
-    /// `z = x w1` (`[n, sum of ranks]`) cut into each projection's `[n, rank]` columns, each with
-    /// that projection's `w2`.
-    fn parts(&self, z: Tensor<B, 2>) -> Vec<(Tensor<B, 2>, Tensor<B, 2>)> {
-        let mut start = 0;
-        self.ranks
-            .iter()
-            .zip(&self.blocks)
-            .map(|(&r, w2)| {
-                let part = z.clone().narrow(1, start, r);
-                start += r;
-                (part, w2.clone())
-            })
-            .collect()
     }
 
     /// `[sum of widths]` cut into one `[width]` per projection (views).

@@ -67,36 +67,47 @@ pub(crate) fn forward<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) ->
     scores
 }
 
-/// `scores[c] = sqrt(sum_r (silu(g) * u)^2)` with `g = z_gate[r, :] . w_gate[:, c]` and
-/// `u = z_up[r, :] . w_up[:, c]`: the estimates formed per channel, never stored.
+/// `scores[c] = sqrt(sum_r (silu(g) * u)^2)` with `g = z[r, ..rank_gate] . w_gate[:, c]` and
+/// `u = z[r, rank_gate..] . w_up[:, c]`: the estimates formed per channel, never stored. The
+/// channel's factor columns are loaded once into registers (the ranks are compile-time sizes)
+/// and reused by every row; the rows of `z` are the same for every unit (broadcast loads).
 #[cube(launch_unchecked, address_type = "dynamic")]
-#[allow(clippy::too_many_arguments)]
 fn mlp_scores_of_factors_kernel(
-    z_gate: &Tensor<f32>,
+    z: &Tensor<f32>,
     w_gate: &Tensor<f32>,
-    z_up: &Tensor<f32>,
     w_up: &Tensor<f32>,
     scores: &mut Tensor<f32>,
     rows: usize,
-    rank_gate: usize,
-    rank_up: usize,
     channels: usize,
+    #[comptime] rank_gate: usize,
+    #[comptime] rank_up: usize,
 ) {
     let c = ABSOLUTE_POS;
     if c >= channels {
         terminate!();
     }
+    let mut wg = Array::<f32>::new(rank_gate);
+    #[unroll]
+    for i in 0..rank_gate {
+        wg[i] = w_gate[i * w_gate.stride(0) + c * w_gate.stride(1)];
+    }
+    let mut wu = Array::<f32>::new(rank_up);
+    #[unroll]
+    for i in 0..rank_up {
+        wu[i] = w_up[i * w_up.stride(0) + c * w_up.stride(1)];
+    }
     let mut sum = 0.0f32;
     for r in 0..rows {
+        let row = r * z.stride(0);
         let mut g = 0.0f32;
+        #[unroll]
         for i in 0..rank_gate {
-            g += z_gate[r * z_gate.stride(0) + i * z_gate.stride(1)]
-                * w_gate[i * w_gate.stride(0) + c * w_gate.stride(1)];
+            g += z[row + i * z.stride(1)] * wg[i];
         }
         let mut u = 0.0f32;
+        #[unroll]
         for i in 0..rank_up {
-            u += z_up[r * z_up.stride(0) + i * z_up.stride(1)]
-                * w_up[i * w_up.stride(0) + c * w_up.stride(1)];
+            u += z[row + (rank_gate + i) * z.stride(1)] * wu[i];
         }
         let y = g / (1.0f32 + (-g).exp()) * u;
         sum += y * y;
@@ -104,15 +115,15 @@ fn mlp_scores_of_factors_kernel(
     scores[c] = sum.sqrt();
 }
 
-/// `z_gate` `[rows, r_g]`, `w_gate` `[r_g, d_ff]`, `z_up` `[rows, r_u]`, `w_up` `[r_u, d_ff]`, all
-/// f32, any strides; output `[d_ff]` f32, contiguous.
+/// `z` `[rows, r_g + r_u]`, `w_gate` `[r_g, d_ff]`, `w_up` `[r_u, d_ff]`, all f32, any strides;
+/// output `[d_ff]` f32, contiguous.
 pub(crate) fn forward_of_factors<R: CubeRuntime>(
-    z_gate: CubeTensor<R>,
+    z: CubeTensor<R>,
     w_gate: CubeTensor<R>,
-    z_up: CubeTensor<R>,
     w_up: CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let (rows, rank_gate) = (z_gate.meta.shape()[0], z_gate.meta.shape()[1]);
+    let rows = z.meta.shape()[0];
+    let rank_gate = w_gate.meta.shape()[0];
     let (rank_up, channels) = (w_up.meta.shape()[0], w_up.meta.shape()[1]);
     let scores = empty_device_contiguous_dtype(
         w_gate.client.clone(),
@@ -121,27 +132,26 @@ pub(crate) fn forward_of_factors<R: CubeRuntime>(
         DType::F32,
     );
     let (dim, count) = elementwise_launch(&scores, channels);
-    let address = address_type(&[&z_gate, &w_gate, &z_up, &w_up, &scores]);
+    let address = address_type(&[&z, &w_gate, &w_up, &scores]);
     let client = w_gate.client.clone();
     count_launch();
-    // SAFETY: `c < channels`, `r < rows`, `i < rank_gate` / `rank_up` index the four inputs
-    // through their own strides within their shapes (checked by the caller); `c` indexes
-    // `scores`.
+    // SAFETY: `c < channels`, `r < rows` and `i < rank_gate` / `rank_up` index `z`
+    // (`[rows, rank_gate + rank_up]`), `w_gate` and `w_up` through their own strides within
+    // their shapes (checked by the caller); `c` indexes `scores`.
     unsafe {
         mlp_scores_of_factors_kernel::launch_unchecked::<R>(
             &client,
             count,
             dim,
             address,
-            z_gate.into_tensor_arg(),
+            z.into_tensor_arg(),
             w_gate.into_tensor_arg(),
-            z_up.into_tensor_arg(),
             w_up.into_tensor_arg(),
             scores.clone().into_tensor_arg(),
             rows,
+            channels,
             rank_gate,
             rank_up,
-            channels,
         )
     };
     scores

@@ -41,47 +41,47 @@ pub fn mlp_channel_scores<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> T
     )
 }
 
-/// [`mlp_channel_scores`] of the low-rank estimates `gate = z_gate w_gate` and
-/// `up = z_up w_up` (the estimator's sequence means through its SVD factors), without forming
-/// them: on burn-wgpu/burn-cuda one kernel, each channel's unit taking its `rows x (r_g + r_u)`
-/// dot products itself, for f32 inputs of any strides (views into stacked factors); elsewhere the
+/// [`mlp_channel_scores`] of the low-rank estimates `gate = z[:, ..r_g] w_gate` and
+/// `up = z[:, r_g..] w_up` (the estimator's sequence means through its SVD factors, both
+/// projections' `w1` side by side), without forming them: on burn-wgpu/burn-cuda one kernel,
+/// each channel's unit taking its `rows x (r_g + r_u)` dot products itself, for f32 inputs of
+/// any strides and ranks up to [`MAX_FACTOR_RANK`] together; elsewhere the
 /// [reference](reference::mlp_channel_scores_of_factors), the two products then
 /// [`mlp_channel_scores`]. This replaces a `[rows, r] x [r, 2 d_ff]` product (a launch and a
 /// `[rows, 2 d_ff]` f32 tensor) per sparse MLP block and step.
 ///
 /// # Shapes
-/// - `z_gate`: `[rows, r_g]`, `w_gate`: `[r_g, d_ff]`, `z_up`: `[rows, r_u]`, `w_up`:
-///   `[r_u, d_ff]`; output `[d_ff]`
+/// - `z`: `[rows, r_g + r_u]`, `w_gate`: `[r_g, d_ff]`, `w_up`: `[r_u, d_ff]`; output `[d_ff]`
 pub fn mlp_channel_scores_of_factors<B: Backend>(
-    z_gate: Tensor<B, 2>,
+    z: Tensor<B, 2>,
     w_gate: Tensor<B, 2>,
-    z_up: Tensor<B, 2>,
     w_up: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
-    let ([rows, r_g], [r_g2, d_ff]) = (z_gate.dims(), w_gate.dims());
-    let ([rows2, r_u], [r_u2, d_ff2]) = (z_up.dims(), w_up.dims());
-    let fits = [&z_gate, &w_gate, &z_up, &w_up]
-        .iter()
-        .all(|t| t.dtype() == DType::F32)
-        && (rows, r_g, d_ff) == (rows2, r_g2, d_ff2)
-        && r_u == r_u2
+    let ([rows, r], [r_g, d_ff], [r_u, d_ff2]) = (z.dims(), w_gate.dims(), w_up.dims());
+    let fits = [&z, &w_gate, &w_up].iter().all(|t| t.dtype() == DType::F32)
+        && r == r_g + r_u
+        && r <= MAX_FACTOR_RANK
+        && d_ff == d_ff2
         && rows * d_ff > 0;
     let Some(route) = route::<B>().filter(|_| fits) else {
-        return reference::mlp_channel_scores_of_factors(z_gate, w_gate, z_up, w_up);
+        return reference::mlp_channel_scores_of_factors(z, w_gate, w_up);
     };
     on_route!(route, C =>
-        plain: cast(plain_of_factors::<C>([cast(z_gate), cast(w_gate), cast(z_up), cast(w_up)])),
+        plain: cast(plain_of_factors::<C>([cast(z), cast(w_gate), cast(w_up)])),
         autodiff: {
-            let inputs: [Tensor<Autodiff<C>, 2>; 4] =
-                [cast(z_gate), cast(w_gate), cast(z_up), cast(w_up)];
+            let inputs: [Tensor<Autodiff<C>, 2>; 3] = [cast(z), cast(w_gate), cast(w_up)];
             cast(Tensor::<Autodiff<C>, 1>::from_inner(plain_of_factors::<C>(inputs.map(|t| t.inner()))))
         },
     )
 }
 
-fn plain_of_factors<C: Cube>(inputs: [Tensor<C, 2>; 4]) -> Tensor<C, 1> {
-    let [z_gate, w_gate, z_up, w_up] = inputs.map(|t| C::float_into(t.into_primitive().tensor()));
-    let scores = kernel::forward_of_factors(z_gate, w_gate, z_up, w_up);
+/// The largest `r_g + r_u` the factor kernel takes: each unit holds its channel's factor
+/// columns in registers (the estimator's ranks are 8-16 per projection).
+pub const MAX_FACTOR_RANK: usize = 64;
+
+fn plain_of_factors<C: Cube>(inputs: [Tensor<C, 2>; 3]) -> Tensor<C, 1> {
+    let [z, w_gate, w_up] = inputs.map(|t| C::float_into(t.into_primitive().tensor()));
+    let scores = kernel::forward_of_factors(z, w_gate, w_up);
     Tensor::from_primitive(TensorPrimitive::Float(C::float_from(scores)))
 }
 

@@ -15,16 +15,18 @@ pub fn mlp_channel_scores<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> T
     (y.clone() * y).sum_dim(0).sqrt().reshape([d_ff])
 }
 
-/// [`mlp_channel_scores`] of the estimates `z_gate w_gate` and `z_up w_up`.
+/// [`mlp_channel_scores`] of the estimates `z[:, ..r_g] w_gate` and `z[:, r_g..] w_up`.
 ///
 /// # Shapes
-/// - `z_gate`: `[rows, r_g]`, `w_gate`: `[r_g, d_ff]`, `z_up`: `[rows, r_u]`, `w_up`:
-///   `[r_u, d_ff]`; output `[d_ff]`
+/// - `z`: `[rows, r_g + r_u]`, `w_gate`: `[r_g, d_ff]`, `w_up`: `[r_u, d_ff]`; output `[d_ff]`
 pub fn mlp_channel_scores_of_factors<B: Backend>(
-    z_gate: Tensor<B, 2>,
+    z: Tensor<B, 2>,
     w_gate: Tensor<B, 2>,
-    z_up: Tensor<B, 2>,
     w_up: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
-    mlp_channel_scores(z_gate.matmul(w_gate), z_up.matmul(w_up))
+    let (r_g, r_u) = (w_gate.dims()[0], w_up.dims()[0]);
+    mlp_channel_scores(
+        z.clone().narrow(1, 0, r_g).matmul(w_gate),
+        z.narrow(1, r_g, r_u).matmul(w_up),
+    )
 }
