@@ -34,9 +34,11 @@
 //!
 //! [`top_k`] is SparseLoRA's channel selection (the `k` highest channel scores of a sparse layer).
 //! burn-cubecl 0.21 has no device sort: its `argsort` reads the scores back to the host, which
-//! synchronises the GPU at every sparse layer of every step. The kernel ranks each score by
-//! counting the scores before it and writes the indices in place, entirely on the device; ties go
-//! to the lower index and NaN ranks last, in the kernel and the reference alike.
+//! synchronises the GPU at every sparse layer of every step. One kernel writes the indices
+//! entirely on the device: for the MLP's thousands of channels a radix select (the `k`-th score
+//! found from histograms of its bits, then the kept scores ranked among themselves), for fewer
+//! channels every score ranked by counting the scores before it; ties go to the lower index and
+//! NaN ranks last, in both kernels and the reference alike.
 //!
 //! # Dispatch
 //! Each function is generic over the backend, so model code stays generic. The fused path runs

@@ -14,6 +14,7 @@ use burn::backend::{Autodiff, Cuda, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend, BackendTypes};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use common::{data, random, serial};
+use kernels_cubecl::top_k::{top_k_with, Method};
 use kernels_cubecl::{fused_available, fused_launches, reference};
 
 type AC = Autodiff<Cuda>;
@@ -424,7 +425,9 @@ fn top_k_on_cuda() {
         (1000, 333),
         (1024, 256),
         (4096, 1229),
+        (14336, 143),
         (14336, 430),
+        (14336, 1434),
         (14336, 14336),
         (33, 17),
         (2049, 2049),
@@ -443,15 +446,25 @@ fn top_k_on_cuda() {
                 ),
                 k,
             ));
+            // Each kernel on every case, whichever the rule would pick.
+            for method in [Method::Auto, Method::Counting, Method::RadixSelect] {
+                let before = fused_launches();
+                let plain = top_k_with(
+                    Tensor::<Cuda, 1>::from_data(data.clone(), (&device, dtype)),
+                    k,
+                    method,
+                );
+                assert_eq!(
+                    fused_launches() - before,
+                    1,
+                    "{what} ({method:?}): launches"
+                );
+                assert_eq!(indices(plain), expected, "{what} ({method:?})");
+            }
             let before = fused_launches();
-            let plain = kernels_cubecl::top_k(
-                Tensor::<Cuda, 1>::from_data(data.clone(), (&device, dtype)),
-                k,
-            );
             let tracked = Tensor::<AC, 1>::from_data(data, (&device, dtype)).require_grad();
             let tracked = kernels_cubecl::top_k(tracked, k);
-            assert_eq!(fused_launches() - before, 2, "{what}: fused launches");
-            assert_eq!(indices(plain), expected, "{what}");
+            assert_eq!(fused_launches() - before, 1, "{what}: autodiff launches");
             assert_eq!(indices(tracked), expected, "{what}: autodiff");
         }
     }
@@ -564,7 +577,11 @@ fn masked_gram_on_cuda() {
             Tensor::<AC, 2, Bool>::from_data(tokens.clone(), &device),
             true,
         ));
-        assert_eq!(fused_launches() - before, 1, "masked_gram {dtype:?}: launches");
+        assert_eq!(
+            fused_launches() - before,
+            1,
+            "masked_gram {dtype:?}: launches"
+        );
         let err = rel_l2(&fused, &expected);
         println!("masked_gram {dtype:?}: rel. err {err:.2e}");
         assert!(err <= tol, "masked_gram {dtype:?}: rel. err {err:e}");

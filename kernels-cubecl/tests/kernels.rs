@@ -12,6 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{data, random, serial};
 
+use kernels_cubecl::top_k::{top_k_with, Method};
 use kernels_cubecl::{
     causal_softmax, channel_mask, channel_scatter, cross_entropy, fused_available, fused_launches,
     gather_padded, gram_norms, kv_channels, mlp_scores, reference, rms_norm, rope, rope_grouped,
@@ -1596,22 +1597,33 @@ fn indices<B: Backend>(t: Tensor<B, 1, Int>) -> Vec<i64> {
 }
 
 fn top_k_case(n: usize, k: usize, seed: u64) {
+    top_k_check(channel_scores(n, seed), k, &format!("top_k {k} of {n}"));
+}
+
+/// The top-k of `scores` on burn-wgpu (plain and under autodiff) and the reference on Flex, both
+/// against the rule on the host.
+fn top_k_check(scores: Vec<f32>, k: usize, what: &str) {
     let (dw, df) = (wgpu(), flex());
-    let scores = channel_scores(n, seed);
+    let n = scores.len();
     let expected = top_k_on_host(&scores, k);
     let data = TensorData::new(scores, [n]);
-    let what = format!("top_k {k} of {n}");
 
-    let fused = launches(1, &what, || top_k(tensor::<W, 1>(&data, &dw), k));
-    assert_eq!(fused.dims(), [k.min(n)], "{what}: shape");
-    assert_eq!(fused.dtype(), tensor::<W, 1>(&data, &dw).argsort(0).dtype());
     let reference = reference::top_k(tensor::<Flex, 1>(&data, &df), k);
     assert_eq!(indices(reference), expected, "{what}: reference");
-    assert_eq!(indices(fused), expected, "{what}: fused");
+    // Each kernel on every case, whichever the rule would pick.
+    for method in [Method::Auto, Method::Counting, Method::RadixSelect] {
+        let what = format!("{what} ({method:?})");
+        let fused = launches(1, &what, || {
+            top_k_with(tensor::<W, 1>(&data, &dw), k, method)
+        });
+        assert_eq!(fused.dims(), [k.min(n)], "{what}: shape");
+        assert_eq!(fused.dtype(), tensor::<W, 1>(&data, &dw).argsort(0).dtype());
+        assert_eq!(indices(fused), expected, "{what}: fused");
+    }
 
     // Under autodiff, with a tracked input: the same kernel, no gradient recorded.
     let tracked = tensor::<AW, 1>(&data, &dw).require_grad();
-    let fused = launches(1, &what, || top_k(tracked, k));
+    let fused = launches(1, what, || top_k(tracked, k));
     assert_eq!(indices(fused), expected, "{what}: autodiff");
 }
 
@@ -1638,6 +1650,64 @@ fn top_k_matches_reference() {
     top_k_case(2048, 1024, 117);
     top_k_case(2049, 2049, 118);
     top_k_case(6145, 3000, 119);
+    // LLaMA3-8B's MLP channels at 1% and 10% (the radix select's range), 25% of 4096 and 70% of
+    // 14336 (counting's).
+    top_k_case(14336, 143, 120);
+    top_k_case(14336, 1434, 121);
+    top_k_case(4096, 1024, 122);
+    top_k_case(14336, 10000, 123);
+}
+
+/// `n` scores drawn from 7 values that rank as 5 (`0.0` equals `-0.0`, NaN equals `-inf`), with
+/// `+inf` among them: every rank falls among thousands of equal scores.
+fn few_value_scores(n: usize, seed: u64) -> Vec<f32> {
+    let values = [
+        f32::INFINITY,
+        1.5,
+        0.0,
+        -0.0,
+        -2.0,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    random(n, seed, 1.0, 0.0)
+        .into_iter()
+        .map(|r| values[((r.abs() * 1e4) as usize) % values.len()])
+        .collect()
+}
+
+#[test]
+fn top_k_few_distinct_scores() {
+    let _serial = serial();
+    for (n, seed) in [(14336, 131), (4096, 132), (2500, 133), (300, 134)] {
+        let scores = few_value_scores(n, seed);
+        // Past the equal scores of one value: where its last copy lands.
+        let top = scores.iter().filter(|s| **s == f32::INFINITY).count();
+        let second = top + scores.iter().filter(|s| **s == 1.5).count();
+        for k in [
+            1,
+            143,
+            430,
+            1024,
+            1434,
+            top,
+            top + 1,
+            second,
+            second - 1,
+            n / 2,
+            n,
+            n + 7,
+        ] {
+            if k == 0 {
+                continue;
+            }
+            top_k_check(
+                scores.clone(),
+                k,
+                &format!("top_k {k} of {n} from 5 values"),
+            );
+        }
+    }
 }
 
 #[test]
@@ -1657,11 +1727,19 @@ fn top_k_all_ties() {
             scores[2099] = f32::NAN;
         }
         let data = TensorData::new(scores.clone(), [n]);
-        let what = format!("top_k {k} of {n} equal scores");
-        let fused = launches(1, &what, || top_k(tensor::<W, 1>(&data, &dw), k));
         let expected: Vec<i64> = (0..k as i64).collect();
-        assert_eq!(top_k_on_host(&scores, k), expected, "{what}: host");
-        assert_eq!(indices(fused), expected, "{what}");
+        assert_eq!(
+            top_k_on_host(&scores, k),
+            expected,
+            "top_k {k} of {n}: host"
+        );
+        for method in [Method::Counting, Method::RadixSelect] {
+            let what = format!("top_k {k} of {n} equal scores ({method:?})");
+            let fused = launches(1, &what, || {
+                top_k_with(tensor::<W, 1>(&data, &dw), k, method)
+            });
+            assert_eq!(indices(fused), expected, "{what}");
+        }
     }
 }
 
@@ -1683,8 +1761,12 @@ fn top_k_nan_ranks_as_negative_infinity() {
         [8],
     );
     let expected = [3, 5, 0, 6, 7, 1, 2, 4];
-    let fused = launches(1, "top_k with NaN", || top_k(tensor::<W, 1>(&data, &dw), 8));
-    assert_eq!(indices(fused), expected);
+    for method in [Method::Counting, Method::RadixSelect] {
+        let fused = launches(1, "top_k with NaN", || {
+            top_k_with(tensor::<W, 1>(&data, &dw), 8, method)
+        });
+        assert_eq!(indices(fused), expected, "{method:?}");
+    }
     assert_eq!(
         indices(reference::top_k(tensor::<Flex, 1>(&data, &df), 8)),
         expected
@@ -1700,12 +1782,14 @@ fn top_k_strided_scores() {
     let data = TensorData::new(scores.clone(), [n, 2]);
     // Column 1 of `[n, 2]`: stride 2, offset 1.
     let column = |t: Tensor<W, 2>| t.narrow(1, 1, 1).squeeze_dim::<1>(1);
-    let fused = launches(1, "top_k of a strided view", || {
-        top_k(column(tensor(&data, &dw)), 50)
-    });
     let picked: Vec<f32> = scores.iter().skip(1).step_by(2).copied().collect();
     let expected = top_k_on_host(&picked, 50);
-    assert_eq!(indices(fused), expected);
+    for method in [Method::Counting, Method::RadixSelect] {
+        let fused = launches(1, "top_k of a strided view", || {
+            top_k_with(column(tensor(&data, &dw)), 50, method)
+        });
+        assert_eq!(indices(fused), expected, "{method:?}");
+    }
     let reference = reference::top_k(
         tensor::<Flex, 2>(&data, &df)
             .narrow(1, 1, 1)

@@ -1,4 +1,5 @@
-//! The top-k kernel: rank by counting. Each score's rank is the number of scores that come before
+//! The top-k entry point, which picks the kernel ([`super::Method`]), and the counting kernel:
+//! rank by counting. Each score's rank is the number of scores that come before
 //! it in the order (higher, or equal at a lower index); a score whose rank is below `k` writes
 //! its index at its rank. The ranks are a permutation of `0..n`, so every output slot is written
 //! exactly once: no atomics, no second pass, nothing read back to the host.
@@ -18,7 +19,8 @@
 //! H200's multiprocessors) and ~280 us per call; the count split over 8 warps, each reading its
 //! slice from global memory one score at a time (a load, the NaN mapping and the full tie test
 //! per comparison), gave 448 cubes and ~112 us (Nsight Compute, H200; ~6 us for 1024 scores).
-//! This tiled form keeps the 448 cubes and the 1,792 comparisons per unit for 14,336 scores.
+//! This tiled form keeps the 448 cubes and the 1,792 comparisons per unit for 14,336 scores
+//! (~37 us; the radix select of [`super::radix`] now takes such sizes).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -28,6 +30,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
+use super::{radix, Method};
 use crate::common::{address_type, count_launch};
 
 /// Scores ranked per cube (one per lane of a row of units).
@@ -217,14 +220,14 @@ fn top_k_kernel<F: Float, I: Int, V: Size>(
 
 /// The indices of the `k` highest of `scores` (`[n]`, f32/f16/bf16, any strides), in descending
 /// order of score, ties by lower index, NaN as negative infinity; `[k]`, contiguous, in
-/// `int_dtype`. `1 <= k <= n`.
+/// `int_dtype`. `1 <= k <= n`. The radix select or [`rank_all`], as `method` says.
 pub(crate) fn top_k<R: CubeRuntime>(
     scores: CubeTensor<R>,
     k: usize,
     int_dtype: DType,
+    method: Method,
 ) -> CubeTensor<R> {
     let scores = into_contiguous(scores);
-    let dtype = scores.dtype;
     let n = scores.meta.shape().num_elements();
     let out = empty_device_contiguous_dtype(
         scores.client.clone(),
@@ -232,11 +235,33 @@ pub(crate) fn top_k<R: CubeRuntime>(
         Shape::new([k]),
         int_dtype,
     );
+    let radix = match method {
+        Method::Auto => radix::pays(n, k),
+        Method::Counting => false,
+        Method::RadixSelect => radix::fits(n),
+    };
+    if radix {
+        radix::top_k(scores, &out, k, int_dtype);
+    } else {
+        rank_all(scores, &out, k, int_dtype);
+    }
+    out
+}
+
+/// [`top_k_kernel`] over all `n` scores (`[n]`, contiguous) into `out` (`[k]`, contiguous).
+fn rank_all<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    out: &CubeTensor<R>,
+    k: usize,
+    int_dtype: DType,
+) {
+    let dtype = scores.dtype;
+    let n = scores.meta.shape().num_elements();
     let cube_dim = CubeDim::new_2d(LANES as u32, PARTS as u32);
     // `ceil(n / LANES)` cubes, spread over the grid's dimensions when one does not hold them.
     let cube_count =
         calculate_cube_count_elemwise(&scores.client, n.div_ceil(LANES) * LANES * PARTS, cube_dim);
-    let address = address_type(&[&scores, &out]);
+    let address = address_type(&[&scores, out]);
     let dtypes = [dtype.into(), int_dtype.into()];
     let client = scores.client.clone();
     count_launch();
@@ -264,7 +289,6 @@ pub(crate) fn top_k<R: CubeRuntime>(
             dtypes,
         )
     };
-    out
 }
 
 // The tile is shared by whole numbers of loads per unit and of unrolled steps per row.
