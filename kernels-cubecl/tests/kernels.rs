@@ -1343,7 +1343,7 @@ fn sequence_means_match_reference() {
     sequence_mean_case(3, 70, 64, &[&[0, 1, 2], &[69], &[]], 111); // vector loads, 3 chunks
     sequence_mean_case(2, 5, 7, &[&[], &[0, 1, 2, 3, 4]], 112); // odd width; an empty sequence
     sequence_mean_case(1, 512, 576, &[&(0..100).collect::<Vec<_>>()], 113);
-    // Wide enough for the long chunks (the model's width), a partial last chunk.
+    // The model's width, a partial last chunk.
     sequence_mean_case(2, 40, 2048, &[&[3], &[]], 114);
 }
 

@@ -1,6 +1,6 @@
 //! The per-sequence mean in two kernels: partial sums over chunks of the sequence (each unit one
 //! vector of channels of one sequence and chunk, with the chunk's token count), then the sum of the
-//! chunks divided by the count. Chunks are shorter for narrow inputs (see [`NARROW_CHUNK`]).
+//! chunks divided by the count.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -11,16 +11,8 @@ use cubecl::prelude::*;
 
 use crate::common::{address_type, count_launch, elementwise_launch, vector_size};
 
-/// Positions of the sequence one unit of the first kernel sums over, for wide inputs (the
-/// model's `[batch, seq, d_model]`: thousands of units per chunk row already).
+/// Positions of the sequence one unit of the first kernel sums over.
 const CHUNK: usize = 32;
-/// The same for narrow inputs (the estimator's `[batch, seq, 2r]` projections, `batch * d_v`
-/// below [`NARROW`] vectors): a unit's sum is a serial chain of loads, 32 of them took ~12 us on
-/// the H200 with only 256 units in flight; 8 take a quarter, and the second kernel's chain over
-/// the chunks stays short (64 at 512 positions).
-const NARROW_CHUNK: usize = 8;
-/// Below this many vectors per position row (`batch * d_v`), [`NARROW_CHUNK`].
-const NARROW: usize = 1024;
 
 /// `partial[b, c, v] = sum over positions t of chunk c of sequence b with a real token (every
 /// position without `mask_padding`) of f32(x[b, t, v])`, and `counts[b, c]` the number of those
@@ -35,7 +27,6 @@ fn partial_sums_kernel<F: Float, M: Int, N: Size>(
     batch: usize,
     seq: usize,
     chunks: usize,
-    chunk: usize,
     d_v: usize,
     #[comptime] mask_padding: bool,
     #[define(F, M)] _dtypes: [StorageType; 2],
@@ -47,8 +38,8 @@ fn partial_sums_kernel<F: Float, M: Int, N: Size>(
     let v = at % d_v;
     let bc = at / d_v;
     let (b, c) = (bc / chunks, bc % chunks);
-    let start = c * chunk;
-    let end = min(start + chunk, seq);
+    let start = c * CHUNK;
+    let end = min(start + CHUNK, seq);
     let mut acc = Vector::<f32, N>::new(0.0f32);
     let mut count = 0.0f32;
     for t in start..end {
@@ -105,19 +96,14 @@ pub(crate) fn forward<R: CubeRuntime>(
     let x = into_contiguous(x);
     let shape = x.meta.shape();
     let (batch, seq, d) = (shape[0], shape[1], shape[2]);
+    let chunks = seq.div_ceil(CHUNK);
     let dtype = x.dtype;
-    // The f32 buffers share `x`'s vector width (f32 vectors of N elements are always aligned).
-    let vector = vector_size(&[&x], dtype, &[d]);
-    let d_v = d / vector;
-    let chunk = if batch * d_v < NARROW {
-        NARROW_CHUNK
-    } else {
-        CHUNK
-    };
-    let chunks = seq.div_ceil(chunk);
     let partial = f32_tensor(&x, Shape::new([batch, chunks, d]));
     let counts = f32_tensor(&x, Shape::new([batch, chunks]));
     let means = f32_tensor(&x, Shape::new([batch, d]));
+    // The f32 buffers share `x`'s vector width (f32 vectors of N elements are always aligned).
+    let vector = vector_size(&[&x], dtype, &[d]);
+    let d_v = d / vector;
     let client = x.client.clone();
 
     let (dim, count) = elementwise_launch(&x, batch * chunks * d_v);
@@ -140,7 +126,6 @@ pub(crate) fn forward<R: CubeRuntime>(
             batch,
             seq,
             chunks,
-            chunk,
             d_v,
             mask_padding,
             dtypes,
