@@ -233,9 +233,10 @@ impl<B: Backend> SvdChannelSelector<B> {
         let [b, s, d] = x.dims();
         let w1 = stacked.w1_in(x.dtype());
         let z = sparse_ops::linear(x.reshape([b * s, d]), w1.transpose()); // [n, 3r]
-                                                                           // `z^T z` over the real rows, in f32: one kernel on burn's cubecl backends (burn's
-                                                                           // matmul gave this [3r, 3r] output of a 4096-long reduction one cube, ~110 us on the
-                                                                           // H200; cuBLASLt an f32 split-K SIMT GEMM after a cast and a masking pass, ~18 us).
+
+        // `z^T z` over the real rows, in f32: one kernel on burn's cubecl backends (burn's
+        // matmul gave this [3r, 3r] output of a 4096-long reduction one cube, ~110 us on the
+        // H200; cuBLASLt an f32 split-K SIMT GEMM after a cast and a masking pass, ~18 us).
         let gram = kernels_cubecl::gram_norms::masked_gram(z, tokens, mask_padding); // [3r, 3r]
 
         // The channel norms, one kernel on burn's cubecl backends, made 1-D before they are cut

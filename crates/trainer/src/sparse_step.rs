@@ -211,6 +211,24 @@ impl<'a, B: Backend> ReplaySelector<'a, B> {
     pub fn set_replay(&self, on: bool) {
         self.replay.set(on);
     }
+
+    /// `layer`'s recorded choice in `book` when replaying and there is one; otherwise `ask`'s
+    /// answer, recorded.
+    fn recall<T: Clone>(
+        &self,
+        book: &RefCell<HashMap<usize, Option<T>>>,
+        layer: usize,
+        ask: impl FnOnce() -> Option<T>,
+    ) -> Option<T> {
+        if self.replay.get() {
+            if let Some(channels) = book.borrow().get(&layer) {
+                return channels.clone();
+            }
+        }
+        let channels = ask();
+        book.borrow_mut().insert(layer, channels.clone());
+        channels
+    }
 }
 
 impl<B: Backend> ChannelSelector<B> for ReplaySelector<'_, B> {
@@ -221,14 +239,9 @@ impl<B: Backend> ChannelSelector<B> for ReplaySelector<'_, B> {
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<AttnChannels<B>> {
-        if self.replay.get() {
-            if let Some(channels) = self.attention.borrow().get(&layer) {
-                return channels.clone();
-            }
-        }
-        let channels = self.inner.attention(layer, attn, x, tokens);
-        self.attention.borrow_mut().insert(layer, channels.clone());
-        channels
+        self.recall(&self.attention, layer, || {
+            self.inner.attention(layer, attn, x, tokens)
+        })
     }
 
     fn mlp(
@@ -238,14 +251,7 @@ impl<B: Backend> ChannelSelector<B> for ReplaySelector<'_, B> {
         x: Tensor<B, 3>,
         tokens: Tensor<B, 2, Bool>,
     ) -> Option<Tensor<B, 1, Int>> {
-        if self.replay.get() {
-            if let Some(channels) = self.mlp.borrow().get(&layer) {
-                return channels.clone();
-            }
-        }
-        let channels = self.inner.mlp(layer, mlp, x, tokens);
-        self.mlp.borrow_mut().insert(layer, channels.clone());
-        channels
+        self.recall(&self.mlp, layer, || self.inner.mlp(layer, mlp, x, tokens))
     }
 }
 

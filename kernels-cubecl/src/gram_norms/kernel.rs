@@ -5,8 +5,9 @@
 //! stacked `z`), so each unit first finds the rows its column is nonzero on and sums the form
 //! over that range only: `r²` products instead of `k²` (9x fewer at three blocks), the rows
 //! outside adding exact zeros (for finite Gram entries). One unit per column does the whole sum,
-//! a serial chain of dependent loads and multiply-adds, so its length is the kernel's time: ~24
-//! us on the H200 for LLaMA3-8B's 6,144 channels over the full `48 x 48` form.
+//! a serial chain of dependent loads and multiply-adds, so its length is the kernel's time: on
+//! the H200 for LLaMA3-8B's 6,144 channels (rank 8 each for q, k and v), ~24 us over the full
+//! `24 x 24` form, 7.6 us over the `8 x 8` blocks.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -65,8 +66,8 @@ pub(crate) fn forward<R: CubeRuntime>(gram: CubeTensor<R>, w: CubeTensor<R>) -> 
     let address = address_type(&[&gram, &w, &norms]);
     let client = w.client.clone();
     count_launch();
-    // SAFETY: `c < columns` and `i, j < last <= k` index `gram` and `w` through their strides within
-    // their shapes; `c` indexes `norms`.
+    // SAFETY: `c < columns` and `i, j < last <= k` index `gram` and `w` through their strides
+    // within their shapes; `c` indexes `norms`.
     unsafe {
         quadratic_form_norms_kernel::launch_unchecked::<R>(
             &client,

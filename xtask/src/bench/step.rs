@@ -398,9 +398,7 @@ impl StepBench {
         device: &B::Device,
     ) -> anyhow::Result<Measured> {
         let replay = training.map(|t| ReplaySelector::new(t.selector));
-        let timed = replay
-            .as_ref()
-            .map(|r| TimedSelector::new(r as &dyn lora::sparse::ChannelSelector<B>, device));
+        let timed = replay.as_ref().map(|r| TimedSelector::new(r, device));
         let mut optim = FusedAdamWConfig::new()
             .with_beta_1(0.9)
             .with_beta_2(0.999)
