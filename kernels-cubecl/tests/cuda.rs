@@ -121,8 +121,14 @@ fn rope_grouped_run<B: AutodiffBackend>(
     vec![values(out), values(x0.grad(&grads).unwrap())]
 }
 
-fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
-    let (b, h, s) = (2, 3, 515);
+/// The softmax over `S` keys: 515 (vectors of 1, rows streamed through a loop), 512 (vectors of
+/// 8, rows held in registers, two vectors a unit).
+fn softmax_run<B: AutodiffBackend, const S: usize>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let (b, h, s) = (2, 3, S);
     let scores = load::<B, 4>(&data([b, h, s, s], 11, 8.0, 0.0), dtype, device).require_grad();
     let r = load::<B, 4>(&data([b, h, s, s], 12, 1.0, 0.0), dtype, device);
     let mut valid = vec![true; b * s];
@@ -139,14 +145,15 @@ fn softmax_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device
     vec![values(out), values(scores.grad(&grads).unwrap())]
 }
 
-fn attention_run<B: AutodiffBackend>(
+fn attention_run<B: AutodiffBackend, const S: usize>(
     fused: bool,
     dtype: DType,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
-    // LLaMA3's grouping (4 query heads per KV head) and head width, at a sequence of 515: the
-    // products in blocks of 128 positions (a partial last block).
-    let (b, nq, nkv, s, hd) = (2, 8, 2, 515, 128);
+    // LLaMA3's grouping (4 query heads per KV head) and head width, at a sequence of `S`: the
+    // products in blocks of 128 positions (at 515 a partial last block, and the softmax's rows
+    // streamed; at 512 held in registers, as in the model).
+    let (b, nq, nkv, s, hd) = (2, 8, 2, S, 128);
     let g = nq / nkv;
     let q = load::<B, 4>(&data([b, nkv, s, g * hd], 21, 1.0, 0.0), dtype, device).require_grad();
     let k = load::<B, 4>(&data([b, nkv, s, hd], 22, 1.0, 0.0), dtype, device).require_grad();
@@ -319,7 +326,16 @@ fn rope_grouped_on_cuda() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn causal_softmax_on_cuda() {
-    check("causal_softmax", softmax_run::<AC>, softmax_run::<AF>);
+    check(
+        "causal_softmax 515",
+        softmax_run::<AC, 515>,
+        softmax_run::<AF, 515>,
+    );
+    check(
+        "causal_softmax 512",
+        softmax_run::<AC, 512>,
+        softmax_run::<AF, 512>,
+    );
 }
 
 #[test]
@@ -327,12 +343,20 @@ fn causal_softmax_on_cuda() {
 fn causal_attention_on_cuda() {
     // Forward: V's copy heads-major, the softmax (keeping its row statistics), the output's copy
     // into rows; backward: P rebuilt and dS in one kernel, dV's copy into V's row layout.
-    check_launches(
-        "causal_attention",
-        attention_run::<AC>,
-        attention_run::<AF>,
-        5,
-    );
+    for (name, cuda, flex) in [
+        (
+            "causal_attention 515",
+            attention_run::<AC, 515> as Run<AC>,
+            attention_run::<AF, 515> as Run<AF>,
+        ),
+        (
+            "causal_attention 512",
+            attention_run::<AC, 512>,
+            attention_run::<AF, 512>,
+        ),
+    ] {
+        check_launches(name, cuda, flex, 5);
+    }
 }
 
 #[test]

@@ -693,6 +693,15 @@ fn causal_softmax_matches_reference() {
     softmax_case(1, 1, 1, &[], 84);
 }
 
+/// Rows long enough that each unit holds several vectors of them (1,100 keys: 275 vectors of 4
+/// over 256 units), and rows too long to hold, streamed twice (2,049 keys: vectors of 1).
+#[test]
+fn causal_softmax_holds_or_streams_long_rows() {
+    let _serial = serial();
+    softmax_case(1, 1, 1100, &[&[3, 700]], 85);
+    softmax_case(1, 1, 2049, &[&[1000]], 86);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention that recomputes its probabilities in the backward
 
@@ -959,6 +968,11 @@ fn causal_attention_recomputes_probabilities_and_matches_reference() {
     attention_case(2, 4, 2, 37, &[&[5], &[0, 1, 2]], 0, 91);
     attention_case(1, 3, 3, 64, &[&[]], 0, 92); // one query head per KV head, vector loads
     attention_case(2, 4, 1, 19, &[&[], &[3]], 0, 93); // every query head on one KV head
+                                                      // Rows held in several vectors a unit (1,100 keys), whole and in blocks of 256 positions,
+                                                      // and rows streamed (2,049 keys), in the forward and the recomputing backward.
+    attention_case(1, 1, 1, 1100, &[&[3, 700]], 0, 98);
+    attention_case(1, 2, 1, 1100, &[&[]], 256, 99);
+    attention_case(1, 1, 1, 2049, &[&[1000]], 0, 100);
 }
 
 /// The products in blocks of positions, skipping the masked ones: the same values.

@@ -15,40 +15,56 @@ use crate::common::{
     address_type, count_launch, lane_max, lane_sum, plane_row_launch, row_max, row_sum, vector_size,
 };
 
-/// The masked f32 logits of the vector at `at` (keys `j0..j0 + N` of query `query`):
-/// `f32(F(s * scale))` where the key is allowed, `masked` elsewhere. `valid` is the keys' vector
-/// of `key_valid`. Vectors wholly after the query are not read.
+/// The masked f32 logits of the loaded vector `s` (keys `j0..j0 + N` of query `query`, read only
+/// when `j0 <= query`): `f32(F(s * scale))` where the key is allowed, `masked` elsewhere. `valid`
+/// is the keys' vector of `key_valid`.
 #[cube]
 fn logits<F: Float, M: Int, N: Size>(
-    scores: &Tensor<Vector<F, N>>,
+    s: Vector<F, N>,
     valid: Vector<M, N>,
-    at: usize,
     j0: usize,
     query: usize,
     scale: F,
     masked: f32,
 ) -> Vector<f32, N> {
+    let s = Vector::<f32, N>::cast_from(s * Vector::new(scale));
     let mut x = Vector::<f32, N>::new(masked);
-    if j0 <= query {
-        let s = Vector::<f32, N>::cast_from(scores[at] * Vector::new(scale));
-        #[unroll]
-        for k in 0..N::value() {
-            if j0 + k <= query && u32::cast_from(valid[k]) != 0 {
-                x[k] = s[k];
-            }
+    #[unroll]
+    for k in 0..N::value() {
+        if j0 + k <= query && u32::cast_from(valid[k]) != 0 {
+            x[k] = s[k];
         }
     }
     x
 }
 
-/// `probs = softmax(logits)` per row, from the online (max, sum) of each unit combined over the
-/// cube; with `with_stats`, also the row's `(max, 1 / sum)` into `stats` (`[rows, 2]`).
+/// Vectors of a row that each unit holds at most: rows of up to `block * MAX_HELD_VECTORS`
+/// vectors are loaded once, every load of a unit in flight together, and kept in registers for
+/// the second pass ([`held_vectors`]); longer rows are streamed twice in a loop. Streamed, the
+/// H200 ran the 512-key rows of LLaMA's attention at ~1.5 TB/s, each unit waiting on one load
+/// after another and then again on the second pass's reloads.
+pub(crate) const MAX_HELD_VECTORS: usize = 8;
+
+/// Vectors each unit holds for rows of `vectors` vectors over `block` units, or 0 when a row is
+/// too long to hold and the kernels stream it.
+fn held_vectors(vectors: usize, block: usize) -> usize {
+    let per_unit = vectors.div_ceil(block);
+    if per_unit <= MAX_HELD_VECTORS {
+        per_unit
+    } else {
+        0
+    }
+}
+
+/// `probs = softmax(logits)` per row, from the (max, sum) of each unit combined over the cube;
+/// with `with_stats`, also the row's `(max, 1 / sum)` into `stats` (`[rows, 2]`).
 ///
 /// `scores`, `probs`: `[rows, kv]` contiguous, rows in `(b, h, s)` order, or `(b, h, s, g)` with
 /// `groups = g` consecutive rows per query; `key_valid`: `[b, kv]` contiguous, read in vectors of
 /// `N` as the scores (one load per vector instead of `N`); `kv_v = kv / N`. A row is read and
 /// written only up to the end of its query's key block (`key_block`, a multiple of `N`, or `kv`):
-/// beyond it the scores were not computed and the probabilities are not read.
+/// beyond it the scores were not computed and the probabilities are not read. `held`: vectors a
+/// unit holds in registers ([`held_vectors`]), 0 to stream the row.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
@@ -68,6 +84,7 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     #[comptime] block: usize,
     #[comptime] plane: bool,
     #[comptime] with_stats: bool,
+    #[comptime] held: usize,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
     // A whole plane shares a row, so a plane that stops here stops together.
@@ -82,31 +99,65 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     let base = row * kv_v;
     let scale = F::cast_from(scale);
     let mut shared = SharedMemory::<f32>::new(block);
-
-    // Each unit's running max and sum of `exp(x - max)` over its vectors, up to the one holding
-    // the query's own key: the vectors after it are wholly masked, adding nothing to the sum
-    // unless the whole row is masked (handled below).
+    // The vectors after the one holding the query's own key are wholly masked: they add nothing
+    // to the sum unless the whole row is masked (a uniform row, below), and are not read.
     let end = min(limit_v, query / n + 1);
+    let unit = UNIT_POS_X as usize;
+
+    // Each unit's logits: loaded once into `x` (all loads issued before any is used), or, for
+    // rows too long to hold, a running max and sum of `exp(x - max)` over a loop.
+    let mut x = Array::<Vector<f32, N>>::new(comptime!(held.max(1)));
     let mut max_ = masked;
     let mut sum = 0.0f32;
-    let mut i = UNIT_POS_X as usize;
-    while i < end {
-        let x = logits::<F, M, N>(
-            scores,
-            key_valid[valid_at + i],
-            base + i,
-            i * n,
-            query,
-            scale,
-            masked,
-        );
-        let new_max = max(max_, lane_max::<N>(x));
-        sum = sum * (max_ - new_max).exp() + lane_sum::<N>((x - Vector::new(new_max)).exp());
-        max_ = new_max;
-        i += block;
+    if comptime!(held > 0) {
+        let mut raw = Array::<Vector<F, N>>::new(held);
+        let mut valid = Array::<Vector<M, N>>::new(held);
+        #[unroll]
+        for v in 0..held {
+            let i = unit + v * block;
+            if i < end {
+                raw[v] = scores[base + i];
+                valid[v] = key_valid[valid_at + i];
+            }
+        }
+        #[unroll]
+        for v in 0..held {
+            let i = unit + v * block;
+            x[v] = Vector::new(masked);
+            if i < end {
+                x[v] = logits::<F, M, N>(raw[v], valid[v], i * n, query, scale, masked);
+            }
+            max_ = max(max_, lane_max::<N>(x[v]));
+        }
+    } else {
+        let mut i = unit;
+        while i < end {
+            let y = logits::<F, M, N>(
+                scores[base + i],
+                key_valid[valid_at + i],
+                i * n,
+                query,
+                scale,
+                masked,
+            );
+            let new_max = max(max_, lane_max::<N>(y));
+            sum = sum * (max_ - new_max).exp() + lane_sum::<N>((y - Vector::new(new_max)).exp());
+            max_ = new_max;
+            i += block;
+        }
     }
     let largest = row_max(max_, &mut shared, plane);
-    let total = row_sum(sum * (max_ - largest).exp(), &mut shared, plane);
+    if comptime!(held > 0) {
+        // One exp per logit, kept for the write.
+        #[unroll]
+        for v in 0..held {
+            x[v] = (x[v] - Vector::new(largest)).exp();
+            sum += lane_sum::<N>(x[v]);
+        }
+    } else {
+        sum *= (max_ - largest).exp();
+    }
+    let total = row_sum(sum, &mut shared, plane);
     // A row with no readable key attends uniformly to every key (of its key block), as under the
     // reference's finite additive mask.
     let uniform = largest == masked;
@@ -118,27 +169,43 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
         stats[row * 2 + 1] = 1.0f32 / total;
     }
     let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (limit_v * n) as f32));
+    let zero = Vector::<F, N>::new(F::new(0.0));
 
-    let mut i = UNIT_POS_X as usize;
-    while i < limit_v {
-        if uniform {
-            probs[base + i] = spread;
-        } else if i < end {
-            let x = logits::<F, M, N>(
-                scores,
-                key_valid[valid_at + i],
-                base + i,
-                i * n,
-                query,
-                scale,
-                masked,
-            );
-            let p = (x - Vector::new(largest)).exp() * inv_total;
-            probs[base + i] = Vector::<F, N>::cast_from(p);
-        } else {
-            probs[base + i] = Vector::<F, N>::new(F::new(0.0));
+    if comptime!(held > 0) {
+        #[unroll]
+        for v in 0..held {
+            let i = unit + v * block;
+            if i < limit_v {
+                if uniform {
+                    probs[base + i] = spread;
+                } else if i < end {
+                    probs[base + i] = Vector::<F, N>::cast_from(x[v] * inv_total);
+                } else {
+                    probs[base + i] = zero;
+                }
+            }
         }
-        i += block;
+    } else {
+        let mut i = unit;
+        while i < limit_v {
+            if uniform {
+                probs[base + i] = spread;
+            } else if i < end {
+                let y = logits::<F, M, N>(
+                    scores[base + i],
+                    key_valid[valid_at + i],
+                    i * n,
+                    query,
+                    scale,
+                    masked,
+                );
+                probs[base + i] =
+                    Vector::<F, N>::cast_from((y - Vector::new(largest)).exp() * inv_total);
+            } else {
+                probs[base + i] = zero;
+            }
+            i += block;
+        }
     }
 }
 
@@ -203,7 +270,8 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
 /// recomputed `scores` and the forward's `stats` (`[rows, 2]`: max and `1 / sum`, max `masked`
 /// for a uniform row), exactly as the forward computed it, then written for `dV = P^T dO`
 /// alongside `dscores = F(P (dP - sum(dP P))) * F(scale)`. It replaces a second forward pass (its
-/// max and sum reductions, and a write of `P` that the old backward read back).
+/// max and sum reductions, and a write of `P` that the old backward read back). `held`: as in
+/// the forward; held, `P` and `dP` are read once.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
@@ -224,6 +292,7 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
     masked: f32,
     #[comptime] block: usize,
     #[comptime] plane: bool,
+    #[comptime] held: usize,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
     let row = CUBE_POS * rows_per_cube + UNIT_POS_Y as usize;
@@ -242,36 +311,53 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
     let uniform = largest == masked;
     let spread = Vector::<F, N>::new(F::cast_from(1.0f32 / (limit_v * n) as f32));
     let end = select(uniform, limit_v, min(limit_v, query / n + 1));
+    let unit = UNIT_POS_X as usize;
+    let zero = Vector::<F, N>::new(F::new(0.0));
 
+    // Held: each unit's `P` and `dP`, loaded once (all loads issued before any is used).
+    let slots = comptime!(held.max(1));
+    let mut p_held = Array::<Vector<F, N>>::new(slots);
+    let mut dp_held = Array::<Vector<F, N>>::new(slots);
     let mut dots = Vector::<f32, N>::new(0.0f32);
-    let mut i = UNIT_POS_X as usize;
-    while i < end {
-        let p = recomputed_probs::<F, M, N>(
-            scores,
-            key_valid[valid_at + i],
-            base + i,
-            i * n,
-            query,
-            f_scale,
-            masked,
-            largest,
-            inv_total,
-            uniform,
-            spread,
-        );
-        dots += Vector::<f32, N>::cast_from(p) * Vector::<f32, N>::cast_from(dprobs[base + i]);
-        i += block;
-    }
-    let dot = row_sum(lane_sum::<N>(dots), &mut shared, plane);
-    let out_scale = Vector::<F, N>::new(F::cast_from(scale));
-
-    let mut i = UNIT_POS_X as usize;
-    while i < limit_v {
-        if i < end {
+    if comptime!(held > 0) {
+        let mut valid = Array::<Vector<M, N>>::new(held);
+        #[unroll]
+        for v in 0..held {
+            let i = unit + v * block;
+            p_held[v] = zero;
+            dp_held[v] = zero;
+            if i < end {
+                p_held[v] = scores[base + i];
+                valid[v] = key_valid[valid_at + i];
+                dp_held[v] = dprobs[base + i];
+            }
+        }
+        #[unroll]
+        for v in 0..held {
+            let i = unit + v * block;
+            if i < end {
+                let p = recomputed_probs::<F, M, N>(
+                    p_held[v],
+                    valid[v],
+                    i * n,
+                    query,
+                    f_scale,
+                    masked,
+                    largest,
+                    inv_total,
+                    uniform,
+                    spread,
+                );
+                p_held[v] = p;
+                dots += Vector::<f32, N>::cast_from(p) * Vector::<f32, N>::cast_from(dp_held[v]);
+            }
+        }
+    } else {
+        let mut i = unit;
+        while i < end {
             let p = recomputed_probs::<F, M, N>(
-                scores,
+                scores[base + i],
                 key_valid[valid_at + i],
-                base + i,
                 i * n,
                 query,
                 f_scale,
@@ -281,15 +367,51 @@ fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
                 uniform,
                 spread,
             );
-            let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
-            let pf = Vector::<f32, N>::cast_from(p);
-            probs[base + i] = p;
-            dscores[base + i] = Vector::<F, N>::cast_from(pf * (dp - Vector::new(dot))) * out_scale;
-        } else {
-            probs[base + i] = Vector::<F, N>::new(F::new(0.0));
-            dscores[base + i] = Vector::<F, N>::new(F::new(0.0));
+            dots += Vector::<f32, N>::cast_from(p) * Vector::<f32, N>::cast_from(dprobs[base + i]);
+            i += block;
         }
-        i += block;
+    }
+    let dot = Vector::<f32, N>::new(row_sum(lane_sum::<N>(dots), &mut shared, plane));
+    let out_scale = Vector::<F, N>::new(F::cast_from(scale));
+
+    if comptime!(held > 0) {
+        #[unroll]
+        for v in 0..held {
+            let i = unit + v * block;
+            if i < limit_v {
+                // Past `end` the held vectors are zero, and so are `P` and `dS`.
+                let pf = Vector::<f32, N>::cast_from(p_held[v]);
+                let dp = Vector::<f32, N>::cast_from(dp_held[v]);
+                probs[base + i] = p_held[v];
+                dscores[base + i] = Vector::<F, N>::cast_from(pf * (dp - dot)) * out_scale;
+            }
+        }
+    } else {
+        let mut i = unit;
+        while i < limit_v {
+            if i < end {
+                let p = recomputed_probs::<F, M, N>(
+                    scores[base + i],
+                    key_valid[valid_at + i],
+                    i * n,
+                    query,
+                    f_scale,
+                    masked,
+                    largest,
+                    inv_total,
+                    uniform,
+                    spread,
+                );
+                let dp = Vector::<f32, N>::cast_from(dprobs[base + i]);
+                let pf = Vector::<f32, N>::cast_from(p);
+                probs[base + i] = p;
+                dscores[base + i] = Vector::<F, N>::cast_from(pf * (dp - dot)) * out_scale;
+            } else {
+                probs[base + i] = zero;
+                dscores[base + i] = zero;
+            }
+            i += block;
+        }
     }
 }
 
@@ -299,14 +421,13 @@ fn key_limit(query: usize, key_block: usize, kv_v: usize, n: usize) -> usize {
     min(kv_v, (query / key_block + 1) * key_block / n)
 }
 
-/// The forward's `P` of the vector at `at` (keys `j0..j0 + N`), from the row's max and `1 / sum`
-/// (`uniform`: every key gets `spread`).
+/// The forward's `P` of the loaded scores `s` (keys `j0..j0 + N`), from the row's max and
+/// `1 / sum` (`uniform`: every key gets `spread`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn recomputed_probs<F: Float, M: Int, N: Size>(
-    scores: &Tensor<Vector<F, N>>,
+    s: Vector<F, N>,
     valid: Vector<M, N>,
-    at: usize,
     j0: usize,
     query: usize,
     scale: F,
@@ -318,7 +439,7 @@ fn recomputed_probs<F: Float, M: Int, N: Size>(
 ) -> Vector<F, N> {
     let mut p = spread;
     if !uniform {
-        let x = logits::<F, M, N>(scores, valid, at, j0, query, scale, masked);
+        let x = logits::<F, M, N>(s, valid, j0, query, scale, masked);
         p = Vector::<F, N>::cast_from((x - Vector::new(largest)).exp() * inv_total);
     }
     p
@@ -422,6 +543,7 @@ pub(crate) fn forward_keeping_stats<R: CubeRuntime>(
             launch.block,
             launch.plane,
             keep_stats,
+            held_vectors(kv / vector, launch.block),
             dtypes,
         )
     };
@@ -480,6 +602,7 @@ pub(crate) fn recompute_backward<R: CubeRuntime>(
             f32::MIN,
             launch.block,
             launch.plane,
+            held_vectors(kv / vector, launch.block),
             dtypes,
         )
     };
