@@ -680,33 +680,34 @@ fn mlp_channel_scores_of_factors_on_cuda() {
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn sequence_means_on_cuda() {
     let _serial = serial();
-    // LLaMA3-8B's MLP input: 8 sequences of 512, the first 100 positions of one padding.
-    let (b, s, d) = (8, 512, 4096);
-    let x = data([b, s, d], 21, 1.0, 0.3);
-    let mut valid = vec![true; b * s];
-    valid[s..s + 100].iter_mut().for_each(|v| *v = false);
-    let tokens = TensorData::new(valid, [b, s]);
-    let expected = values(reference::sequence_means(
-        Tensor::<AF, 3>::from_data(x.clone(), &Default::default()),
-        Tensor::<AF, 2, Bool>::from_data(tokens.clone(), &Default::default()),
-        true,
-    ));
-    let device = Default::default();
-    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
-        let before = fused_launches();
-        let fused = values(kernels_cubecl::sequence_mean::sequence_means(
-            load::<AC, 3>(&x, dtype, &device),
-            Tensor::<AC, 2, Bool>::from_data(tokens.clone(), &device),
+    // LLaMA3-8B's MLP input (two kernels: chunks, then their sum), and the MLP estimator's
+    // `[b, s, 2r]` product (one cube per sequence): 8 sequences of 512, the first 100 positions
+    // of one padding.
+    for (d, launches) in [(4096, 2), (16, 1)] {
+        let (b, s) = (8, 512);
+        let x = data([b, s, d], 21, 1.0, 0.3);
+        let mut valid = vec![true; b * s];
+        valid[s..s + 100].iter_mut().for_each(|v| *v = false);
+        let tokens = TensorData::new(valid, [b, s]);
+        let expected = values(reference::sequence_means(
+            Tensor::<AF, 3>::from_data(x.clone(), &Default::default()),
+            Tensor::<AF, 2, Bool>::from_data(tokens.clone(), &Default::default()),
             true,
         ));
-        assert_eq!(
-            fused_launches() - before,
-            2,
-            "sequence_means {dtype:?}: launches"
-        );
-        let err = rel_l2(&fused, &expected);
-        println!("sequence_means {dtype:?}: rel. err {err:.2e}");
-        assert!(err <= tol, "sequence_means {dtype:?}: rel. err {err:e}");
+        let device = Default::default();
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+            let before = fused_launches();
+            let fused = values(kernels_cubecl::sequence_mean::sequence_means(
+                load::<AC, 3>(&x, dtype, &device),
+                Tensor::<AC, 2, Bool>::from_data(tokens.clone(), &device),
+                true,
+            ));
+            let what = format!("sequence_means d={d} {dtype:?}");
+            assert_eq!(fused_launches() - before, launches, "{what}: launches");
+            let err = rel_l2(&fused, &expected);
+            println!("{what}: rel. err {err:.2e}");
+            assert!(err <= tol, "{what}: rel. err {err:e}");
+        }
     }
 }
 

@@ -1312,12 +1312,21 @@ fn gather_padded_of_a_trainable_weight_takes_reference() {
 // ---------------------------------------------------------------------------------------------
 // Sequence means (the estimator's MLP input)
 
-fn sequence_mean_case(b: usize, s: usize, d: usize, invalid: &[&[usize]], seed: u64) {
+/// `expected_launches`: 1 for a narrow input (one cube per sequence), 2 for a wide one (chunks,
+/// then their sum).
+fn sequence_mean_case(
+    b: usize,
+    s: usize,
+    d: usize,
+    invalid: &[&[usize]],
+    expected_launches: u64,
+    seed: u64,
+) {
     let (dw, df) = (wgpu(), flex());
     let x = data([b, s, d], seed, 1.0, 0.3);
     let what = format!("sequence_means b={b} s={s} d={d}");
     for mask_padding in [true, false] {
-        let fused = launches(2, &what, || {
+        let fused = launches(expected_launches, &what, || {
             sequence_mean::sequence_means(
                 tensor::<W, 3>(&x, &dw),
                 key_valid::<W>(b, s, invalid, &dw),
@@ -1335,7 +1344,7 @@ fn sequence_mean_case(b: usize, s: usize, d: usize, invalid: &[&[usize]], seed: 
             &format!("{what} mask_padding={mask_padding}"),
         );
         // Under autodiff too (no gradient: the estimator's input).
-        let fused = launches(2, &what, || {
+        let fused = launches(expected_launches, &what, || {
             sequence_mean::sequence_means(
                 tensor::<AW, 3>(&x, &dw).require_grad(),
                 key_valid::<AW>(b, s, invalid, &dw),
@@ -1354,11 +1363,15 @@ fn sequence_mean_case(b: usize, s: usize, d: usize, invalid: &[&[usize]], seed: 
 #[test]
 fn sequence_means_match_reference() {
     let _serial = serial();
-    sequence_mean_case(3, 70, 64, &[&[0, 1, 2], &[69], &[]], 111); // vector loads, 3 chunks
-    sequence_mean_case(2, 5, 7, &[&[], &[0, 1, 2, 3, 4]], 112); // odd width; an empty sequence
-    sequence_mean_case(1, 512, 576, &[&(0..100).collect::<Vec<_>>()], 113);
+    // Narrow (one cube per sequence): vector loads, 16 lanes of 16 vectors; an odd width (36
+    // lanes, 32 of them summing) and an empty sequence; the MLP estimator's 16 channels.
+    sequence_mean_case(3, 70, 64, &[&[0, 1, 2], &[69], &[]], 1, 111);
+    sequence_mean_case(2, 5, 7, &[&[], &[0, 1, 2, 3, 4]], 1, 112);
+    sequence_mean_case(8, 512, 16, &[&[0, 1, 2], &[], &[511]], 1, 115);
+    // Wide (chunks of 32 positions, then their sum).
+    sequence_mean_case(1, 512, 576, &[&(0..100).collect::<Vec<_>>()], 2, 113);
     // The model's width, a partial last chunk.
-    sequence_mean_case(2, 40, 2048, &[&[3], &[]], 114);
+    sequence_mean_case(2, 40, 2048, &[&[3], &[]], 2, 114);
 }
 
 /// The MLP channel score on the two halves of one stacked `[rows, 2 d_ff]` product (strided

@@ -65,7 +65,15 @@ fn held_vectors(vectors: usize, block: usize) -> usize {
 /// written only up to the end of its query's key block (`key_block`, a multiple of `N`, or `kv`):
 /// beyond it the scores were not computed and the probabilities are not read. `held`: vectors a
 /// unit holds in registers ([`held_vectors`]), 0 to stream the row.
-#[cube(launch_unchecked, address_type = "dynamic")]
+///
+/// Fast math: CUDA's `__expf` (one special-function instruction and a multiply) instead of
+/// `expf`'s range reduction, a few ulp at the logits' range, far below the rounding of a bf16
+/// probability. The logits are finite or `masked`, never NaN; `exp(masked - max)` is 0 either way.
+#[cube(
+    launch_unchecked,
+    address_type = "dynamic",
+    fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+)]
 #[allow(clippy::too_many_arguments)]
 fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     scores: &Tensor<Vector<F, N>>,
@@ -148,11 +156,13 @@ fn causal_softmax_forward_kernel<F: Float, M: Int, N: Size>(
     }
     let largest = row_max(max_, &mut shared, plane);
     if comptime!(held > 0) {
-        // One exp per logit, kept for the write.
+        // One exp per logit, kept for the write; none past `end`, where every key is masked.
         #[unroll]
         for v in 0..held {
-            x[v] = (x[v] - Vector::new(largest)).exp();
-            sum += lane_sum::<N>(x[v]);
+            if unit + v * block < end {
+                x[v] = (x[v] - Vector::new(largest)).exp();
+                sum += lane_sum::<N>(x[v]);
+            }
         }
     } else {
         sum *= (max_ - largest).exp();
@@ -271,8 +281,13 @@ fn causal_softmax_backward_kernel<F: Float, N: Size>(
 /// for a uniform row), exactly as the forward computed it, then written for `dV = P^T dO`
 /// alongside `dscores = F(P (dP - sum(dP P))) * F(scale)`. It replaces a second forward pass (its
 /// max and sum reductions, and a write of `P` that the old backward read back). `held`: as in
-/// the forward; held, `P` and `dP` are read once.
-#[cube(launch_unchecked, address_type = "dynamic")]
+/// the forward; held, `P` and `dP` are read once. Fast math as the forward's, so that `P` is
+/// rebuilt with the same `exp`.
+#[cube(
+    launch_unchecked,
+    address_type = "dynamic",
+    fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+)]
 #[allow(clippy::too_many_arguments)]
 fn causal_softmax_recompute_backward_kernel<F: Float, M: Int, N: Size>(
     scores: &Tensor<Vector<F, N>>,

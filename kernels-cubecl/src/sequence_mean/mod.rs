@@ -1,7 +1,7 @@
 //! The mean of each sequence over its real tokens: what the SVD estimator projects for the MLP
 //! (SPEC 4). burn's ops cast the whole `[batch, seq, d]` input to f32, weight it by the mask and
 //! reduce over the sequence (docs/perf.md: 112 row reductions of ~160 us in a sparse LLaMA3-8B
-//! step); here two kernels read the input once in its own dtype and sum in f32.
+//! step); here one or two kernels read the input once in its own dtype and sum in f32.
 
 mod kernel;
 pub mod reference;
@@ -16,7 +16,8 @@ use crate::dispatch::{cast, on_route, route, Cube};
 /// The mean of each sequence, `[batch, d]` in f32: over its real tokens (`tokens` true) when
 /// `mask_padding` (a sequence without any is all zeros), over every position otherwise.
 ///
-/// On burn-wgpu/burn-cuda two kernels (partial sums over chunks of 32 positions, then their sum
+/// On burn-wgpu/burn-cuda one kernel for a narrow input (up to 32 vectors of channels: a cube per
+/// sequence) or two for a wide one (partial sums over chunks of 32 positions, then their sum
 /// over the count); elsewhere, and for other dtypes or shapes, the
 /// [reference](reference::sequence_means). Not differentiable: the estimator's input is never
 /// trained through (under `Autodiff` the result carries no gradient either way).
