@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
 use lora::sparse::{AttentionProjections, AttnChannels, SparseForward};
 use lora::LoraLinear;
@@ -95,10 +95,9 @@ impl<B: Backend> LlamaAttention<B> {
         let [b, s, d] = x.dims();
         // One `[rows, d]` tensor read by the three projections (one autodiff node), so that
         // their input gradients are summed inside their GEMMs: `kernels_cubecl::gradient_sum`.
+        // The adapters' products with it are taken together (`LoraLinear::forward_group`).
         let rows = x.reshape([b * s, d]);
-        let q = self.q_proj.forward(rows.clone());
-        let k = self.k_proj.forward(rows.clone());
-        let v = self.v_proj.forward(rows);
+        let [q, k, v] = LoraLinear::forward_group([&self.q_proj, &self.k_proj, &self.v_proj], rows);
         let out = self.attend(q, k, v, [b, s], rope, mask, cache); // [b, s, nq * hd]
         self.o_proj.forward_onto(out, residual)
     }
@@ -128,14 +127,15 @@ impl<B: Backend> LlamaAttention<B> {
         let dtype = x.dtype();
         let rows = x.reshape([b * s, d]);
         let drop = sparse.drop_sliced_input_grad;
-        let masked = |p: &LoraLinear<B>, idx: &Tensor<B, 1, Int>| {
-            let width = p.dims().0;
-            let keep = sparse.channel_keep(idx, width, dtype);
-            p.forward_out_masked(rows.clone(), &keep, drop)
-        };
-        let q = masked(&self.q_proj, &channels.q);
-        let k = masked(&self.k_proj, &channels.k);
-        let v = masked(&self.v_proj, &channels.v);
+        let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let [keep_q, keep_k, keep_v] = [(0, &channels.q), (1, &channels.k), (2, &channels.v)]
+            .map(|(i, idx)| sparse.channel_keep(idx, projections[i].dims().0, dtype));
+        let [q, k, v] = LoraLinear::forward_out_masked_group(
+            projections,
+            rows,
+            [&keep_q, &keep_k, &keep_v],
+            drop,
+        );
         let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);

@@ -14,7 +14,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use crate::adapter::LoraAdapter;
 use crate::channel_keep::ChannelKeep;
 use crate::error::LoraError;
-use sparse_ops::FrozenBase;
+use sparse_ops::{FrozenBase, GroupMember};
 
 /// `y = x W^T (+ scaling * x A^T B^T)`, `W: [out, in]`.
 #[derive(Module, Debug)]
@@ -56,6 +56,61 @@ impl<B: Backend> LoraLinear<B> {
         }
         let base = sparse_ops::linear(x.clone(), weight);
         self.add_adapter(base, x)
+    }
+
+    /// [`Self::forward`] of three projections reading the same `x` (attention's q, k and v):
+    /// with an adapter on each, their products with `x` are taken together
+    /// ([`sparse_ops::lora_linear_group`]: one read of `x` for the three instead of three).
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, outputs `[n, out_i]`
+    pub fn forward_group(projections: [&Self; 3], x: Tensor<B, 2>) -> [Tensor<B, 2>; 3] {
+        match Self::group_adapters(projections, &x) {
+            Some(adapters) => {
+                let bases = projections.map(|p| FrozenBase::Weight(p.weight.val()));
+                sparse_ops::lora_linear_group(x, group_members(bases, adapters))
+            }
+            None => projections.map(|p| p.forward(x.clone())),
+        }
+    }
+
+    /// [`Self::forward_out_masked`] of three projections reading the same `x` (SparseLoRA's
+    /// masked q, k and v), their adapters' products with `x` taken together as in
+    /// [`Self::forward_group`].
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `keeps[i]` over `out_i` channels, outputs `[n, out_i]`
+    pub fn forward_out_masked_group(
+        projections: [&Self; 3],
+        x: Tensor<B, 2>,
+        keeps: [&ChannelKeep<B>; 3],
+        drop_base_input_grad: bool,
+    ) -> [Tensor<B, 2>; 3] {
+        let Some(adapters) = Self::group_adapters(projections, &x) else {
+            return [0, 1, 2].map(|i| {
+                projections[i].forward_out_masked(x.clone(), keeps[i], drop_base_input_grad)
+            });
+        };
+        let bases = [0, 1, 2].map(|i| {
+            let p = projections[i];
+            let base_input = p.base_input(x.clone(), drop_base_input_grad);
+            FrozenBase::Output(keeps[i].apply(sparse_ops::linear(base_input, p.weight.val())))
+        });
+        sparse_ops::lora_linear_group(x, group_members(bases, adapters))
+    }
+
+    /// Each projection's adapter weights in the dtype the fused op takes and its scaling, when
+    /// every one of them carries an adapter that it can take (see [`fused_weights`]).
+    fn group_adapters(projections: [&Self; 3], x: &Tensor<B, 2>) -> Option<[GroupAdapter<B>; 3]> {
+        let adapters = projections.map(|p| {
+            let lora = p.lora.as_ref()?;
+            let (a, b) = fused_weights(lora, x, p.weight.dtype())?;
+            Some((a, b, lora.scaling))
+        });
+        let [Some(q), Some(k), Some(v)] = adapters else {
+            return None;
+        };
+        Some([q, k, v])
     }
 
     /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
@@ -274,6 +329,24 @@ fn fused_weights<B: Backend, const D: usize>(
     lora.compute_weights(dtype).filter(|_| dtype == base_dtype)
 }
 
+/// An adapter's `A` and `B` in the compute dtype, and its scaling.
+type GroupAdapter<B> = (Tensor<B, 2>, Tensor<B, 2>, f64);
+
+/// The members of a [`sparse_ops::lora_linear_group`].
+fn group_members<B: Backend>(
+    bases: [FrozenBase<B>; 3],
+    adapters: [GroupAdapter<B>; 3],
+) -> [GroupMember<B>; 3] {
+    let [bq, bk, bv] = bases;
+    let [aq, ak, av] = adapters;
+    [(bq, aq), (bk, ak), (bv, av)].map(|(base, (lora_a, lora_b, scaling))| GroupMember {
+        base,
+        lora_a,
+        lora_b,
+        scaling,
+    })
+}
+
 /// The token rows of `x` (`[..., in]`): the product of its leading dimensions.
 fn rows_of<B: Backend, const D: usize>(x: &Tensor<B, D>) -> usize {
     x.dims()[..D - 1].iter().product()
@@ -317,6 +390,37 @@ mod tests {
             device,
         ));
         proj
+    }
+
+    /// The grouped forwards (one op for q, k and v on CUDA) give each projection's own forward,
+    /// plain and masked.
+    #[test]
+    fn grouped_forwards_equal_each_projections_forward() {
+        let device = Default::default();
+        let (q, k, v) = (adapted(&device), adapted(&device), adapted(&device));
+        let x = Tensor::<TestBackend, 2>::random([5, 8], Distribution::Default, &device);
+        let grouped = LoraLinear::forward_group([&q, &k, &v], x.clone());
+        for (got, p) in grouped.into_iter().zip([&q, &k, &v]) {
+            got.into_data()
+                .assert_approx_eq::<f32>(&p.forward(x.clone()).into_data(), Tolerance::default());
+        }
+
+        let kept = Tensor::<TestBackend, 1, Int>::from_data(
+            TensorData::new(vec![4i64, 1, 5], [3]),
+            &device,
+        );
+        let keep = ChannelKeep::new(sparse_ops::keep_mask(kept, 6, DType::F32), None);
+        let grouped = LoraLinear::forward_out_masked_group(
+            [&q, &k, &v],
+            x.clone(),
+            [&keep, &keep, &keep],
+            false,
+        );
+        for (got, p) in grouped.into_iter().zip([&q, &k, &v]) {
+            let want = p.forward_out_masked(x.clone(), &keep, false);
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::default());
+        }
     }
 
     #[test]

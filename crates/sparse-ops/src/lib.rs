@@ -21,7 +21,7 @@ pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
 // sparse ones (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
 pub use kernels_cubecl::row_merge::{gather_rows, replace_rows};
 pub use linear::{linear, linear_onto, matmul_batched, reshaped, SeamMatmul};
-pub use lora::{lora_linear, FrozenBase};
+pub use lora::{lora_linear, lora_linear_group, FrozenBase, GroupMember};
 pub use sliced::{
     linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,
     linear_out_sliced_padded, padded_width, scatter_channels,

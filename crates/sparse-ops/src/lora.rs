@@ -40,6 +40,42 @@ pub fn lora_linear<B: Backend>(
     reference::lora_linear(base, x, lora_a, lora_b, scaling)
 }
 
+/// One adapted projection of [`lora_linear_group`]: what [`lora_linear`] takes besides `x`.
+#[derive(Debug, Clone)]
+pub struct GroupMember<B: Backend> {
+    /// The frozen weight, or the base output already computed.
+    pub base: FrozenBase<B>,
+    /// `[r, in]`, in `x`'s dtype.
+    pub lora_a: Tensor<B, 2>,
+    /// `[out, r]`, in `x`'s dtype.
+    pub lora_b: Tensor<B, 2>,
+    /// The adapter's scaling.
+    pub scaling: f64,
+}
+
+/// [`lora_linear`] of three projections that read the same `x` (q, k and v): the same values
+/// and gradients. On burn-cuda under `Autodiff` (stream-ordered GEMMs, one dtype) the adapters'
+/// products with `x` are taken together, so that `x` is read once for the three down products
+/// forward, once for their `dA` backward, and `dX` gets their share in one pass (see
+/// `cublaslt/lora_group.rs`); elsewhere it is three [`lora_linear`] calls.
+///
+/// Every output must reach the loss (as attention's q, k and v do): the adapters' gradients are
+/// computed once the backward of each tracked output has run.
+///
+/// # Shapes
+/// - `x`: `[n, in]`; each member as in [`lora_linear`]; outputs `[n, out_i]`
+pub fn lora_linear_group<B: Backend>(
+    x: Tensor<B, 2>,
+    members: [GroupMember<B>; 3],
+) -> [Tensor<B, 2>; 3] {
+    #[cfg(feature = "cuda")]
+    let (x, members) = match crate::cublaslt::dispatch_lora_linear_group(x, members) {
+        Ok(outputs) => return outputs,
+        Err(inputs) => inputs,
+    };
+    members.map(|m| lora_linear(m.base, x.clone(), m.lora_a, m.lora_b, m.scaling))
+}
+
 /// The fused op's definition in separate products and element-wise ops.
 pub mod reference {
     use super::FrozenBase;

@@ -126,7 +126,7 @@ fn forward(
 
 /// `c + alpha a b`: into `c`'s buffer when it is ours alone, else (or when cuBLASLt cannot run it)
 /// a product and an add.
-fn accumulate(a: Primitive, b: Primitive, alpha: f32, c: Primitive) -> Primitive {
+pub(super) fn accumulate(a: Primitive, b: Primitive, alpha: f32, c: Primitive) -> Primitive {
     match matmul_accumulate(a.clone(), b.clone(), alpha, c) {
         Ok(c) => c,
         Err(failed) => {
@@ -249,7 +249,7 @@ impl Backward<CudaBackend, 4> for LoraBackward {
 
 /// `alpha a b` through cuBLASLt, or burn's matmul and a scalar multiply if it cannot run
 /// (reported once).
-fn scaled(a: Primitive, b: Primitive, alpha: f32) -> Primitive {
+pub(super) fn scaled(a: Primitive, b: Primitive, alpha: f32) -> Primitive {
     match matmul_scaled(a.clone(), b.clone(), alpha) {
         Ok(c) => c,
         Err(e) => {

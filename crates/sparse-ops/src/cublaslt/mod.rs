@@ -16,6 +16,7 @@ mod dispatch;
 mod error;
 mod layout;
 mod lora;
+mod lora_group;
 mod lt;
 mod stream;
 mod tensor;
@@ -27,6 +28,7 @@ pub(crate) use dispatch::{
 pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
 pub(crate) use lora::lora_linear as dispatch_lora_linear;
+pub(crate) use lora_group::lora_linear_group as dispatch_lora_linear_group;
 pub use tensor::{
     accumulating_calls, calls, device_info, device_memory_total, device_memory_used,
     kernel_seconds, linear_forward, linear_input_grad, matmul, matmul_batched, matmul_unordered,
