@@ -33,12 +33,15 @@ use kernels_cubecl::gradient_sum::register_summed;
 type AutodiffCuda = Autodiff<CudaBackend>;
 type Tracked = FloatTensor<AutodiffCuda>;
 
+/// The inputs of [`crate::lora_linear_group`], given back when the fused op does not apply.
+type Inputs<B> = (Tensor<B, 2>, [GroupMember<B>; 3]);
+
 /// [`crate::lora_linear_group`] fused on `Autodiff<Cuda>` with stream-ordered GEMMs, one dtype
 /// and frozen weights; otherwise the inputs back.
 pub(crate) fn lora_linear_group<B: Backend>(
     x: Tensor<B, 2>,
     members: [GroupMember<B>; 3],
-) -> Result<[Tensor<B, 2>; 3], (Tensor<B, 2>, [GroupMember<B>; 3])> {
+) -> Result<[Tensor<B, 2>; 3], Inputs<B>> {
     let dtype = x.dtype();
     let fits = TypeId::of::<B>() == TypeId::of::<AutodiffCuda>()
         && members.iter().all(|m| {
@@ -209,6 +212,22 @@ impl Group {
                 |key| key.node = x_key.node.clone(),
                 |earlier| Ok(accumulate(t(g_t2.clone()), a_cat.clone(), 1.0, earlier)),
                 || scaled(t(g_t), self.a_cat.clone(), 1.0),
+            );
+        }
+    }
+}
+
+impl Drop for Group {
+    /// A backward that reached only some members leaves their adapters without their `A`
+    /// gradients and `x` without their share: say so rather than train on it silently.
+    fn drop(&mut self) {
+        if !self.arrived.is_empty() {
+            eprintln!(
+                "warning: sparse-ops: lora_linear_group: the backward reached {} of {} outputs; \
+                 their adapters' A gradients and input gradient were not computed (every output \
+                 must reach the loss)",
+                self.arrived.len(),
+                self.expected
             );
         }
     }
