@@ -205,13 +205,14 @@ impl Group {
             }
         }
         if let Some(x_key) = self.x_key.take() {
-            let (g_t2, a_cat) = (g_t.clone(), self.a_cat.clone());
+            // dX += [g_q | g_k | g_v] [A_q; A_k; A_v], into another consumer's share.
+            let (g, a_cat) = (t(g_t), &self.a_cat);
             register_summed::<CudaBackend>(
                 grads,
-                g_t.clone(),
+                a_cat.clone(),
                 |key| key.node = x_key.node.clone(),
-                |earlier| Ok(accumulate(t(g_t2.clone()), a_cat.clone(), 1.0, earlier)),
-                || scaled(t(g_t), self.a_cat.clone(), 1.0),
+                |earlier| Ok(accumulate(g.clone(), a_cat.clone(), 1.0, earlier)),
+                || scaled(g.clone(), a_cat.clone(), 1.0),
             );
         }
     }
