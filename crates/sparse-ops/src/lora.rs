@@ -14,7 +14,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-pub use crate::frozen_base::FrozenBase;
+pub use crate::frozen_base::{FrozenBase, GroupMember};
 
 /// `base + scaling (x A^T) B^T`, where `base` is `x W^T` for [`FrozenBase::Weight`].
 ///
@@ -38,19 +38,6 @@ pub fn lora_linear<B: Backend>(
             Err(inputs) => inputs,
         };
     reference::lora_linear(base, x, lora_a, lora_b, scaling)
-}
-
-/// One adapted projection of [`lora_linear_group`]: what [`lora_linear`] takes besides `x`.
-#[derive(Debug, Clone)]
-pub struct GroupMember<B: Backend> {
-    /// The frozen weight, or the base output already computed.
-    pub base: FrozenBase<B>,
-    /// `[r, in]`, in `x`'s dtype.
-    pub lora_a: Tensor<B, 2>,
-    /// `[out, r]`, in `x`'s dtype.
-    pub lora_b: Tensor<B, 2>,
-    /// The adapter's scaling.
-    pub scaling: f64,
 }
 
 /// [`lora_linear`] of three projections that read the same `x` (q, k and v): the same values

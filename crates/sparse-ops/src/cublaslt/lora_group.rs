@@ -26,8 +26,7 @@ use burn::tensor::{Slice, Tensor, TensorPrimitive};
 use super::dispatch::{accumulate_into, cast};
 use super::lora::{accumulate, scaled};
 use super::tensor::{stream_ordered, CudaBackend, Primitive};
-use crate::frozen_base::FrozenBase;
-use crate::lora::GroupMember;
+use crate::frozen_base::{FrozenBase, GroupMember};
 use kernels_cubecl::gradient_sum::register_summed;
 
 type AutodiffCuda = Autodiff<CudaBackend>;
