@@ -13,7 +13,7 @@ use burn::backend::cuda::CudaDevice;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 use super::dispatch::{accumulate_into, cast, warn_once};
 use super::error::GemmError;
@@ -41,12 +41,8 @@ pub(crate) fn lora_linear<B: Backend>(
     let plain = backend == TypeId::of::<CudaBackend>();
     let autodiff = backend == TypeId::of::<AutodiffCuda>();
     let dtype = x.dtype();
-    let frozen = match &base {
-        FrozenBase::Weight(w) => w.dtype() == dtype && !w.is_require_grad(),
-        FrozenBase::Output(y) => y.dtype() == dtype,
-    };
     let fits = (plain || autodiff)
-        && frozen
+        && frozen_in(&base, dtype)
         && lora_a.dtype() == dtype
         && lora_b.dtype() == dtype
         && stream_ordered(&cast::<_, CudaDevice>(x.device()));
@@ -88,16 +84,27 @@ pub(crate) fn lora_linear<B: Backend>(
     )))
 }
 
+/// Whether `base` is in `dtype` and, for a weight, frozen: what the fused ops take.
+pub(super) fn frozen_in<B: Backend>(base: &FrozenBase<B>, dtype: DType) -> bool {
+    match base {
+        FrozenBase::Weight(w) => w.dtype() == dtype && !w.is_require_grad(),
+        FrozenBase::Output(y) => y.dtype() == dtype,
+    }
+}
+
 /// [`FrozenBase`] on primitives.
 #[derive(Debug, Clone)]
-enum Frozen<T> {
+pub(super) enum Frozen<T> {
     Weight(T),
     Output(T),
 }
 
 impl<T> Frozen<T> {
     /// `base` with its tensor converted by `convert`.
-    fn from_base<B: Backend>(base: FrozenBase<B>, convert: impl Fn(Tensor<B, 2>) -> T) -> Self {
+    pub(super) fn from_base<B: Backend>(
+        base: FrozenBase<B>,
+        convert: impl Fn(Tensor<B, 2>) -> T,
+    ) -> Self {
         match base {
             FrozenBase::Weight(w) => Frozen::Weight(convert(w)),
             FrozenBase::Output(y) => Frozen::Output(convert(y)),

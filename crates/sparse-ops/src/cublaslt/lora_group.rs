@@ -24,9 +24,9 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Slice, Tensor, TensorPrimitive};
 
 use super::dispatch::{accumulate_into, cast};
-use super::lora::{accumulate, scaled};
+use super::lora::{accumulate, frozen_in, scaled, Frozen};
 use super::tensor::{stream_ordered, CudaBackend, Primitive};
-use crate::frozen_base::{FrozenBase, GroupMember};
+use crate::frozen_base::GroupMember;
 use kernels_cubecl::gradient_sum::register_summed;
 
 type AutodiffCuda = Autodiff<CudaBackend>;
@@ -44,11 +44,7 @@ pub(crate) fn lora_linear_group<B: Backend>(
     let dtype = x.dtype();
     let fits = TypeId::of::<B>() == TypeId::of::<AutodiffCuda>()
         && members.iter().all(|m| {
-            let frozen = match &m.base {
-                FrozenBase::Weight(w) => w.dtype() == dtype && !w.is_require_grad(),
-                FrozenBase::Output(y) => y.dtype() == dtype,
-            };
-            frozen && m.lora_a.dtype() == dtype && m.lora_b.dtype() == dtype
+            frozen_in(&m.base, dtype) && m.lora_a.dtype() == dtype && m.lora_b.dtype() == dtype
         })
         && stream_ordered(&cast::<_, CudaDevice>(x.device()));
     if !fits {
@@ -61,10 +57,7 @@ pub(crate) fn lora_linear_group<B: Backend>(
     };
     let x = p(x);
     let members = members.map(|m| Member {
-        base: match m.base {
-            FrozenBase::Weight(w) => Base::Weight(p(w)),
-            FrozenBase::Output(y) => Base::Output(p(y)),
-        },
+        base: Frozen::from_base(m.base, p),
         a: p(m.lora_a),
         b: p(m.lora_b),
         scaling: m.scaling as f32,
@@ -76,15 +69,9 @@ pub(crate) fn lora_linear_group<B: Backend>(
     }))
 }
 
-/// A member's frozen base, tracked.
-enum Base {
-    Weight(Tracked),
-    Output(Tracked),
-}
-
 /// One member on tracked primitives.
 struct Member {
-    base: Base,
+    base: Frozen<Tracked>,
     a: Tracked,
     b: Tracked,
     scaling: f32,
@@ -109,17 +96,17 @@ fn tracked(x: Tracked, members: [Member; 3]) -> [Tracked; 3] {
     }));
     let (mut offset, mut next) = (0, 0);
     members.map(|m| {
-        let r = m.a.primitive.meta.shape()[0];
+        let r = ranks[next];
         let rows = [Slice::from(offset..offset + r), Slice::from(0..n)];
         let index = next;
         (offset, next) = (offset + r, next + 1);
         let h = t(CudaBackend::float_slice(h_t.clone(), &rows)); // [n, r], read in place
         let (first, y, weight) = match m.base {
-            Base::Weight(w) => {
+            Frozen::Weight(w) => {
                 let y = scaled(x.primitive.clone(), t(w.primitive.clone()), 1.0);
                 (w.node, y, Some(w.primitive))
             }
-            Base::Output(y) => (y.node, y.primitive, None),
+            Frozen::Output(y) => (y.node, y.primitive, None),
         };
         let y = accumulate(h.clone(), t(m.b.primitive.clone()), m.scaling, y);
         let backward = MemberBackward {
