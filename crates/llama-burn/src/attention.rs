@@ -28,6 +28,11 @@ pub enum AttentionMask<B: Backend> {
     Additive(Tensor<B, 4>),
 }
 
+/// The largest fraction of q's channels kept for which a sparse attention block computes its
+/// q/k/v bases as sliced products (see [`LlamaAttention::forward_sparse`]); above it they run
+/// masked-dense. The paper's attention sparsities keep 20-80% of the channels (math10k: 25%).
+pub const SLICED_MAX_KEPT: f64 = 0.5;
+
 /// The attention block of one decoder layer.
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
@@ -107,10 +112,13 @@ impl<B: Backend> LlamaAttention<B> {
     /// reads only its chosen input channels; adapters add their dense outputs on top. Token rows
     /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
     ///
-    /// The projections run dense and masked ([`LoraLinear::forward_out_masked`]): the paper's
-    /// attention sparsities keep 25-80% of the channels, where a sliced product saves less than
-    /// gathering the weight rows and scattering the output back costs (docs/perf.md). The values
-    /// and gradients are those of the sliced products.
+    /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept, q/k/v's frozen bases are
+    /// sliced products on every row ([`Self::sliced_qkv_bases`]), the dense rows recomputed in
+    /// full; where more are kept they run dense and masked
+    /// ([`LoraLinear::forward_out_masked`]), which needs no gather of the weight rows, no
+    /// scatter to full width and no second product of the dense rows. o_proj always runs
+    /// masked. Both forms give the sliced products' values and gradients (docs/perf.md has
+    /// the measurements).
     ///
     /// # Shapes
     /// - as [`Self::forward`]
@@ -128,19 +136,45 @@ impl<B: Backend> LlamaAttention<B> {
         let rows = x.reshape([b * s, d]);
         let drop = sparse.drop_sliced_input_grad;
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
-        let [keep_q, keep_k, keep_v] = [(0, &channels.q), (1, &channels.k), (2, &channels.v)]
-            .map(|(i, idx)| sparse.channel_keep(idx, projections[i].dims().0, dtype));
-        let [q, k, v] = LoraLinear::forward_out_masked_group(
-            projections,
-            rows,
-            [&keep_q, &keep_k, &keep_v],
-            drop,
-        );
+        let kept_q = channels.q.dims()[0] as f64;
+        let [q, k, v] = if kept_q <= SLICED_MAX_KEPT * self.q_proj.dims().0 as f64 {
+            let bases = self.sliced_qkv_bases(rows.clone(), channels, sparse);
+            LoraLinear::add_adapters_group(projections, rows, bases)
+        } else {
+            let [keep_q, keep_k, keep_v] = [(0, &channels.q), (1, &channels.k), (2, &channels.v)]
+                .map(|(i, idx)| sparse.channel_keep(idx, projections[i].dims().0, dtype));
+            LoraLinear::forward_out_masked_group(
+                projections,
+                rows,
+                [&keep_q, &keep_k, &keep_v],
+                drop,
+            )
+        };
         let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
         let keep = sparse.channel_keep(&channels.o, width, dtype);
         self.o_proj
             .forward_in_masked_onto(out.reshape([b * s, width]), &keep, drop, residual)
+    }
+
+    /// q/k/v's frozen base outputs (`[n, out_i]`, no adapter) of the rows `x` (`[n, d_model]`):
+    /// on the sparse rows the sliced products ([`LoraLinear::sliced_out_base`]: zeros outside
+    /// the kept channels), on the dense rows of `sparse.split` the full ones, those rows
+    /// gathered once for the three.
+    fn sliced_qkv_bases(
+        &self,
+        x: Tensor<B, 2>,
+        channels: &AttnChannels<B>,
+        sparse: &SparseForward<'_, B>,
+    ) -> [Tensor<B, 2>; 3] {
+        let drop = sparse.drop_sliced_input_grad;
+        let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let kept = [&channels.q, &channels.k, &channels.v];
+        sparse.rows_each(
+            x,
+            |x| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
+            |x| projections.map(|p| p.dense_base(x.clone(), drop)),
+        )
     }
 
     /// Scaled dot-product attention of projected q/k/v (token rows `[b * s, heads * hd]`), RoPE
@@ -196,6 +230,162 @@ impl<B: Backend> LlamaAttention<B> {
                 grouped_mix::<B, SeamMatmul>(probs, v) // [b, nq, s, hd]
                     .swap_dims(1, 2)
                     .reshape([b, s, nq * hd])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Int, TensorData, Tolerance};
+    use lora::sparse::{ChannelSelector, TokenSplit};
+    use lora::{LoraAdapter, LoraConfig};
+
+    type TestBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+    /// `forward_sparse` is handed its channels; the selector is never asked.
+    struct Unused;
+
+    impl<B: Backend> ChannelSelector<B> for Unused {
+        fn attention(
+            &self,
+            _: usize,
+            _: AttentionProjections<'_, B>,
+            _: Tensor<B, 3>,
+            _: Tensor<B, 2, Bool>,
+        ) -> Option<AttnChannels<B>> {
+            unreachable!()
+        }
+
+        fn mlp(
+            &self,
+            _: usize,
+            _: lora::sparse::MlpProjections<'_, B>,
+            _: Tensor<B, 3>,
+            _: Tensor<B, 2, Bool>,
+        ) -> Option<Tensor<B, 1, Int>> {
+            unreachable!()
+        }
+    }
+
+    fn ints(values: &[i64]) -> Tensor<TestBackend, 1, Int> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &Default::default(),
+        )
+    }
+
+    /// `k` distinct channels of `0..width`, scrambled (`step` coprime with `width`).
+    fn scrambled(width: i64, k: i64, step: i64) -> Vec<i64> {
+        (0..k).map(|i| (i * step + 3) % width).collect()
+    }
+
+    /// The tiny block with random adapters on q, k and v (a fresh B is zero, which would hide
+    /// every A gradient).
+    fn block() -> LlamaAttention<TestBackend> {
+        let device = Default::default();
+        let config = LlamaConfig::preset("tiny").unwrap();
+        let mut attn = LlamaAttention::new(&config, &device);
+        let lora = LoraConfig::new().with_r(4).with_alpha(8.0);
+        for p in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj] {
+            let (out, d_in) = p.dims();
+            let random = |shape: [usize; 2]| {
+                Tensor::<burn::backend::Flex, 2>::random(
+                    shape,
+                    Distribution::Normal(0.0, 0.3),
+                    &device,
+                )
+                .into_data()
+            };
+            p.lora = Some(LoraAdapter::from_weights(
+                &lora,
+                random([4, d_in]),
+                random([out, 4]),
+                &device,
+            ));
+        }
+        attn
+    }
+
+    /// `(q, k, v, dx, every adapter's (dA, dB))` of `sum(probe_i * out_i)`.
+    fn outputs_and_grads(
+        attn: &LlamaAttention<TestBackend>,
+        out: [Tensor<TestBackend, 2>; 3],
+        x: &Tensor<TestBackend, 2>,
+    ) -> Vec<TensorData> {
+        let loss = out
+            .iter()
+            .enumerate()
+            .map(|(i, y)| {
+                let probe = Tensor::<TestBackend, 2>::random(
+                    y.dims(),
+                    Distribution::Normal(0.0, 1.0),
+                    &Default::default(),
+                );
+                (y.clone() * probe * (i + 1) as f64).sum()
+            })
+            .reduce(|a, b| a + b)
+            .unwrap();
+        let grads = loss.backward();
+        let mut data: Vec<TensorData> = out.into_iter().map(|y| y.into_data()).collect();
+        data.push(x.grad(&grads).unwrap().into_data());
+        for p in [&attn.q_proj, &attn.k_proj, &attn.v_proj] {
+            let lora = p.lora.as_ref().unwrap();
+            data.push(lora.lora_a.grad(&grads).unwrap().into_data());
+            data.push(lora.lora_b.grad(&grads).unwrap().into_data());
+        }
+        data
+    }
+
+    /// The two forms `forward_sparse` picks between, under a token split (rows 1 and 4 dense):
+    /// q/k/v bases sliced on every row with the dense rows recomputed in full, and masked-dense
+    /// with the mask sparing the dense rows. Same outputs, same input and adapter gradients,
+    /// with exact gradients and with the reference code's dropped base input gradient.
+    #[test]
+    fn sliced_and_masked_qkv_agree_under_a_token_split() {
+        let device = Default::default();
+        let attn = block();
+        let channels = AttnChannels {
+            q: ints(&scrambled(64, 20, 7)),
+            k: ints(&scrambled(32, 10, 5)),
+            v: ints(&scrambled(32, 9, 11)),
+            o: ints(&scrambled(64, 30, 13)),
+        };
+        let x = Tensor::<TestBackend, 2>::random([6, 64], Distribution::Normal(0.0, 1.0), &device);
+        let projections = [&attn.q_proj, &attn.k_proj, &attn.v_proj];
+        for drop in [false, true] {
+            let sparse = SparseForward {
+                selector: &Unused,
+                split: Some(TokenSplit::from_dense_mask(
+                    &[false, true, false, false, true, false],
+                    &device,
+                )),
+                drop_sliced_input_grad: drop,
+            };
+            // The same probes for both forms.
+            let seed = 17 + u64::from(drop);
+            TestBackend::seed(&device, seed);
+            let x1 = x.clone().require_grad();
+            let bases = attn.sliced_qkv_bases(x1.clone(), &channels, &sparse);
+            let sliced = LoraLinear::add_adapters_group(projections, x1.clone(), bases);
+            let sliced = outputs_and_grads(&attn, sliced, &x1);
+
+            TestBackend::seed(&device, seed);
+            let x2 = x.clone().require_grad();
+            let keeps = [(0, &channels.q), (1, &channels.k), (2, &channels.v)]
+                .map(|(i, idx)| sparse.channel_keep(idx, projections[i].dims().0, DType::F32));
+            let masked = LoraLinear::forward_out_masked_group(
+                projections,
+                x2.clone(),
+                [&keeps[0], &keeps[1], &keeps[2]],
+                drop,
+            );
+            let masked = outputs_and_grads(&attn, masked, &x2);
+
+            let tol = Tolerance::<f32>::absolute(1e-4).set_relative(1e-4);
+            for (got, want) in sliced.iter().zip(&masked) {
+                got.assert_approx_eq::<f32>(want, tol);
             }
         }
     }

@@ -47,7 +47,7 @@ mod rope;
 pub mod sparsity;
 mod tokenizer;
 
-pub use attention::LlamaAttention;
+pub use attention::{LlamaAttention, SLICED_MAX_KEPT};
 pub use cache::KvCache;
 pub use config::{LlamaConfig, RopeScaling, TokenIds, PRESETS};
 pub use error::{LlamaError, Result};

@@ -265,8 +265,10 @@ fn keeping_every_channel_equals_the_dense_model() {
     compare(&LlamaProjection::ALL, channels(), false);
 }
 
+/// q keeps 20 of 64 channels, at most [`llama_burn::SLICED_MAX_KEPT`]: q/k/v are sliced products.
 #[test]
 fn sparse_attention_and_compact_mlp_match_masked_dense() {
+    const { assert!(20.0 <= llama_burn::SLICED_MAX_KEPT * 64.0) };
     compare(
         &[
             LlamaProjection::Q,
@@ -277,6 +279,26 @@ fn sparse_attention_and_compact_mlp_match_masked_dense() {
         random_channels(7),
         true,
     );
+}
+
+/// q keeps 44 of 64 channels, more than [`llama_burn::SLICED_MAX_KEPT`]: q/k/v run masked-dense.
+#[test]
+fn sparse_attention_keeping_most_channels_matches_masked_dense() {
+    const { assert!(44.0 > llama_burn::SLICED_MAX_KEPT * 64.0) };
+    let mut channels = random_channels(5);
+    channels.attn[0] = Some([
+        subset(64, 44, 21),
+        subset(32, 22, 22),
+        subset(32, 25, 23),
+        subset(64, 50, 24),
+    ]);
+    channels.attn[1] = Some([
+        subset(64, 12, 25),
+        subset(32, 6, 26),
+        subset(32, 7, 27),
+        subset(64, 12, 28),
+    ]);
+    compare(&LlamaProjection::ATTENTION, channels, true);
 }
 
 #[test]

@@ -86,31 +86,98 @@ impl<B: Backend> LoraLinear<B> {
         keeps: [&ChannelKeep<B>; 3],
         drop_base_input_grad: bool,
     ) -> [Tensor<B, 2>; 3] {
-        let Some(adapters) = Self::group_adapters(projections, &x) else {
-            return [0, 1, 2].map(|i| {
-                projections[i].forward_out_masked(x.clone(), keeps[i], drop_base_input_grad)
-            });
-        };
-        let bases = [0, 1, 2].map(|i| {
-            let p = projections[i];
-            let base_input = p.base_input(x.clone(), drop_base_input_grad);
-            FrozenBase::Output(keeps[i].apply(sparse_ops::linear(base_input, p.weight.val())))
-        });
-        sparse_ops::lora_linear_group(x, group_members(bases, adapters))
+        let bases = [0, 1, 2]
+            .map(|i| projections[i].masked_out_base(x.clone(), keeps[i], drop_base_input_grad));
+        Self::add_adapters_group(projections, x, bases)
+    }
+
+    /// Three projections reading the same `x` whose frozen bases' outputs were computed by the
+    /// caller (`bases[i]`: `[n, out_i]`, e.g. SparseLoRA's sliced or masked forms): each
+    /// adapter's update of `x` added onto its base, the three adapters' products with `x` taken
+    /// together as in [`Self::forward_group`] when each projection carries one.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `bases[i]` and outputs `[n, out_i]`
+    pub fn add_adapters_group(
+        projections: [&Self; 3],
+        x: Tensor<B, 2>,
+        bases: [Tensor<B, 2>; 3],
+    ) -> [Tensor<B, 2>; 3] {
+        match Self::group_adapters(projections, &x) {
+            Some(adapters) => {
+                let members = group_members(bases.map(FrozenBase::Output), adapters);
+                sparse_ops::lora_linear_group(x, members)
+            }
+            None => {
+                let mut bases = bases.into_iter();
+                projections.map(|p| {
+                    let base = bases.next().expect("one base per projection");
+                    p.add_adapter(base, x.clone())
+                })
+            }
+        }
     }
 
     /// Each projection's adapter weights in the dtype the fused op takes and its scaling, when
-    /// every one of them carries an adapter that it can take (see [`fused_weights`]).
+    /// every one of them carries an adapter that it can take (see [`fused_weights`]); no
+    /// weight is cast unless all three carry one.
     fn group_adapters(projections: [&Self; 3], x: &Tensor<B, 2>) -> Option<[GroupAdapter<B>; 3]> {
-        let adapters = projections.map(|p| {
-            let lora = p.lora.as_ref()?;
-            let (a, b) = fused_weights(lora, x, p.weight.dtype())?;
-            Some((a, b, lora.scaling))
-        });
-        let [Some(q), Some(k), Some(v)] = adapters else {
+        let [Some(q), Some(k), Some(v)] = projections.map(|p| p.lora.as_ref()) else {
+            return None;
+        };
+        let dtypes = projections.map(|p| p.weight.dtype());
+        let [Some(q), Some(k), Some(v)] =
+            [(q, dtypes[0]), (k, dtypes[1]), (v, dtypes[2])].map(|(lora, dtype)| {
+                let (a, b) = fused_weights(lora, x, dtype)?;
+                Some((a, b, lora.scaling))
+            })
+        else {
             return None;
         };
         Some([q, k, v])
+    }
+
+    /// The frozen base's output on the output channels `idx` only (`x W[idx, :]^T`, the kept
+    /// weight rows gathered), scattered into a full-width output with zeros elsewhere: the
+    /// base part of [`Self::forward_out_sliced`]. With `drop_base_input_grad` and an adapter, no
+    /// gradient flows to `x` through it.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..out`, output `[n, out]`
+    pub fn sliced_out_base(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let (out, _) = self.dims();
+        let base_input = self.base_input(x, drop_base_input_grad);
+        // The kept rows gathered by one kernel on burn-wgpu/burn-cuda (burn's `select`
+        // elsewhere), unpadded: the scatter reads exactly `k` channels.
+        let k = idx.dims()[0];
+        let weight = self.weight.val();
+        let kept = sparse_ops::linear_out_sliced_padded(base_input, weight, idx.clone(), k);
+        sparse_ops::scatter_channels(kept, idx.clone(), out)
+    }
+
+    /// The frozen base's full output `x W^T` (no adapter), with the gradient to `x` dropped as
+    /// in [`Self::sliced_out_base`]: the dense token rows' part of a sliced projection.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, output `[n, out]`
+    pub fn dense_base(&self, x: Tensor<B, 2>, drop_base_input_grad: bool) -> Tensor<B, 2> {
+        sparse_ops::linear(self.base_input(x, drop_base_input_grad), self.weight.val())
+    }
+
+    /// The frozen base's full output with the channels `keep` drops zeroed on its sparse rows:
+    /// the base part of [`Self::forward_out_masked`].
+    fn masked_out_base(
+        &self,
+        x: Tensor<B, 2>,
+        keep: &ChannelKeep<B>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        keep.apply(self.dense_base(x, drop_base_input_grad))
     }
 
     /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
@@ -127,10 +194,7 @@ impl<B: Backend> LoraLinear<B> {
         idx: &Tensor<B, 1, Int>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        let (out, _) = self.dims();
-        let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let kept = sparse_ops::linear_out_sliced(base_input, self.weight.val(), idx.clone());
-        let base = sparse_ops::scatter_channels(kept, idx.clone(), out);
+        let base = self.sliced_out_base(x.clone(), idx, drop_base_input_grad);
         self.add_adapter(base, x)
     }
 
@@ -162,8 +226,7 @@ impl<B: Backend> LoraLinear<B> {
         keep: &ChannelKeep<B>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let base = keep.apply(sparse_ops::linear(base_input, self.weight.val()));
+        let base = self.masked_out_base(x.clone(), keep, drop_base_input_grad);
         self.add_adapter(base, x)
     }
 

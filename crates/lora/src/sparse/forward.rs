@@ -65,6 +65,18 @@ impl<B: Backend> TokenSplit<B> {
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
+        let [y] = self.apply_each(x, |x| [sparse_fn(x)], |x| [dense_fn(x)]);
+        y
+    }
+
+    /// [`Self::apply`] for functions with `N` outputs (`[n, out_i]` each; the dense rows of
+    /// `x` are gathered once for all of them), as attention's q, k and v read one input.
+    pub fn apply_each<const N: usize>(
+        &self,
+        x: Tensor<B, 2>,
+        sparse_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+        dense_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+    ) -> [Tensor<B, 2>; N] {
         let Some(DenseRows { rows, .. }) = &self.dense else {
             return sparse_fn(x);
         };
@@ -73,7 +85,11 @@ impl<B: Backend> TokenSplit<B> {
         }
         let dense = dense_fn(sparse_ops::gather_rows(x.clone(), rows.clone()));
         let sparse = sparse_fn(x);
-        sparse_ops::replace_rows(sparse, rows.clone(), dense)
+        let mut dense = dense.into_iter();
+        sparse.map(|y| {
+            let values = dense.next().expect("as many dense outputs as sparse ones");
+            sparse_ops::replace_rows(y, rows.clone(), values)
+        })
     }
 
     /// What zeroes the channels outside `kept` on the sparse rows of an `[n, width]` activation
@@ -132,6 +148,19 @@ impl<B: Backend> SparseForward<'_, B> {
     ) -> Tensor<B, 2> {
         match &self.split {
             Some(split) => split.apply(x, sparse_fn, dense_fn),
+            None => sparse_fn(x),
+        }
+    }
+
+    /// [`Self::rows`] for functions with `N` outputs ([`TokenSplit::apply_each`]).
+    pub fn rows_each<const N: usize>(
+        &self,
+        x: Tensor<B, 2>,
+        sparse_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+        dense_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+    ) -> [Tensor<B, 2>; N] {
+        match &self.split {
+            Some(split) => split.apply_each(x, sparse_fn, dense_fn),
             None => sparse_fn(x),
         }
     }
