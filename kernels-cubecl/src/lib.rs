@@ -102,7 +102,9 @@ pub mod reference {
     pub use crate::attention::reference::{causal_attention, grouped_causal_attention};
     pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
     pub use crate::channel_mask::reference::{keep_mask, mask_channels};
-    pub use crate::channel_scatter::reference::{scatter_add_columns, scatter_columns};
+    pub use crate::channel_scatter::reference::{
+        gather_columns, scatter_add_columns, scatter_columns,
+    };
     pub use crate::cross_entropy::reference::row_nll;
     pub use crate::gather_padded::reference::{gather_columns_padded, gather_rows_padded};
     pub use crate::gram_norms::reference::{masked_gram, quadratic_form_norms};
@@ -110,7 +112,7 @@ pub mod reference {
     pub use crate::mlp_scores::reference::{mlp_channel_scores, mlp_channel_scores_of_factors};
     pub use crate::rms_norm::reference::rms_norm;
     pub use crate::rope::reference::{rope, rope_grouped};
-    pub use crate::row_merge::reference::{gather_rows, replace_rows};
+    pub use crate::row_merge::reference::{add_rows, gather_rows, replace_rows};
     pub use crate::sequence_mean::reference::sequence_means;
     pub use crate::swiglu::reference::swiglu;
     pub use crate::top_k::reference::top_k;

@@ -235,6 +235,31 @@ fn scatter_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device
     ]
 }
 
+fn column_gather_run<B: AutodiffBackend>(
+    fused: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    // o_proj's input in a math10k-config block: 1024 of 4096 channels over 4096 tokens; `x` also
+    // read by another op, whose gradient share the scatter backward adds into.
+    let (rows, width) = (4096, 4096);
+    let kept_cols: Vec<i64> = (0..width as i64)
+        .map(|c| (c * 1_657) % 4096)
+        .take(1024)
+        .collect();
+    let k = kept_cols.len();
+    let x = load::<B, 2>(&data([rows, width], 18, 1.0, 0.1), dtype, device).require_grad();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(kept_cols, [k]), device);
+    let r = load::<B, 2>(&data([rows, k], 19, 1.0, 0.0), dtype, device);
+    let out = if fused {
+        kernels_cubecl::channel_scatter::gather_columns(x.clone(), idx)
+    } else {
+        reference::gather_columns(x.clone(), idx)
+    };
+    let grads = ((out.clone() * r).sum() + (x.clone() * 0.5).sum()).backward();
+    vec![values(out), values(x.grad(&grads).unwrap())]
+}
+
 fn mask_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
     // q_proj of a csr-config block: 3276 of 4096 channels kept over 4096 tokens, the last 3
     // tokens of each 512-token sequence dense (the answer tokens).
@@ -400,6 +425,47 @@ fn row_merge_run<B: AutodiffBackend>(
     // with the residual stream's, so the backward zeroes its rows in a copy.
     let grads = ((out.clone() + x.clone()) * r).sum().backward();
     vec![values(out), values(x.grad(&grads).unwrap())]
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn column_gather_on_cuda() {
+    // The gather forward; backward the position map (2 launches) and the scatter, added into
+    // the other reader's share when that was registered first.
+    check_launches(
+        "column_gather",
+        column_gather_run::<AC>,
+        column_gather_run::<AF>,
+        4,
+    );
+}
+
+fn row_add_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -> Vec<Vec<f32>> {
+    // A math-config token split (the last 128 tokens of each 512-token sequence dense) at
+    // LLaMA3-8B's width: the dense rows' correction added onto the sparse path's output.
+    let (n, d) = (4096, 4096);
+    let rows: Vec<i64> = (0..n as i64).filter(|r| r % 512 >= 384).collect();
+    let m = rows.len();
+    let x = load::<B, 2>(&data([n, d], 22, 1.0, 0.0), dtype, device).require_grad();
+    let r = load::<B, 2>(&data([n, d], 23, 1.0, 0.0), dtype, device);
+    let rows = || Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [m]), device);
+    let out = if fused {
+        let correction = kernels_cubecl::row_merge::gather_rows(x.clone(), rows()) * 2.0;
+        kernels_cubecl::row_merge::add_rows(x.clone() * 3.0, rows(), correction)
+    } else {
+        let correction = reference::gather_rows(x.clone(), rows()) * 2.0;
+        reference::add_rows(x.clone() * 3.0, rows(), correction)
+    };
+    let grads = (out.clone() * r).sum().backward();
+    vec![values(out), values(x.grad(&grads).unwrap())]
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn row_add_on_cuda() {
+    // Gather and add forward; the added rows' gather and the first gather's scatter (added
+    // into the other share) backward.
+    check_launches("row_add", row_add_run::<AC>, row_add_run::<AF>, 4);
 }
 
 #[test]

@@ -1135,6 +1135,57 @@ fn channel_scatter_matches_reference() {
     scatter_case(3, 6, &[5, 4, 3, 2, 1, 0], 104); // every column
 }
 
+/// The column gather (an input-sliced product's kept input channels) against `select`: forward,
+/// and the gradient of `x` when the gather is its only reader (the scatter into zeros) and when
+/// another reader registered its share first (the scatter added into it).
+fn column_gather_case(rows: usize, width: usize, kept_cols: &[i64], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let k = kept_cols.len();
+    let x = data([rows, width], seed, 1.0, 0.1);
+    let r = data([rows, k], seed + 1, 1.0, 0.0);
+    let what = format!("column gather rows={rows} width={width} k={k}");
+
+    let fused = launches(1, &what, || {
+        channel_scatter::gather_columns(tensor::<W, 2>(&x, &dw), targets::<W>(kept_cols, &dw))
+    });
+    let expected =
+        reference::gather_columns(tensor::<Flex, 2>(&x, &df), targets::<Flex>(kept_cols, &df));
+    assert_close(fused, expected, &what);
+
+    for other_reader in [false, true] {
+        let xw = tensor::<AW, 2>(&x, &dw).require_grad();
+        let out = channel_scatter::gather_columns(xw.clone(), targets::<AW>(kept_cols, &dw));
+        let mut loss = (out.clone() * tensor(&r, &dw)).sum();
+        if other_reader {
+            loss = loss + (xw.clone() * xw.clone()).sum();
+        }
+        let grads = loss.backward();
+        let xf = tensor::<AF, 2>(&x, &df).require_grad();
+        let out_ref = reference::gather_columns(xf.clone(), targets::<AF>(kept_cols, &df));
+        let mut loss_ref = (out_ref.clone() * tensor(&r, &df)).sum();
+        if other_reader {
+            loss_ref = loss_ref + (xf.clone() * xf.clone()).sum();
+        }
+        let grads_ref = loss_ref.backward();
+        let what = format!("{what} other reader {other_reader}");
+        assert_close(out, out_ref, &format!("{what} autodiff"));
+        assert_close(
+            xw.grad(&grads).unwrap(),
+            xf.grad(&grads_ref).unwrap(),
+            &format!("{what} dx"),
+        );
+    }
+}
+
+#[test]
+fn column_gather_matches_reference() {
+    let _serial = serial();
+    column_gather_case(5, 16, &[3, 0, 15, 7], 111); // unsorted, both ends
+    column_gather_case(33, 1000, &(0..1000).step_by(4).collect::<Vec<_>>(), 112);
+    column_gather_case(2, 9, &[4], 113);
+    column_gather_case(3, 6, &[5, 4, 3, 2, 1, 0], 114); // every column
+}
+
 // ---------------------------------------------------------------------------------------------
 // Channel mask (masked-dense SparseLoRA projections)
 
@@ -1985,6 +2036,60 @@ fn row_merge_case(n: usize, d: usize, rows: &[i64], residual: bool, seed: u64) {
         tensor::<Flex, 2>(&x, &df),
         &format!("{what} base kept"),
     );
+}
+
+/// The dense rows' correction added onto the sparse path's output (`add_rows`): forward and dx
+/// against burn's `select_assign`, and a base still held elsewhere left as it was.
+fn row_add_case(n: usize, d: usize, rows: &[i64], seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let x = data([n, d], seed, 1.0, 0.0);
+    let r = data([n, d], seed + 1, 1.0, 0.0);
+    let what = format!("row_add n={n} d={d} m={}", rows.len());
+
+    let xw = tensor::<AW, 2>(&x, &dw).require_grad();
+    let out = launches(2, &what, || {
+        let correction = row_merge::gather_rows(xw.clone(), row_tensor(rows, &dw)) * 2.0;
+        let sparse = xw.clone() * 3.0; // a fresh buffer: added into in place
+        row_merge::add_rows(sparse, row_tensor(rows, &dw), correction)
+    });
+    // Backward: the added rows' gather, the first gather's scatter.
+    let grads = launches(2, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let xf = tensor::<AF, 2>(&x, &df).require_grad();
+    let correction = row_merge::reference::gather_rows(xf.clone(), row_tensor(rows, &df)) * 2.0;
+    let out_ref =
+        row_merge::reference::add_rows(xf.clone() * 3.0, row_tensor(rows, &df), correction);
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &what);
+    assert_close(
+        xw.grad(&grads).unwrap(),
+        xf.grad(&grads_ref).unwrap(),
+        &format!("{what} dx"),
+    );
+
+    let base = tensor::<W, 2>(&x, &dw);
+    let values = tensor::<W, 2>(&data([rows.len(), d], seed + 2, 1.0, 0.0), &dw);
+    let added = row_merge::add_rows(base.clone(), row_tensor(rows, &dw), values.clone());
+    let expected = row_merge::reference::add_rows(
+        tensor::<Flex, 2>(&x, &df),
+        row_tensor(rows, &df),
+        Tensor::from_data(values.into_data(), &df),
+    );
+    assert_close(added, expected, &format!("{what} shared base"));
+    assert_close(
+        base,
+        tensor::<Flex, 2>(&x, &df),
+        &format!("{what} base kept"),
+    );
+}
+
+#[test]
+fn row_add_matches_reference() {
+    let _serial = serial();
+    row_add_case(12, 16, &[11, 0, 5], 131); // unsorted, both ends, vectorised
+    row_add_case(9, 6, &[4], 132); // a width of 6: narrow vectors
+    row_add_case(64, 40, &(0..64).step_by(3).collect::<Vec<_>>(), 133);
 }
 
 #[test]

@@ -3,9 +3,9 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
-use lora::sparse::{AttentionProjections, AttnChannels, SparseForward};
+use lora::sparse::{AttentionProjections, AttnChannels, ChannelKeep, SparseForward};
 use lora::LoraLinear;
 
 use kernels_cubecl::attention::reference::{grouped_mix, grouped_scores};
@@ -112,13 +112,13 @@ impl<B: Backend> LlamaAttention<B> {
     /// reads only its chosen input channels; adapters add their dense outputs on top. Token rows
     /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
     ///
-    /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept, q/k/v's frozen bases are
-    /// sliced products on every row ([`Self::sliced_qkv_bases`]), the dense rows recomputed in
-    /// full; where more are kept they run dense and masked
-    /// ([`LoraLinear::forward_out_masked`]), which needs no gather of the weight rows, no
-    /// scatter to full width and no second product of the dense rows. o_proj always runs
-    /// masked. Both forms give the sliced products' values and gradients (docs/perf.md has
-    /// the measurements).
+    /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept, the frozen bases are sliced
+    /// products on every row, the dense rows recomputed in full for q/k/v
+    /// ([`Self::sliced_qkv_bases`]) and corrected for o_proj ([`Self::sliced_o_onto`]); where
+    /// more are kept they run dense and masked ([`LoraLinear::forward_out_masked`],
+    /// [`LoraLinear::forward_in_masked_onto`]), which needs no gather of weights or inputs, no
+    /// scatter to full width and no second product of the dense rows. Both forms give the sliced
+    /// products' values and gradients (docs/perf.md has the measurements).
     ///
     /// # Shapes
     /// - as [`Self::forward`]
@@ -137,7 +137,8 @@ impl<B: Backend> LlamaAttention<B> {
         let drop = sparse.drop_sliced_input_grad;
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let kept_q = channels.q.dims()[0] as f64;
-        let [q, k, v] = if kept_q <= SLICED_MAX_KEPT * self.q_proj.dims().0 as f64 {
+        let sliced = kept_q <= SLICED_MAX_KEPT * self.q_proj.dims().0 as f64;
+        let [q, k, v] = if sliced {
             let bases = self.sliced_qkv_bases(rows.clone(), channels, sparse);
             LoraLinear::add_adapters_group(projections, rows, bases)
         } else {
@@ -152,9 +153,13 @@ impl<B: Backend> LlamaAttention<B> {
         };
         let out = self.attend(q, k, v, [b, s], rope, mask, None);
         let width = out.dims()[2];
+        let out = out.reshape([b * s, width]);
+        if sliced {
+            return self.sliced_o_onto(out, &channels.o, residual, sparse);
+        }
         let keep = sparse.channel_keep(&channels.o, width, dtype);
         self.o_proj
-            .forward_in_masked_onto(out.reshape([b * s, width]), &keep, drop, residual)
+            .forward_in_masked_onto(out, &keep, drop, residual)
     }
 
     /// q/k/v's frozen base outputs (`[n, out_i]`, no adapter) of the rows `x` (`[n, d_model]`):
@@ -171,10 +176,37 @@ impl<B: Backend> LlamaAttention<B> {
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let kept = [&channels.q, &channels.k, &channels.v];
         sparse.rows_each(
-            x,
-            |x| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
-            |x| projections.map(|p| p.dense_base(x.clone(), drop)),
+            [x],
+            |[x]| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
+            |[x]| projections.map(|p| p.dense_base(x.clone(), drop)),
         )
+    }
+
+    /// `residual + o_proj(x)` with o_proj's frozen base reading only the input channels `kept`
+    /// on the sparse rows ([`LoraLinear::sliced_in_base_onto`]); the dense rows of
+    /// `sparse.split` then get the product of the channels it dropped added
+    /// ([`SparseForward::add_to_dense_rows`]: no gather of the residual, no second product of
+    /// the kept channels), and the adapter reads every channel of every row.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, n_heads * head_dim]`, `kept`: `[k]`, `residual` and output `[b, s, d_model]`
+    fn sliced_o_onto(
+        &self,
+        x: Tensor<B, 2>,
+        kept: &Tensor<B, 1, Int>,
+        residual: Tensor<B, 3>,
+        sparse: &SparseForward<'_, B>,
+    ) -> Tensor<B, 3> {
+        let drop = sparse.drop_sliced_input_grad;
+        let o = &self.o_proj;
+        let [n, width] = x.dims();
+        let base = o.sliced_in_base_onto(x.clone(), kept, drop, residual);
+        let [b, s, d] = base.dims();
+        let dropped = ChannelKeep::complement_of(kept.clone(), width, x.dtype());
+        let base = sparse.add_to_dense_rows(base.reshape([n, d]), x.clone(), |x| {
+            o.dense_base(dropped.apply(x), drop)
+        });
+        o.add_adapter_onto(base.reshape([b, s, d]), x)
     }
 
     /// Scaled dot-product attention of projected q/k/v (token rows `[b * s, heads * hd]`), RoPE
@@ -238,7 +270,7 @@ impl<B: Backend> LlamaAttention<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Int, TensorData, Tolerance};
+    use burn::tensor::{Distribution, TensorData, Tolerance};
     use lora::sparse::{ChannelSelector, TokenSplit};
     use lora::{LoraAdapter, LoraConfig};
 
@@ -281,14 +313,19 @@ mod tests {
         (0..k).map(|i| (i * step + 3) % width).collect()
     }
 
-    /// The tiny block with random adapters on q, k and v (a fresh B is zero, which would hide
+    /// The tiny block with random adapters on q, k, v and o (a fresh B is zero, which would hide
     /// every A gradient).
     fn block() -> LlamaAttention<TestBackend> {
         let device = Default::default();
         let config = LlamaConfig::preset("tiny").unwrap();
         let mut attn = LlamaAttention::new(&config, &device);
         let lora = LoraConfig::new().with_r(4).with_alpha(8.0);
-        for p in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj] {
+        for p in [
+            &mut attn.q_proj,
+            &mut attn.k_proj,
+            &mut attn.v_proj,
+            &mut attn.o_proj,
+        ] {
             let (out, d_in) = p.dims();
             let random = |shape: [usize; 2]| {
                 Tensor::<burn::backend::Flex, 2>::random(
@@ -312,19 +349,13 @@ mod tests {
     fn outputs_and_grads(
         attn: &LlamaAttention<TestBackend>,
         out: [Tensor<TestBackend, 2>; 3],
+        probes: &[Tensor<TestBackend, 2>; 3],
         x: &Tensor<TestBackend, 2>,
     ) -> Vec<TensorData> {
         let loss = out
             .iter()
-            .enumerate()
-            .map(|(i, y)| {
-                let probe = Tensor::<TestBackend, 2>::random(
-                    y.dims(),
-                    Distribution::Normal(0.0, 1.0),
-                    &Default::default(),
-                );
-                (y.clone() * probe * (i + 1) as f64).sum()
-            })
+            .zip(probes)
+            .map(|(y, probe)| (y.clone() * probe.clone()).sum())
             .reduce(|a, b| a + b)
             .unwrap();
         let grads = loss.backward();
@@ -354,6 +385,13 @@ mod tests {
         };
         let x = Tensor::<TestBackend, 2>::random([6, 64], Distribution::Normal(0.0, 1.0), &device);
         let projections = [&attn.q_proj, &attn.k_proj, &attn.v_proj];
+        let probes = projections.map(|p| {
+            Tensor::<TestBackend, 2>::random(
+                [6, p.dims().0],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+        });
         for drop in [false, true] {
             let sparse = SparseForward {
                 selector: &Unused,
@@ -363,15 +401,11 @@ mod tests {
                 )),
                 drop_sliced_input_grad: drop,
             };
-            // The same probes for both forms.
-            let seed = 17 + u64::from(drop);
-            TestBackend::seed(&device, seed);
             let x1 = x.clone().require_grad();
             let bases = attn.sliced_qkv_bases(x1.clone(), &channels, &sparse);
             let sliced = LoraLinear::add_adapters_group(projections, x1.clone(), bases);
-            let sliced = outputs_and_grads(&attn, sliced, &x1);
+            let sliced = outputs_and_grads(&attn, sliced, &probes, &x1);
 
-            TestBackend::seed(&device, seed);
             let x2 = x.clone().require_grad();
             let keeps = [(0, &channels.q), (1, &channels.k), (2, &channels.v)]
                 .map(|(i, idx)| sparse.channel_keep(idx, projections[i].dims().0, DType::F32));
@@ -381,10 +415,59 @@ mod tests {
                 [&keeps[0], &keeps[1], &keeps[2]],
                 drop,
             );
-            let masked = outputs_and_grads(&attn, masked, &x2);
+            let masked = outputs_and_grads(&attn, masked, &probes, &x2);
 
             let tol = Tolerance::<f32>::absolute(1e-4).set_relative(1e-4);
             for (got, want) in sliced.iter().zip(&masked) {
+                got.assert_approx_eq::<f32>(want, tol);
+            }
+        }
+    }
+
+    /// o_proj's two forms under a token split (rows 1 and 4 dense): the base reading only the
+    /// kept input channels with the dense rows' dropped channels added, and masked-dense. Same
+    /// output, same gradients of the input, the residual and the adapter.
+    #[test]
+    fn sliced_and_masked_o_agree_under_a_token_split() {
+        let device = Default::default();
+        let attn = block();
+        let kept = ints(&scrambled(64, 23, 13));
+        let x = Tensor::<TestBackend, 2>::random([6, 64], Distribution::Normal(0.0, 1.0), &device);
+        let residual =
+            Tensor::<TestBackend, 3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
+        let probe =
+            Tensor::<TestBackend, 3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
+        for drop in [false, true] {
+            let sparse = SparseForward {
+                selector: &Unused,
+                split: Some(TokenSplit::from_dense_mask(
+                    &[false, true, false, false, true, false],
+                    &device,
+                )),
+                drop_sliced_input_grad: drop,
+            };
+            let run = |sliced: bool| {
+                let x = x.clone().require_grad();
+                let residual = residual.clone().require_grad();
+                let y = if sliced {
+                    attn.sliced_o_onto(x.clone(), &kept, residual.clone(), &sparse)
+                } else {
+                    let keep = sparse.channel_keep(&kept, 64, DType::F32);
+                    attn.o_proj
+                        .forward_in_masked_onto(x.clone(), &keep, drop, residual.clone())
+                };
+                let grads = (y.clone() * probe.clone()).sum().backward();
+                let lora = attn.o_proj.lora.as_ref().unwrap();
+                [
+                    y.into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    residual.grad(&grads).unwrap().into_data(),
+                    lora.lora_a.grad(&grads).unwrap().into_data(),
+                    lora.lora_b.grad(&grads).unwrap().into_data(),
+                ]
+            };
+            let tol = Tolerance::<f32>::absolute(1e-4).set_relative(1e-4);
+            for (got, want) in run(true).iter().zip(&run(false)) {
                 got.assert_approx_eq::<f32>(want, tol);
             }
         }

@@ -2,7 +2,7 @@
 //! Its own module, below both `linear` (which applies it) and `sparse` (which builds it), so that
 //! neither imports the other for it.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 /// Which channels a masked-dense projection keeps on which token rows
 /// (`SparseForward::channel_keep`): applied to an `[n, width]` activation it zeroes the
@@ -25,6 +25,13 @@ impl<B: Backend> ChannelKeep<B> {
             keep: Some(keep),
             dense_rows,
         }
+    }
+
+    /// The channels outside `kept` on every row, those in it zeroed: what a dense row adds to
+    /// an input-sliced product that read only `kept` (`llama_burn`'s sliced o_proj).
+    pub fn complement_of(kept: Tensor<B, 1, Int>, width: usize, dtype: DType) -> Self {
+        let keep = sparse_ops::keep_mask(kept, width, dtype);
+        Self::new(keep.ones_like() - keep, None)
     }
 
     /// Every channel on every row (all rows dense).

@@ -160,6 +160,23 @@ impl<B: Backend> LoraLinear<B> {
         sparse_ops::scatter_channels(kept, idx.clone(), out)
     }
 
+    /// `addend + x[:, idx] W[:, idx]^T`: the frozen base reading only its input channels `idx`,
+    /// added onto `addend` (the residual) by the product's epilogue where the seam can; no
+    /// adapter. With `drop_base_input_grad` and an adapter, no gradient flows to `x` through it.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..in`, `addend` and output `[..., out]` with `n` rows
+    pub fn sliced_in_base_onto<const E: usize>(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+        addend: Tensor<B, E>,
+    ) -> Tensor<B, E> {
+        let base_input = self.base_input(x, drop_base_input_grad);
+        sparse_ops::linear_in_sliced_onto(base_input, self.weight.val(), idx.clone(), addend)
+    }
+
     /// The frozen base's full output `x W^T` (no adapter), with the gradient to `x` dropped as
     /// in [`Self::sliced_out_base`]: the dense token rows' part of a sliced projection.
     ///
@@ -259,9 +276,8 @@ impl<B: Backend> LoraLinear<B> {
         x: Tensor<B, D>,
         residual: Tensor<B, E>,
     ) -> Tensor<B, E> {
-        let dims = residual.dims();
         let base = sparse_ops::linear_onto(x.clone(), self.weight.val(), residual);
-        self.add_adapter_onto(base, x, dims)
+        self.add_adapter_onto(base, x)
     }
 
     /// `residual + self.forward_in_masked(x, keep, drop_base_input_grad)`, the add done as in
@@ -277,22 +293,26 @@ impl<B: Backend> LoraLinear<B> {
         drop_base_input_grad: bool,
         residual: Tensor<B, E>,
     ) -> Tensor<B, E> {
-        let dims = residual.dims();
         let base_input = keep.apply(self.base_input(x.clone(), drop_base_input_grad));
         let base = sparse_ops::linear_onto(base_input, self.weight.val(), residual);
-        self.add_adapter_onto(base, x, dims)
+        self.add_adapter_onto(base, x)
     }
 
-    /// [`Self::add_adapter`] for a base in the residual's shape `dims`.
-    fn add_adapter_onto<const D: usize, const E: usize>(
+    /// The adapter's update of `x` added onto `base`, a frozen base's output computed by the
+    /// caller in the shape of the residual it was added onto (e.g. SparseLoRA's sliced o_proj):
+    /// `base` itself without an adapter.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, `base` and output `[..., out]` with as many rows as `x`
+    pub fn add_adapter_onto<const D: usize, const E: usize>(
         &self,
         base: Tensor<B, E>,
         x: Tensor<B, D>,
-        dims: [usize; E],
     ) -> Tensor<B, E> {
         if self.lora.is_none() {
             return base;
         }
+        let dims = base.dims();
         let mut x_dims = x.dims();
         x_dims[D - 1] = dims[E - 1];
         let y = self.add_adapter(sparse_ops::reshaped(base, x_dims), x);

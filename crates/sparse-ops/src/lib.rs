@@ -18,11 +18,11 @@ mod sliced;
 // burn-wgpu/burn-cuda, burn ops elsewhere).
 pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
 // The token split's row moves: the dense rows gathered out, their results written back over the
-// sparse ones (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
-pub use kernels_cubecl::row_merge::{gather_rows, replace_rows};
+// sparse ones or added onto them (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
+pub use kernels_cubecl::row_merge::{add_rows, gather_rows, replace_rows};
 pub use linear::{linear, linear_onto, matmul_batched, reshaped, SeamMatmul};
 pub use lora::{lora_linear, lora_linear_group, FrozenBase, GroupMember};
 pub use sliced::{
-    linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_out_sliced,
-    linear_out_sliced_padded, padded_width, scatter_channels,
+    linear_in_compact, linear_in_compact_padded, linear_in_sliced, linear_in_sliced_onto,
+    linear_out_sliced, linear_out_sliced_padded, padded_width, scatter_channels,
 };

@@ -10,7 +10,7 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor};
 
-use crate::linear;
+use crate::{linear, linear_onto, reshaped};
 
 /// `x W[idx, :]^T`: the kept output channels only.
 ///
@@ -27,6 +27,10 @@ pub fn linear_out_sliced<B: Backend, const D: usize>(
 
 /// `x[..., idx] W[:, idx]^T`: a projection that reads only the kept input channels.
 ///
+/// The kept columns of `x` and of the frozen weight are gathered by one kernel each on
+/// burn-wgpu/burn-cuda (`kernels_cubecl::channel_scatter::gather_columns`, whose backward
+/// scatters `dX`'s kept columns, and [`kernels_cubecl::gather_padded`]); `select` elsewhere.
+///
 /// # Shapes
 /// - `x`: `[..., in]` (full width), `weight`: `[out, in]`, `idx`: `[k]` (indices into `0..in`)
 /// - output: `[..., out]`
@@ -35,7 +39,41 @@ pub fn linear_in_sliced<B: Backend, const D: usize>(
     weight: Tensor<B, 2>,
     idx: Tensor<B, 1, Int>,
 ) -> Tensor<B, D> {
-    linear(x.select(D - 1, idx.clone()), weight.select(1, idx))
+    let mut dims = x.dims();
+    dims[D - 1] = weight.dims()[0];
+    let (x_kept, weight_kept) = kept_columns(x, weight, idx);
+    reshaped(linear(x_kept, weight_kept), dims)
+}
+
+/// `addend + x[:, idx] W[:, idx]^T` ([`linear_in_sliced`] added onto a tensor by the product's
+/// epilogue where the seam can, as [`crate::linear_onto`]), in the addend's shape.
+///
+/// # Shapes
+/// - `x`: `[n, in]`, `weight`: `[out, in]`, `idx`: `[k]`, `addend` and output `[..., out]` with
+///   `n` rows
+pub fn linear_in_sliced_onto<B: Backend, const E: usize>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+    addend: Tensor<B, E>,
+) -> Tensor<B, E> {
+    let (x_kept, weight_kept) = kept_columns(x, weight, idx);
+    linear_onto(x_kept, weight_kept, addend)
+}
+
+/// The kept input channels `idx` of `x` (as token rows, `[n, k]`) and of `weight` (`[out, k]`).
+fn kept_columns<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product();
+    let x = reshaped(x, [rows, dims[D - 1]]);
+    let k = idx.dims()[0];
+    let x_kept = kernels_cubecl::channel_scatter::gather_columns(x, idx.clone());
+    let weight_kept = kernels_cubecl::gather_padded::gather_columns_padded(weight, idx, k);
+    (x_kept, weight_kept)
 }
 
 /// [`linear_in_sliced`] when the input is already compact (`x_kept = x[..., idx]`), as in the

@@ -1,6 +1,7 @@
 //! The column scatter under `Autodiff`: the fused forward, recording [`ScatterBackward`] (no
 //! base) or [`ScatterAddBackward`], whose state is the indices: the base's gradient is the
-//! output's, the kept values' is the output gradient's kept columns.
+//! output's, the kept values' is the output gradient's kept columns. The column gather records
+//! [`GatherBackward`], a scatter.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -12,6 +13,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use super::kernel;
 use crate::dispatch::Cube;
 use crate::gather_padded::kernel::gather_columns;
+use crate::gradient_sum::register_summed;
 
 /// Backward of `out = scatter(kept, idx)`: `dkept = dout[:, idx]`.
 #[derive(Debug)]
@@ -105,6 +107,64 @@ pub(super) fn scatter_add<C: Cube>(
     .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish(idx, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// Backward of `out = x[:, idx]`: `dx` zero but for `dx[:, idx] = dout`, added into the share of
+/// `dx` another reader of `x` registered first when there is one (one pass instead of a scatter
+/// and burn's add).
+#[derive(Debug)]
+pub(super) struct GatherBackward;
+
+impl<C: Cube> Backward<C, 1> for GatherBackward {
+    /// The gathered columns' indices and `x`'s width.
+    type State = (IntTensor<C>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [Some(parent)] = ops.parents else {
+            return;
+        };
+        let (idx, width) = ops.state;
+        let idx = C::int_into(idx);
+        let dout = C::float_into(grads.consume::<C>(&ops.node));
+        register_summed::<C>(
+            grads,
+            C::float_from(dout.clone()),
+            |key| key.node = parent.clone(),
+            |earlier| {
+                let earlier = C::float_into(earlier);
+                let fits = earlier.dtype == dout.dtype
+                    && earlier.meta.shape()[..] == [dout.meta.shape()[0], width];
+                if fits {
+                    let summed = kernel::forward(Some(earlier), dout.clone(), idx.clone(), width);
+                    Ok(C::float_from(summed))
+                } else {
+                    Err(Box::new(C::float_from(earlier)))
+                }
+            },
+            || C::float_from(kernel::forward(None, dout.clone(), idx.clone(), width)),
+        );
+    }
+}
+
+/// `x[:, idx]` (`x` tracked or not), recording the backward when `x` needs a gradient.
+pub(super) fn gather<C: Cube>(
+    x: FloatTensor<Autodiff<C>>,
+    idx: IntTensor<C>,
+) -> FloatTensor<Autodiff<C>> {
+    let inner = C::float_into(x.primitive.clone());
+    let width = inner.meta.shape()[1];
+    let k = C::int_into(idx.clone()).meta.shape()[0];
+    let out = C::float_from(gather_columns(inner, C::int_into(idx.clone()), k));
+    match <GatherBackward as Backward<C, 1>>::prepare::<NoCheckpointing>(
+        GatherBackward,
+        [x.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((idx, width), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }

@@ -8,6 +8,10 @@
 //! each element reading its `base` value and, where its column is kept, its kept value. The
 //! backward gathers the output gradient's kept columns (one pass over `[rows, k]`); the base's
 //! gradient is the output's.
+//!
+//! The mirror op, [`gather_columns`], reads an input-sliced product's kept input channels
+//! (o_proj's and down's `x[:, idx]`); its backward is the scatter, added into the gradient the
+//! input's other readers registered when there is one (`crate::gradient_sum`).
 
 mod backward;
 mod kernel;
@@ -79,6 +83,39 @@ pub fn scatter_add_columns<B: Backend>(
                 idx.into_primitive(),
                 width,
             );
+            cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
+        },
+    )
+}
+
+/// The columns `idx` (`[k]`, each below `x`'s width) of `x` (`[rows, width]`), contiguous
+/// `[rows, k]`. Its gradient writes the output gradient into those columns of a zero
+/// `[rows, width]` (indices distinct), or adds it into the share of `x`'s gradient another reader
+/// registered first. On burn-wgpu/burn-cuda one kernel each way; elsewhere, for other dtypes or an
+/// empty input, the [reference](reference::gather_columns). Indices outside `0..width` or
+/// repeated are the caller's to rule out (the kernels do not check).
+pub fn gather_columns<B: Backend>(x: Tensor<B, 2>, idx: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+    let [rows, width] = x.dims();
+    let [k] = idx.dims();
+    let fits = float_dtype(x.dtype()) && rows * k > 0 && width > 0;
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::gather_columns(x, idx);
+    };
+    on_route!(route, C =>
+        plain: {
+            let x: Tensor<C, 2> = cast(x);
+            let idx: Tensor<C, 1, Int> = cast(idx);
+            let out = crate::gather_padded::kernel::gather_columns(
+                C::float_into(x.into_primitive().tensor()),
+                C::int_into(idx.into_primitive()),
+                k,
+            );
+            cast(Tensor::<C, 2>::from_primitive(TensorPrimitive::Float(C::float_from(out))))
+        },
+        autodiff: {
+            let x: Tensor<Autodiff<C>, 2> = cast(x);
+            let idx: Tensor<Autodiff<C>, 1, Int> = cast(idx);
+            let out = backward::gather::<C>(x.into_primitive().tensor(), idx.into_primitive());
             cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
         },
     )

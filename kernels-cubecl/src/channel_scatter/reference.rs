@@ -1,5 +1,5 @@
 //! The column scatter in burn tensor ops: a scatter-add of the kept columns into a zero (or
-//! `base`) tensor.
+//! `base`) tensor; the column gather, a `select`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
@@ -24,4 +24,9 @@ pub fn scatter_add_columns<B: Backend>(
     let [rows, k] = kept.dims();
     let index = idx.reshape([1, k]).expand([rows, k]);
     base.scatter(1, index, kept, IndexingUpdateOp::Add)
+}
+
+/// The columns `idx` of `x` (`[rows, width]`), `[rows, k]`.
+pub fn gather_columns<B: Backend>(x: Tensor<B, 2>, idx: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+    x.select(1, idx)
 }

@@ -1,6 +1,7 @@
 //! The row ops under `Autodiff`: the kernels forward, recording [`GatherBackward`] (the output
-//! gradient scattered into zeros) and [`ReplaceBackward`] (the output gradient's replaced rows
-//! gathered for the values, and zeroed for the base).
+//! gradient scattered into zeros), [`ReplaceBackward`] (the output gradient's replaced rows
+//! gathered for the values, and zeroed for the base) and [`AddBackward`] (the rows gathered for
+//! the values, the output gradient itself for the base).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -119,6 +120,56 @@ pub(super) fn replace<C: Cube>(
     ));
     match <ReplaceBackward as Backward<C, 2>>::prepare::<NoCheckpointing>(
         ReplaceBackward,
+        [base_node, values_node],
+    )
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(rows, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// Backward of `out = base` with `values` added to its rows `rows`: `dbase = dout`,
+/// `dvalues = dout[rows]`.
+#[derive(Debug)]
+struct AddBackward;
+
+impl<C: Cube> Backward<C, 2> for AddBackward {
+    /// The rows.
+    type State = Rows<C>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let rows = ops.state;
+        let [node_base, node_values] = ops.parents;
+        let dout = grads.consume::<C>(&ops.node);
+        if let Some(node) = node_values {
+            let dvalues = kernel::gather_rows(C::float_into(dout.clone()), rows);
+            grads.register::<C>(node.id, C::float_from(dvalues));
+        }
+        if let Some(node) = node_base {
+            grads.register::<C>(node.id, dout);
+        }
+    }
+}
+
+/// `base` with `values` added to its rows (either tracked or not), recording the backward when
+/// either needs a gradient.
+pub(super) fn add<C: Cube>(
+    base: FloatTensor<Autodiff<C>>,
+    rows: Rows<C>,
+    values: FloatTensor<Autodiff<C>>,
+) -> FloatTensor<Autodiff<C>> {
+    let (base_node, values_node) = (base.node.clone(), values.node.clone());
+    // `base`'s primitive moves into the kernel, which adds into its buffer when it is the only
+    // holder.
+    let out = C::float_from(kernel::add_rows(
+        C::float_into(base.primitive),
+        rows.clone(),
+        C::float_into(values.primitive),
+    ));
+    match <AddBackward as Backward<C, 2>>::prepare::<NoCheckpointing>(
+        AddBackward,
         [base_node, values_node],
     )
     .compute_bound()

@@ -1,7 +1,7 @@
 //! Moving whole rows between an `[n, d]` activation and an `[m, d]` one (`m` much smaller): the
 //! merge of SparseLoRA's token split (issue #10). The sparse path runs on all `n` token rows, the
 //! dense path on the `m` answer rows gathered out, and the dense results replace the sparse ones
-//! in place.
+//! in place, or are added onto them (a correction of the sparse path's result on those rows).
 //!
 //! In burn ops ([`reference`]) the gather's backward is `select_assign` into zeros, and the
 //! replacement a 0/1 row mask multiplied in plus the values `select_assign`ed into zeros and
@@ -87,6 +87,57 @@ pub fn replace_rows<B: Backend>(
             let rows: Tensor<Autodiff<C>, 1, Int> = cast(rows);
             let values: Tensor<Autodiff<C>, 2> = cast(values);
             let out = backward::replace::<C>(
+                base.into_primitive().tensor(),
+                C::int_into(rows.into_primitive()),
+                values.into_primitive().tensor(),
+            );
+            cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
+        },
+    )
+}
+
+/// `base` with `values[i]` added to its row `rows[i]`: in `base`'s own buffer when nothing else
+/// holds it. Gradients: `base`'s is the output gradient, `values`' the output gradient's rows
+/// `rows`. A correction of the dense rows of a token split made on top of the sparse path's
+/// output (o_proj's sliced input, `llama_burn`'s attention).
+///
+/// On burn-wgpu/burn-cuda (plain or `Autodiff`) one kernel over the `m` rows forward (plus a
+/// copy of `base` when it is shared) and a gather backward; elsewhere the
+/// [reference](reference::add_rows). Row indices must be distinct and below `n` (not checked).
+///
+/// # Shapes
+/// - `base`: `[n, d]`, `rows`: `[m]`, `values`: `[m, d]`; output `[n, d]`
+pub fn add_rows<B: Backend>(
+    base: Tensor<B, 2>,
+    rows: Tensor<B, 1, Int>,
+    values: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [n, d] = base.dims();
+    let [m] = rows.dims();
+    let fits = float_dtype(base.dtype())
+        && values.dtype() == base.dtype()
+        && values.dims() == [m, d]
+        && n * d * m > 0;
+    let Some(route) = route::<B>().filter(|_| fits) else {
+        return reference::add_rows(base, rows, values);
+    };
+    on_route!(route, C =>
+        plain: {
+            let base: Tensor<C, 2> = cast(base);
+            let rows: Tensor<C, 1, Int> = cast(rows);
+            let values: Tensor<C, 2> = cast(values);
+            let out = kernel::add_rows(
+                C::float_into(base.into_primitive().tensor()),
+                C::int_into(rows.into_primitive()),
+                C::float_into(values.into_primitive().tensor()),
+            );
+            cast(Tensor::<C, 2>::from_primitive(TensorPrimitive::Float(C::float_from(out))))
+        },
+        autodiff: {
+            let base: Tensor<Autodiff<C>, 2> = cast(base);
+            let rows: Tensor<Autodiff<C>, 1, Int> = cast(rows);
+            let values: Tensor<Autodiff<C>, 2> = cast(values);
+            let out = backward::add::<C>(
                 base.into_primitive().tensor(),
                 C::int_into(rows.into_primitive()),
                 values.into_primitive().tensor(),

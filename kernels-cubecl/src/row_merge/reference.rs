@@ -1,4 +1,4 @@
-//! Gathering rows and replacing rows in burn tensor ops (`select`, `select_assign`).
+//! Gathering, replacing and adding to rows in burn tensor ops (`select`, `select_assign`).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
@@ -36,4 +36,16 @@ pub fn replace_rows<B: Backend>(
         .zeros_like()
         .select_assign(0, rows, values, IndexingUpdateOp::Add);
     base * cleared + written
+}
+
+/// `base` with `values[i]` added to its row `rows[i]` (rows distinct).
+///
+/// # Shapes
+/// - `base`: `[n, d]`, `rows`: `[m]`, `values`: `[m, d]`; output `[n, d]`
+pub fn add_rows<B: Backend>(
+    base: Tensor<B, 2>,
+    rows: Tensor<B, 1, Int>,
+    values: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    base.select_assign(0, rows, values, IndexingUpdateOp::Add)
 }
