@@ -1,6 +1,7 @@
 //! The column scatter kernels: a column -> kept-position map (`-1` where a column is not kept),
-//! then one pass over the output that reads `base` and the kept value of its column. The backward
-//! gathers the output gradient's kept columns with `gather_padded`'s kernel (no padding).
+//! then one pass over the output, in vectors of columns, that reads `base` and the kept value of
+//! each column. The backward gathers the output gradient's kept columns with `gather_padded`'s
+//! kernel (no padding).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -9,7 +10,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use crate::common::{address_type, count_launch, elementwise_launch};
+use crate::common::{address_type, count_launch, elementwise_launch, vector_size};
 
 /// `positions[c] = -1` for every column `c`.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -36,32 +37,37 @@ fn set_positions_kernel<M: Int>(
 }
 
 /// `out[r, c] = base[r, c] + kept[r, positions[c]]` (no `base` term without one; no `kept` term
-/// where `positions[c] < 0`).
+/// where `positions[c] < 0`), a vector of `N` columns a unit: `base` and `out` are read and
+/// written in vectors, the kept values gathered one by one (neighbouring columns' kept values
+/// are not neighbours in `kept`).
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scatter_forward_kernel<F: Float>(
-    base: &Tensor<F>,
+fn scatter_forward_kernel<F: Float, N: Size>(
+    base: &Tensor<Vector<F, N>>,
     kept: &Tensor<F>,
     positions: &Tensor<i32>,
-    out: &mut Tensor<F>,
+    out: &mut Tensor<Vector<F, N>>,
     rows: usize,
-    width: usize,
+    width_v: usize,
     k: usize,
     #[comptime] has_base: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let at = ABSOLUTE_POS;
-    if at >= rows * width {
+    if at >= rows * width_v {
         terminate!();
     }
-    let (r, c) = (at / width, at % width);
-    let p = positions[c];
-    let mut value = F::new(0.0);
+    let (r, cv) = (at / width_v, at % width_v);
+    let mut value = Vector::<F, N>::new(F::new(0.0));
     if has_base {
         value = base[at];
     }
-    if p >= 0 {
-        value += kept[r * k + usize::cast_from(p)];
+    #[unroll]
+    for i in 0..N::value() {
+        let p = positions[cv * N::value() + i];
+        if p >= 0 {
+            value[i] = value[i] + kept[r * k + usize::cast_from(p)];
+        }
     }
     out[at] = value;
 }
@@ -126,26 +132,38 @@ pub(crate) fn forward<R: CubeRuntime>(
         dtype,
     );
     let has_base = base.is_some();
-    // Without a base the kernel never reads it: `kept` stands in for the argument.
-    let base = base.map(into_contiguous).unwrap_or_else(|| kept.clone());
+    let base = base.map(into_contiguous);
+    let vector = vector_size(&[base.as_ref().unwrap_or(&out), &out], dtype, &[width]);
+    let width_v = width / vector;
+    // Without a base the kernel never reads it: a one-vector stand-in (not `out`: the same
+    // buffer bound twice, once for writing, is invalid on wgpu).
+    let base = base.unwrap_or_else(|| {
+        empty_device_contiguous_dtype(
+            kept.client.clone(),
+            kept.device.clone(),
+            Shape::new([vector]),
+            dtype,
+        )
+    });
     let client = kept.client.clone();
-    let (dim, count) = elementwise_launch(&out, rows * width);
+    let (dim, count) = elementwise_launch(&out, rows * width_v);
     let address = address_type(&[&base, &kept, &positions, &out]);
     count_launch();
-    // SAFETY: `at < rows * width` indexes `base` and `out`; `positions[c]`, when set, is below
-    // `k`, so `r * k + p` indexes `kept`.
+    // SAFETY: `at < rows * width_v` indexes `base` and `out` in vectors, `cv * N + i < width`
+    // indexes `positions`; `positions[c]`, when set, is below `k`, so `r * k + p` indexes `kept`.
     unsafe {
         scatter_forward_kernel::launch_unchecked::<R>(
             &client,
             count,
             dim,
             address,
+            vector,
             base.into_tensor_arg(),
             kept.into_tensor_arg(),
             positions.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             rows,
-            width,
+            width_v,
             k,
             has_base,
             dtype.into(),

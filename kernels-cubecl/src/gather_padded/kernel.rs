@@ -1,6 +1,7 @@
 //! The padded gather kernels: one pass over the output, each element reading its kept weight
 //! value or writing a zero. Rows are copied in vectors (a row of `weight` is contiguous); columns
-//! one element at a time (neighbouring kept columns are not neighbours in `weight`).
+//! are written in vectors but read one element at a time (neighbouring kept columns are not
+//! neighbours in `weight`).
 
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
@@ -36,28 +37,33 @@ fn gather_rows_kernel<F: Float, M: Int, N: Size>(
     }
 }
 
-/// `out[r, j] = weight[r, idx[j]]` for `j < k`, zero for `k <= j < cols_out`.
+/// `out[r, j] = weight[r, idx[j]]` for `j < k`, zero for `k <= j < cols_out`; a unit writes a
+/// vector of `N` output columns, gathering its values one by one.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn gather_columns_kernel<F: Float, M: Int>(
+fn gather_columns_kernel<F: Float, M: Int, N: Size>(
     weight: &Tensor<F>,
     idx: &Tensor<M>,
-    out: &mut Tensor<F>,
+    out: &mut Tensor<Vector<F, N>>,
     rows: usize,
     cols: usize,
-    cols_out: usize,
+    cols_out_v: usize,
     k: usize,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
     let at = ABSOLUTE_POS;
-    if at >= rows * cols_out {
+    if at >= rows * cols_out_v {
         terminate!();
     }
-    let (r, j) = (at / cols_out, at % cols_out);
-    let mut value = F::new(0.0);
-    if j < k {
-        let c = usize::cast_from(idx[j * idx.stride(0)]);
-        value = weight[r * cols + c];
+    let (r, jv) = (at / cols_out_v, at % cols_out_v);
+    let mut value = Vector::<F, N>::new(F::new(0.0));
+    #[unroll]
+    for i in 0..N::value() {
+        let j = jv * N::value() + i;
+        if j < k {
+            let c = usize::cast_from(idx[j * idx.stride(0)]);
+            value[i] = weight[r * cols + c];
+        }
     }
     out[at] = value;
 }
@@ -124,25 +130,28 @@ pub(crate) fn gather_columns<R: CubeRuntime>(
         Shape::new([rows, cols_out]),
         dtype,
     );
+    let vector = vector_size(&[&out], dtype, &[cols_out]);
+    let cols_out_v = cols_out / vector;
     let client = weight.client.clone();
-    let (dim, count) = elementwise_launch(&out, rows * cols_out);
+    let (dim, count) = elementwise_launch(&out, rows * cols_out_v);
     let address = address_type(&[&weight, &idx, &out]);
     let dtypes = [dtype.into(), idx.dtype.into()];
     count_launch();
-    // SAFETY: `at < rows * cols_out` indexes `out`; `j < k` indexes `idx`; each `idx[j]` is a
-    // column of `weight` (the caller's to ensure), so `r * cols + c` indexes it.
+    // SAFETY: `at < rows * cols_out_v` indexes `out` in vectors; `j < k` indexes `idx`; each
+    // `idx[j]` is a column of `weight` (the caller's to ensure), so `r * cols + c` indexes it.
     unsafe {
         gather_columns_kernel::launch_unchecked::<R>(
             &client,
             count,
             dim,
             address,
+            vector,
             weight.into_tensor_arg(),
             idx.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             rows,
             cols,
-            cols_out,
+            cols_out_v,
             k,
             dtypes,
         )
