@@ -19,7 +19,11 @@ CATEGORIES = [
     ('SwiGLU', r'swiglu|silu'),
     ('cross-entropy', r'cross_entropy'),
     ('AdamW + clipping', r'adamw|global_norm|norm_sq|sum_sq'),
-    ('estimator / selection', r'top_k|channel|gather|scatter|row_|sequence_mean|mask'),
+    ('estimator', r'top_k|mlp_scores|sequence_kernel|sequence_mean|partial_sums|finish_kernel|'
+                  r'masked_gram|quadratic_form|kv_channels|query_channels'),
+    # The sliced products' weight and input gathers, their scatters to full width, the
+    # masked-dense projections' masks, the token split's row moves.
+    ('slices / token split', r'channel|gather|scatter|row_|mask|positions|select'),
     ('copies / layout', r'copy|contiguous|reshape|transpose|permute'),
     ('casts', r'cast'),
     ('reductions', r'reduce|sum|mean|max'),
