@@ -240,21 +240,24 @@ fn column_gather_run<B: AutodiffBackend>(
     dtype: DType,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
-    // o_proj's input in a math10k-config block: 1024 of 4096 channels over 4096 tokens; `x` also
-    // read by another op, whose gradient share the scatter backward adds into.
-    let (rows, width) = (4096, 4096);
+    // o_proj's input in a sliced attention block: 1,020 of 4,096 channels over 4,096 tokens,
+    // gathered at the padded width 1,024 and scattered back (as q/k/v's kept outputs are); `x`
+    // also read by another op, whose gradient share the gather's backward adds into.
+    let (rows, width, padded) = (4096, 4096, 1024);
     let kept_cols: Vec<i64> = (0..width as i64)
         .map(|c| (c * 1_657) % 4096)
-        .take(1024)
+        .take(1020)
         .collect();
     let k = kept_cols.len();
     let x = load::<B, 2>(&data([rows, width], 18, 1.0, 0.1), dtype, device).require_grad();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(kept_cols, [k]), device);
-    let r = load::<B, 2>(&data([rows, k], 19, 1.0, 0.0), dtype, device);
+    let idx = || Tensor::<B, 1, Int>::from_data(TensorData::new(kept_cols.clone(), [k]), device);
+    let r = load::<B, 2>(&data([rows, width], 19, 1.0, 0.0), dtype, device);
     let out = if fused {
-        kernels_cubecl::channel_scatter::gather_columns(x.clone(), idx)
+        let kept = kernels_cubecl::channel_scatter::gather_columns(x.clone(), idx(), padded);
+        kernels_cubecl::channel_scatter::scatter_columns(kept * 2.0, idx(), width)
     } else {
-        reference::gather_columns(x.clone(), idx)
+        let kept = reference::gather_columns(x.clone(), idx(), padded);
+        reference::scatter_columns(kept.slice([0..rows, 0..k]) * 2.0, idx(), width)
     };
     let grads = ((out.clone() * r).sum() + (x.clone() * 0.5).sum()).backward();
     vec![values(out), values(x.grad(&grads).unwrap())]
@@ -430,13 +433,14 @@ fn row_merge_run<B: AutodiffBackend>(
 #[test]
 #[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
 fn column_gather_on_cuda() {
-    // The gather forward; backward the position map (2 launches) and the scatter, added into
-    // the other reader's share when that was registered first.
+    // Forward the gather and the scatter (its position map, 2 launches, and its pass); backward
+    // the scatter's gather, then the gather's scatter (position map and pass), added into the
+    // other reader's share when that was registered first.
     check_launches(
         "column_gather",
         column_gather_run::<AC>,
         column_gather_run::<AF>,
-        4,
+        8,
     );
 }
 

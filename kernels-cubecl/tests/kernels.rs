@@ -1135,33 +1135,45 @@ fn channel_scatter_matches_reference() {
     scatter_case(3, 6, &[5, 4, 3, 2, 1, 0], 104); // every column
 }
 
-/// The column gather (an input-sliced product's kept input channels) against `select`: forward,
-/// and the gradient of `x` when the gather is its only reader (the scatter into zeros) and when
-/// another reader registered its share first (the scatter added into it).
-fn column_gather_case(rows: usize, width: usize, kept_cols: &[i64], seed: u64) {
+/// The column gather (an input-sliced product's kept input channels, padded with zero columns to
+/// `cols_out`) against `select`: forward, and the gradient of `x` when the gather is its only
+/// reader (the scatter into zeros) and when another reader registered its share first (the
+/// scatter added into it).
+fn column_gather_case(rows: usize, width: usize, kept_cols: &[i64], cols_out: usize, seed: u64) {
     let (dw, df) = (wgpu(), flex());
-    let k = kept_cols.len();
     let x = data([rows, width], seed, 1.0, 0.1);
-    let r = data([rows, k], seed + 1, 1.0, 0.0);
-    let what = format!("column gather rows={rows} width={width} k={k}");
+    let r = data([rows, cols_out], seed + 1, 1.0, 0.0);
+    let what = format!(
+        "column gather rows={rows} width={width} k={} cols_out={cols_out}",
+        kept_cols.len()
+    );
 
     let fused = launches(1, &what, || {
-        channel_scatter::gather_columns(tensor::<W, 2>(&x, &dw), targets::<W>(kept_cols, &dw))
+        channel_scatter::gather_columns(
+            tensor::<W, 2>(&x, &dw),
+            targets::<W>(kept_cols, &dw),
+            cols_out,
+        )
     });
-    let expected =
-        reference::gather_columns(tensor::<Flex, 2>(&x, &df), targets::<Flex>(kept_cols, &df));
+    let expected = reference::gather_columns(
+        tensor::<Flex, 2>(&x, &df),
+        targets::<Flex>(kept_cols, &df),
+        cols_out,
+    );
     assert_close(fused, expected, &what);
 
     for other_reader in [false, true] {
         let xw = tensor::<AW, 2>(&x, &dw).require_grad();
-        let out = channel_scatter::gather_columns(xw.clone(), targets::<AW>(kept_cols, &dw));
+        let out =
+            channel_scatter::gather_columns(xw.clone(), targets::<AW>(kept_cols, &dw), cols_out);
         let mut loss = (out.clone() * tensor(&r, &dw)).sum();
         if other_reader {
             loss = loss + (xw.clone() * xw.clone()).sum();
         }
         let grads = loss.backward();
         let xf = tensor::<AF, 2>(&x, &df).require_grad();
-        let out_ref = reference::gather_columns(xf.clone(), targets::<AF>(kept_cols, &df));
+        let out_ref =
+            reference::gather_columns(xf.clone(), targets::<AF>(kept_cols, &df), cols_out);
         let mut loss_ref = (out_ref.clone() * tensor(&r, &df)).sum();
         if other_reader {
             loss_ref = loss_ref + (xf.clone() * xf.clone()).sum();
@@ -1180,10 +1192,68 @@ fn column_gather_case(rows: usize, width: usize, kept_cols: &[i64], seed: u64) {
 #[test]
 fn column_gather_matches_reference() {
     let _serial = serial();
-    column_gather_case(5, 16, &[3, 0, 15, 7], 111); // unsorted, both ends
-    column_gather_case(33, 1000, &(0..1000).step_by(4).collect::<Vec<_>>(), 112);
-    column_gather_case(2, 9, &[4], 113);
-    column_gather_case(3, 6, &[5, 4, 3, 2, 1, 0], 114); // every column
+    column_gather_case(5, 16, &[3, 0, 15, 7], 4, 111); // unsorted, both ends
+    column_gather_case(5, 16, &[3, 0, 15, 7, 9], 8, 115); // padded
+    column_gather_case(
+        33,
+        1000,
+        &(0..1000).step_by(4).collect::<Vec<_>>(),
+        250,
+        112,
+    );
+    column_gather_case(
+        33,
+        1000,
+        &(0..1000).step_by(7).collect::<Vec<_>>(),
+        144,
+        116,
+    );
+    column_gather_case(2, 9, &[4], 1, 113);
+    column_gather_case(3, 6, &[5, 4, 3, 2, 1, 0], 6, 114); // every column
+}
+
+/// The column scatter of a product run at a padded width: `kept`'s padding columns are dropped
+/// forward and get a zero gradient.
+fn padded_scatter_case(rows: usize, width: usize, kept_cols: &[i64], k_padded: usize, seed: u64) {
+    let (dw, df) = (wgpu(), flex());
+    let k = kept_cols.len();
+    let kept = data([rows, k_padded], seed, 1.0, 0.2);
+    let r = data([rows, width], seed + 1, 1.0, 0.0);
+    let what = format!("padded scatter rows={rows} width={width} k={k} k_padded={k_padded}");
+
+    let kw = tensor::<AW, 2>(&kept, &dw).require_grad();
+    let out = launches(3, &what, || {
+        channel_scatter::scatter_columns(kw.clone(), targets::<AW>(kept_cols, &dw), width)
+    });
+    let grads = launches(1, &what, || {
+        (out.clone() * tensor(&r, &dw)).sum().backward()
+    });
+    let kf = tensor::<AF, 2>(&kept, &df).require_grad();
+    let out_ref = reference::scatter_columns(
+        kf.clone().slice([0..rows, 0..k]),
+        targets::<AF>(kept_cols, &df),
+        width,
+    );
+    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
+    assert_close(out, out_ref, &what);
+    assert_close(
+        kw.grad(&grads).unwrap(),
+        kf.grad(&grads_ref).unwrap(),
+        &format!("{what} dkept"),
+    );
+}
+
+#[test]
+fn padded_channel_scatter_matches_reference() {
+    let _serial = serial();
+    padded_scatter_case(5, 16, &[3, 0, 15, 7, 9], 8, 141);
+    padded_scatter_case(
+        33,
+        1000,
+        &(0..1000).step_by(7).collect::<Vec<_>>(),
+        144,
+        142,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

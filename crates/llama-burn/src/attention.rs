@@ -29,8 +29,9 @@ pub enum AttentionMask<B: Backend> {
 }
 
 /// The largest fraction of q's channels kept for which a sparse attention block computes its
-/// q/k/v bases as sliced products (see [`LlamaAttention::forward_sparse`]); above it they run
-/// masked-dense. The paper's attention sparsities keep 20-80% of the channels (math10k: 25%).
+/// projections as sliced products (see [`LlamaAttention::forward_sparse`]); above it they run
+/// masked-dense. The paper's attention sparsities keep 20-80% of the channels (LLaMA3-8B
+/// math10k: 25%, csr170k: 80%).
 pub const SLICED_MAX_KEPT: f64 = 0.5;
 
 /// The attention block of one decoder layer.
@@ -112,8 +113,8 @@ impl<B: Backend> LlamaAttention<B> {
     /// reads only its chosen input channels; adapters add their dense outputs on top. Token rows
     /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
     ///
-    /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept, the frozen bases are sliced
-    /// products on every row, the dense rows recomputed in full for q/k/v
+    /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept ([`Self::slices_pay`]), the
+    /// frozen bases are sliced products on every row, the dense rows recomputed in full for q/k/v
     /// ([`Self::sliced_qkv_bases`]) and corrected for o_proj ([`Self::sliced_o_onto`]); where
     /// more are kept they run dense and masked ([`LoraLinear::forward_out_masked`],
     /// [`LoraLinear::forward_in_masked_onto`]), which needs no gather of weights or inputs, no
@@ -136,8 +137,7 @@ impl<B: Backend> LlamaAttention<B> {
         let rows = x.reshape([b * s, d]);
         let drop = sparse.drop_sliced_input_grad;
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
-        let kept_q = channels.q.dims()[0] as f64;
-        let sliced = kept_q <= SLICED_MAX_KEPT * self.q_proj.dims().0 as f64;
+        let sliced = self.slices_pay(channels);
         let [q, k, v] = if sliced {
             let bases = self.sliced_qkv_bases(rows.clone(), channels, sparse);
             LoraLinear::add_adapters_group(projections, rows, bases)
@@ -160,6 +160,16 @@ impl<B: Backend> LlamaAttention<B> {
         let keep = sparse.channel_keep(&channels.o, width, dtype);
         self.o_proj
             .forward_in_masked_onto(out, &keep, drop, residual)
+    }
+
+    /// Whether the block's projections run as sliced products on `channels`: at most
+    /// [`SLICED_MAX_KEPT`] of q's channels kept. (The sliced products run at the kept counts
+    /// rounded up to a multiple of 8, [`sparse_ops::padded_width`]: unpadded, LLaMA2-7B's
+    /// math10k blocks, which keep 1,638 channels, ran 13.6 ms a step slower sliced than
+    /// masked-dense, docs/perf.md.)
+    fn slices_pay(&self, channels: &AttnChannels<B>) -> bool {
+        let kept_q = channels.q.dims()[0] as f64;
+        kept_q <= SLICED_MAX_KEPT * self.q_proj.dims().0 as f64
     }
 
     /// q/k/v's frozen base outputs (`[n, out_i]`, no adapter) of the rows `x` (`[n, d_model]`):
@@ -270,34 +280,20 @@ impl<B: Backend> LlamaAttention<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unused_selector::UnusedSelector;
     use burn::tensor::{Distribution, TensorData, Tolerance};
-    use lora::sparse::{ChannelSelector, TokenSplit};
+    use lora::sparse::TokenSplit;
     use lora::{LoraAdapter, LoraConfig};
 
     type TestBackend = burn::backend::Autodiff<burn::backend::Flex>;
 
-    /// `forward_sparse` is handed its channels; the selector is never asked.
-    struct Unused;
-
-    impl<B: Backend> ChannelSelector<B> for Unused {
-        fn attention(
-            &self,
-            _: usize,
-            _: AttentionProjections<'_, B>,
-            _: Tensor<B, 3>,
-            _: Tensor<B, 2, Bool>,
-        ) -> Option<AttnChannels<B>> {
-            unreachable!()
-        }
-
-        fn mlp(
-            &self,
-            _: usize,
-            _: lora::sparse::MlpProjections<'_, B>,
-            _: Tensor<B, 3>,
-            _: Tensor<B, 2, Bool>,
-        ) -> Option<Tensor<B, 1, Int>> {
-            unreachable!()
+    /// A sparse forward over 6 token rows, rows 1 and 4 on the dense path.
+    fn rows_1_and_4_dense(drop: bool) -> SparseForward<'static, TestBackend> {
+        let dense = [false, true, false, false, true, false];
+        SparseForward {
+            selector: &UnusedSelector,
+            split: Some(TokenSplit::from_dense_mask(&dense, &Default::default())),
+            drop_sliced_input_grad: drop,
         }
     }
 
@@ -393,14 +389,7 @@ mod tests {
             )
         });
         for drop in [false, true] {
-            let sparse = SparseForward {
-                selector: &Unused,
-                split: Some(TokenSplit::from_dense_mask(
-                    &[false, true, false, false, true, false],
-                    &device,
-                )),
-                drop_sliced_input_grad: drop,
-            };
+            let sparse = rows_1_and_4_dense(drop);
             let x1 = x.clone().require_grad();
             let bases = attn.sliced_qkv_bases(x1.clone(), &channels, &sparse);
             let sliced = LoraLinear::add_adapters_group(projections, x1.clone(), bases);
@@ -438,14 +427,7 @@ mod tests {
         let probe =
             Tensor::<TestBackend, 3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
         for drop in [false, true] {
-            let sparse = SparseForward {
-                selector: &Unused,
-                split: Some(TokenSplit::from_dense_mask(
-                    &[false, true, false, false, true, false],
-                    &device,
-                )),
-                drop_sliced_input_grad: drop,
-            };
+            let sparse = rows_1_and_4_dense(drop);
             let run = |sliced: bool| {
                 let x = x.clone().require_grad();
                 let residual = residual.clone().require_grad();

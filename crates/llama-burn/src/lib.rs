@@ -46,6 +46,8 @@ mod projection;
 mod rope;
 pub mod sparsity;
 mod tokenizer;
+#[cfg(test)]
+mod unused_selector;
 
 pub use attention::{LlamaAttention, SLICED_MAX_KEPT};
 pub use cache::KvCache;

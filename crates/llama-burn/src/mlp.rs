@@ -130,35 +130,10 @@ impl<B: Backend> LlamaMlp<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Bool, Distribution, TensorData, Tolerance};
-    use lora::sparse::{AttentionProjections, AttnChannels, ChannelSelector};
+    use crate::unused_selector::UnusedSelector;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
 
     type TestBackend = burn::backend::Autodiff<burn::backend::Flex>;
-
-    /// `forward_sparse` is handed its channels; the selector is never asked.
-    struct Unused;
-
-    impl<B: Backend> ChannelSelector<B> for Unused {
-        fn attention(
-            &self,
-            _: usize,
-            _: AttentionProjections<'_, B>,
-            _: Tensor<B, 3>,
-            _: Tensor<B, 2, Bool>,
-        ) -> Option<AttnChannels<B>> {
-            unreachable!()
-        }
-
-        fn mlp(
-            &self,
-            _: usize,
-            _: MlpProjections<'_, B>,
-            _: Tensor<B, 3>,
-            _: Tensor<B, 2, Bool>,
-        ) -> Option<Tensor<B, 1, Int>> {
-            unreachable!()
-        }
-    }
 
     #[test]
     fn compact_sparse_mlp_at_padded_width_matches_unpadded_products() {
@@ -177,7 +152,7 @@ mod tests {
         let dy =
             Tensor::<TestBackend, 3>::random([2, 5, d], Distribution::Normal(0.0, 1.0), &device);
         let sparse = SparseForward {
-            selector: &Unused,
+            selector: &UnusedSelector,
             split: None,
             drop_sliced_input_grad: false,
         };

@@ -15,6 +15,7 @@ use lora::{LoraAdapter, LoraConfig, LoraLinear};
 type B = Autodiff<Flex>;
 
 /// Channels fixed in advance, per layer.
+#[derive(Clone)]
 struct FixedChannels {
     attn: Vec<Option<[Vec<i64>; 4]>>,
     mlp: Vec<Option<Vec<i64>>>,
@@ -265,7 +266,8 @@ fn keeping_every_channel_equals_the_dense_model() {
     compare(&LlamaProjection::ALL, channels(), false);
 }
 
-/// q keeps 20 of 64 channels, at most [`llama_burn::SLICED_MAX_KEPT`]: q/k/v are sliced products.
+/// q keeps 20 of 64 channels (at most [`llama_burn::SLICED_MAX_KEPT`]), k 11, v 9 and o 30:
+/// q/k/v/o are sliced products at widths padded to multiples of 8; the MLP compact.
 #[test]
 fn sparse_attention_and_compact_mlp_match_masked_dense() {
     const { assert!(20.0 <= llama_burn::SLICED_MAX_KEPT * 64.0) };
@@ -279,6 +281,28 @@ fn sparse_attention_and_compact_mlp_match_masked_dense() {
         random_channels(7),
         true,
     );
+}
+
+/// q keeps 16 of 64 channels (at most [`llama_burn::SLICED_MAX_KEPT`]), k and v 8 of 32, o 24 of
+/// 64, all multiples of 8: q/k/v/o are sliced products with no padding.
+#[test]
+fn sliced_attention_matches_masked_dense() {
+    const { assert!(16.0 <= llama_burn::SLICED_MAX_KEPT * 64.0) };
+    let mut channels = random_channels(9);
+    channels.attn[0] = Some([
+        subset(64, 16, 31),
+        subset(32, 8, 32),
+        subset(32, 8, 33),
+        subset(64, 24, 34),
+    ]);
+    channels.attn[1] = Some([
+        subset(64, 32, 35),
+        subset(32, 16, 36),
+        subset(32, 8, 37),
+        subset(64, 8, 38),
+    ]);
+    compare(&LlamaProjection::ATTENTION, channels.clone(), true);
+    compare(&LlamaProjection::ALL, channels, true);
 }
 
 /// q keeps 44 of 64 channels, more than [`llama_burn::SLICED_MAX_KEPT`]: q/k/v run masked-dense.

@@ -153,10 +153,10 @@ impl<B: Backend> LoraLinear<B> {
         let (out, _) = self.dims();
         let base_input = self.base_input(x, drop_base_input_grad);
         // The kept rows gathered by one kernel on burn-wgpu/burn-cuda (burn's `select`
-        // elsewhere), unpadded: the scatter reads exactly `k` channels.
-        let k = idx.dims()[0];
+        // elsewhere), padded with zero rows to an aligned width; the scatter drops the padding.
+        let width = sparse_ops::padded_width(idx.dims()[0]);
         let weight = self.weight.val();
-        let kept = sparse_ops::linear_out_sliced_padded(base_input, weight, idx.clone(), k);
+        let kept = sparse_ops::linear_out_sliced_padded(base_input, weight, idx.clone(), width);
         sparse_ops::scatter_channels(kept, idx.clone(), out)
     }
 

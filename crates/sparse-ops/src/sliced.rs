@@ -61,7 +61,9 @@ pub fn linear_in_sliced_onto<B: Backend, const E: usize>(
     linear_onto(x_kept, weight_kept, addend)
 }
 
-/// The kept input channels `idx` of `x` (as token rows, `[n, k]`) and of `weight` (`[out, k]`).
+/// The kept input channels `idx` of `x` (as token rows) and of `weight`, both padded with zero
+/// channels to [`padded_width`] (aligned GEMM operands; the padding meets zeros on both sides):
+/// `[n, width]` and `[out, width]`.
 fn kept_columns<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
@@ -70,9 +72,9 @@ fn kept_columns<B: Backend, const D: usize>(
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product();
     let x = reshaped(x, [rows, dims[D - 1]]);
-    let k = idx.dims()[0];
-    let x_kept = kernels_cubecl::channel_scatter::gather_columns(x, idx.clone());
-    let weight_kept = kernels_cubecl::gather_padded::gather_columns_padded(weight, idx, k);
+    let width = padded_width(idx.dims()[0]);
+    let x_kept = kernels_cubecl::channel_scatter::gather_columns(x, idx.clone(), width);
+    let weight_kept = kernels_cubecl::gather_padded::gather_columns_padded(weight, idx, width);
     (x_kept, weight_kept)
 }
 
@@ -148,8 +150,10 @@ pub fn linear_in_compact_padded<B: Backend, const D: usize>(
     )
 }
 
-/// Writes `kept` (`[..., k]`) into the channels `idx` of a zero tensor of width `width`
-/// (`[..., width]`): the sliced output in place, e.g. to add a full-width LoRA output to it.
+/// Writes `kept` (`[..., k]`, or `[..., k_padded]` from a product run at a padded width: the
+/// padding channels are dropped) into the channels `idx` (`[k]`) of a zero tensor of width
+/// `width` (`[..., width]`): the sliced output in place, e.g. to add a full-width LoRA output to
+/// it.
 ///
 /// On burn-wgpu/burn-cuda this is `kernels_cubecl`'s column scatter (one pass over the output,
 /// a gather backward) instead of burn's `scatter`, which runs one thread per column there.
@@ -159,10 +163,10 @@ pub fn scatter_channels<B: Backend, const D: usize>(
     width: usize,
 ) -> Tensor<B, D> {
     let mut dims = kept.dims();
-    let k = dims[D - 1];
+    let k_padded = dims[D - 1];
     dims[D - 1] = width;
     let rows: usize = dims[..D - 1].iter().product();
-    kernels_cubecl::channel_scatter::scatter_columns(kept.reshape([rows, k]), idx, width)
+    kernels_cubecl::channel_scatter::scatter_columns(kept.reshape([rows, k_padded]), idx, width)
         .reshape(dims)
 }
 

@@ -15,18 +15,23 @@ use crate::dispatch::Cube;
 use crate::gather_padded::kernel::gather_columns;
 use crate::gradient_sum::register_summed;
 
-/// Backward of `out = scatter(kept, idx)`: `dkept = dout[:, idx]`.
+/// Backward of `out = scatter(kept, idx)`: `dkept = dout[:, idx]`, zero in `kept`'s padding
+/// columns.
 #[derive(Debug)]
 pub(super) struct ScatterBackward;
 
 impl<C: Cube> Backward<C, 1> for ScatterBackward {
-    /// The kept columns' indices.
-    type State = IntTensor<C>;
+    /// The kept columns' indices and `kept`'s width.
+    type State = (IntTensor<C>, usize);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let idx = ops.state;
+        let (idx, k_padded) = ops.state;
         unary::<C, _>(ops.parents, ops.node, grads, |dout| {
-            C::float_from(kept_columns(C::float_into(dout), C::int_into(idx)))
+            C::float_from(gather_columns(
+                C::float_into(dout),
+                C::int_into(idx),
+                k_padded,
+            ))
         });
     }
 }
@@ -62,15 +67,17 @@ fn kept_columns<R: burn_cubecl::CubeRuntime>(
     gather_columns(dout, idx, k)
 }
 
-/// The fused `scatter(kept, idx)` (tracked or not).
+/// The fused `scatter(kept, idx)` (tracked or not; `kept` may be padded past `idx`'s length).
 pub(super) fn scatter<C: Cube>(
     kept: FloatTensor<Autodiff<C>>,
     idx: IntTensor<C>,
     width: usize,
 ) -> FloatTensor<Autodiff<C>> {
+    let kept_inner = C::float_into(kept.primitive.clone());
+    let k_padded = kept_inner.meta.shape()[1];
     let out = C::float_from(kernel::forward(
         None,
-        C::float_into(kept.primitive.clone()),
+        kept_inner,
         C::int_into(idx.clone()),
         width,
     ));
@@ -81,7 +88,7 @@ pub(super) fn scatter<C: Cube>(
     .compute_bound()
     .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(idx, out),
+        OpsKind::Tracked(prep) => prep.finish((idx, k_padded), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
@@ -111,9 +118,9 @@ pub(super) fn scatter_add<C: Cube>(
     }
 }
 
-/// Backward of `out = x[:, idx]`: `dx` zero but for `dx[:, idx] = dout`, added into the share of
-/// `dx` another reader of `x` registered first when there is one (one pass instead of a scatter
-/// and burn's add).
+/// Backward of `out = x[:, idx]` (padded): `dx` zero but for `dx[:, idx] = dout` (its first
+/// `k` columns), added into the share of `dx` another reader of `x` registered first when there
+/// is one (one pass instead of a scatter and burn's add).
 #[derive(Debug)]
 pub(super) struct GatherBackward;
 
@@ -148,15 +155,16 @@ impl<C: Cube> Backward<C, 1> for GatherBackward {
     }
 }
 
-/// `x[:, idx]` (`x` tracked or not), recording the backward when `x` needs a gradient.
+/// `x[:, idx]` padded with zero columns to `cols_out` (`x` tracked or not), recording the
+/// backward when `x` needs a gradient.
 pub(super) fn gather<C: Cube>(
     x: FloatTensor<Autodiff<C>>,
     idx: IntTensor<C>,
+    cols_out: usize,
 ) -> FloatTensor<Autodiff<C>> {
     let inner = C::float_into(x.primitive.clone());
     let width = inner.meta.shape()[1];
-    let k = C::int_into(idx.clone()).meta.shape()[0];
-    let out = C::float_from(gather_columns(inner, C::int_into(idx.clone()), k));
+    let out = C::float_from(gather_columns(inner, C::int_into(idx.clone()), cols_out));
     match <GatherBackward as Backward<C, 1>>::prepare::<NoCheckpointing>(
         GatherBackward,
         [x.node.clone()],

@@ -113,8 +113,9 @@ fn positions<R: CubeRuntime>(idx: &CubeTensor<R>, width: usize) -> CubeTensor<R>
     positions
 }
 
-/// The forward: `kept` `[rows, k]` (float), `idx` `[k]` (int, distinct, each below `width`),
-/// `base` `[rows, width]` in `kept`'s dtype or none; output contiguous `[rows, width]`.
+/// The forward: `kept` `[rows, k_padded]` (float; columns past `idx`'s length are padding, never
+/// read), `idx` `[k]` (int, distinct, each below `width`), `base` `[rows, width]` in `kept`'s
+/// dtype or none; output contiguous `[rows, width]`.
 pub(crate) fn forward<R: CubeRuntime>(
     base: Option<CubeTensor<R>>,
     kept: CubeTensor<R>,
@@ -122,6 +123,7 @@ pub(crate) fn forward<R: CubeRuntime>(
     width: usize,
 ) -> CubeTensor<R> {
     let kept = into_contiguous(kept);
+    // `k` here is `kept`'s row length (its stride in the kernel), padding included.
     let (rows, k) = (kept.meta.shape()[0], kept.meta.shape()[1]);
     let dtype = kept.dtype;
     let positions = positions(&idx, width);

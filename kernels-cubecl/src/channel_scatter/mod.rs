@@ -24,18 +24,33 @@ use burn::tensor::{Int, Tensor, TensorPrimitive};
 use crate::common::float_dtype;
 use crate::dispatch::{cast, on_route, route, Cube};
 
-/// `kept` (`[rows, k]`) written into the columns `idx` (`[k]`, distinct, each below `width`) of a
-/// `[rows, width]` zero tensor. On burn-wgpu/burn-cuda three kernels forward and one backward;
+/// The first `k` columns of `kept` (`[rows, k_padded]`, `k_padded >= k`: a sliced product run
+/// at a padded width, whose padding columns are dropped) written into the columns `idx` (`[k]`,
+/// distinct, each below `width`) of a `[rows, width]` zero tensor; `kept`'s gradient is zero in
+/// its padding columns. On burn-wgpu/burn-cuda three kernels forward and one backward;
 /// elsewhere, for other dtypes or an empty input, the [reference](reference::scatter_columns).
 /// Indices outside `0..width` or repeated are the caller's to rule out (the kernels do not check).
+///
+/// # Panics
+/// If `idx` has more entries than `kept` has columns.
 pub fn scatter_columns<B: Backend>(
     kept: Tensor<B, 2>,
     idx: Tensor<B, 1, Int>,
     width: usize,
 ) -> Tensor<B, 2> {
-    let [rows, k] = kept.dims();
-    let fits = float_dtype(kept.dtype()) && idx.dims() == [k] && rows * k > 0 && width > 0;
+    let [rows, k_padded] = kept.dims();
+    let [k] = idx.dims();
+    assert!(
+        k <= k_padded,
+        "scatter_columns: {k} indices for {k_padded} kept columns"
+    );
+    let fits = float_dtype(kept.dtype()) && rows * k > 0 && width > 0;
     let Some(route) = route::<B>().filter(|_| fits) else {
+        let kept = if k < k_padded {
+            kept.slice([0..rows, 0..k])
+        } else {
+            kept
+        };
         return reference::scatter_columns(kept, idx, width);
     };
     on_route!(route, C =>
@@ -88,18 +103,30 @@ pub fn scatter_add_columns<B: Backend>(
     )
 }
 
-/// The columns `idx` (`[k]`, each below `x`'s width) of `x` (`[rows, width]`), contiguous
-/// `[rows, k]`. Its gradient writes the output gradient into those columns of a zero
-/// `[rows, width]` (indices distinct), or adds it into the share of `x`'s gradient another reader
-/// registered first. On burn-wgpu/burn-cuda one kernel each way; elsewhere, for other dtypes or an
-/// empty input, the [reference](reference::gather_columns). Indices outside `0..width` or
-/// repeated are the caller's to rule out (the kernels do not check).
-pub fn gather_columns<B: Backend>(x: Tensor<B, 2>, idx: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+/// The columns `idx` (`[k]`, each below `x`'s width) of `x` (`[rows, width]`), then zero columns
+/// up to `cols_out >= k` (a sliced product's input at a padded width): contiguous
+/// `[rows, cols_out]`. Its gradient writes the output gradient's first `k` columns into the
+/// columns `idx` of a zero `[rows, width]` (indices distinct), or adds them into the share of
+/// `x`'s gradient another reader registered first. On burn-wgpu/burn-cuda one kernel each way;
+/// elsewhere, for other dtypes or an empty input, the [reference](reference::gather_columns).
+/// Indices outside `0..width` or repeated are the caller's to rule out (the kernels do not check).
+///
+/// # Panics
+/// If `k > cols_out`.
+pub fn gather_columns<B: Backend>(
+    x: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+    cols_out: usize,
+) -> Tensor<B, 2> {
     let [rows, width] = x.dims();
     let [k] = idx.dims();
+    assert!(
+        k <= cols_out,
+        "gather_columns: {k} indices do not fit in {cols_out} columns"
+    );
     let fits = float_dtype(x.dtype()) && rows * k > 0 && width > 0;
     let Some(route) = route::<B>().filter(|_| fits) else {
-        return reference::gather_columns(x, idx);
+        return reference::gather_columns(x, idx, cols_out);
     };
     on_route!(route, C =>
         plain: {
@@ -108,14 +135,18 @@ pub fn gather_columns<B: Backend>(x: Tensor<B, 2>, idx: Tensor<B, 1, Int>) -> Te
             let out = crate::gather_padded::kernel::gather_columns(
                 C::float_into(x.into_primitive().tensor()),
                 C::int_into(idx.into_primitive()),
-                k,
+                cols_out,
             );
             cast(Tensor::<C, 2>::from_primitive(TensorPrimitive::Float(C::float_from(out))))
         },
         autodiff: {
             let x: Tensor<Autodiff<C>, 2> = cast(x);
             let idx: Tensor<Autodiff<C>, 1, Int> = cast(idx);
-            let out = backward::gather::<C>(x.into_primitive().tensor(), idx.into_primitive());
+            let out = backward::gather::<C>(
+                x.into_primitive().tensor(),
+                idx.into_primitive(),
+                cols_out,
+            );
             cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
         },
     )

@@ -26,7 +26,19 @@ pub fn scatter_add_columns<B: Backend>(
     base.scatter(1, index, kept, IndexingUpdateOp::Add)
 }
 
-/// The columns `idx` of `x` (`[rows, width]`), `[rows, k]`.
-pub fn gather_columns<B: Backend>(x: Tensor<B, 2>, idx: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-    x.select(1, idx)
+/// The columns `idx` of `x` (`[rows, width]`), then zero columns up to `cols_out`:
+/// `[rows, cols_out]`.
+pub fn gather_columns<B: Backend>(
+    x: Tensor<B, 2>,
+    idx: Tensor<B, 1, Int>,
+    cols_out: usize,
+) -> Tensor<B, 2> {
+    let [rows, _] = x.dims();
+    let [k] = idx.dims();
+    let kept = x.select(1, idx);
+    if cols_out == k {
+        return kept;
+    }
+    let zeros = Tensor::zeros([rows, cols_out - k], (&kept.device(), kept.dtype()));
+    Tensor::cat(vec![kept, zeros], 1)
 }

@@ -71,29 +71,7 @@ pub fn replace_rows<B: Backend>(
     rows: Tensor<B, 1, Int>,
     values: Tensor<B, 2>,
 ) -> Tensor<B, 2> {
-    let [n, d] = base.dims();
-    let [m] = rows.dims();
-    let fits = float_dtype(base.dtype())
-        && values.dtype() == base.dtype()
-        && values.dims() == [m, d]
-        && n * d * m > 0;
-    let Some(route) = route::<B>().filter(|_| fits) else {
-        return reference::replace_rows(base, rows, values);
-    };
-    on_route!(route, C =>
-        plain: cast(plain_replace::<C>(cast(base), cast(rows), cast(values))),
-        autodiff: {
-            let base: Tensor<Autodiff<C>, 2> = cast(base);
-            let rows: Tensor<Autodiff<C>, 1, Int> = cast(rows);
-            let values: Tensor<Autodiff<C>, 2> = cast(values);
-            let out = backward::replace::<C>(
-                base.into_primitive().tensor(),
-                C::int_into(rows.into_primitive()),
-                values.into_primitive().tensor(),
-            );
-            cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
-        },
-    )
+    merge_rows(base, rows, values, Merge::Replace)
 }
 
 /// `base` with `values[i]` added to its row `rows[i]`: in `base`'s own buffer when nothing else
@@ -112,6 +90,23 @@ pub fn add_rows<B: Backend>(
     rows: Tensor<B, 1, Int>,
     values: Tensor<B, 2>,
 ) -> Tensor<B, 2> {
+    merge_rows(base, rows, values, Merge::Add)
+}
+
+/// How [`merge_rows`] writes a row of `values` into `base`.
+#[derive(Clone, Copy)]
+enum Merge {
+    Replace,
+    Add,
+}
+
+/// [`replace_rows`] or [`add_rows`]: one dispatch, the kernels and backward of `merge`.
+fn merge_rows<B: Backend>(
+    base: Tensor<B, 2>,
+    rows: Tensor<B, 1, Int>,
+    values: Tensor<B, 2>,
+    merge: Merge,
+) -> Tensor<B, 2> {
     let [n, d] = base.dims();
     let [m] = rows.dims();
     let fits = float_dtype(base.dtype())
@@ -119,43 +114,41 @@ pub fn add_rows<B: Backend>(
         && values.dims() == [m, d]
         && n * d * m > 0;
     let Some(route) = route::<B>().filter(|_| fits) else {
-        return reference::add_rows(base, rows, values);
+        return match merge {
+            Merge::Replace => reference::replace_rows(base, rows, values),
+            Merge::Add => reference::add_rows(base, rows, values),
+        };
     };
     on_route!(route, C =>
         plain: {
             let base: Tensor<C, 2> = cast(base);
             let rows: Tensor<C, 1, Int> = cast(rows);
             let values: Tensor<C, 2> = cast(values);
-            let out = kernel::add_rows(
+            let (base, rows, values) = (
                 C::float_into(base.into_primitive().tensor()),
                 C::int_into(rows.into_primitive()),
                 C::float_into(values.into_primitive().tensor()),
             );
+            let out = match merge {
+                Merge::Replace => kernel::set_rows(base, rows, Some(values)),
+                Merge::Add => kernel::add_rows(base, rows, values),
+            };
             cast(Tensor::<C, 2>::from_primitive(TensorPrimitive::Float(C::float_from(out))))
         },
         autodiff: {
             let base: Tensor<Autodiff<C>, 2> = cast(base);
             let rows: Tensor<Autodiff<C>, 1, Int> = cast(rows);
             let values: Tensor<Autodiff<C>, 2> = cast(values);
-            let out = backward::add::<C>(
+            let (base, rows, values) = (
                 base.into_primitive().tensor(),
                 C::int_into(rows.into_primitive()),
                 values.into_primitive().tensor(),
             );
+            let out = match merge {
+                Merge::Replace => backward::replace::<C>(base, rows, values),
+                Merge::Add => backward::add::<C>(base, rows, values),
+            };
             cast(Tensor::<Autodiff<C>, 2>::from_primitive(TensorPrimitive::Float(out)))
         },
     )
-}
-
-fn plain_replace<C: Cube>(
-    base: Tensor<C, 2>,
-    rows: Tensor<C, 1, Int>,
-    values: Tensor<C, 2>,
-) -> Tensor<C, 2> {
-    let out = kernel::set_rows(
-        C::float_into(base.into_primitive().tensor()),
-        C::int_into(rows.into_primitive()),
-        Some(C::float_into(values.into_primitive().tensor())),
-    );
-    Tensor::from_primitive(TensorPrimitive::Float(C::float_from(out)))
 }
