@@ -186,9 +186,9 @@ impl<B: Backend> LlamaAttention<B> {
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let kept = [&channels.q, &channels.k, &channels.v];
         sparse.rows_each(
-            [x],
-            |[x]| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
-            |[x]| projections.map(|p| p.dense_base(x.clone(), drop)),
+            x,
+            |x| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
+            |x| projections.map(|p| p.dense_base(x.clone(), drop)),
         )
     }
 
@@ -212,8 +212,8 @@ impl<B: Backend> LlamaAttention<B> {
         let [n, width] = x.dims();
         let base = o.sliced_in_base_onto(x.clone(), kept, drop, residual);
         let [b, s, d] = base.dims();
-        let dropped = ChannelKeep::complement_of(kept.clone(), width, x.dtype());
         let base = sparse.add_to_dense_rows(base.reshape([n, d]), x.clone(), |x| {
+            let dropped = ChannelKeep::complement_of(kept.clone(), width, x.dtype());
             o.dense_base(dropped.apply(x), drop)
         });
         o.add_adapter_onto(base.reshape([b, s, d]), x)

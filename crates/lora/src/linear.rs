@@ -109,11 +109,9 @@ impl<B: Backend> LoraLinear<B> {
                 sparse_ops::lora_linear_group(x, members)
             }
             None => {
-                let mut bases = bases.into_iter();
-                projections.map(|p| {
-                    let base = bases.next().expect("one base per projection");
-                    p.add_adapter(base, x.clone())
-                })
+                let [q, k, v] = bases;
+                [(0, q), (1, k), (2, v)]
+                    .map(|(i, base)| projections[i].add_adapter(base, x.clone()))
             }
         }
     }
@@ -122,16 +120,13 @@ impl<B: Backend> LoraLinear<B> {
     /// every one of them carries an adapter that it can take (see [`fused_weights`]); no
     /// weight is cast unless all three carry one.
     fn group_adapters(projections: [&Self; 3], x: &Tensor<B, 2>) -> Option<[GroupAdapter<B>; 3]> {
-        let [Some(q), Some(k), Some(v)] = projections.map(|p| p.lora.as_ref()) else {
+        let [Some(q), Some(k), Some(v)] = projections.map(|p| Some((p, p.lora.as_ref()?))) else {
             return None;
         };
-        let dtypes = projections.map(|p| p.weight.dtype());
-        let [Some(q), Some(k), Some(v)] =
-            [(q, dtypes[0]), (k, dtypes[1]), (v, dtypes[2])].map(|(lora, dtype)| {
-                let (a, b) = fused_weights(lora, x, dtype)?;
-                Some((a, b, lora.scaling))
-            })
-        else {
+        let [Some(q), Some(k), Some(v)] = [q, k, v].map(|(p, lora)| {
+            let (a, b) = fused_weights(lora, x, p.weight.dtype())?;
+            Some((a, b, lora.scaling))
+        }) else {
             return None;
         };
         Some([q, k, v])

@@ -29,7 +29,9 @@ pub fn linear_out_sliced<B: Backend, const D: usize>(
 ///
 /// The kept columns of `x` and of the frozen weight are gathered by one kernel each on
 /// burn-wgpu/burn-cuda (`kernels_cubecl::channel_scatter::gather_columns`, whose backward
-/// scatters `dX`'s kept columns, and [`kernels_cubecl::gather_padded`]); `select` elsewhere.
+/// scatters `dX`'s kept columns, and [`kernels_cubecl::gather_padded`]; `select` elsewhere),
+/// both padded with zero channels to [`padded_width`]: the product runs on aligned operands and
+/// the padding adds nothing.
 ///
 /// # Shapes
 /// - `x`: `[..., in]` (full width), `weight`: `[out, in]`, `idx`: `[k]` (indices into `0..in`)

@@ -65,31 +65,26 @@ impl<B: Backend> TokenSplit<B> {
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let [y] = self.apply_each([x], |[x]| [sparse_fn(x)], |[x]| [dense_fn(x)]);
+        let [y] = self.apply_each(x, |x| [sparse_fn(x)], |x| [dense_fn(x)]);
         y
     }
 
-    /// [`Self::apply`] for functions of `M` inputs with `N` outputs (each `[n, _]`): `dense_fn`
-    /// sees the dense rows of every input, each gathered once however many outputs read it
-    /// (attention's q, k and v read one input; o_proj reads its input and the residual it adds
-    /// onto).
-    pub fn apply_each<const M: usize, const N: usize>(
+    /// [`Self::apply`] for functions with `N` outputs (`[n, out_i]` each): the dense rows of `x`
+    /// are gathered once for all of them (attention's q, k and v read one input).
+    pub fn apply_each<const N: usize>(
         &self,
-        inputs: [Tensor<B, 2>; M],
-        sparse_fn: impl FnOnce([Tensor<B, 2>; M]) -> [Tensor<B, 2>; N],
-        dense_fn: impl FnOnce([Tensor<B, 2>; M]) -> [Tensor<B, 2>; N],
+        x: Tensor<B, 2>,
+        sparse_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+        dense_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
     ) -> [Tensor<B, 2>; N] {
         let Some(DenseRows { rows, .. }) = &self.dense else {
-            return sparse_fn(inputs);
+            return sparse_fn(x);
         };
         if self.n_sparse == 0 {
-            return dense_fn(inputs);
+            return dense_fn(x);
         }
-        let gathered = inputs
-            .clone()
-            .map(|x| sparse_ops::gather_rows(x, rows.clone()));
-        let dense = dense_fn(gathered);
-        let sparse = sparse_fn(inputs);
+        let dense = dense_fn(sparse_ops::gather_rows(x.clone(), rows.clone()));
+        let sparse = sparse_fn(x);
         let mut dense = dense.into_iter();
         sparse.map(|y| {
             let values = dense.next().expect("as many dense outputs as sparse ones");
@@ -175,17 +170,16 @@ impl<B: Backend> SparseForward<'_, B> {
         }
     }
 
-    /// [`Self::rows`] for functions of `M` inputs with `N` outputs
-    /// ([`TokenSplit::apply_each`]).
-    pub fn rows_each<const M: usize, const N: usize>(
+    /// [`Self::rows`] for functions with `N` outputs ([`TokenSplit::apply_each`]).
+    pub fn rows_each<const N: usize>(
         &self,
-        inputs: [Tensor<B, 2>; M],
-        sparse_fn: impl FnOnce([Tensor<B, 2>; M]) -> [Tensor<B, 2>; N],
-        dense_fn: impl FnOnce([Tensor<B, 2>; M]) -> [Tensor<B, 2>; N],
+        x: Tensor<B, 2>,
+        sparse_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+        dense_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
     ) -> [Tensor<B, 2>; N] {
         match &self.split {
-            Some(split) => split.apply_each(inputs, sparse_fn, dense_fn),
-            None => sparse_fn(inputs),
+            Some(split) => split.apply_each(x, sparse_fn, dense_fn),
+            None => sparse_fn(x),
         }
     }
 
