@@ -1113,17 +1113,8 @@ fn scatter_case(rows: usize, width: usize, kept_cols: &[i64], seed: u64) {
         &format!("{what} dkept"),
     );
 
-    let kw = tensor::<AW, 2>(&kept, &dw).require_grad();
-    let out = channel_scatter::scatter_columns(kw.clone(), targets::<AW>(kept_cols, &dw), width);
-    let grads = (out * tensor(&r, &dw)).sum().backward();
-    let kf = tensor::<AF, 2>(&kept, &df).require_grad();
-    let out_ref = reference::scatter_columns(kf.clone(), targets::<AF>(kept_cols, &df), width);
-    let grads_ref = (out_ref * tensor(&r, &df)).sum().backward();
-    assert_close(
-        kw.grad(&grads).unwrap(),
-        kf.grad(&grads_ref).unwrap(),
-        &format!("{what} dkept (no base)"),
-    );
+    // No base: the kept values' gradient alone.
+    scatter_no_base_case(rows, width, kept_cols, k, seed + 3);
 }
 
 #[test]
@@ -1212,14 +1203,15 @@ fn column_gather_matches_reference() {
     column_gather_case(3, 6, &[5, 4, 3, 2, 1, 0], 6, 114); // every column
 }
 
-/// The column scatter of a product run at a padded width: `kept`'s padding columns are dropped
-/// forward and get a zero gradient.
-fn padded_scatter_case(rows: usize, width: usize, kept_cols: &[i64], k_padded: usize, seed: u64) {
+/// The column scatter with no base under autodiff, of `kept` with `k_padded >= k` columns (a
+/// product run at a padded width: its padding columns are dropped forward and get a zero
+/// gradient).
+fn scatter_no_base_case(rows: usize, width: usize, kept_cols: &[i64], k_padded: usize, seed: u64) {
     let (dw, df) = (wgpu(), flex());
     let k = kept_cols.len();
     let kept = data([rows, k_padded], seed, 1.0, 0.2);
     let r = data([rows, width], seed + 1, 1.0, 0.0);
-    let what = format!("padded scatter rows={rows} width={width} k={k} k_padded={k_padded}");
+    let what = format!("scatter (no base) rows={rows} width={width} k={k} k_padded={k_padded}");
 
     let kw = tensor::<AW, 2>(&kept, &dw).require_grad();
     let out = launches(3, &what, || {
@@ -1246,8 +1238,8 @@ fn padded_scatter_case(rows: usize, width: usize, kept_cols: &[i64], k_padded: u
 #[test]
 fn padded_channel_scatter_matches_reference() {
     let _serial = serial();
-    padded_scatter_case(5, 16, &[3, 0, 15, 7, 9], 8, 141);
-    padded_scatter_case(
+    scatter_no_base_case(5, 16, &[3, 0, 15, 7, 9], 8, 141);
+    scatter_no_base_case(
         33,
         1000,
         &(0..1000).step_by(7).collect::<Vec<_>>(),
@@ -2054,33 +2046,76 @@ fn row_tensor<B: Backend>(rows: &[i64], device: &B::Device) -> Tensor<B, 1, Int>
     Tensor::from_data(TensorData::new(rows.to_vec(), [rows.len()]), device)
 }
 
+/// How the token split writes its dense rows' results into the sparse path's output.
+#[derive(Clone, Copy, Debug)]
+enum RowWrite {
+    /// `replace_rows`: written over the sparse results.
+    Replace,
+    /// `add_rows`: added onto them (a correction).
+    Add,
+}
+
+impl RowWrite {
+    fn fused<B: Backend>(
+        self,
+        base: Tensor<B, 2>,
+        rows: Tensor<B, 1, Int>,
+        values: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        match self {
+            RowWrite::Replace => row_merge::replace_rows(base, rows, values),
+            RowWrite::Add => row_merge::add_rows(base, rows, values),
+        }
+    }
+
+    fn reference<B: Backend>(
+        self,
+        base: Tensor<B, 2>,
+        rows: Tensor<B, 1, Int>,
+        values: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        match self {
+            RowWrite::Replace => row_merge::reference::replace_rows(base, rows, values),
+            RowWrite::Add => row_merge::reference::add_rows(base, rows, values),
+        }
+    }
+
+    /// Kernel launches of the backward of `write(x * 3, rows, gather(x, rows) * 2)`: the
+    /// written rows' gather (and, replacing, their zeroing), then the first gather's scatter.
+    fn backward_launches(self) -> u64 {
+        match self {
+            RowWrite::Replace => 3,
+            RowWrite::Add => 2,
+        }
+    }
+}
+
 /// As the token split uses them: the dense path on `x[rows]`, the sparse path on every row, the
-/// dense results written over the sparse ones; forward and dx against burn's select/select_assign.
-/// With `residual` the merge's output gradient is shared with a residual stream's (as in the
-/// model), so the backward zeroes its rows in a copy; without, in place.
-fn row_merge_case(n: usize, d: usize, rows: &[i64], residual: bool, seed: u64) {
+/// dense results written over the sparse ones or added onto them; forward and dx against burn's
+/// select/select_assign. With `residual` the write's output gradient is shared with a residual
+/// stream's (as in the model), so a replacing backward zeroes its rows in a copy; without, in
+/// place. Last, a base still held elsewhere is left as it was.
+fn row_merge_case(write: RowWrite, n: usize, d: usize, rows: &[i64], residual: bool, seed: u64) {
     let (dw, df) = (wgpu(), flex());
     let x = data([n, d], seed, 1.0, 0.0);
     let r = data([n, d], seed + 1, 1.0, 0.0);
-    let what = format!("row_merge n={n} d={d} m={}", rows.len());
+    let what = format!("row_merge {write:?} n={n} d={d} m={}", rows.len());
 
     let xw = tensor::<AW, 2>(&x, &dw).require_grad();
     let out = launches(2, &what, || {
         let dense = row_merge::gather_rows(xw.clone(), row_tensor(rows, &dw)) * 2.0;
-        let sparse = xw.clone() * 3.0; // a fresh buffer: replaced in place
-        row_merge::replace_rows(sparse, row_tensor(rows, &dw), dense)
+        let sparse = xw.clone() * 3.0; // a fresh buffer: written in place
+        write.fused(sparse, row_tensor(rows, &dw), dense)
     });
-    // Backward: the replaced rows' gather and zeroing, the gather's scatter.
     let skip = if residual { 1.0 } else { 0.0 };
-    let grads = launches(3, &what, || {
+    let grads = launches(write.backward_launches(), &what, || {
         ((out.clone() + xw.clone() * skip) * tensor(&r, &dw))
             .sum()
             .backward()
     });
     let xf = tensor::<AF, 2>(&x, &df).require_grad();
     let dense = row_merge::reference::gather_rows(xf.clone(), row_tensor(rows, &df)) * 2.0;
-    let out_ref =
-        row_merge::reference::replace_rows(xf.clone() * 3.0, row_tensor(rows, &df), dense);
+    let out_ref = write.reference(xf.clone() * 3.0, row_tensor(rows, &df), dense);
     let grads_ref = ((out_ref.clone() + xf.clone() * skip) * tensor(&r, &df))
         .sum()
         .backward();
@@ -2091,62 +2126,16 @@ fn row_merge_case(n: usize, d: usize, rows: &[i64], residual: bool, seed: u64) {
         &format!("{what} dx"),
     );
 
-    // A base that is still held elsewhere is not written: the replacement goes to a copy.
+    // A base that is still held elsewhere is not written: the write goes to a copy.
     let base = tensor::<W, 2>(&x, &dw);
     let values = tensor::<W, 2>(&data([rows.len(), d], seed + 2, 1.0, 0.0), &dw);
-    let replaced = row_merge::replace_rows(base.clone(), row_tensor(rows, &dw), values.clone());
-    let expected = row_merge::reference::replace_rows(
+    let written = write.fused(base.clone(), row_tensor(rows, &dw), values.clone());
+    let expected = write.reference(
         tensor::<Flex, 2>(&x, &df),
         row_tensor(rows, &df),
         Tensor::from_data(values.into_data(), &df),
     );
-    assert_close(replaced, expected, &format!("{what} shared base"));
-    assert_close(
-        base,
-        tensor::<Flex, 2>(&x, &df),
-        &format!("{what} base kept"),
-    );
-}
-
-/// The dense rows' correction added onto the sparse path's output (`add_rows`): forward and dx
-/// against burn's `select_assign`, and a base still held elsewhere left as it was.
-fn row_add_case(n: usize, d: usize, rows: &[i64], seed: u64) {
-    let (dw, df) = (wgpu(), flex());
-    let x = data([n, d], seed, 1.0, 0.0);
-    let r = data([n, d], seed + 1, 1.0, 0.0);
-    let what = format!("row_add n={n} d={d} m={}", rows.len());
-
-    let xw = tensor::<AW, 2>(&x, &dw).require_grad();
-    let out = launches(2, &what, || {
-        let correction = row_merge::gather_rows(xw.clone(), row_tensor(rows, &dw)) * 2.0;
-        let sparse = xw.clone() * 3.0; // a fresh buffer: added into in place
-        row_merge::add_rows(sparse, row_tensor(rows, &dw), correction)
-    });
-    // Backward: the added rows' gather, the first gather's scatter.
-    let grads = launches(2, &what, || {
-        (out.clone() * tensor(&r, &dw)).sum().backward()
-    });
-    let xf = tensor::<AF, 2>(&x, &df).require_grad();
-    let correction = row_merge::reference::gather_rows(xf.clone(), row_tensor(rows, &df)) * 2.0;
-    let out_ref =
-        row_merge::reference::add_rows(xf.clone() * 3.0, row_tensor(rows, &df), correction);
-    let grads_ref = (out_ref.clone() * tensor(&r, &df)).sum().backward();
-    assert_close(out, out_ref, &what);
-    assert_close(
-        xw.grad(&grads).unwrap(),
-        xf.grad(&grads_ref).unwrap(),
-        &format!("{what} dx"),
-    );
-
-    let base = tensor::<W, 2>(&x, &dw);
-    let values = tensor::<W, 2>(&data([rows.len(), d], seed + 2, 1.0, 0.0), &dw);
-    let added = row_merge::add_rows(base.clone(), row_tensor(rows, &dw), values.clone());
-    let expected = row_merge::reference::add_rows(
-        tensor::<Flex, 2>(&x, &df),
-        row_tensor(rows, &df),
-        Tensor::from_data(values.into_data(), &df),
-    );
-    assert_close(added, expected, &format!("{what} shared base"));
+    assert_close(written, expected, &format!("{what} shared base"));
     assert_close(
         base,
         tensor::<Flex, 2>(&x, &df),
@@ -2157,16 +2146,19 @@ fn row_add_case(n: usize, d: usize, rows: &[i64], seed: u64) {
 #[test]
 fn row_add_matches_reference() {
     let _serial = serial();
-    row_add_case(12, 16, &[11, 0, 5], 131); // unsorted, both ends, vectorised
-    row_add_case(9, 6, &[4], 132); // a width of 6: narrow vectors
-    row_add_case(64, 40, &(0..64).step_by(3).collect::<Vec<_>>(), 133);
+    row_merge_case(RowWrite::Add, 12, 16, &[11, 0, 5], false, 131); // unsorted, both ends
+    row_merge_case(RowWrite::Add, 9, 6, &[4], false, 132); // a width of 6: narrow vectors
+    let every_third = (0..64).step_by(3).collect::<Vec<_>>();
+    row_merge_case(RowWrite::Add, 64, 40, &every_third, false, 133);
 }
 
 #[test]
 fn row_merge_matches_reference() {
     let _serial = serial();
-    row_merge_case(12, 16, &[11, 0, 5], false, 121); // unsorted, both ends, vectorised
-    row_merge_case(12, 16, &[11, 0, 5], true, 121);
-    row_merge_case(9, 6, &[4], true, 122); // a width of 6: narrow vectors
-    row_merge_case(64, 40, &(0..64).step_by(3).collect::<Vec<_>>(), false, 123);
+    let replace = RowWrite::Replace;
+    row_merge_case(replace, 12, 16, &[11, 0, 5], false, 121); // unsorted, both ends, vectorised
+    row_merge_case(replace, 12, 16, &[11, 0, 5], true, 121);
+    row_merge_case(replace, 9, 6, &[4], true, 122); // a width of 6: narrow vectors
+    let every_third = (0..64).step_by(3).collect::<Vec<_>>();
+    row_merge_case(replace, 64, 40, &every_third, false, 123);
 }
