@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 
-use lora::sparse::{AttentionProjections, AttnChannels, ChannelKeep, SparseForward};
+use lora::sparse::{AttentionProjections, AttnChannels, SparseForward};
 use lora::LoraLinear;
 
 use kernels_cubecl::attention::reference::{grouped_mix, grouped_scores};
@@ -188,7 +188,9 @@ impl<B: Backend> LlamaAttention<B> {
         sparse.rows_each(
             x,
             |x| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
-            |x| projections.map(|p| p.dense_base(x.clone(), drop)),
+            // Exact gradients on the dense rows in reference-compat mode too: the reference
+            // runs them through the dense layers.
+            |x| projections.map(|p| p.dense_base(x.clone(), false)),
         )
     }
 
@@ -209,12 +211,11 @@ impl<B: Backend> LlamaAttention<B> {
     ) -> Tensor<B, 3> {
         let drop = sparse.drop_sliced_input_grad;
         let o = &self.o_proj;
-        let [n, width] = x.dims();
+        let n = x.dims()[0];
         let base = o.sliced_in_base_onto(x.clone(), kept, drop, residual);
         let [b, s, d] = base.dims();
         let base = sparse.add_to_dense_rows(base.reshape([n, d]), x.clone(), |x| {
-            let dropped = ChannelKeep::complement_of(kept.clone(), width, x.dtype());
-            o.dense_base(dropped.apply(x), drop)
+            o.dropped_in_channels_base(x, kept, drop)
         });
         o.add_adapter_onto(base.reshape([b, s, d]), x)
     }
@@ -280,64 +281,22 @@ impl<B: Backend> LlamaAttention<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unused_selector::UnusedSelector;
+    use crate::test_support::{
+        add_random_adapters, assert_compat_changes_only_sparse_rows, ints, rows_1_and_4_dense,
+        scrambled, TestBackend,
+    };
     use burn::tensor::{Distribution, TensorData, Tolerance};
-    use lora::sparse::TokenSplit;
-    use lora::{LoraAdapter, LoraConfig};
 
-    type TestBackend = burn::backend::Autodiff<burn::backend::Flex>;
-
-    /// A sparse forward over 6 token rows, rows 1 and 4 on the dense path.
-    fn rows_1_and_4_dense(drop: bool) -> SparseForward<'static, TestBackend> {
-        let dense = [false, true, false, false, true, false];
-        SparseForward {
-            selector: &UnusedSelector,
-            split: Some(TokenSplit::from_dense_mask(&dense, &Default::default())),
-            drop_sliced_input_grad: drop,
-        }
-    }
-
-    fn ints(values: &[i64]) -> Tensor<TestBackend, 1, Int> {
-        Tensor::from_data(
-            TensorData::new(values.to_vec(), [values.len()]),
-            &Default::default(),
-        )
-    }
-
-    /// `k` distinct channels of `0..width`, scrambled (`step` coprime with `width`).
-    fn scrambled(width: i64, k: i64, step: i64) -> Vec<i64> {
-        (0..k).map(|i| (i * step + 3) % width).collect()
-    }
-
-    /// The tiny block with random adapters on q, k, v and o (a fresh B is zero, which would hide
-    /// every A gradient).
+    /// The tiny block with random adapters on q, k, v and o.
     fn block() -> LlamaAttention<TestBackend> {
-        let device = Default::default();
         let config = LlamaConfig::preset("tiny").unwrap();
-        let mut attn = LlamaAttention::new(&config, &device);
-        let lora = LoraConfig::new().with_r(4).with_alpha(8.0);
-        for p in [
+        let mut attn = LlamaAttention::new(&config, &Default::default());
+        add_random_adapters([
             &mut attn.q_proj,
             &mut attn.k_proj,
             &mut attn.v_proj,
             &mut attn.o_proj,
-        ] {
-            let (out, d_in) = p.dims();
-            let random = |shape: [usize; 2]| {
-                Tensor::<burn::backend::Flex, 2>::random(
-                    shape,
-                    Distribution::Normal(0.0, 0.3),
-                    &device,
-                )
-                .into_data()
-            };
-            p.lora = Some(LoraAdapter::from_weights(
-                &lora,
-                random([4, d_in]),
-                random([out, 4]),
-                &device,
-            ));
-        }
+        ]);
         attn
     }
 
@@ -368,7 +327,8 @@ mod tests {
     /// The two forms `forward_sparse` picks between, under a token split (rows 1 and 4 dense):
     /// q/k/v bases sliced on every row with the dense rows recomputed in full, and masked-dense
     /// with the mask sparing the dense rows. Same outputs, same input and adapter gradients,
-    /// with exact gradients and with the reference code's dropped base input gradient.
+    /// with exact gradients and with the reference code's dropped base input gradient (on the
+    /// sparse rows only).
     #[test]
     fn sliced_and_masked_qkv_agree_under_a_token_split() {
         let device = Default::default();
@@ -388,6 +348,7 @@ mod tests {
                 &device,
             )
         });
+        let mut dx = Vec::new();
         for drop in [false, true] {
             let sparse = rows_1_and_4_dense(drop);
             let x1 = x.clone().require_grad();
@@ -410,12 +371,15 @@ mod tests {
             for (got, want) in sliced.iter().zip(&masked) {
                 got.assert_approx_eq::<f32>(want, tol);
             }
+            dx.push(sliced[3].clone());
         }
+        assert_compat_changes_only_sparse_rows(&dx[0], &dx[1]);
     }
 
     /// o_proj's two forms under a token split (rows 1 and 4 dense): the base reading only the
     /// kept input channels with the dense rows' dropped channels added, and masked-dense. Same
-    /// output, same gradients of the input, the residual and the adapter.
+    /// output, same gradients of the input, the residual and the adapter, with exact gradients
+    /// and with the reference code's dropped base input gradient (on the sparse rows only).
     #[test]
     fn sliced_and_masked_o_agree_under_a_token_split() {
         let device = Default::default();
@@ -426,6 +390,7 @@ mod tests {
             Tensor::<TestBackend, 3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
         let probe =
             Tensor::<TestBackend, 3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
+        let mut dx = Vec::new();
         for drop in [false, true] {
             let sparse = rows_1_and_4_dense(drop);
             let run = |sliced: bool| {
@@ -448,10 +413,13 @@ mod tests {
                     lora.lora_b.grad(&grads).unwrap().into_data(),
                 ]
             };
+            let (sliced, masked) = (run(true), run(false));
             let tol = Tolerance::<f32>::absolute(1e-4).set_relative(1e-4);
-            for (got, want) in run(true).iter().zip(&run(false)) {
+            for (got, want) in sliced.iter().zip(&masked) {
                 got.assert_approx_eq::<f32>(want, tol);
             }
+            dx.push(sliced[1].clone());
         }
+        assert_compat_changes_only_sparse_rows(&dx[0], &dx[1]);
     }
 }

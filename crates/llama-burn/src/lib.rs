@@ -45,9 +45,9 @@ mod norm;
 mod projection;
 mod rope;
 pub mod sparsity;
-mod tokenizer;
 #[cfg(test)]
-mod unused_selector;
+mod test_support;
+mod tokenizer;
 
 pub use attention::{LlamaAttention, SLICED_MAX_KEPT};
 pub use cache::KvCache;

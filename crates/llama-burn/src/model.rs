@@ -97,7 +97,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
                 .mlp(s.layer, self.mlp.projections(), x, s.tokens.clone())
         });
         match (&sparse, channels) {
-            (Some(s), Some(idx)) => h + self.mlp.forward_sparse(mlp_input, &idx, s.forward),
+            (Some(s), Some(idx)) => self.mlp.forward_sparse_onto(mlp_input, &idx, s.forward, h),
             _ => self.mlp.forward_onto(mlp_input, h),
         }
     }

@@ -42,6 +42,24 @@ impl<B: Backend> ChannelKeep<B> {
         }
     }
 
+    /// `x` (`[n, width]`) as the input of a frozen base whose input gradient the reference code
+    /// drops (reference-compat, SPEC 5): no gradient through it on the sparse rows, the exact one
+    /// on the dense rows, which the reference runs through the dense layer. The values are
+    /// `x`'s exactly.
+    pub fn detach_sparse_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match (&self.keep, &self.dense_rows) {
+            (None, _) => x,
+            (Some(_), None) => x.detach(),
+            (Some(_), Some(dense_rows)) => {
+                let n = x.dims()[0];
+                let dense = dense_rows.clone().reshape([n, 1]).cast(x.dtype());
+                let frozen = x.clone().detach();
+                // `x - frozen` is zero: only its gradient, on the dense rows, remains.
+                frozen.clone() + (x - frozen) * dense
+            }
+        }
+    }
+
     /// `x` (`[n, width]`) with the dropped channels zeroed on the sparse rows.
     pub fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.keep {

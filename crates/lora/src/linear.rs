@@ -155,6 +155,21 @@ impl<B: Backend> LoraLinear<B> {
         sparse_ops::scatter_channels(kept, idx.clone(), out)
     }
 
+    /// `x[:, idx] W[:, idx]^T`: the frozen base reading only its input channels `idx`; no
+    /// adapter. With `drop_base_input_grad` and an adapter, no gradient flows to `x` through it.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]`, `idx`: `[k]` in `0..in`, output `[n, out]`
+    pub fn sliced_in_base(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        let base_input = self.base_input(x, drop_base_input_grad);
+        sparse_ops::linear_in_sliced(base_input, self.weight.val(), idx.clone())
+    }
+
     /// `addend + x[:, idx] W[:, idx]^T`: the frozen base reading only its input channels `idx`,
     /// added onto `addend` (the residual) by the product's epilogue where the seam can; no
     /// adapter. With `drop_base_input_grad` and an adapter, no gradient flows to `x` through it.
@@ -189,7 +204,45 @@ impl<B: Backend> LoraLinear<B> {
         keep: &ChannelKeep<B>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        keep.apply(self.dense_base(x, drop_base_input_grad))
+        let base_input = self.masked_base_input(x, keep, drop_base_input_grad);
+        keep.apply(sparse_ops::linear(base_input, self.weight.val()))
+    }
+
+    /// The input of a masked-dense base: with `drop_base_input_grad` and an adapter, no
+    /// gradient through it on the sparse rows of `keep` ([`ChannelKeep::detach_sparse_rows`]).
+    fn masked_base_input(
+        &self,
+        x: Tensor<B, 2>,
+        keep: &ChannelKeep<B>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        if drop_base_input_grad && self.lora.is_some() {
+            keep.detach_sparse_rows(x)
+        } else {
+            x
+        }
+    }
+
+    /// What a dense token row adds to [`Self::sliced_in_base`]'s product of it to make the full
+    /// base product: the product of the input channels outside `idx`. Its gradient to `x` is
+    /// the full base's, also with `drop_base_input_grad` (the reference code runs its dense rows
+    /// through the dense layer), where the sliced product it completes carried none: then it is
+    /// the full product minus the detached sliced one.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]` (dense rows only), `idx`: `[k]` in `0..in`, output `[n, out]`
+    pub fn dropped_in_channels_base(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        if drop_base_input_grad && self.lora.is_some() {
+            let kept = self.sliced_in_base(x.clone(), idx, true);
+            return self.dense_base(x, false) - kept;
+        }
+        let dropped = ChannelKeep::complement_of(idx.clone(), x.dims()[1], x.dtype());
+        self.dense_base(dropped.apply(x), false)
     }
 
     /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
@@ -221,8 +274,7 @@ impl<B: Backend> LoraLinear<B> {
         idx: &Tensor<B, 1, Int>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        let base_input = self.base_input(x.clone(), drop_base_input_grad);
-        let base = sparse_ops::linear_in_sliced(base_input, self.weight.val(), idx.clone());
+        let base = self.sliced_in_base(x.clone(), idx, drop_base_input_grad);
         self.add_adapter(base, x)
     }
 
@@ -254,8 +306,8 @@ impl<B: Backend> LoraLinear<B> {
         keep: &ChannelKeep<B>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        let base_input = keep.apply(self.base_input(x.clone(), drop_base_input_grad));
-        let base = sparse_ops::linear(base_input, self.weight.val());
+        let base_input = self.masked_base_input(x.clone(), keep, drop_base_input_grad);
+        let base = sparse_ops::linear(keep.apply(base_input), self.weight.val());
         self.add_adapter(base, x)
     }
 
@@ -288,8 +340,8 @@ impl<B: Backend> LoraLinear<B> {
         drop_base_input_grad: bool,
         residual: Tensor<B, E>,
     ) -> Tensor<B, E> {
-        let base_input = keep.apply(self.base_input(x.clone(), drop_base_input_grad));
-        let base = sparse_ops::linear_onto(base_input, self.weight.val(), residual);
+        let base_input = self.masked_base_input(x.clone(), keep, drop_base_input_grad);
+        let base = sparse_ops::linear_onto(keep.apply(base_input), self.weight.val(), residual);
         self.add_adapter_onto(base, x)
     }
 
