@@ -11,7 +11,9 @@
 # (`--svd-cache`: the random model's factors are built by the first sparse run only), and each
 # measures the estimator's end-to-end cost (`--estimator-overhead`: STEPS more pairs of steps). With
 # HOST_PROFILE=1 each of our runs also writes a host profile (`--host-profile`, docs/perf.md) into
-# the archive; the binary must keep its symbol table (not `strip`ped) for readable names.
+# the archive; the binary must keep its symbol table (not `strip`ped) for readable names. OURS_ARGS
+# adds arguments to each of our runs (e.g. `--lora-targets q,k,v,o,gate,up,down`), PEER_ARGS to
+# the peer's (e.g. `--targets all`).
 # Each run's SM clock, power and the driver's clock-event reasons are sampled every 200 ms by
 # `nvidia-smi` (read only: the card's settings are left alone) into `<run>.clocks.csv`, and
 # summarised after the run (docs/perf.md: the gap between a step's wall time and its kernels).
@@ -55,7 +57,9 @@ for run in "$@"; do
   case $kind in
     peft)
       cmd=(python3 "$PEER/peft_lora_bench.py" --model "$MODEL" --workload "$workload"
-           --steps "$STEPS" --warmup "$WARMUP" --json "$work/peft.jsonl") ;;
+           --steps "$STEPS" --warmup "$WARMUP" --json "$work/peft.jsonl")
+      # shellcheck disable=SC2206 # PEER_ARGS is split into words on purpose
+      cmd+=(${PEER_ARGS:-}) ;;
     dense)
       cmd=("$XTASK" bench step --model "$MODEL" --workload "$workload" --steps "$STEPS"
            --warmup "$WARMUP" --unsynced-steps "$UNSYNCED" --breakdown --output-dir "$work") ;;
@@ -66,6 +70,8 @@ for run in "$@"; do
     *) echo "unknown run $run"; status=1; continue ;;
   esac
   if [ "$kind" != peft ] && [ -f "$work/peft.jsonl" ]; then cmd+=(--peft "$work/peft.jsonl"); fi
+  # shellcheck disable=SC2206 # OURS_ARGS is split into words on purpose
+  if [ "$kind" != peft ] && [ -n "${OURS_ARGS:-}" ]; then cmd+=($OURS_ARGS); fi
   if [ "$kind" != peft ] && [ -n "${HOST_PROFILE:-}" ]; then
     cmd+=(--host-profile "${log%.log}.host-profile.txt")
   fi
