@@ -114,8 +114,8 @@ impl<B: Backend> LlamaAttention<B> {
     /// on the dense path of `sparse.split` keep every channel. No KV cache (training only).
     ///
     /// Where at most [`SLICED_MAX_KEPT`] of q's channels are kept ([`Self::slices_pay`]), the
-    /// frozen bases are sliced products on every row, the dense rows recomputed in full for q/k/v
-    /// ([`Self::sliced_qkv_bases`]) and corrected for o_proj ([`Self::sliced_o_onto`]); where
+    /// frozen bases are sliced products on every row, the dense rows then completed with the
+    /// dropped channels' products ([`Self::sliced_qkv_bases`], [`Self::sliced_o_onto`]); where
     /// more are kept they run dense and masked ([`LoraLinear::forward_out_masked`],
     /// [`LoraLinear::forward_in_masked_onto`]), which needs no gather of weights or inputs, no
     /// scatter to full width and no second product of the dense rows. Both forms give the sliced
@@ -174,8 +174,11 @@ impl<B: Backend> LlamaAttention<B> {
 
     /// q/k/v's frozen base outputs (`[n, out_i]`, no adapter) of the rows `x` (`[n, d_model]`):
     /// on the sparse rows the sliced products ([`LoraLinear::sliced_out_base`]: zeros outside
-    /// the kept channels), on the dense rows of `sparse.split` the full ones, those rows
-    /// gathered once for the three.
+    /// the kept channels), on the dense rows of `sparse.split` the full ones: the sliced
+    /// products of every row, the dropped channels' products added on the dense rows
+    /// ([`LoraLinear::dropped_out_channels_base`]; those rows gathered once for the three).
+    /// Added, not written over: writing over would zero those rows of the output gradient, a
+    /// copy of it, since the adapters' group op shares it.
     fn sliced_qkv_bases(
         &self,
         x: Tensor<B, 2>,
@@ -185,13 +188,10 @@ impl<B: Backend> LlamaAttention<B> {
         let drop = sparse.drop_sliced_input_grad;
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let kept = [&channels.q, &channels.k, &channels.v];
-        sparse.rows_each(
-            x,
-            |x| [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop)),
-            // Exact gradients on the dense rows in reference-compat mode too: the reference
-            // runs them through the dense layers.
-            |x| projections.map(|p| p.dense_base(x.clone(), false)),
-        )
+        let bases = [0, 1, 2].map(|i| projections[i].sliced_out_base(x.clone(), kept[i], drop));
+        sparse.add_to_dense_rows_each(bases, x, |x| {
+            [0, 1, 2].map(|i| projections[i].dropped_out_channels_base(x.clone(), kept[i], drop))
+        })
     }
 
     /// `residual + o_proj(x)` with o_proj's frozen base reading only the input channels `kept`

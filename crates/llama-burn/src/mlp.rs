@@ -153,11 +153,12 @@ impl<B: Backend> LlamaMlp<B> {
     }
 
     /// The sparse MLP when its projections carry adapters, in the form of the sliced attention
-    /// block: gate's and up's frozen bases sliced on the sparse rows and full on the dense rows
-    /// of `sparse.split` (those rows gathered once for both), each adapter then added once on
-    /// every row; down's base reads only the kept channels (onto `residual` in its epilogue),
-    /// the dense rows get the product of the channels it dropped added, and down's adapter
-    /// reads every channel. No adapter runs twice on a dense row.
+    /// block ([`crate::attention`]): gate's and up's frozen bases sliced on every row, the
+    /// dense rows of `sparse.split` then completed with the dropped channels' products (those
+    /// rows gathered once for both), each adapter added once on every row; down's base reads
+    /// only the kept channels (onto `residual` in its epilogue), the dense rows get the product
+    /// of the channels it dropped added, and down's adapter reads every channel. No adapter
+    /// runs twice on a dense row, and no gradient is copied to zero the dense rows.
     ///
     /// # Shapes
     /// - `x`: `[n, d_model]`, `residual` and output `[n, d_model]`
@@ -170,12 +171,10 @@ impl<B: Backend> LlamaMlp<B> {
     ) -> Tensor<B, 2> {
         let drop = sparse.drop_sliced_input_grad;
         let (gate_up, down) = ([&self.gate_proj, &self.up_proj], &self.down_proj);
-        let [gate, up] = sparse.rows_each(
-            x.clone(),
-            |x| gate_up.map(|p| p.sliced_out_base(x.clone(), idx, drop)),
-            // Exact gradients on the dense rows in reference-compat mode too, as in attention.
-            |x| gate_up.map(|p| p.dense_base(x.clone(), false)),
-        );
+        let bases = gate_up.map(|p| p.sliced_out_base(x.clone(), idx, drop));
+        let [gate, up] = sparse.add_to_dense_rows_each(bases, x.clone(), |x| {
+            gate_up.map(|p| p.dropped_out_channels_base(x.clone(), idx, drop))
+        });
         let gate = self.gate_proj.add_adapter_onto(gate, x.clone());
         let up = self.up_proj.add_adapter_onto(up, x);
         let hidden = swiglu(gate, up); // [n, d_ff]

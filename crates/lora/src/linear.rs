@@ -223,6 +223,28 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
+    /// What a dense token row adds to [`Self::sliced_out_base`]'s output for it to make the full
+    /// base output: the product on the output channels outside `idx` (zeros on `idx`). Its
+    /// gradient to `x` is the full base's, also with `drop_base_input_grad` (the reference code
+    /// runs its dense rows through the dense layer), where the sliced output it completes
+    /// carried none: then it is the full output minus the detached sliced one.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, in]` (dense rows only), `idx`: `[k]` in `0..out`, output `[n, out]`
+    pub fn dropped_out_channels_base(
+        &self,
+        x: Tensor<B, 2>,
+        idx: &Tensor<B, 1, Int>,
+        drop_base_input_grad: bool,
+    ) -> Tensor<B, 2> {
+        if drop_base_input_grad && self.lora.is_some() {
+            let kept = self.sliced_out_base(x.clone(), idx, true);
+            return self.dense_base(x, false) - kept;
+        }
+        let dropped = ChannelKeep::complement_of(idx.clone(), self.dims().0, x.dtype());
+        dropped.apply(self.dense_base(x, false))
+    }
+
     /// What a dense token row adds to [`Self::sliced_in_base`]'s product of it to make the full
     /// base product: the product of the input channels outside `idx`. Its gradient to `x` is
     /// the full base's, also with `drop_base_input_grad` (the reference code runs its dense rows

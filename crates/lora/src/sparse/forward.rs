@@ -65,18 +65,6 @@ impl<B: Backend> TokenSplit<B> {
         sparse_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
         dense_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let [y] = self.apply_each(x, |x| [sparse_fn(x)], |x| [dense_fn(x)]);
-        y
-    }
-
-    /// [`Self::apply`] for functions with `N` outputs (`[n, out_i]` each): the dense rows of `x`
-    /// are gathered once for all of them (attention's q, k and v read one input).
-    pub fn apply_each<const N: usize>(
-        &self,
-        x: Tensor<B, 2>,
-        sparse_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
-        dense_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
-    ) -> [Tensor<B, 2>; N] {
         let Some(DenseRows { rows, .. }) = &self.dense else {
             return sparse_fn(x);
         };
@@ -84,30 +72,43 @@ impl<B: Backend> TokenSplit<B> {
             return dense_fn(x);
         }
         let dense = dense_fn(sparse_ops::gather_rows(x.clone(), rows.clone()));
-        let sparse = sparse_fn(x);
-        let mut dense = dense.into_iter();
-        sparse.map(|y| {
-            let values = dense.next().expect("as many dense outputs as sparse ones");
-            sparse_ops::replace_rows(y, rows.clone(), values)
-        })
+        sparse_ops::replace_rows(sparse_fn(x), rows.clone(), dense)
     }
 
     /// `y` (`[n, out]`, the sparse path's result on every row) with `correction_fn` of the dense
     /// rows of `x` (`[n, in]`) added to those rows: for a dense path that equals the sparse one
     /// plus a correction (an input-sliced product and the product of the channels it dropped).
+    ///
+    /// Adding, unlike [`Self::apply`]'s replacing, leaves the output gradient whole for `y`'s
+    /// producer: replacing rows zeroes them in that gradient, a copy of it when the gradient is
+    /// shared, as it is when an adapter's update was added onto the output.
     pub fn add_to_dense_rows(
         &self,
         y: Tensor<B, 2>,
         x: Tensor<B, 2>,
         correction_fn: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        match &self.dense {
-            Some(DenseRows { rows, .. }) => {
-                let correction = correction_fn(sparse_ops::gather_rows(x, rows.clone()));
-                sparse_ops::add_rows(y, rows.clone(), correction)
-            }
-            None => y,
-        }
+        let [y] = self.add_to_dense_rows_each([y], x, |x| [correction_fn(x)]);
+        y
+    }
+
+    /// [`Self::add_to_dense_rows`] for `N` outputs reading one input (`ys[i]`: `[n, out_i]`):
+    /// the dense rows of `x` are gathered once for all of them (attention's q, k and v).
+    pub fn add_to_dense_rows_each<const N: usize>(
+        &self,
+        ys: [Tensor<B, 2>; N],
+        x: Tensor<B, 2>,
+        correction_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+    ) -> [Tensor<B, 2>; N] {
+        let Some(DenseRows { rows, .. }) = &self.dense else {
+            return ys;
+        };
+        let corrections = correction_fn(sparse_ops::gather_rows(x, rows.clone()));
+        let mut corrections = corrections.into_iter();
+        ys.map(|y| {
+            let correction = corrections.next().expect("as many corrections as outputs");
+            sparse_ops::add_rows(y, rows.clone(), correction)
+        })
     }
 
     /// What zeroes the channels outside `kept` on the sparse rows of an `[n, width]` activation
@@ -170,16 +171,16 @@ impl<B: Backend> SparseForward<'_, B> {
         }
     }
 
-    /// [`Self::rows`] for functions with `N` outputs ([`TokenSplit::apply_each`]).
-    pub fn rows_each<const N: usize>(
+    /// [`TokenSplit::add_to_dense_rows_each`] (`ys` themselves without a split).
+    pub fn add_to_dense_rows_each<const N: usize>(
         &self,
+        ys: [Tensor<B, 2>; N],
         x: Tensor<B, 2>,
-        sparse_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
-        dense_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
+        correction_fn: impl FnOnce(Tensor<B, 2>) -> [Tensor<B, 2>; N],
     ) -> [Tensor<B, 2>; N] {
         match &self.split {
-            Some(split) => split.apply_each(x, sparse_fn, dense_fn),
-            None => sparse_fn(x),
+            Some(split) => split.add_to_dense_rows_each(ys, x, correction_fn),
+            None => ys,
         }
     }
 
