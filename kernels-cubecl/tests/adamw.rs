@@ -10,7 +10,8 @@ use burn::tensor::{Tensor, TensorData};
 use common::serial;
 
 use kernels_cubecl::adamw::{
-    adamw_update, fused_available, fused_launches, reference, sum_of_squares, AdamWStep, GlobalNorm,
+    adamw_update, fused_available, fused_launches, reference, sum_of_squares, AdamWBatch,
+    AdamWStep, GlobalNorm,
 };
 
 type W = Wgpu;
@@ -148,6 +149,98 @@ fn adamw_update_matches_the_reference_over_steps() {
     run_steps([3, 5, 1031], 3, 0.1, 3);
 }
 
+/// Many parameters stepped by one [`AdamWBatch`] equal each stepped alone by the reference,
+/// over steps; consecutive parameters of one vector width share launches, at most 16 each; a
+/// parameter whose tensors are also held elsewhere is stepped on a copy.
+#[test]
+fn a_batch_of_steps_matches_the_reference_per_parameter() {
+    let _guard = serial();
+    let wd = wgpu();
+    let fd = Default::default();
+    // 20 of one width (vectors of 4), then vectors of 1, of 4, of 1 again: 20 / 16 rounded up
+    // and 3 launches (lavapipe binds 31 buffers, 7 parameters a launch: 3 and 3).
+    let mut shapes = vec![[8usize, 64]; 18];
+    shapes.extend([[32, 64], [64, 32], [17, 5], [50_000, 3], [1, 3]]);
+    let start = |i: usize| data(shapes[i], 300 + i as u64, 1.0);
+    let mut kernel: Vec<[Tensor<W, 2>; 3]> = (0..shapes.len())
+        .map(|i| {
+            let p = Tensor::from_data(start(i), &wd);
+            [
+                p,
+                Tensor::zeros(shapes[i], &wd),
+                Tensor::zeros(shapes[i], &wd),
+            ]
+        })
+        .collect();
+    let mut reference: Vec<[Tensor<Flex, 2>; 3]> = (0..shapes.len())
+        .map(|i| {
+            let p = Tensor::from_data(start(i), &fd);
+            [
+                p,
+                Tensor::zeros(shapes[i], &fd),
+                Tensor::zeros(shapes[i], &fd),
+            ]
+        })
+        .collect();
+    for step in 1..=3 {
+        let scale = [0.37f32, 1.0, 0.05][step % 3];
+        let grads: Vec<TensorData> = (0..shapes.len())
+            .map(|i| data(shapes[i], 1000 * step as u64 + i as u64, 0.5))
+            .collect();
+        // Parameter 19 is also held here: the batch must not write over it.
+        let held = kernel[19][0].clone();
+        let held_values = values(held.clone());
+        let before = fused_launches();
+        let mut batch = AdamWBatch::new(Tensor::<W, 1>::from_floats([scale], &wd));
+        kernel = kernel
+            .into_iter()
+            .zip(&grads)
+            .map(|([p, m, v], g)| {
+                let g = Tensor::from_data(g.clone(), &wd);
+                let (p, m, v) = batch.push(p, g, m, v, hyper(step, 0.01));
+                [p, m, v]
+            })
+            .collect();
+        assert_eq!(
+            fused_launches() - before,
+            0,
+            "nothing launched before finish"
+        );
+        let per_launch = batch.params_per_launch().unwrap() as u64;
+        assert!(
+            (7..=16).contains(&per_launch),
+            "{per_launch} parameters a launch"
+        );
+        batch.finish();
+        let launches = 20u64.div_ceil(per_launch) + 3;
+        assert_eq!(fused_launches() - before, launches, "launches per step");
+        assert_eq!(values(held), held_values, "a held param was overwritten");
+        reference = reference
+            .into_iter()
+            .zip(&grads)
+            .map(|([p, m, v], g)| {
+                let g = Tensor::from_data(g.clone(), &fd);
+                let scale = Tensor::from_floats([scale], &fd);
+                let (p, m, v) = reference::adamw_update(p, g, m, v, scale, hyper(step, 0.01));
+                [p, m, v]
+            })
+            .collect();
+        for (i, (got, want)) in kernel.iter().zip(&reference).enumerate() {
+            for (what, got, want) in [("param", 0, 0), ("m", 1, 1), ("v", 2, 2)]
+                .map(|(what, a, b)| (what, &got[a], &want[b]))
+            {
+                assert_close(
+                    &values(got.clone()),
+                    &values(want.clone()),
+                    1e-5,
+                    1e-7,
+                    &format!("{what} of parameter {i} {:?}, step {step}", shapes[i]),
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_reference_is_burns_adamw() {
     // The reference against burn's own AdamW of a gradient scaled beforehand (as clipping does),
@@ -243,10 +336,11 @@ fn sums_of_squares_and_the_clip_factor_match_the_reference() {
     }
     let before = fused_launches();
     let (nw, fw) = gw.clip(1.0).unwrap();
+    // One launch per run of tensors of one vector width (4, 1, then 4 and 4) and one more.
     assert_eq!(
         fused_launches() - before,
-        shapes.len() as u64 + 1,
-        "one launch per tensor and one more"
+        3 + 1,
+        "one launch per group of tensors and one more"
     );
     let (nf, ff) = gf.clip(1.0).unwrap();
     let norm = values(nf)[0];

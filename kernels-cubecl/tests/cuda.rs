@@ -814,3 +814,78 @@ fn gather_padded_on_cuda() {
         );
     }
 }
+
+/// The optimizer's multi-tensor kernels on CUDA (f32): the global norm of 40 gradients (LoRA
+/// factors of LLaMA3-8B's shapes, then small odd ones) and one AdamW batch of their parameters
+/// scaled by its clip factor, 16 tensors a launch, against the references on Flex.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo test -p kernels-cubecl --features cuda -- --ignored` there"]
+fn optimizer_batch_on_cuda() {
+    use kernels_cubecl::adamw::{self, AdamWBatch, AdamWStep, GlobalNorm};
+    let _serial = serial();
+    let (device, flex) = (Default::default(), Default::default());
+    // 30 in vectors of 4, then 10 of 85 elements (vectors of 1).
+    let shapes: Vec<[usize; 2]> = (0..40)
+        .map(|i| match i {
+            30.. => [17, 5],
+            _ => [[32, 4096], [4096, 32], [1024, 32]][i % 3],
+        })
+        .collect();
+    let params: Vec<TensorData> = (0..40)
+        .map(|i| data(shapes[i], 500 + i as u64, 1.0, 0.0))
+        .collect();
+    let grads: Vec<TensorData> = (0..40)
+        .map(|i| data(shapes[i], 600 + i as u64, 0.5, 0.0))
+        .collect();
+    let (mut norm_cuda, mut norm_flex) = (GlobalNorm::<Cuda>::new(), GlobalNorm::<Flex>::new());
+    for g in &grads {
+        norm_cuda.push(Tensor::<Cuda, 2>::from_data(g.clone(), &device));
+        norm_flex.push(Tensor::<Flex, 2>::from_data(g.clone(), &flex));
+    }
+    let before = adamw::fused_launches();
+    let (norm, factor) = norm_cuda.clip(1.0).unwrap();
+    // Sums of squares: 16 + 14 tensors, then 10; and the norm.
+    assert_eq!(adamw::fused_launches() - before, 4, "global norm launches");
+    let (norm_ref, factor_ref) = norm_flex.clip(1.0).unwrap();
+    assert!(rel_l2(&values(norm), &values(norm_ref)) < 1e-5, "norm");
+    assert!(
+        rel_l2(&values(factor.clone()), &values(factor_ref.clone())) < 1e-5,
+        "factor"
+    );
+
+    let hyper = AdamWStep {
+        lr: 3e-3,
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: 0.01,
+        time: 1,
+    };
+    let mut batch = AdamWBatch::new(factor);
+    assert_eq!(batch.params_per_launch(), Some(16));
+    let stepped: Vec<_> = (0..40)
+        .map(|i| {
+            let p = Tensor::<Cuda, 2>::from_data(params[i].clone(), &device);
+            let g = Tensor::<Cuda, 2>::from_data(grads[i].clone(), &device);
+            batch.push(p, g.clone(), g.zeros_like(), g.zeros_like(), hyper)
+        })
+        .collect();
+    let before = adamw::fused_launches();
+    batch.finish();
+    assert_eq!(adamw::fused_launches() - before, 3, "AdamW launches");
+    for (i, (p, m, v)) in stepped.into_iter().enumerate() {
+        let g = Tensor::<Flex, 2>::from_data(grads[i].clone(), &flex);
+        let (p_ref, m_ref, v_ref) = adamw::reference::adamw_update(
+            Tensor::<Flex, 2>::from_data(params[i].clone(), &flex),
+            g.clone(),
+            g.zeros_like(),
+            g.zeros_like(),
+            factor_ref.clone(),
+            hyper,
+        );
+        for (what, got, want) in [("param", p, p_ref), ("m", m, m_ref), ("v", v, v_ref)] {
+            let err = rel_l2(&values(got), &values(want));
+            assert!(err < 1e-5, "{what} of parameter {i}: rel. err {err:e}");
+        }
+    }
+}

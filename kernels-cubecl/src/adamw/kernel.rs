@@ -1,6 +1,7 @@
-//! The optimizer kernels: the AdamW update (elementwise, in vectors, f32), per-tensor sums of
+//! The optimizer kernels: the AdamW update (elementwise, in vectors, f32) and per-tensor sums of
 //! squares (a few cubes per tensor, each writing its partial sum to a slot of a shared buffer),
-//! and the reduction of those slots into the global norm and the clip factor (one cube).
+//! each over several tensors in one launch, and the reduction of those slots into the global
+//! norm and the clip factor (one cube).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
-use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim};
 
 use super::Scalars;
 use crate::common::{address_type, block_sum, vector_size};
@@ -69,9 +70,9 @@ fn stepped<N: Size>(
     p * Vector::<f32, N>::new(decay) - delta * Vector::<f32, N>::new(lr)
 }
 
-/// One AdamW step, elementwise (burn 0.21's `AdamW` without AMSGrad or cautious decay), written
-/// over `param`, `moment_1` and `moment_2` (each element is read once, then written, by the same
-/// unit):
+/// One AdamW step (burn 0.21's `AdamW` without AMSGrad or cautious decay) for each of several
+/// parameters, elementwise, written over each parameter and its moments (each element is read
+/// once, then written, by the same unit):
 ///
 /// ```text
 /// g  = grad * scale
@@ -80,16 +81,19 @@ fn stepped<N: Size>(
 /// p' = p decay - (m' / bias_1) / (sqrt(v' / bias_2) + epsilon) lr
 /// ```
 ///
-/// in the order of burn's tensor ops. `len` counts vectors of `N` elements.
+/// in the order of burn's tensor ops. One row of cubes per parameter (`CUBE_POS_Y`; unit
+/// `CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X` takes vector `i` of it), the parameter picked by a
+/// branch per parameter as in [`sums_of_squares_kernel`]. The parameters share the step's
+/// scalars; the four sequences hold their tensors in one order, and a parameter's four tensors
+/// have one length.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn adamw_in_place_kernel<N: Size>(
-    param: &mut Tensor<Vector<f32, N>>,
-    grad: &Tensor<Vector<f32, N>>,
-    moment_1: &mut Tensor<Vector<f32, N>>,
-    moment_2: &mut Tensor<Vector<f32, N>>,
+fn adamw_multi_kernel<N: Size>(
+    params: &mut Sequence<Tensor<Vector<f32, N>>>,
+    grads: &Sequence<Tensor<Vector<f32, N>>>,
+    moments_1: &mut Sequence<Tensor<Vector<f32, N>>>,
+    moments_2: &mut Sequence<Tensor<Vector<f32, N>>>,
     grad_scale: &Tensor<f32>,
-    len: usize,
     beta_1: f32,
     one_minus_beta_1: f32,
     beta_2: f32,
@@ -100,38 +104,59 @@ fn adamw_in_place_kernel<N: Size>(
     decay: f32,
     lr: f32,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= len {
-        terminate!();
+    let tensor = CUBE_POS_Y as usize;
+    let i = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let count = params.len().comptime();
+    #[unroll]
+    for t in 0..count {
+        if tensor == t {
+            let param = params.index_mut(t);
+            if i < param.len() {
+                let moment_1 = moments_1.index_mut(t);
+                let moment_2 = moments_2.index_mut(t);
+                let g = grads[t][i] * Vector::<f32, N>::new(grad_scale[0]);
+                let m = moment::<N>(moment_1[i], g, beta_1, one_minus_beta_1);
+                let v = moment::<N>(moment_2[i], g * g, beta_2, one_minus_beta_2);
+                param[i] = stepped::<N>(param[i], m, v, bias_1, bias_2, epsilon, decay, lr);
+                moment_1[i] = m;
+                moment_2[i] = v;
+            }
+        }
     }
-    let g = grad[i] * Vector::<f32, N>::new(grad_scale[0]);
-    let m = moment::<N>(moment_1[i], g, beta_1, one_minus_beta_1);
-    let v = moment::<N>(moment_2[i], g * g, beta_2, one_minus_beta_2);
-    param[i] = stepped::<N>(param[i], m, v, bias_1, bias_2, epsilon, decay, lr);
-    moment_1[i] = m;
-    moment_2[i] = v;
 }
 
-/// `out[slot + c] = sum(f32(x)^2)` over the part of `input` that cube `c` of `parts` covers
-/// (vectors `c * CUBE_DIM + unit`, strided by `parts * CUBE_DIM`). `len` counts vectors.
+/// `out[slot + t * parts + c] = sum(f32(x)^2)` over the part of tensor `t` of `inputs` that cube
+/// `(c, t)` covers (vectors `c * CUBE_DIM + unit`, strided by `parts * CUBE_DIM`): the partial
+/// sums of several tensors in one launch, one row of cubes per tensor. A sequence is indexed by
+/// compile-time positions only, so the kernel has one branch per tensor and picks its tensor by
+/// comparing `CUBE_POS_Y` with each ([`GROUP`] bounds the branches).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn sum_of_squares_kernel<F: Float, N: Size>(
-    input: &Tensor<Vector<F, N>>,
+fn sums_of_squares_kernel<F: Float, N: Size>(
+    inputs: &Sequence<Tensor<Vector<F, N>>>,
     out: &mut Tensor<f32>,
-    len: usize,
     slot: usize,
+    parts: usize,
     #[comptime] block: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let mut shared = SharedMemory::<f32>::new(block);
+    let tensor = CUBE_POS_Y as usize;
     let part = CUBE_POS_X as usize;
-    let stride = CUBE_COUNT_X as usize * block;
+    let stride = parts * block;
     let mut squares = Vector::<f32, N>::new(0.0f32);
-    let mut i = part * block + UNIT_POS as usize;
-    while i < len {
-        let x = Vector::<f32, N>::cast_from(input[i]);
-        squares += x * x;
-        i += stride;
+    let count = inputs.len().comptime();
+    #[unroll]
+    for t in 0..count {
+        if tensor == t {
+            let input = &inputs[t];
+            let len = input.len();
+            let mut i = part * block + UNIT_POS as usize;
+            while i < len {
+                let x = Vector::<f32, N>::cast_from(input[i]);
+                squares += x * x;
+                i += stride;
+            }
+        }
     }
     let mut total = 0.0f32;
     #[unroll]
@@ -140,7 +165,7 @@ fn sum_of_squares_kernel<F: Float, N: Size>(
     }
     let total = block_sum(total, &mut shared);
     if UNIT_POS == 0 {
-        out[slot + part] = total;
+        out[slot + tensor * parts + part] = total;
     }
 }
 
@@ -190,46 +215,81 @@ fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
-/// One AdamW step over f32 tensors of one shape (`grad_scale`: one f32 element); returns
-/// `(param, moment_1, moment_2)`, contiguous. The step writes over each of `param`, `moment_1`
-/// and `moment_2` that is the only handle on its memory (burn's own test for in-place ops, what
-/// training passes), and over a copy of one that is shared.
-pub(crate) fn adamw<R: CubeRuntime>(
+/// One parameter's AdamW step for [`adamw_multi`]: `[param, grad, moment_1, moment_2]`, f32,
+/// contiguous, of one length; param and moments each the only handle on its memory (the launch
+/// writes over them) but for the clones the caller keeps as the step's results.
+pub(crate) type AdamWTensors<R> = [CubeTensor<R>; 4];
+
+/// `(param, moment_1, moment_2)` ready for [`adamw_multi`]: contiguous, and copied where another
+/// handle shares their memory, so that writing over them changes nothing else; returned with
+/// the contiguous gradient as the launch takes them, and the vector width they allow.
+pub(crate) fn adamw_prepared<R: CubeRuntime>(
     param: CubeTensor<R>,
     grad: CubeTensor<R>,
     moment_1: CubeTensor<R>,
     moment_2: CubeTensor<R>,
-    grad_scale: CubeTensor<R>,
-    s: Scalars,
-) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let [param, grad, moment_1, moment_2, grad_scale] =
-        [param, grad, moment_1, moment_2, grad_scale].map(into_contiguous);
+) -> (AdamWTensors<R>, usize) {
+    let [param, grad, moment_1, moment_2] = [param, grad, moment_1, moment_2].map(into_contiguous);
     let [param, moment_1, moment_2] =
         [param, moment_1, moment_2].map(|t| if t.can_mut() { t } else { t.copy() });
     let len = param.meta.shape().num_elements();
-    let cube_dim = CubeDim::new_1d(block(&param));
-    let client = param.client.clone();
-    let tensors = [&param, &grad, &moment_1, &moment_2];
-    let vector = vector_size(&tensors, DType::F32, &[len]);
-    let address = address_type(&tensors).max(grad_scale.required_address_type());
-    let cube_count = calculate_cube_count_elemwise(&client, len / vector, cube_dim);
+    let tensors = [param, grad, moment_1, moment_2];
+    let vector = vector_size(&tensors.each_ref(), DType::F32, &[len]);
+    (tensors, vector)
+}
+
+/// Parameters one AdamW launch takes on `like`'s device: [`GROUP`], or fewer where the device
+/// binds fewer buffers (four per parameter, the clip factor and cubecl's metadata besides).
+pub(crate) fn adamw_group_size<R: CubeRuntime>(like: &CubeTensor<R>) -> usize {
+    let bindings = like.client.properties().hardware.max_bindings as usize;
+    (bindings.saturating_sub(3) / 4).clamp(1, GROUP)
+}
+
+/// One AdamW step for each of `steps` (prepared by [`adamw_prepared`] at vector width `vector`,
+/// at most [`adamw_group_size`] of them), written over their params and moments in one launch;
+/// `grad_scale` is one f32 element on their device.
+pub(crate) fn adamw_multi<R: CubeRuntime>(
+    steps: Vec<AdamWTensors<R>>,
+    vector: usize,
+    grad_scale: CubeTensor<R>,
+    s: Scalars,
+) {
+    let grad_scale = into_contiguous(grad_scale);
+    let longest = steps
+        .iter()
+        .map(|[p, ..]| p.meta.shape().num_elements())
+        .max()
+        .unwrap_or(0);
+    let refs: Vec<&CubeTensor<R>> = steps.iter().flatten().chain([&grad_scale]).collect();
+    let address = address_type(&refs);
+    let block = block(&grad_scale);
+    let client = grad_scale.client.clone();
+    let count = steps.len() as u32;
+    let cubes = (longest / vector).div_ceil(block as usize).max(1) as u32;
+    let [mut params, mut grads, mut moments_1, mut moments_2] = [(); 4].map(|_| SequenceArg::new());
+    for [p, g, m, v] in steps {
+        params.push(p.into_tensor_arg());
+        grads.push(g.into_tensor_arg());
+        moments_1.push(m.into_tensor_arg());
+        moments_2.push(v.into_tensor_arg());
+    }
     count_launch();
-    // SAFETY: units past `len / vector` vectors return before any access; every tensor holds
-    // `len` contiguous elements, `grad_scale` at least one; the three written tensors are each
-    // the sole owner of their memory, so none aliases another binding.
+    // SAFETY: unit `i` of row `t` touches vector `i` of parameter `t`'s four tensors only when
+    // `i` is below that parameter's length (all four have it, `vector` divides it); params and
+    // moments are each the sole owner of their memory (`adamw_prepared`), so no written binding
+    // aliases another.
     unsafe {
-        adamw_in_place_kernel::launch_unchecked::<R>(
+        adamw_multi_kernel::launch_unchecked::<R>(
             &client,
-            cube_count,
-            cube_dim,
+            CubeCount::Static(cubes, count, 1),
+            CubeDim::new_1d(block),
             address,
             vector,
-            param.clone().into_tensor_arg(),
-            grad.into_tensor_arg(),
-            moment_1.clone().into_tensor_arg(),
-            moment_2.clone().into_tensor_arg(),
+            params,
+            grads,
+            moments_1,
+            moments_2,
             grad_scale.into_tensor_arg(),
-            len / vector,
             s.beta_1,
             s.one_minus_beta_1,
             s.beta_2,
@@ -241,44 +301,94 @@ pub(crate) fn adamw<R: CubeRuntime>(
             s.lr,
         )
     };
-    (param, moment_1, moment_2)
 }
 
-/// How many slots [`sum_of_squares_into`] fills for a tensor of `len` elements.
-pub(crate) fn parts(len: usize) -> usize {
+/// How many cubes (slots) the sum of squares of a tensor of `len` elements is split over.
+fn parts(len: usize) -> usize {
     len.div_ceil(ELEMENTS_PER_CUBE).clamp(1, MAX_PARTS)
 }
 
-/// Writes the partial sums of squares of `input` (f32/f16/bf16), in f32, to the [`parts`] slots
-/// of `out` (f32, contiguous) from `slot` on.
-pub(crate) fn sum_of_squares_into<R: CubeRuntime>(
-    input: CubeTensor<R>,
-    out: &CubeTensor<R>,
-    slot: usize,
-) {
-    let input = into_contiguous(input);
-    let dtype = input.dtype;
-    let len = input.meta.shape().num_elements();
-    let parts = parts(len);
-    debug_assert!(slot + parts <= out.meta.shape().num_elements());
-    let vector = vector_size(&[&input], dtype, &[len]);
-    let block = block(&input);
-    let address = address_type(&[&input, out]);
-    let client = input.client.clone();
+/// Tensors one multi-tensor launch takes, at most: its kernel has a branch per tensor.
+const GROUP: usize = 16;
+
+/// Tensors (contiguous, one dtype) read by one launch of the sum-of-squares kernel, at one
+/// vector width.
+struct SquaresGroup<R: CubeRuntime> {
+    tensors: Vec<CubeTensor<R>>,
+    vector: usize,
+    /// Cubes per tensor: the most any of them needs.
+    parts: usize,
+}
+
+impl<R: CubeRuntime> SquaresGroup<R> {
+    fn slots(&self) -> usize {
+        self.tensors.len() * self.parts
+    }
+}
+
+/// `tensors` (f32/f16/bf16) made contiguous and split into launch groups of one dtype and vector
+/// width each, at most [`GROUP`] tensors (fewer where the device binds fewer buffers), in order.
+fn squares_groups<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Vec<SquaresGroup<R>> {
+    let mut groups: Vec<SquaresGroup<R>> = Vec::new();
+    for tensor in tensors {
+        let tensor = into_contiguous(tensor);
+        let len = tensor.meta.shape().num_elements();
+        let vector = vector_size(&[&tensor], tensor.dtype, &[len]);
+        // The output and cubecl's metadata take bindings besides the inputs.
+        let bindings = tensor.client.properties().hardware.max_bindings as usize;
+        let most = bindings.saturating_sub(4).clamp(1, GROUP);
+        match groups.last_mut() {
+            Some(g)
+                if g.vector == vector
+                    && g.tensors[0].dtype == tensor.dtype
+                    && g.tensors.len() < most =>
+            {
+                g.parts = g.parts.max(parts(len));
+                g.tensors.push(tensor);
+            }
+            _ => groups.push(SquaresGroup {
+                tensors: vec![tensor],
+                vector,
+                parts: parts(len),
+            }),
+        }
+    }
+    groups
+}
+
+/// Writes the partial sums of squares of `group`, in f32, to its [`SquaresGroup::slots`] slots of
+/// `out` (f32, contiguous) from `slot` on: one launch.
+fn sums_of_squares_into<R: CubeRuntime>(group: SquaresGroup<R>, out: &CubeTensor<R>, slot: usize) {
+    let SquaresGroup {
+        tensors,
+        vector,
+        parts,
+    } = group;
+    let dtype = tensors[0].dtype;
+    let block = block(&tensors[0]);
+    let refs: Vec<&CubeTensor<R>> = tensors.iter().chain([out]).collect();
+    let address = address_type(&refs);
+    let client = out.client.clone();
+    let count = tensors.len();
+    let mut inputs = SequenceArg::new();
+    for tensor in tensors {
+        inputs.push(tensor.into_tensor_arg());
+    }
     count_launch();
-    // SAFETY: reads stay below `len / vector` vectors; cube `c` writes `out[slot + c]` only,
-    // `c < parts`, within `out`.
+    // SAFETY: each tensor is read below its own length (in vectors of `vector`, which divides
+    // it); cube `(c, t)` writes `out[slot + t * parts + c]` only, `c < parts`, `t < count`,
+    // within the slots the caller sized `out` for.
     unsafe {
-        sum_of_squares_kernel::launch_unchecked::<R>(
+        sums_of_squares_kernel::launch_unchecked::<R>(
             &client,
-            CubeCount::Static(parts as u32, 1, 1),
+            CubeCount::Static(parts as u32, count as u32, 1),
             CubeDim::new_1d(block),
             address,
             vector,
-            input.into_tensor_arg(),
+            inputs,
             out.clone().into_tensor_arg(),
-            len / vector,
             slot,
+            parts,
             block as usize,
             dtype.into(),
         )
@@ -287,49 +397,27 @@ pub(crate) fn sum_of_squares_into<R: CubeRuntime>(
 
 /// The sum of squares of `input` (f32/f16/bf16) as a new `[1]` f32 tensor (one cube).
 pub(crate) fn sum_of_squares<R: CubeRuntime>(input: CubeTensor<R>) -> CubeTensor<R> {
-    let input = into_contiguous(input);
-    let dtype = input.dtype;
-    let len = input.meta.shape().num_elements();
     let out = empty_f32(&input, Shape::new([1]));
-    let vector = vector_size(&[&input], dtype, &[len]);
-    let block = block(&input);
-    let address = address_type(&[&input, &out]);
-    let client = input.client.clone();
-    count_launch();
-    // SAFETY: reads stay below `len / vector` vectors; the one cube writes `out[0]`.
-    unsafe {
-        sum_of_squares_kernel::launch_unchecked::<R>(
-            &client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(block),
-            address,
-            vector,
-            input.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            len / vector,
-            0,
-            block as usize,
-            dtype.into(),
-        )
-    };
+    let mut groups = squares_groups(vec![input]);
+    let group = groups.pop().expect("one group for one tensor");
+    sums_of_squares_into(SquaresGroup { parts: 1, ..group }, &out, 0);
     out
 }
 
 /// The global norm and clip factor of `tensors` (each f32/f16/bf16): `(norm, factor)`, `[1]` f32
-/// each, in one sum-of-squares launch per tensor and one final launch. `tensors` is not empty.
+/// each, in one sum-of-squares launch per group of up to [`GROUP`] tensors and one final launch.
+/// `tensors` is not empty.
 pub(crate) fn global_norm_clip<R: CubeRuntime>(
     tensors: Vec<CubeTensor<R>>,
     max_norm: f32,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let slots: usize = tensors
-        .iter()
-        .map(|t| parts(t.meta.shape().num_elements()))
-        .sum();
-    let sums = empty_f32(&tensors[0], Shape::new([slots]));
+    let groups = squares_groups(tensors);
+    let slots: usize = groups.iter().map(SquaresGroup::slots).sum();
+    let sums = empty_f32(&groups[0].tensors[0], Shape::new([slots]));
     let mut slot = 0;
-    for tensor in tensors {
-        let n = parts(tensor.meta.shape().num_elements());
-        sum_of_squares_into(tensor, &sums, slot);
+    for group in groups {
+        let n = group.slots();
+        sums_of_squares_into(group, &sums, slot);
         slot += n;
     }
     let norm = empty_f32(&sums, Shape::new([1]));

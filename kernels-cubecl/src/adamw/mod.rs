@@ -1,12 +1,14 @@
-//! The optimizer step in a few launches per parameter: burn 0.21's AdamW update fused into one
-//! elementwise kernel, and the global gradient norm (for clipping) as one sum-of-squares launch
-//! per gradient plus one final launch for the norm and the clip factor.
+//! The optimizer step in a few launches for all parameters: burn 0.21's AdamW update fused into
+//! one elementwise kernel, and the global gradient norm (for clipping) as sums of squares plus
+//! one final launch for the norm and the clip factor; each kernel takes up to 16 tensors per
+//! launch ([`AdamWBatch`], [`GlobalNorm`]).
 //!
 //! burn's `AdamW` runs about 15 tensor ops per parameter and global-norm clipping 4 more, each a
 //! kernel launch; on a GPU the step is then bound by the host's launch cost, not by the device.
-//! Here the clip factor stays on the device as a one-element tensor that [`adamw_update`]
-//! multiplies the gradient by, so clipping costs no launch per tensor beyond its sum of squares,
-//! and nothing is read back to the host.
+//! Here the clip factor stays on the device as a one-element tensor that the update multiplies
+//! the gradient by, so clipping costs no launch per tensor, and nothing is read back to the
+//! host. One launch per tensor was still 512 launches of 3-4 us for a LoRA model's 256 factors
+//! on the H200 (Nsight Compute, `docs/perf.md`), where one per 16 tensors makes 32.
 //!
 //! # Dispatch
 //! The fused path runs on burn's cubecl backends without fusion, recognised by `TypeId`:
@@ -83,7 +85,7 @@ impl AdamWStep {
 }
 
 /// The scalars of the AdamW kernel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Scalars {
     beta_1: f32,
     one_minus_beta_1: f32,
@@ -180,7 +182,8 @@ pub fn fused_launches() -> u64 {
 ///
 /// On burn-wgpu/burn-cuda, when all four tensors are f32 and of one shape, one kernel launch
 /// (f32 math, the ops in burn's order; a GPU compiler may contract a product and a sum into
-/// one rounding). Otherwise the [reference](reference::adamw_update), burn's ops.
+/// one rounding). Otherwise the [reference](reference::adamw_update), burn's ops. Many
+/// parameters: [`AdamWBatch`].
 ///
 /// # Shapes
 /// - `param`, `grad`, `moment_1`, `moment_2`: one shape; outputs the same
@@ -193,35 +196,153 @@ pub fn adamw_update<B: Backend, const D: usize>(
     grad_scale: Tensor<B, 1>,
     hyper: AdamWStep,
 ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-    let Some(route) = route::<B>() else {
-        return reference::adamw_update(param, grad, moment_1, moment_2, grad_scale, hyper);
-    };
-    let dims = param.dims();
-    let fits = [&param, &grad, &moment_1, &moment_2]
-        .iter()
-        .all(|t| t.dtype() == DType::F32 && t.dims() == dims)
-        && grad_scale.dtype() == DType::F32
-        && grad_scale.dims() == [1]
-        && param.shape().num_elements() > 0;
-    if !fits {
-        return reference::adamw_update(param, grad, moment_1, moment_2, grad_scale, hyper);
+    let mut batch = AdamWBatch::new(grad_scale);
+    let stepped = batch.push(param, grad, moment_1, moment_2, hyper);
+    batch.finish();
+    stepped
+}
+
+/// The AdamW steps of many parameters with one gradient scale (the clip factor), launched
+/// together: [`adamw_update`]'s step for each parameter [pushed](Self::push), on
+/// burn-wgpu/burn-cuda in one launch per run of up to 16 consecutive parameters that share the
+/// step's scalars (their `time`) and a vector width (a LoRA model's 2 x 4 x 32 factors: 16
+/// launches a step instead of 256; PyTorch's multi-tensor AdamW does the same). Elsewhere, and
+/// for tensors the kernel does not take (see [`adamw_update`]), the
+/// [reference](reference::adamw_update) runs at the push.
+///
+/// On the fused path the tensors [`push`](Self::push) returns are written by the launch:
+/// [`finish`](Self::finish) the batch (dropping it finishes it too) before reading them.
+pub struct AdamWBatch<B: Backend> {
+    grad_scale: Tensor<B, 1>,
+    pending: Option<(Route, Vec<PendingStep<StepTensors<B>>>)>,
+}
+
+/// `[param, grad, moment_1, moment_2]` of one step.
+type StepTensors<B> = [FloatTensor<B>; 4];
+
+/// A pushed step on the fused path (`T`: `[param, grad, moment_1, moment_2]` as the launch takes
+/// them, `kernel::adamw_prepared`), or a launch's group of them (`T`: a `Vec` of those), with its
+/// vector width and scalars.
+struct PendingStep<T> {
+    tensors: T,
+    vector: usize,
+    scalars: Scalars,
+}
+
+impl<B: Backend> AdamWBatch<B> {
+    /// No step yet; every gradient will be multiplied by `grad_scale` (`[1]`, f32).
+    pub fn new(grad_scale: Tensor<B, 1>) -> Self {
+        let pending = route::<B>().map(|route| (route, Vec::new()));
+        Self {
+            grad_scale,
+            pending,
+        }
     }
-    let scalars = hyper.scalars();
-    on_route!(route, C => {
-        let (p, m, v) = kernel::adamw(
-            primitive(cast::<_, Tensor<C, D>>(param)),
-            primitive(cast::<_, Tensor<C, D>>(grad)),
-            primitive(cast::<_, Tensor<C, D>>(moment_1)),
-            primitive(cast::<_, Tensor<C, D>>(moment_2)),
-            primitive(cast::<_, Tensor<C, 1>>(grad_scale)),
-            scalars,
-        );
-        (
-            cast(tensor::<_, C, D>(p)),
-            cast(tensor::<_, C, D>(m)),
-            cast(tensor::<_, C, D>(v)),
-        )
-    })
+
+    /// Adds one parameter's step; returns `(param, moment_1, moment_2)` as they are after it
+    /// (see the type's documentation for when they can be read). Shapes as [`adamw_update`].
+    pub fn push<const D: usize>(
+        &mut self,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        moment_1: Tensor<B, D>,
+        moment_2: Tensor<B, D>,
+        hyper: AdamWStep,
+    ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
+        let dims = param.dims();
+        let scale = &self.grad_scale;
+        let fits = [&param, &grad, &moment_1, &moment_2]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.dims() == dims)
+            && scale.dtype() == DType::F32
+            && scale.dims() == [1]
+            && scale.device() == param.device()
+            && param.shape().num_elements() > 0;
+        let (route, steps) = match &mut self.pending {
+            Some((route, steps)) if fits => (*route, steps),
+            _ => {
+                let scale = scale.clone();
+                return reference::adamw_update(param, grad, moment_1, moment_2, scale, hyper);
+            }
+        };
+        let scalars = hyper.scalars();
+        on_route!(route, C => {
+            let (tensors, vector) = kernel::adamw_prepared(
+                primitive(cast::<_, Tensor<C, D>>(param)),
+                primitive(cast::<_, Tensor<C, D>>(grad)),
+                primitive(cast::<_, Tensor<C, D>>(moment_1)),
+                primitive(cast::<_, Tensor<C, D>>(moment_2)),
+            );
+            let [p, _, m, v] = &tensors;
+            let stepped = (
+                cast(tensor::<_, C, D>(p.clone())),
+                cast(tensor::<_, C, D>(m.clone())),
+                cast(tensor::<_, C, D>(v.clone())),
+            );
+            steps.push(PendingStep {
+                tensors: cast::<StepTensors<C>, _>(tensors),
+                vector,
+                scalars,
+            });
+            stepped
+        })
+    }
+
+    /// How many parameters share a launch at most on the device of the gradient scale (16, or
+    /// fewer where the device binds fewer buffers); `None` off the fused path.
+    pub fn params_per_launch(&self) -> Option<usize> {
+        let (route, _) = self.pending.as_ref()?;
+        on_route!(*route, C => {
+            let scale = primitive(cast::<_, Tensor<C, 1>>(self.grad_scale.clone()));
+            Some(kernel::adamw_group_size(&scale))
+        })
+    }
+
+    /// Launches the pushed steps.
+    pub fn finish(mut self) {
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let Some((route, steps)) = &mut self.pending else {
+            return;
+        };
+        let steps = std::mem::take(steps);
+        let Some(first) = steps.first() else {
+            return;
+        };
+        let device = first.tensors[0].clone();
+        on_route!(*route, C => {
+            let scale = primitive(cast::<_, Tensor<C, 1>>(self.grad_scale.clone()));
+            let most = kernel::adamw_group_size(&cast::<_, FloatTensor<C>>(device));
+            let mut groups: Vec<PendingStep<Vec<StepTensors<C>>>> = Vec::new();
+            for step in steps {
+                let tensors = cast::<StepTensors<B>, StepTensors<C>>(step.tensors);
+                match groups.last_mut() {
+                    Some(group)
+                        if (group.scalars, group.vector) == (step.scalars, step.vector)
+                            && group.tensors.len() < most =>
+                    {
+                        group.tensors.push(tensors)
+                    }
+                    _ => groups.push(PendingStep {
+                        tensors: vec![tensors],
+                        vector: step.vector,
+                        scalars: step.scalars,
+                    }),
+                }
+            }
+            for group in groups {
+                kernel::adamw_multi(group.tensors, group.vector, scale.clone(), group.scalars);
+            }
+        })
+    }
+}
+
+impl<B: Backend> Drop for AdamWBatch<B> {
+    fn drop(&mut self) {
+        self.launch();
+    }
 }
 
 /// Whether the sum-of-squares kernel reads `dtype` directly.
@@ -255,8 +376,9 @@ pub fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 
 /// and `factor = 1` when the norm is not finite.
 ///
 /// [`push`](Self::push) each tensor, then [`clip`](Self::clip). On burn-wgpu/burn-cuda that is
-/// one launch per tensor (its partial sums of squares go to slots of one buffer) and one final
-/// launch; elsewhere burn's ops, in the order `clip_global_norm_on_device` runs them.
+/// one launch per run of up to 16 consecutive tensors of one dtype and vector width (their
+/// partial sums of squares go to slots of one buffer) and one final launch; elsewhere burn's
+/// ops, in the order `clip_global_norm_on_device` runs them.
 pub struct GlobalNorm<B: Backend> {
     parts: Parts<B>,
 }
