@@ -861,6 +861,8 @@ fn optimizer_batch_on_cuda() {
         weight_decay: 0.01,
         time: 1,
     };
+    // The reference steps with the kernel's factor: its sum ran in another order.
+    let factor_ref = Tensor::<Flex, 1>::from_floats(values(factor.clone()).as_slice(), &flex);
     let mut batch = AdamWBatch::new(factor);
     assert_eq!(batch.params_per_launch(), Some(16));
     let stepped: Vec<_> = (0..40)
