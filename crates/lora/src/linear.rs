@@ -237,12 +237,16 @@ impl<B: Backend> LoraLinear<B> {
         idx: &Tensor<B, 1, Int>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
-        if drop_base_input_grad && self.lora.is_some() {
-            let kept = self.sliced_out_base(x.clone(), idx, true);
-            return self.dense_base(x, false) - kept;
-        }
-        let dropped = ChannelKeep::complement_of(idx.clone(), self.dims().0, x.dtype());
-        dropped.apply(self.dense_base(x, false))
+        let out = self.dims().0;
+        self.dropped_channels_base(
+            x,
+            drop_base_input_grad,
+            |x| self.sliced_out_base(x, idx, true),
+            |x| {
+                let dropped = ChannelKeep::complement_of(idx.clone(), out, x.dtype());
+                dropped.apply(self.dense_base(x, false))
+            },
+        )
     }
 
     /// What a dense token row adds to [`Self::sliced_in_base`]'s product of it to make the full
@@ -259,12 +263,32 @@ impl<B: Backend> LoraLinear<B> {
         idx: &Tensor<B, 1, Int>,
         drop_base_input_grad: bool,
     ) -> Tensor<B, 2> {
+        self.dropped_channels_base(
+            x,
+            drop_base_input_grad,
+            |x| self.sliced_in_base(x, idx, true),
+            |x| {
+                let dropped = ChannelKeep::complement_of(idx.clone(), x.dims()[1], x.dtype());
+                self.dense_base(dropped.apply(x), false)
+            },
+        )
+    }
+
+    /// `dropped(x)`, the dropped channels' product with its gradient; or, with
+    /// `drop_base_input_grad` and an adapter, the full product minus `detached_sliced(x)` (the
+    /// sliced product with no gradient): the same value, with the full base's gradient.
+    fn dropped_channels_base(
+        &self,
+        x: Tensor<B, 2>,
+        drop_base_input_grad: bool,
+        detached_sliced: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+        dropped: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
         if drop_base_input_grad && self.lora.is_some() {
-            let kept = self.sliced_in_base(x.clone(), idx, true);
+            let kept = detached_sliced(x.clone());
             return self.dense_base(x, false) - kept;
         }
-        let dropped = ChannelKeep::complement_of(idx.clone(), x.dims()[1], x.dtype());
-        self.dense_base(dropped.apply(x), false)
+        dropped(x)
     }
 
     /// SparseLoRA output slicing (gate/up/q/k/v): the base output only on the channels `idx`,
