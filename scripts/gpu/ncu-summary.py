@@ -18,7 +18,7 @@ CATEGORIES = [
     ('RoPE', r'rope'),
     ('SwiGLU', r'swiglu|silu'),
     ('cross-entropy', r'cross_entropy'),
-    ('AdamW + clipping', r'adamw|global_norm|norm_sq|sum_sq'),
+    ('AdamW + clipping', r'adamw|global_norm|norm_sq|sum_sq|sums?_of_squares|clip_factor'),
     ('estimator', r'top_k|mlp_scores|sequence_kernel|sequence_mean|partial_sums|finish_kernel|'
                   r'masked_gram|quadratic_form|kv_channels|query_channels'),
     # The sliced products' weight and input gathers, their scatters to full width, the
