@@ -402,6 +402,7 @@ impl DeviceGemm {
         workspace: drvs::CUdeviceptr,
     ) -> lts::cublasLtMatmulAlgo_t {
         let mut best = (f32::INFINITY, plan.candidates[0]);
+        let mut times = Vec::new();
         for algo in &plan.candidates {
             let product = Scaling::PRODUCT;
             let timed = self
@@ -414,11 +415,15 @@ impl DeviceGemm {
                         Ok(())
                     })
                 });
+            times.push(timed.as_ref().ok().copied());
             if let Ok(ms) = timed {
                 if ms < best.0 {
                     best = (ms, *algo);
                 }
             }
+        }
+        if log_choices() {
+            log_choice(&plan.problem, &times);
         }
         best.1
     }
@@ -524,6 +529,48 @@ fn candidates() -> usize {
 /// Launches per candidate when timing them (after one untimed launch each).
 const TUNING_LAUNCHES: usize = 3;
 
+/// Whether `SPARSELORA_GEMM_LOG=1` asked for one line on stderr per plan: its problem and the
+/// time of each candidate when it was tuned (to compare the choices of two processes, whose
+/// step times can differ by 10%, docs/perf.md).
+fn log_choices() -> bool {
+    static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOG.get_or_init(|| std::env::var("SPARSELORA_GEMM_LOG").is_ok_and(|v| v == "1"))
+}
+
+/// Prints the line [`log_choices`] asks for ([`choice_line`]).
+fn log_choice(problem: &Problem, times: &[Option<f32>]) {
+    eprintln!("{}", choice_line(problem, times));
+}
+
+/// `problem` as `m x n x k` (our `C[m, n] = A[m, k] B[k, n]`), its batch and cuBLASLt's
+/// transposes, the index of the fastest candidate and each candidate's milliseconds for
+/// [`TUNING_LAUNCHES`] launches (`-` where it could not be timed).
+fn choice_line(problem: &Problem, times: &[Option<f32>]) -> String {
+    let fastest = times
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| Some((i, (*t)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or_else(|| "none".to_owned(), |(i, _)| i.to_string());
+    let times: Vec<String> = times
+        .iter()
+        .map(|t| t.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.4}")))
+        .collect();
+    let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
+    let p = problem;
+    format!(
+        "[gemm-plan] {}x{}x{} batch {} {}{}: candidate {fastest} of {}; ms per {TUNING_LAUNCHES}: {}",
+        p.cols,
+        p.rows,
+        p.depth,
+        p.batch,
+        op(&p.first),
+        op(&p.second),
+        times.len(),
+        times.join(" ")
+    )
+}
+
 /// Whether `SPARSELORA_GEMM_AUTOTUNE=0` asked for the heuristic's first choice, untimed.
 fn autotune_disabled() -> bool {
     static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -546,6 +593,8 @@ pub(crate) struct Plan {
     chosen: std::sync::OnceLock<lts::cublasLtMatmulAlgo_t>,
     /// Bytes of the output (all of a batch).
     d_bytes: usize,
+    /// The problem, for [`log_choices`]' lines.
+    problem: Problem,
 }
 
 impl Plan {
@@ -568,6 +617,7 @@ impl Plan {
             candidates: Vec::new(),
             chosen: std::sync::OnceLock::new(),
             d_bytes: p.out_span() as usize * element.size(),
+            problem: *p,
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(
@@ -758,4 +808,36 @@ unsafe fn set<H, A, T>(
         std::mem::size_of::<T>(),
     )
     .map_err(cublas(call))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_choice_reads_as_one_line() {
+        let operand = |rows, cols, trans| Operand {
+            rows,
+            cols,
+            ld: rows as i64,
+            trans,
+            batch_stride: 0,
+        };
+        let problem = Problem {
+            first: operand(4096, 144, true),
+            second: operand(144, 4096, false),
+            rows: 4096,
+            cols: 4096,
+            depth: 144,
+            batch: 1,
+            out_ld: 4096,
+            out_batch_stride: 4096 * 4096,
+        };
+        let line = choice_line(&problem, &[Some(0.05), None, Some(0.0312)]);
+        assert_eq!(
+            line,
+            "[gemm-plan] 4096x4096x144 batch 1 TN: candidate 2 of 3; ms per 3: 0.0500 - 0.0312"
+        );
+        assert!(choice_line(&problem, &[None]).contains("candidate none of 1"));
+    }
 }
