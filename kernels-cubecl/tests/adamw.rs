@@ -241,6 +241,38 @@ fn a_batch_of_steps_matches_the_reference_per_parameter() {
     }
 }
 
+/// A batch dropped without `finish` still runs its steps: the tensors `push` returned are never
+/// left as they were before the step.
+#[test]
+fn a_dropped_batch_runs_its_steps() {
+    let _guard = serial();
+    let (wd, fd) = (wgpu(), Default::default());
+    let shape = [8, 64];
+    let (p0, g) = (data(shape, 70, 1.0), data(shape, 71, 0.5));
+    let stepped = {
+        let mut batch = AdamWBatch::new(Tensor::<W, 1>::from_floats([1.0], &wd));
+        let g = Tensor::<W, 2>::from_data(g.clone(), &wd);
+        let (p, _, _) = batch.push(
+            Tensor::from_data(p0.clone(), &wd),
+            g.clone(),
+            g.zeros_like(),
+            g.zeros_like(),
+            hyper(1, 0.0),
+        );
+        p
+    };
+    let g = Tensor::<Flex, 2>::from_data(g, &fd);
+    let (want, _, _) = reference::adamw_update(
+        Tensor::from_data(p0, &fd),
+        g.clone(),
+        g.zeros_like(),
+        g.zeros_like(),
+        Tensor::from_floats([1.0], &fd),
+        hyper(1, 0.0),
+    );
+    assert_close(&values(stepped), &values(want), 1e-5, 1e-7, "dropped batch");
+}
+
 #[test]
 fn the_reference_is_burns_adamw() {
     // The reference against burn's own AdamW of a gradient scaled beforehand (as clipping does),
