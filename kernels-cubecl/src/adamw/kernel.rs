@@ -329,31 +329,46 @@ impl<R: CubeRuntime> SquaresGroup<R> {
 /// `tensors` (f32/f16/bf16) made contiguous and split into launch groups of one dtype and vector
 /// width each, at most [`GROUP`] tensors (fewer where the device binds fewer buffers), in order.
 fn squares_groups<R: CubeRuntime>(tensors: Vec<CubeTensor<R>>) -> Vec<SquaresGroup<R>> {
-    let mut groups: Vec<SquaresGroup<R>> = Vec::new();
-    for tensor in tensors {
+    let Some(first) = tensors.first() else {
+        return Vec::new();
+    };
+    // The output and cubecl's metadata take bindings besides the inputs.
+    let bindings = first.client.properties().hardware.max_bindings as usize;
+    let most = bindings.saturating_sub(4).clamp(1, GROUP);
+    let keyed = tensors.into_iter().map(|tensor| {
         let tensor = into_contiguous(tensor);
         let len = tensor.meta.shape().num_elements();
         let vector = vector_size(&[&tensor], tensor.dtype, &[len]);
-        // The output and cubecl's metadata take bindings besides the inputs.
-        let bindings = tensor.client.properties().hardware.max_bindings as usize;
-        let most = bindings.saturating_sub(4).clamp(1, GROUP);
-        match groups.last_mut() {
-            Some(g)
-                if g.vector == vector
-                    && g.tensors[0].dtype == tensor.dtype
-                    && g.tensors.len() < most =>
-            {
-                g.parts = g.parts.max(parts(len));
-                g.tensors.push(tensor);
-            }
-            _ => groups.push(SquaresGroup {
-                tensors: vec![tensor],
+        ((tensor.dtype, vector), tensor)
+    });
+    runs(keyed, most)
+        .into_iter()
+        .map(|((_, vector), tensors)| {
+            let lens = tensors.iter().map(|t| t.meta.shape().num_elements());
+            let parts = lens.map(parts).max().unwrap_or(1);
+            SquaresGroup {
+                tensors,
                 vector,
-                parts: parts(len),
-            }),
+                parts,
+            }
+        })
+        .collect()
+}
+
+/// `items` in order, cut into runs of consecutive items with one key, at most `most` items each:
+/// the launch groups of the multi-tensor kernels (one key: one dtype, vector width and scalars).
+pub(crate) fn runs<K: PartialEq, T>(
+    items: impl IntoIterator<Item = (K, T)>,
+    most: usize,
+) -> Vec<(K, Vec<T>)> {
+    let mut runs: Vec<(K, Vec<T>)> = Vec::new();
+    for (key, item) in items {
+        match runs.last_mut() {
+            Some((run_key, run)) if *run_key == key && run.len() < most => run.push(item),
+            _ => runs.push((key, vec![item])),
         }
     }
-    groups
+    runs
 }
 
 /// Writes the partial sums of squares of `group`, in f32, to its [`SquaresGroup::slots`] slots of

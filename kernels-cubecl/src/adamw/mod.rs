@@ -214,17 +214,16 @@ pub fn adamw_update<B: Backend, const D: usize>(
 /// [`finish`](Self::finish) the batch (dropping it finishes it too) before reading them.
 pub struct AdamWBatch<B: Backend> {
     grad_scale: Tensor<B, 1>,
-    pending: Option<(Route, Vec<PendingStep<StepTensors<B>>>)>,
+    pending: Option<(Route, Vec<PendingStep<B>>)>,
 }
 
 /// `[param, grad, moment_1, moment_2]` of one step.
 type StepTensors<B> = [FloatTensor<B>; 4];
 
-/// A pushed step on the fused path (`T`: `[param, grad, moment_1, moment_2]` as the launch takes
-/// them, `kernel::adamw_prepared`), or a launch's group of them (`T`: a `Vec` of those), with its
-/// vector width and scalars.
-struct PendingStep<T> {
-    tensors: T,
+/// A pushed step on the fused path: its tensors as the launch takes them
+/// (`kernel::adamw_prepared`), its vector width and scalars.
+struct PendingStep<B: Backend> {
+    tensors: StepTensors<B>,
     vector: usize,
     scalars: Scalars,
 }
@@ -308,32 +307,19 @@ impl<B: Backend> AdamWBatch<B> {
             return;
         };
         let steps = std::mem::take(steps);
-        let Some(first) = steps.first() else {
+        if steps.is_empty() {
             return;
-        };
-        let device = first.tensors[0].clone();
+        }
         on_route!(*route, C => {
+            // Every pushed step is on the scale's device (`push` checks it).
             let scale = primitive(cast::<_, Tensor<C, 1>>(self.grad_scale.clone()));
-            let most = kernel::adamw_group_size(&cast::<_, FloatTensor<C>>(device));
-            let mut groups: Vec<PendingStep<Vec<StepTensors<C>>>> = Vec::new();
-            for step in steps {
+            let most = kernel::adamw_group_size(&scale);
+            let keyed = steps.into_iter().map(|step| {
                 let tensors = cast::<StepTensors<B>, StepTensors<C>>(step.tensors);
-                match groups.last_mut() {
-                    Some(group)
-                        if (group.scalars, group.vector) == (step.scalars, step.vector)
-                            && group.tensors.len() < most =>
-                    {
-                        group.tensors.push(tensors)
-                    }
-                    _ => groups.push(PendingStep {
-                        tensors: vec![tensors],
-                        vector: step.vector,
-                        scalars: step.scalars,
-                    }),
-                }
-            }
-            for group in groups {
-                kernel::adamw_multi(group.tensors, group.vector, scale.clone(), group.scalars);
+                ((step.scalars, step.vector), tensors)
+            });
+            for ((scalars, vector), group) in kernel::runs(keyed, most) {
+                kernel::adamw_multi(group, vector, scale.clone(), scalars);
             }
         })
     }

@@ -423,7 +423,7 @@ impl DeviceGemm {
             }
         }
         if log_choices() {
-            log_choice(&plan.problem, &times);
+            eprintln!("{}", choice_line(&plan.problem, &times));
         }
         best.1
     }
@@ -537,12 +537,7 @@ fn log_choices() -> bool {
     *LOG.get_or_init(|| std::env::var("SPARSELORA_GEMM_LOG").is_ok_and(|v| v == "1"))
 }
 
-/// Prints the line [`log_choices`] asks for ([`choice_line`]).
-fn log_choice(problem: &Problem, times: &[Option<f32>]) {
-    eprintln!("{}", choice_line(problem, times));
-}
-
-/// `problem` as `m x n x k` (our `C[m, n] = A[m, k] B[k, n]`), its batch and cuBLASLt's
+/// The line [`log_choices`] asks for: `problem` as `m x n x k` (our `C[m, n] = A[m, k] B[k, n]`), its batch and cuBLASLt's
 /// transposes, the index of the fastest candidate and each candidate's milliseconds for
 /// [`TUNING_LAUNCHES`] launches (`-` where it could not be timed).
 fn choice_line(problem: &Problem, times: &[Option<f32>]) -> String {
