@@ -6,8 +6,9 @@
 //! [`FusedAdamW`] computes the same step with `kernels-cubecl`'s fused kernels on burn-wgpu and
 //! burn-cuda: sums of squares of up to 16 gradients per launch and one launch for the norm and
 //! clip factor ([`GlobalNorm`]), then AdamW for up to 16 parameters per launch ([`AdamWBatch`])
-//! that scales the gradients by the clip factor itself. Nothing is read back to the host. On other backends the
-//! same functions run burn's ops in burn's order, so results equal burn's AdamW exactly there.
+//! that scales the gradients by the clip factor itself. Nothing is read back to the host. On
+//! other backends the same functions run burn's ops in burn's order, so results equal burn's
+//! AdamW exactly there.
 //!
 //! Its state is burn's: the record type is `OptimizerAdaptor<AdamW, M, B>`'s (a map from
 //! parameter ids to `AdamWState`/`AdaptiveMomentumState`), so checkpoints written by either
