@@ -101,7 +101,7 @@ pub use top_k::top_k;
 pub mod reference {
     pub use crate::attention::reference::{causal_attention, grouped_causal_attention};
     pub use crate::causal_softmax::reference::{additive_causal_mask, causal_softmax};
-    pub use crate::channel_mask::reference::{keep_mask, mask_channels};
+    pub use crate::channel_mask::reference::{drop_mask, keep_mask, mask_channels};
     pub use crate::channel_scatter::reference::{
         gather_columns, scatter_add_columns, scatter_columns,
     };

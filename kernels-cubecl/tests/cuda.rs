@@ -276,15 +276,25 @@ fn mask_run<B: AutodiffBackend>(fused: bool, dtype: DType, device: &B::Device) -
         .map(|r| f32::from(u8::from(r % 512 >= 509)))
         .collect();
     let dense = Tensor::<B, 1>::from_data(TensorData::new(dense, [rows]), (device, DType::F32));
-    let out = if fused {
-        let keep = kernels_cubecl::channel_mask::keep_mask(idx, width, dtype);
-        kernels_cubecl::channel_mask::mask_channels(x.clone(), keep, Some(dense))
+    let (out, dropped) = if fused {
+        let keep = kernels_cubecl::channel_mask::keep_mask(idx.clone(), width, dtype);
+        let dropped = kernels_cubecl::channel_mask::drop_mask(idx, width, dtype);
+        let out = kernels_cubecl::channel_mask::mask_channels(x.clone(), keep, Some(dense));
+        (out, dropped)
     } else {
-        let keep = reference::keep_mask(idx, width, dtype);
-        reference::mask_channels(x.clone(), keep, Some(dense))
+        let keep = reference::keep_mask(idx.clone(), width, dtype);
+        let dropped = reference::drop_mask(idx, width, dtype);
+        (
+            reference::mask_channels(x.clone(), keep, Some(dense)),
+            dropped,
+        )
     };
     let grads = (out.clone() * r).sum().backward();
-    vec![values(out), values(x.grad(&grads).unwrap())]
+    vec![
+        values(out),
+        values(x.grad(&grads).unwrap()),
+        values(dropped),
+    ]
 }
 
 /// Runs `cuda` (fused and reference, in each dtype) against `flex` (f32 reference); the fused

@@ -1277,6 +1277,16 @@ fn mask_case(rows: usize, width: usize, kept_cols: &[i64], dense: Option<&[bool]
         keep_f.clone().into_data().to_vec::<f32>().unwrap(),
         "{what}: keep vector"
     );
+    // Its complement, in the same two launches.
+    let drop_w = launches(2, &what, || {
+        channel_mask::drop_mask(targets::<W>(kept_cols, &dw), width, f32_)
+    });
+    let drop_f = reference::drop_mask(targets::<Flex>(kept_cols, &df), width, f32_);
+    assert_eq!(
+        drop_w.into_data().to_vec::<f32>().unwrap(),
+        drop_f.into_data().to_vec::<f32>().unwrap(),
+        "{what}: drop vector"
+    );
 
     // Plain forward: one launch.
     let fused = launches(1, &what, || {

@@ -105,3 +105,44 @@ pub(crate) fn gemm_calls() -> u64 {
         0
     }
 }
+
+/// One cuBLASLt plan of the GPU: its shape, launches so far and tuned time.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GemmPlan {
+    /// Its number among the device's plans (as in the `SPARSELORA_GEMM_LOG=1` lines).
+    pub id: usize,
+    /// `m x n x k`, the batch when above 1, and cuBLASLt's transposes.
+    pub shape: String,
+    /// Floating-point operations of one launch.
+    pub flops: f64,
+    /// Launches so far.
+    pub launches: u64,
+    /// Milliseconds per launch when it was tuned, alone on the GPU.
+    pub tuned_ms: Option<f64>,
+}
+
+/// The cuBLASLt plans made so far on `backend`'s device 0 (none off CUDA, or when cuBLASLt is
+/// not in use).
+pub(crate) fn gemm_plans(backend: BackendKind) -> Vec<GemmPlan> {
+    match backend {
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let device = burn::backend::cuda::CudaDevice::new(0);
+            sparse_ops::cublaslt::plan_uses(&device)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| GemmPlan {
+                    id: p.id,
+                    shape: match p.batch {
+                        1 => format!("{}x{}x{} {}", p.m, p.n, p.k, p.transposes),
+                        b => format!("{}x{}x{} batch {b} {}", p.m, p.n, p.k, p.transposes),
+                    },
+                    flops: p.flops(),
+                    launches: p.launches,
+                    tuned_ms: p.tuned_ms.map(f64::from),
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}

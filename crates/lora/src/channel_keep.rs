@@ -30,8 +30,7 @@ impl<B: Backend> ChannelKeep<B> {
     /// The channels outside `kept` on every row, those in it zeroed: what a dense row adds to
     /// an input-sliced product that read only `kept` (`llama_burn`'s sliced o_proj).
     pub fn complement_of(kept: Tensor<B, 1, Int>, width: usize, dtype: DType) -> Self {
-        let keep = sparse_ops::keep_mask(kept, width, dtype);
-        Self::new(keep.ones_like() - keep, None)
+        Self::new(sparse_ops::drop_mask(kept, width, dtype), None)
     }
 
     /// Every channel on every row (all rows dense).

@@ -16,7 +16,7 @@ mod sliced;
 
 // The masked-dense form of a channel slice: a keep vector and the masking pass (kernels on
 // burn-wgpu/burn-cuda, burn ops elsewhere).
-pub use kernels_cubecl::channel_mask::{keep_mask, mask_channels};
+pub use kernels_cubecl::channel_mask::{drop_mask, keep_mask, mask_channels};
 // The token split's row moves: the dense rows gathered out, their results written back over the
 // sparse ones or added onto them (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
 pub use kernels_cubecl::row_merge::{add_rows, gather_rows, replace_rows};

@@ -10,27 +10,33 @@ use cubecl::prelude::*;
 
 use crate::common::{address_type, count_launch, elementwise_launch, vector_size};
 
-/// `keep[c] = 0` for every channel `c`.
+/// `keep[c] = 0` for every channel `c` (1 for the `dropped` vector).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn clear_kernel<F: Float>(keep: &mut Tensor<F>, width: usize, #[define(F)] _dtype: StorageType) {
+fn clear_kernel<F: Float>(
+    keep: &mut Tensor<F>,
+    width: usize,
+    #[comptime] dropped: bool,
+    #[define(F)] _dtype: StorageType,
+) {
     let c = ABSOLUTE_POS;
     if c < width {
-        keep[c] = F::new(0.0);
+        keep[c] = if dropped { F::new(1.0) } else { F::new(0.0) };
     }
 }
 
-/// `keep[idx[j]] = 1` for every kept position `j`.
+/// `keep[idx[j]] = 1` for every kept position `j` (0 for the `dropped` vector).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn set_kernel<F: Float, M: Int>(
     idx: &Tensor<M>,
     keep: &mut Tensor<F>,
     k: usize,
+    #[comptime] dropped: bool,
     #[define(F, M)] _dtypes: [StorageType; 2],
 ) {
     let j = ABSOLUTE_POS;
     if j < k {
         let c = usize::cast_from(idx[j * idx.stride(0)]);
-        keep[c] = F::new(1.0);
+        keep[c] = if dropped { F::new(0.0) } else { F::new(1.0) };
     }
 }
 
@@ -64,11 +70,13 @@ fn mask_kernel<F: Float, N: Size>(
     }
 }
 
-/// The `[width]` keep vector of `idx` (int, each below `width`) in `dtype`.
+/// The `[width]` keep vector of `idx` (int, each below `width`) in `dtype`: 1 on `idx`, or with
+/// `dropped` its complement (0 on `idx`, 1 elsewhere).
 pub(crate) fn keep_mask<R: CubeRuntime>(
     idx: CubeTensor<R>,
     width: usize,
     dtype: DType,
+    dropped: bool,
 ) -> CubeTensor<R> {
     let k = idx.meta.shape()[0];
     let keep = empty_device_contiguous_dtype(
@@ -89,6 +97,7 @@ pub(crate) fn keep_mask<R: CubeRuntime>(
             address_type(&[&keep]),
             keep.clone().into_tensor_arg(),
             width,
+            dropped,
             dtype.into(),
         )
     };
@@ -104,6 +113,7 @@ pub(crate) fn keep_mask<R: CubeRuntime>(
             idx.clone().into_tensor_arg(),
             keep.clone().into_tensor_arg(),
             k,
+            dropped,
             [dtype.into(), idx.dtype.into()],
         )
     };

@@ -26,23 +26,49 @@ use crate::dispatch::{cast, on_route, route, Cube};
 /// dtypes, the [reference](reference::keep_mask). Indices outside `0..width` are the caller's
 /// to rule out (the kernels do not check).
 pub fn keep_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize, dtype: DType) -> Tensor<B, 1> {
+    channel_vector(idx, width, dtype, false)
+}
+
+/// `[width]` in `dtype`: 0 on the channels `idx`, 1 elsewhere; [`keep_mask`]'s complement, in
+/// the same two kernels (what a dense row adds back to a product that read only `idx`).
+pub fn drop_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize, dtype: DType) -> Tensor<B, 1> {
+    channel_vector(idx, width, dtype, true)
+}
+
+/// [`keep_mask`], or with `dropped` [`drop_mask`].
+fn channel_vector<B: Backend>(
+    idx: Tensor<B, 1, Int>,
+    width: usize,
+    dtype: DType,
+    dropped: bool,
+) -> Tensor<B, 1> {
     let [k] = idx.dims();
     let fits = float_dtype(dtype) && k > 0 && width > 0;
     let Some(route) = route::<B>().filter(|_| fits) else {
-        return reference::keep_mask(idx, width, dtype);
+        return if dropped {
+            reference::drop_mask(idx, width, dtype)
+        } else {
+            reference::keep_mask(idx, width, dtype)
+        };
     };
     on_route!(route, C =>
-        plain: cast(plain_keep::<C>(cast(idx), width, dtype)),
+        plain: cast(plain_vector::<C>(cast(idx), width, dtype, dropped)),
         autodiff: {
             let idx: Tensor<Autodiff<C>, 1, Int> = cast(idx);
-            let keep = plain_keep::<C>(Tensor::from_primitive(idx.into_primitive()), width, dtype);
+            let idx = Tensor::from_primitive(idx.into_primitive());
+            let keep = plain_vector::<C>(idx, width, dtype, dropped);
             cast(Tensor::<Autodiff<C>, 1>::from_inner(keep))
         },
     )
 }
 
-fn plain_keep<C: Cube>(idx: Tensor<C, 1, Int>, width: usize, dtype: DType) -> Tensor<C, 1> {
-    let keep = kernel::keep_mask(C::int_into(idx.into_primitive()), width, dtype);
+fn plain_vector<C: Cube>(
+    idx: Tensor<C, 1, Int>,
+    width: usize,
+    dtype: DType,
+    dropped: bool,
+) -> Tensor<C, 1> {
+    let keep = kernel::keep_mask(C::int_into(idx.into_primitive()), width, dtype, dropped);
     Tensor::from_primitive(TensorPrimitive::Float(C::float_from(keep)))
 }
 

@@ -19,6 +19,12 @@ pub fn keep_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize, dtype: DType)
         .cast(dtype)
 }
 
+/// `[width]` in `dtype`: 0 on the channels `idx`, 1 elsewhere.
+pub fn drop_mask<B: Backend>(idx: Tensor<B, 1, Int>, width: usize, dtype: DType) -> Tensor<B, 1> {
+    let keep = keep_mask(idx, width, dtype);
+    keep.ones_like() - keep
+}
+
 /// `x * max(dense_rows[r], keep[c])`: the columns outside `keep` zeroed, except on the rows where
 /// `dense_rows` is 1 (every row masked without it).
 ///

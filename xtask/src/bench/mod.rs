@@ -6,6 +6,7 @@ mod gemm_check;
 mod host_profile;
 mod shapes;
 mod step;
+mod step_gemms;
 mod svd;
 
 pub use gemm::{git_commit, slug, utc_timestamp};

@@ -29,6 +29,7 @@ use trainer::optim::{ClippedOptimizer, FusedAdamWConfig};
 use trainer::step::{apply_gradients, backward_into, micro_batch_loss};
 use trainer::{ReplaySelector, SparseTraining, TimedSelector, TrainBatch};
 
+use super::step_gemms::StepGemms;
 use crate::backend::{BackendKind, TrainJob};
 use crate::finetune::sparse_setup;
 use crate::model_args::ModelArgs;
@@ -285,6 +286,9 @@ impl TrainJob for StepBench {
         let flops = counter.step(&tokens, setup.as_ref().map(|s| &s.plan));
         let doc = self.result(dtype, &lora, &measured, &flops, &memory, &built)?;
         print_summary(&doc);
+        if !measured.gemms.is_empty() {
+            println!("{}", measured.gemms.summary(GEMM_PLANS_PRINTED));
+        }
         self.write(&doc)
     }
 }
@@ -311,6 +315,8 @@ struct Measured {
     /// The `--breakdown` split.
     phases: Phases,
     pool: PoolPeaks,
+    /// The cuBLASLt plans launched by the timed steps.
+    gemms: StepGemms,
 }
 
 impl StepBench {
@@ -423,7 +429,13 @@ impl StepBench {
             stepper.step(step, false)?;
         }
         sync::<B>(device)?;
+        let plans_before = crate::backend::gemm_plans(self.model.backend);
         let (total, losses, peak_bytes) = stepper.timed(self.warmup..self.warmup + self.steps)?;
+        let gemms = StepGemms::between(
+            &plans_before,
+            &crate::backend::gemm_plans(self.model.backend),
+            self.steps,
+        );
         // The same number of steps with no synchronisation at all: the host queues ahead.
         let unsynced = self.unsynced_steps.unwrap_or(self.steps);
         let t0 = Instant::now();
@@ -465,6 +477,7 @@ impl StepBench {
             estimator_overhead,
             phases: stepper.times,
             pool: stepper.pool,
+            gemms,
         })
     }
 
@@ -524,6 +537,7 @@ impl StepBench {
             "memory": memory.pool.map(|_| measured.pool.to_json(built, baseline)),
             "fused_kernel_launches": kernels_cubecl::fused_launches(),
             "cublaslt_gemms": crate::backend::gemm_calls(),
+            "gemm_plans": (!measured.gemms.is_empty()).then(|| measured.gemms.to_json()),
             // The switches that change the fast path (A/B runs), so a result says what it ran.
             "env": std::env::vars()
                 .filter(|(name, _)| name.starts_with("SPARSELORA_") && name != "SPARSELORA_CACHE")
@@ -560,6 +574,9 @@ impl StepBench {
 
 /// How many extra steps `--breakdown` runs to split the step (after the headline's).
 const BREAKDOWN_STEPS: usize = 10;
+
+/// The cuBLASLt plans listed on the console after a run (the JSON has them all).
+const GEMM_PLANS_PRINTED: usize = 16;
 
 /// Per-phase times of the `--breakdown` steps.
 #[derive(Default)]

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::DType;
 use cudarc::cublaslt::{result as lt, sys as lts};
@@ -278,10 +279,36 @@ impl DeviceGemm {
         if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
+        let id = self.plans.len();
         // SAFETY: the handle is live for as long as `self`.
-        let plan = Arc::new(unsafe { Plan::new(self.handle, dtype, &key, self.workspace_size)? });
+        let plan =
+            Arc::new(unsafe { Plan::new(self.handle, dtype, &key, self.workspace_size, id)? });
         self.plans.insert(key, plan.clone());
         Ok(plan)
+    }
+
+    /// How each plan made so far has been used, in the order they were made.
+    pub fn plan_uses(&self) -> Vec<PlanUse> {
+        let mut uses: Vec<PlanUse> = self
+            .plans
+            .values()
+            .map(|plan| {
+                let p = &plan.problem;
+                let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
+                PlanUse {
+                    id: plan.id,
+                    m: p.cols,
+                    n: p.rows,
+                    k: p.depth,
+                    batch: p.batch,
+                    transposes: format!("{}{}", op(&p.first), op(&p.second)),
+                    launches: plan.launches.load(Ordering::Relaxed),
+                    tuned_ms: plan.tuned_ms.get().copied(),
+                }
+            })
+            .collect();
+        uses.sort_by_key(|u| u.id);
+        uses
     }
 
     /// A workspace of cuBLASLt's recommended size for GEMMs on `stream` (one per stream, so that
@@ -314,6 +341,7 @@ impl DeviceGemm {
         stream: drvs::CUstream,
     ) -> Result<(), GemmError> {
         let workspace = self.workspace_for(stream)?;
+        plan.launches.fetch_add(1, Ordering::Relaxed);
         let algo = match plan.chosen.get() {
             Some(algo) => *algo,
             None => {
@@ -387,10 +415,13 @@ impl DeviceGemm {
     }
 
     /// The fastest of `plan`'s candidates on these operands: each launched once untimed, then
-    /// [`TUNING_LAUNCHES`] times between two events on `stream`, which the host waits for (once
-    /// per plan: the first step pays it). Every launch writes only the output, which the real
-    /// launch then overwrites. A candidate that fails to launch or to time is skipped; the
-    /// heuristic's first guess is kept when none can be timed.
+    /// timed over [`TUNING_LAUNCHES`] launches between two events on `stream`, which the host
+    /// waits for, in [`tuning_rounds()`] rounds that visit every candidate in turn; a candidate's
+    /// time is its fastest round's (once per plan: the first step pays it). Several rounds keep
+    /// one disturbed measurement (the clock settling, other work on the GPU) from deciding the
+    /// choice, and interleaving them spreads a slow drift over every candidate alike. Every launch
+    /// writes only the output, which the real launch then overwrites. A candidate that fails to
+    /// launch or to time is dropped; the heuristic's first guess is kept when none can be timed.
     ///
     /// # Safety
     /// As [`Self::enqueue`].
@@ -401,13 +432,20 @@ impl DeviceGemm {
         stream: drvs::CUstream,
         workspace: drvs::CUdeviceptr,
     ) -> lts::cublasLtMatmulAlgo_t {
-        let mut best = (f32::INFINITY, plan.candidates[0]);
-        let mut times = Vec::new();
-        for algo in &plan.candidates {
-            let product = Scaling::PRODUCT;
-            let timed = self
-                .enqueue(plan, algo, ptrs, product, stream, workspace)
-                .and_then(|()| {
+        let product = Scaling::PRODUCT;
+        let mut times: Vec<Option<f32>> = vec![None; plan.candidates.len()];
+        let mut failed = vec![false; plan.candidates.len()];
+        for round in 0..tuning_rounds() {
+            for (i, algo) in plan.candidates.iter().enumerate() {
+                if failed[i] {
+                    continue;
+                }
+                let warmed = if round == 0 {
+                    self.enqueue(plan, algo, ptrs, product, stream, workspace)
+                } else {
+                    Ok(())
+                };
+                let timed = warmed.and_then(|()| {
                     time_on_stream(stream, || {
                         for _ in 0..TUNING_LAUNCHES {
                             self.enqueue(plan, algo, ptrs, product, stream, workspace)?;
@@ -415,17 +453,26 @@ impl DeviceGemm {
                         Ok(())
                     })
                 });
-            times.push(timed.as_ref().ok().copied());
-            if let Ok(ms) = timed {
-                if ms < best.0 {
-                    best = (ms, *algo);
+                match timed {
+                    Ok(ms) => times[i] = Some(times[i].map_or(ms, |t| t.min(ms))),
+                    Err(_) => {
+                        failed[i] = true;
+                        times[i] = None;
+                    }
                 }
             }
         }
         if log_choices() {
-            eprintln!("{}", choice_line(&plan.problem, &times));
+            eprintln!("{}", choice_line(plan.id, &plan.problem, &times));
         }
-        best.1
+        match fastest_index(&times) {
+            Some(i) => {
+                let ms = times[i].unwrap_or_default();
+                let _ = plan.tuned_ms.set(ms / TUNING_LAUNCHES as f32);
+                plan.candidates[i]
+            }
+            None => plan.candidates[0],
+        }
     }
 
     /// Enqueues `d = op(first) op(second)` on our own stream (f32 accumulation and scaling).
@@ -516,7 +563,7 @@ const CANDIDATES: usize = 32;
 
 /// [`CANDIDATES`], or `SPARSELORA_GEMM_CANDIDATES` when set to a number in 1..=64.
 fn candidates() -> usize {
-    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
         std::env::var("SPARSELORA_GEMM_CANDIDATES")
             .ok()
@@ -529,24 +576,48 @@ fn candidates() -> usize {
 /// Launches per candidate when timing them (after one untimed launch each).
 const TUNING_LAUNCHES: usize = 3;
 
-/// Whether `SPARSELORA_GEMM_LOG=1` asked for one line on stderr per plan: its problem and the
-/// time of each candidate when it was tuned (to compare the choices of two processes, whose
-/// step times can differ by 10%, docs/perf.md).
-fn log_choices() -> bool {
-    static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LOG.get_or_init(|| std::env::var("SPARSELORA_GEMM_LOG").is_ok_and(|v| v == "1"))
+/// Rounds of timing over all of a plan's candidates, each candidate keeping its fastest: with one
+/// round, two processes of the same step settled on different algorithms for the same shapes
+/// (the Nsight Compute tables of docs/perf.md), their step times 10% apart.
+/// `SPARSELORA_GEMM_TUNING_ROUNDS=n` changes it (1-16).
+const TUNING_ROUNDS: usize = 3;
+
+/// [`TUNING_ROUNDS`], or `SPARSELORA_GEMM_TUNING_ROUNDS` when set to a number in 1..=16.
+fn tuning_rounds() -> usize {
+    static ROUNDS: OnceLock<usize> = OnceLock::new();
+    *ROUNDS.get_or_init(|| {
+        std::env::var("SPARSELORA_GEMM_TUNING_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| (1..=16).contains(n))
+            .unwrap_or(TUNING_ROUNDS)
+    })
 }
 
-/// The line [`log_choices`] asks for: `problem` as `m x n x k` (our `C[m, n] = A[m, k] B[k, n]`), its batch and cuBLASLt's
-/// transposes, the index of the fastest candidate and each candidate's milliseconds for
-/// [`TUNING_LAUNCHES`] launches (`-` where it could not be timed).
-fn choice_line(problem: &Problem, times: &[Option<f32>]) -> String {
-    let fastest = times
+/// The index of the fastest timed candidate, if any was timed.
+fn fastest_index(times: &[Option<f32>]) -> Option<usize> {
+    times
         .iter()
         .enumerate()
         .filter_map(|(i, t)| Some((i, (*t)?)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or_else(|| "none".to_owned(), |(i, _)| i.to_string());
+        .map(|(i, _)| i)
+}
+
+/// Whether `SPARSELORA_GEMM_LOG=1` asked for one line on stderr per plan: its problem and the
+/// time of each candidate when it was tuned (to compare the choices of two processes, whose
+/// step times can differ by 10%, docs/perf.md).
+fn log_choices() -> bool {
+    static LOG: OnceLock<bool> = OnceLock::new();
+    *LOG.get_or_init(|| std::env::var("SPARSELORA_GEMM_LOG").is_ok_and(|v| v == "1"))
+}
+
+/// The line [`log_choices`] asks for: plan `id` (as in [`PlanUse`]), `problem` as `m x n x k`
+/// (our `C[m, n] = A[m, k] B[k, n]`), its batch and cuBLASLt's transposes, the index of the
+/// fastest candidate and each candidate's milliseconds for [`TUNING_LAUNCHES`] launches, the
+/// fastest of its rounds (`-` where it could not be timed).
+fn choice_line(id: usize, problem: &Problem, times: &[Option<f32>]) -> String {
+    let fastest = fastest_index(times).map_or_else(|| "none".to_owned(), |i| i.to_string());
     let times: Vec<String> = times
         .iter()
         .map(|t| t.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.4}")))
@@ -554,7 +625,7 @@ fn choice_line(problem: &Problem, times: &[Option<f32>]) -> String {
     let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
     let p = problem;
     format!(
-        "[gemm-plan] {}x{}x{} batch {} {}{}: candidate {fastest} of {}; ms per {TUNING_LAUNCHES}: {}",
+        "[gemm-plan] #{id} {}x{}x{} batch {} {}{}: candidate {fastest} of {}; ms per {TUNING_LAUNCHES}: {}",
         p.cols,
         p.rows,
         p.depth,
@@ -568,8 +639,39 @@ fn choice_line(problem: &Problem, times: &[Option<f32>]) -> String {
 
 /// Whether `SPARSELORA_GEMM_AUTOTUNE=0` asked for the heuristic's first choice, untimed.
 fn autotune_disabled() -> bool {
-    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static DISABLED: OnceLock<bool> = OnceLock::new();
     *DISABLED.get_or_init(|| std::env::var("SPARSELORA_GEMM_AUTOTUNE").is_ok_and(|v| v == "0"))
+}
+
+/// How one prepared problem has been used: what a step's GEMM time is made of, shape by shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanUse {
+    /// Its place among the device's plans, in the order they were made (as in the
+    /// `SPARSELORA_GEMM_LOG=1` lines).
+    pub id: usize,
+    /// Rows of the product `C[m, n] = A[m, k] B[k, n]`.
+    pub m: u64,
+    /// Columns of the product.
+    pub n: u64,
+    /// The reduction length.
+    pub k: u64,
+    /// Products in a strided batch (1: a single product).
+    pub batch: u64,
+    /// cuBLASLt's transposes of its two operands (`N` or `T` each).
+    pub transposes: String,
+    /// Launches so far, the tuning's own excluded.
+    pub launches: u64,
+    /// The chosen algorithm's milliseconds per launch when it was tuned, alone on the GPU with
+    /// its operands in cache: a lower bound on what it costs inside a step (`None` when it was
+    /// not timed: a single candidate, or `SPARSELORA_GEMM_AUTOTUNE=0`).
+    pub tuned_ms: Option<f32>,
+}
+
+impl PlanUse {
+    /// Floating-point operations of one launch.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
 }
 
 /// A prepared problem: descriptors, the candidate algorithms cuBLASLt's heuristic proposes (best
@@ -588,8 +690,14 @@ pub(crate) struct Plan {
     chosen: std::sync::OnceLock<lts::cublasLtMatmulAlgo_t>,
     /// Bytes of the output (all of a batch).
     d_bytes: usize,
-    /// The problem, for [`log_choices`]' lines.
+    /// The problem, for [`log_choices`]' lines and [`PlanUse`].
     problem: Problem,
+    /// Its place among the device's plans, in the order they were made.
+    id: usize,
+    /// Launches of it so far (the tuning's own excluded).
+    launches: AtomicU64,
+    /// The chosen algorithm's milliseconds per launch when it was tuned (unset when untimed).
+    tuned_ms: OnceLock<f32>,
 }
 
 impl Plan {
@@ -600,6 +708,7 @@ impl Plan {
         element: DType,
         key: &PlanKey,
         workspace_size: usize,
+        id: usize,
     ) -> Result<Plan, GemmError> {
         let dtype = data_type(element)?;
         let p = &key.problem;
@@ -613,6 +722,9 @@ impl Plan {
             chosen: std::sync::OnceLock::new(),
             d_bytes: p.out_span() as usize * element.size(),
             problem: *p,
+            id,
+            launches: AtomicU64::new(0),
+            tuned_ms: OnceLock::new(),
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(
@@ -828,11 +940,11 @@ mod tests {
             out_ld: 4096,
             out_batch_stride: 4096 * 4096,
         };
-        let line = choice_line(&problem, &[Some(0.05), None, Some(0.0312)]);
+        let line = choice_line(7, &problem, &[Some(0.05), None, Some(0.0312)]);
         assert_eq!(
             line,
-            "[gemm-plan] 4096x4096x144 batch 1 TN: candidate 2 of 3; ms per 3: 0.0500 - 0.0312"
+            "[gemm-plan] #7 4096x4096x144 batch 1 TN: candidate 2 of 3; ms per 3: 0.0500 - 0.0312"
         );
-        assert!(choice_line(&problem, &[None]).contains("candidate none of 1"));
+        assert!(choice_line(0, &problem, &[None]).contains("candidate none of 1"));
     }
 }

@@ -29,8 +29,10 @@ pub use dispatch::{min_flops, set_min_flops, DEFAULT_MIN_FLOPS};
 pub use error::GemmError;
 pub(crate) use lora::lora_linear as dispatch_lora_linear;
 pub(crate) use lora_group::lora_linear_group as dispatch_lora_linear_group;
+pub use lt::PlanUse;
 pub use tensor::{
     accumulating_calls, calls, device_info, device_memory_total, device_memory_used,
     kernel_seconds, linear_forward, linear_input_grad, matmul, matmul_batched, matmul_unordered,
-    pool_memory, profiler_collect, reads_in_place, stream_ordered, wait_own_stream, CudaBackend,
+    plan_uses, pool_memory, profiler_collect, reads_in_place, stream_ordered, wait_own_stream,
+    CudaBackend,
 };

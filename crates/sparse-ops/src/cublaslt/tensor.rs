@@ -32,7 +32,7 @@ use cudarc::driver::sys::CUstream;
 
 use super::error::GemmError;
 use super::layout::{alignment, Problem, View};
-use super::lt::{self, Pointers, Scaling};
+use super::lt::{self, PlanUse, Pointers, Scaling};
 use super::stream;
 
 /// Bytes of `ordinal`'s device memory in use (total minus free, as `cuMemGetInfo` reports).
@@ -195,6 +195,16 @@ pub fn kernel_seconds(
         unsafe { device.time_launches(problem, dtype, ptrs, iters) }
     })
     .map(|(seconds, _)| seconds)
+}
+
+/// How each GEMM plan of `device` has been used so far: shapes, launches and tuned times (see
+/// [`PlanUse`]). Read after a synchronisation, the launch counts include every GEMM queued
+/// before it.
+///
+/// # Errors
+/// When cuBLASLt or the driver cannot be set up on `device`.
+pub fn plan_uses(device: &burn::backend::cuda::CudaDevice) -> Result<Vec<PlanUse>, GemmError> {
+    lt::with_device(device.index, |gemm| Ok(gemm.plan_uses()))
 }
 
 /// The device's name and the loaded cuBLASLt's version (e.g. 130000 for 13.0.0).
