@@ -133,10 +133,18 @@ pub(crate) fn gemm_plans(backend: BackendKind) -> Vec<GemmPlan> {
                 .into_iter()
                 .map(|p| GemmPlan {
                     id: p.id,
-                    shape: match p.batch {
-                        1 => format!("{}x{}x{} {}", p.m, p.n, p.k, p.transposes),
-                        b => format!("{}x{}x{} batch {b} {}", p.m, p.n, p.k, p.transposes),
-                    },
+                    shape: format!(
+                        "{}x{}x{}{} {}{}",
+                        p.m,
+                        p.n,
+                        p.k,
+                        match p.batch {
+                            1 => String::new(),
+                            b => format!(" batch {b}"),
+                        },
+                        p.transposes,
+                        if p.split_k { " split-K" } else { "" }
+                    ),
                     flops: p.flops(),
                     launches: p.launches,
                     tuned_ms: p.tuned_ms.map(f64::from),

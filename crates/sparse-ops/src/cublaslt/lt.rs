@@ -1,5 +1,6 @@
 //! The cuBLASLt state of each GPU: library handle, stream, workspace and a cache of prepared
-//! problems, and the raw launch on device addresses. All `unsafe` FFI of the crate is here.
+//! problems, and the raw launch on device addresses. All `unsafe` FFI of the crate is in this
+//! module (and its `split_k`).
 //!
 //! Everything runs in the device's primary context, which cubecl uses too, so the addresses
 //! cubecl hands out are valid here. GEMMs run on a stream of our own; `tensor.rs` orders them
@@ -17,16 +18,23 @@ use cudarc::driver::{result as drv, sys as drvs};
 use super::error::GemmError;
 use super::layout::{alignment, Operand, Problem};
 
+mod split_k;
+
 /// cuBLASLt's recommended workspace: 32 MiB on Hopper and newer, 4 MiB before.
 const WORKSPACE_HOPPER: usize = 32 << 20;
 const WORKSPACE_OLDER: usize = 4 << 20;
 
 /// The functions we call, checked once so that an incomplete library is an error, not a panic.
-const SYMBOLS: [&str; 13] = [
+const SYMBOLS: [&str; 18] = [
     "cublasLtCreate",
     "cublasLtGetVersion",
     "cublasLtMatmul",
+    "cublasLtMatmulAlgoCapGetAttribute",
+    "cublasLtMatmulAlgoCheck",
+    "cublasLtMatmulAlgoConfigSetAttribute",
     "cublasLtMatmulAlgoGetHeuristic",
+    "cublasLtMatmulAlgoGetIds",
+    "cublasLtMatmulAlgoInit",
     "cublasLtMatmulDescCreate",
     "cublasLtMatmulDescDestroy",
     "cublasLtMatmulDescSetAttribute",
@@ -304,6 +312,7 @@ impl DeviceGemm {
                     transposes: format!("{}{}", op(&p.first), op(&p.second)),
                     launches: plan.launches.load(Ordering::Relaxed),
                     tuned_ms: plan.tuned_ms.get().copied(),
+                    split_k: plan.split_k_chosen.get().copied().unwrap_or(false),
                 }
             })
             .collect();
@@ -463,12 +472,14 @@ impl DeviceGemm {
             }
         }
         if log_choices() {
-            eprintln!("{}", choice_line(plan.id, &plan.problem, &times));
+            let line = choice_line(plan.id, &plan.problem, plan.heuristic_candidates, &times);
+            eprintln!("{line}");
         }
         match fastest_index(&times) {
             Some(i) => {
                 let ms = times[i].unwrap_or_default();
                 let _ = plan.tuned_ms.set(ms / TUNING_LAUNCHES as f32);
+                let _ = plan.split_k_chosen.set(i >= plan.heuristic_candidates);
                 plan.candidates[i]
             }
             None => plan.candidates[0],
@@ -614,9 +625,10 @@ fn log_choices() -> bool {
 
 /// The line [`log_choices`] asks for: plan `id` (as in [`PlanUse`]), `problem` as `m x n x k`
 /// (our `C[m, n] = A[m, k] B[k, n]`), its batch and cuBLASLt's transposes, the index of the
-/// fastest candidate and each candidate's milliseconds for [`TUNING_LAUNCHES`] launches, the
-/// fastest of its rounds (`-` where it could not be timed).
-fn choice_line(id: usize, problem: &Problem, times: &[Option<f32>]) -> String {
+/// fastest candidate, how many came from the heuristic (the first `heuristic`) and how many are
+/// split-K configurations, and each candidate's milliseconds for [`TUNING_LAUNCHES`] launches,
+/// the fastest of its rounds (`-` where it could not be timed).
+fn choice_line(id: usize, problem: &Problem, heuristic: usize, times: &[Option<f32>]) -> String {
     let fastest = fastest_index(times).map_or_else(|| "none".to_owned(), |i| i.to_string());
     let times: Vec<String> = times
         .iter()
@@ -624,15 +636,18 @@ fn choice_line(id: usize, problem: &Problem, times: &[Option<f32>]) -> String {
         .collect();
     let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
     let p = problem;
+    let count = match times.len().saturating_sub(heuristic) {
+        0 => times.len().to_string(),
+        split => format!("{heuristic} + {split} split-K"),
+    };
     format!(
-        "[gemm-plan] #{id} {}x{}x{} batch {} {}{}: candidate {fastest} of {}; ms per {TUNING_LAUNCHES}: {}",
+        "[gemm-plan] #{id} {}x{}x{} batch {} {}{}: candidate {fastest} of {count}; ms per {TUNING_LAUNCHES}: {}",
         p.cols,
         p.rows,
         p.depth,
         p.batch,
         op(&p.first),
         op(&p.second),
-        times.len(),
         times.join(" ")
     )
 }
@@ -665,6 +680,9 @@ pub struct PlanUse {
     /// its operands in cache: a lower bound on what it costs inside a step (`None` when it was
     /// not timed: a single candidate, or `SPARSELORA_GEMM_AUTOTUNE=0`).
     pub tuned_ms: Option<f32>,
+    /// Whether the tuning chose a split-K configuration (the reduction split over several tiles
+    /// and summed in f32) over the heuristic's algorithms.
+    pub split_k: bool,
 }
 
 impl PlanUse {
@@ -696,8 +714,13 @@ pub(crate) struct Plan {
     id: usize,
     /// Launches of it so far (the tuning's own excluded).
     launches: AtomicU64,
+    /// How many of `candidates` came from cuBLASLt's heuristic (the rest are split-K
+    /// configurations, `split_k`).
+    heuristic_candidates: usize,
     /// The chosen algorithm's milliseconds per launch when it was tuned (unset when untimed).
     tuned_ms: OnceLock<f32>,
+    /// Whether the tuning chose a split-K configuration.
+    split_k_chosen: OnceLock<bool>,
 }
 
 impl Plan {
@@ -724,7 +747,9 @@ impl Plan {
             problem: *p,
             id,
             launches: AtomicU64::new(0),
+            heuristic_candidates: 0,
             tuned_ms: OnceLock::new(),
+            split_k_chosen: OnceLock::new(),
         };
         // f32 accumulation for every input type; f32 inputs stay full f32 (no TF32).
         plan.desc = lt::create_matmul_desc(
@@ -817,6 +842,24 @@ impl Plan {
             })
             .map(|r| r.algo)
             .collect();
+        plan.heuristic_candidates = plan.candidates.len();
+        if !plan.candidates.is_empty()
+            && split_k::worth_splitting(p)
+            && split_k::enabled()
+            && !autotune_disabled()
+        {
+            let descriptors = split_k::Descriptors {
+                handle,
+                desc: plan.desc,
+                first: plan.first,
+                second: plan.second,
+                d: plan.d,
+                dtype,
+                workspace_size,
+            };
+            let variants = split_k::variants(&descriptors, &plan.candidates);
+            plan.candidates.extend(variants);
+        }
         if plan.candidates.is_empty() {
             return Err(GemmError::Cublas {
                 call: "cublasLtMatmulAlgoGetHeuristic",
@@ -940,11 +983,13 @@ mod tests {
             out_ld: 4096,
             out_batch_stride: 4096 * 4096,
         };
-        let line = choice_line(7, &problem, &[Some(0.05), None, Some(0.0312)]);
+        let line = choice_line(7, &problem, 3, &[Some(0.05), None, Some(0.0312)]);
         assert_eq!(
             line,
             "[gemm-plan] #7 4096x4096x144 batch 1 TN: candidate 2 of 3; ms per 3: 0.0500 - 0.0312"
         );
-        assert!(choice_line(0, &problem, &[None]).contains("candidate none of 1"));
+        assert!(choice_line(0, &problem, 1, &[None]).contains("candidate none of 1"));
+        let split = choice_line(1, &problem, 1, &[Some(0.05), Some(0.02), Some(0.03)]);
+        assert!(split.contains("candidate 1 of 1 + 2 split-K;"), "{split}");
     }
 }
