@@ -188,6 +188,30 @@ pub fn run() -> anyhow::Result<()> {
     c.in_place("broadcast x is copied", &broadcast, false);
     c.gemm("broadcast x W^T", broadcast, w.clone().transpose());
 
+    // LoRA's rank-32 products over 4096 tokens: few output tiles over a long reduction, where
+    // the plan also times split-K configurations (and usually keeps one).
+    let (x, a) = (c.random([4096, 4096], bf16), c.random([32, 4096], bf16));
+    c.gemm(
+        "x A^T 4096x4096 . [32,4096]^T (split-K)",
+        x.clone(),
+        a.transpose(),
+    );
+    let dh = c.random([4096, 32], bf16);
+    c.gemm(
+        "dA = dh^T x 32x4096 . 4096x4096 (split-K)",
+        dh.transpose(),
+        x,
+    );
+    let (x, a) = (
+        c.random([1024, 2048], DType::F32),
+        c.random([32, 2048], DType::F32),
+    );
+    c.gemm(
+        "x A^T f32 1024x2048 . [32,2048]^T (split-K)",
+        x,
+        a.transpose(),
+    );
+
     // Other dtypes.
     for dtype in [DType::F32, DType::F16] {
         let (x, w) = (c.random([100, 300], dtype), c.random([77, 300], dtype));
