@@ -8,6 +8,9 @@
 //! them; its algorithms can be configured to split the reduction over several tiles and reduce
 //! the partial sums in f32 in the workspace, which fills the GPU. This module derives such
 //! configurations; the plan times them beside the heuristic's own and keeps the fastest.
+//!
+//! Measured, the gain is small (see [`enabled`]): these products are bound by reading their long
+//! operand once, which splitting does not change. So it is opt-in.
 
 use cudarc::cublaslt::sys as lts;
 
@@ -26,10 +29,13 @@ const FEW_TILES: u64 = 264;
 /// Shortest reduction worth splitting.
 const MIN_DEPTH: u64 = 1024;
 
-/// Whether split-K configurations are tried: unless `SPARSELORA_GEMM_SPLIT_K=0` (for A/B runs).
+/// Whether split-K configurations are tried: only with `SPARSELORA_GEMM_SPLIT_K=1`. On the
+/// H200 they won the timing for most rank-32 products but by 5-15% only (these products are
+/// bound by reading their 32 MiB operand, not by idle multiprocessors), 1.5 ms of a LLaMA3-8B
+/// dense step's tuned GEMM time, within the run-to-run spread of the step (docs/perf.md).
 pub(super) fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("SPARSELORA_GEMM_SPLIT_K").map_or(true, |v| v != "0"))
+    *ENABLED.get_or_init(|| std::env::var("SPARSELORA_GEMM_SPLIT_K").is_ok_and(|v| v == "1"))
 }
 
 /// Whether `problem` has so few output tiles for its reduction length that splitting the
