@@ -146,16 +146,19 @@ impl<B: Backend> LoraAdapter<B> {
         self.forward_in(x, a, b)
     }
 
-    /// `A` and `B` in the dtype the update of an input in `dtype` is computed in (see
-    /// [`Self::forward`]), for [`sparse_ops::lora_linear`], which computes the update and its add
-    /// onto the base output in one op; `None` with dropout on (the op takes one input for both
-    /// branches) or when the input would need a cast.
+    /// `A` and `B` as [`sparse_ops::lora_linear`] takes them for an input in `dtype` (it
+    /// computes the update and its add onto the base output in one op): the f32 master weights
+    /// themselves for a bf16/f16 input (the op casts them and gives their gradients in f32, see
+    /// [`Self::forward`]), the weights in `dtype` otherwise; `None` with dropout on (the op takes
+    /// one input for both branches) or when the input would need a cast.
     pub fn compute_weights(&self, dtype: DType) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
         if self.dropout.prob > 0.0 {
             return None;
         }
         let (a, b) = (self.lora_a.val(), self.lora_b.val());
+        let master = a.dtype() == DType::F32 && b.dtype() == DType::F32;
         match dtype {
+            DType::BF16 | DType::F16 if master => Some((a, b)),
             DType::BF16 | DType::F16 => Some((a.cast(dtype), b.cast(dtype))),
             _ if dtype == a.dtype() => Some((a, b)),
             _ => None,

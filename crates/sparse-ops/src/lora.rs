@@ -18,8 +18,11 @@ pub use crate::frozen_base::{FrozenBase, GroupMember};
 
 /// `base + scaling (x A^T) B^T`, where `base` is `x W^T` for [`FrozenBase::Weight`].
 ///
-/// `lora_a` and `lora_b` must already be in `x`'s dtype (the adapter casts its f32 master weights
-/// to the compute dtype, as PEFT under autocast).
+/// `lora_a` and `lora_b` are in `x`'s dtype, or both in f32 (the adapter's master weights) for a
+/// bf16/f16 `x`: the products then run in `x`'s dtype with the factors cast to it, as PEFT under
+/// autocast, and the factors' gradients are f32. The fused op writes those gradients in f32
+/// straight from the GEMMs (cuBLASLt's half-precision operands with an f32 output) where a cast
+/// of each factor's half-precision gradient would otherwise follow.
 ///
 /// # Shapes
 /// - `x`: `[n, in]`, `lora_a`: `[r, in]`, `lora_b`: `[out, r]`, base weight `[out, in]` or output
@@ -69,7 +72,7 @@ pub mod reference {
     use burn::tensor::{backend::Backend, Tensor};
 
     /// `base + scaling (x A^T) B^T` as [`super::lora_linear`], one [`crate::linear`] per
-    /// product.
+    /// product (the factors cast to `x`'s dtype first when they are not in it).
     pub fn lora_linear<B: Backend>(
         base: FrozenBase<B>,
         x: Tensor<B, 2>,
@@ -77,6 +80,9 @@ pub mod reference {
         lora_b: Tensor<B, 2>,
         scaling: f64,
     ) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let in_dtype = |t: Tensor<B, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let (lora_a, lora_b) = (in_dtype(lora_a), in_dtype(lora_b));
         let base = match base {
             FrozenBase::Weight(weight) => crate::linear(x.clone(), weight),
             FrozenBase::Output(output) => output,

@@ -328,9 +328,12 @@ fn check_linear_seam(c: &mut Checker, w: &Tensor<Gpu, 2>) {
     if ordered {
         check_ordering(c);
         for dtype in [DType::BF16, DType::F32] {
-            check_lora_linear(c, dtype, true);
-            check_lora_linear(c, dtype, false);
+            check_lora_linear(c, dtype, dtype, true);
+            check_lora_linear(c, dtype, dtype, false);
         }
+        // f32 master weights with a bf16 input: the factors' gradients come out in f32.
+        check_lora_linear(c, DType::BF16, DType::F32, true);
+        check_lora_linear(c, DType::BF16, DType::F32, false);
         check_summed_input_gradient(c);
         check_linear_onto(c);
     }
@@ -495,19 +498,19 @@ fn check_linear_onto(c: &mut Checker) {
 /// `sparse_ops::lora_linear` (the base product and LoRA's update in one op, the adds done by the
 /// GEMMs) under `Autodiff` against the reference composition on the CPU: the output and the
 /// gradients of x, A and B (and of a given base output).
-fn check_lora_linear(c: &mut Checker, dtype: DType, weight_base: bool) {
+fn check_lora_linear(c: &mut Checker, dtype: DType, factors: DType, weight_base: bool) {
     type Ad = Autodiff<Gpu>;
     type AdCpu = Autodiff<Cpu>;
     let (n, d_in, d_out, r) = (96, 1024, 768, 16);
     let (x, w, a, b) = (
         c.random([n, d_in], dtype),
         c.random([d_out, d_in], dtype),
-        c.random([r, d_in], dtype),
-        c.random([d_out, r], dtype),
+        c.random([r, d_in], factors),
+        c.random([d_out, r], factors),
     );
     let (base_out, dy) = (c.random([n, d_out], dtype), c.random([n, d_out], dtype));
     let form = if weight_base { "weight" } else { "base output" };
-    let name = |what: &str| format!("lora_linear ({form}, {dtype:?}): {what}");
+    let name = |what: &str| format!("lora_linear ({form}, {dtype:?}, factors {factors:?}): {what}");
     let base_gpu = || {
         if weight_base {
             sparse_ops::FrozenBase::Weight(Tensor::<Ad, 2>::from_inner(w.clone()))
@@ -560,12 +563,17 @@ fn check_lora_linear(c: &mut Checker, dtype: DType, weight_base: bool) {
         sparse_ops::lora::reference::lora_linear(base_c, xc.clone(), ac.clone(), bc.clone(), 2.0);
     let grads_c = (yc.clone() * on_cpu(&dy)).sum().backward();
     c.compare(&name("y"), Ok(y), yc.inner(), dtype);
-    for (what, ours, reference) in [
-        ("dX", xg.grad(&grads), xc.grad(&grads_c)),
-        ("dA", ag.grad(&grads), ac.grad(&grads_c)),
-        ("dB", bg.grad(&grads), bc.grad(&grads_c)),
+    for (what, ours, reference, grad_dtype) in [
+        ("dX", xg.grad(&grads), xc.grad(&grads_c), dtype),
+        ("dA", ag.grad(&grads), ac.grad(&grads_c), factors),
+        ("dB", bg.grad(&grads), bc.grad(&grads_c), factors),
     ] {
         match (ours, reference) {
+            (Some(ours), _) if ours.dtype() != grad_dtype => {
+                let detail = format!("gradient in {:?}, expected {grad_dtype:?}", ours.dtype());
+                c.report(&name(what), false, detail);
+            }
+            // The products ran in `dtype`: its tolerance, whatever the gradient's dtype.
             (Some(ours), Some(reference)) => c.compare(&name(what), Ok(ours), reference, dtype),
             _ => c.report(&name(what), false, "no gradient".into()),
         }

@@ -17,7 +17,9 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 use super::dispatch::{accumulate_into, cast, warn_once};
 use super::error::GemmError;
-use super::tensor::{matmul_accumulate, matmul_scaled, stream_ordered, CudaBackend, Primitive};
+use super::tensor::{
+    matmul_accumulate, matmul_scaled, matmul_scaled_in, stream_ordered, CudaBackend, Primitive,
+};
 use crate::frozen_base::FrozenBase;
 use kernels_cubecl::gradient_sum::register_summed;
 
@@ -43,8 +45,7 @@ pub(crate) fn lora_linear<B: Backend>(
     let dtype = x.dtype();
     let fits = (plain || autodiff)
         && frozen_in(&base, dtype)
-        && lora_a.dtype() == dtype
-        && lora_b.dtype() == dtype
+        && factors_fit(&lora_a, &lora_b, dtype)
         && stream_ordered(&cast::<_, CudaDevice>(x.device()));
     if !fits {
         return Err((base, x, lora_a, lora_b));
@@ -56,7 +57,7 @@ pub(crate) fn lora_linear<B: Backend>(
                 .into_primitive()
                 .tensor()
         };
-        let (y, _, _) = forward(
+        let (y, _, _, _) = forward(
             Frozen::from_base(base, p),
             p(x),
             p(lora_a),
@@ -82,6 +83,25 @@ pub(crate) fn lora_linear<B: Backend>(
     Ok(cast(Tensor::<AutodiffCuda, 2>::from_primitive(
         TensorPrimitive::Float(y),
     )))
+}
+
+/// Whether the adapter's factors are what the fused ops take for an input in `dtype`: in `dtype`,
+/// or both in f32 (master weights) for a bf16/f16 input, whose products then run in `dtype` with
+/// the factors cast to it (as [`crate::lora::reference::lora_linear`] does) and whose gradients
+/// come out of the GEMMs in f32.
+pub(super) fn factors_fit<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>, dtype: DType) -> bool {
+    let half = matches!(dtype, DType::BF16 | DType::F16);
+    a.dtype() == b.dtype() && (a.dtype() == dtype || (half && a.dtype() == DType::F32))
+}
+
+/// `factor` in `dtype` (a plain cast when it is not already: no graph node, the fused op's
+/// backward gives the gradient in the factor's own dtype).
+pub(super) fn in_dtype(factor: Primitive, dtype: DType) -> Primitive {
+    if factor.dtype == dtype {
+        factor
+    } else {
+        CudaBackend::float_cast(factor, dtype.into())
+    }
 }
 
 /// Whether `base` is in `dtype` and, for a weight, frozen: what the fused ops take.
@@ -112,23 +132,25 @@ impl<T> Frozen<T> {
     }
 }
 
-/// `(y, h, W)`: `y = base + s h B^T` with `h = x A^T` (kept for `dB`), `y` written by the last
-/// product into the base output's buffer; the weight of a [`Frozen::Weight`] base (for `dX`).
+/// `(y, h, W, [A, B])`: `y = base + s h B^T` with `h = x A^T` (kept for `dB`), `y` written by
+/// the last product into the base output's buffer; the weight of a [`Frozen::Weight`] base (for
+/// `dX`); the factors in `x`'s dtype (for `dX`).
 fn forward(
     base: Frozen<Primitive>,
     x: Primitive,
     a: Primitive,
     b: Primitive,
     scaling: f32,
-) -> (Primitive, Primitive, Option<Primitive>) {
+) -> (Primitive, Primitive, Option<Primitive>, [Primitive; 2]) {
     let t = CudaBackend::float_transpose;
-    let h = scaled(x.clone(), t(a), 1.0);
+    let (a, b) = (in_dtype(a, x.dtype), in_dtype(b, x.dtype));
+    let h = scaled(x.clone(), t(a.clone()), 1.0);
     let (y, weight) = match base {
         Frozen::Weight(w) => (scaled(x, t(w.clone()), 1.0), Some(w)),
         Frozen::Output(y) => (y, None),
     };
-    let y = accumulate(h.clone(), t(b), scaling, y);
-    (y, h, weight)
+    let y = accumulate(h.clone(), t(b.clone()), scaling, y);
+    (y, h, weight, [a, b])
 }
 
 /// `c + alpha a b`: into `c`'s buffer when it is ours alone, else (or when cuBLASLt cannot run it)
@@ -159,16 +181,13 @@ fn tracked(
         Frozen::Weight(w) => (w.node, Frozen::Weight(w.primitive)),
         Frozen::Output(y) => (y.node, Frozen::Output(y.primitive)),
     };
-    let (y, h, weight) = forward(
-        base,
-        x.primitive.clone(),
-        a.primitive.clone(),
-        b.primitive.clone(),
-        scaling,
-    );
+    let factor_dtype = a.primitive.dtype;
+    let (y, h, weight, [a_in, b_in]) =
+        forward(base, x.primitive.clone(), a.primitive, b.primitive, scaling);
     let backward = LoraBackward {
         scaling,
         base_is_output: weight.is_none(),
+        factor_dtype,
     };
     match backward
         .prepare::<NoCheckpointing>([first, x.node, a.node, b.node])
@@ -179,8 +198,8 @@ fn tracked(
             let state = State {
                 x: x.primitive,
                 h,
-                a: a.primitive,
-                b: b.primitive,
+                a: a_in,
+                b: b_in,
                 weight,
             };
             prep.finish(state, y)
@@ -189,8 +208,8 @@ fn tracked(
     }
 }
 
-/// What the backward reads: `x` (for `dA`), `h = x A^T` (for `dB`), `A` and `B`, and the frozen
-/// weight (for `dX`) when the op computed the base product.
+/// What the backward reads: `x` (for `dA`), `h = x A^T` (for `dB`), `A` and `B` in `x`'s dtype,
+/// and the frozen weight (for `dX`) when the op computed the base product.
 #[derive(Debug, Clone)]
 struct State {
     x: Primitive,
@@ -205,6 +224,8 @@ struct State {
 struct LoraBackward {
     scaling: f32,
     base_is_output: bool,
+    /// The factors' own dtype, their gradients' (f32 master weights of a half-precision op).
+    factor_dtype: DType,
 }
 
 impl Backward<CudaBackend, 4> for LoraBackward {
@@ -218,11 +239,12 @@ impl Backward<CudaBackend, 4> for LoraBackward {
         let t = CudaBackend::float_transpose;
         // g = s dY B: the gradient of h, shared by dX and dA.
         let g = (node_x.is_some() || node_a.is_some()).then(|| scaled(dy.clone(), b, s));
+        let factor = self.factor_dtype;
         if let Some(node) = node_b {
-            grads.register::<CudaBackend>(node.id, scaled(t(dy.clone()), h, s));
+            grads.register::<CudaBackend>(node.id, scaled_in(t(dy.clone()), h, s, factor));
         }
         if let (Some(node), Some(g)) = (node_a, &g) {
-            grads.register::<CudaBackend>(node.id, scaled(t(g.clone()), x, 1.0));
+            grads.register::<CudaBackend>(node.id, scaled_in(t(g.clone()), x, 1.0, factor));
         }
         if let (Some(node), Some(g)) = (node_x, g) {
             // dX = dY W (or nothing for a given base output), then dX += g A in the same buffer;
@@ -250,6 +272,21 @@ impl Backward<CudaBackend, 4> for LoraBackward {
         }
         if let (Some(node), true) = (node_base, self.base_is_output) {
             grads.register::<CudaBackend>(node.id, dy);
+        }
+    }
+}
+
+/// `alpha a b` in `out_dtype` (the operands', or f32): written so by cuBLASLt, or [`scaled`]
+/// and a cast if it cannot run (reported once).
+pub(super) fn scaled_in(a: Primitive, b: Primitive, alpha: f32, out_dtype: DType) -> Primitive {
+    if a.dtype == out_dtype {
+        return scaled(a, b, alpha);
+    }
+    match matmul_scaled_in(a.clone(), b.clone(), alpha, out_dtype) {
+        Ok(c) => c,
+        Err(e) => {
+            warn_once(&e);
+            CudaBackend::float_cast(scaled(a, b, alpha), out_dtype.into())
         }
     }
 }

@@ -21,10 +21,10 @@ use burn::backend::cuda::CudaDevice;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{Slice, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Slice, Tensor, TensorPrimitive};
 
 use super::dispatch::{accumulate_into, cast};
-use super::lora::{accumulate, frozen_in, scaled, Frozen};
+use super::lora::{accumulate, factors_fit, frozen_in, in_dtype, scaled, scaled_in, Frozen};
 use super::tensor::{stream_ordered, CudaBackend, Primitive};
 use crate::frozen_base::GroupMember;
 use kernels_cubecl::gradient_sum::register_summed;
@@ -35,8 +35,9 @@ type Tracked = FloatTensor<AutodiffCuda>;
 /// The inputs of [`crate::lora_linear_group`], given back when the fused op does not apply.
 type Inputs<B> = (Tensor<B, 2>, [GroupMember<B>; 3]);
 
-/// [`crate::lora_linear_group`] fused on `Autodiff<Cuda>` with stream-ordered GEMMs, one dtype
-/// and frozen weights; otherwise the inputs back.
+/// [`crate::lora_linear_group`] fused on `Autodiff<Cuda>` with stream-ordered GEMMs, frozen
+/// weights in the input's dtype and factors in it or all in f32 (see `lora::factors_fit`);
+/// otherwise the inputs back.
 pub(crate) fn lora_linear_group<B: Backend>(
     x: Tensor<B, 2>,
     members: [GroupMember<B>; 3],
@@ -44,7 +45,9 @@ pub(crate) fn lora_linear_group<B: Backend>(
     let dtype = x.dtype();
     let fits = TypeId::of::<B>() == TypeId::of::<AutodiffCuda>()
         && members.iter().all(|m| {
-            frozen_in(&m.base, dtype) && m.lora_a.dtype() == dtype && m.lora_b.dtype() == dtype
+            frozen_in(&m.base, dtype)
+                && factors_fit(&m.lora_a, &m.lora_b, dtype)
+                && m.lora_a.dtype() == members[0].lora_a.dtype()
         })
         && stream_ordered(&cast::<_, CudaDevice>(x.device()));
     if !fits {
@@ -82,7 +85,10 @@ fn tracked(x: Tracked, members: [Member; 3]) -> [Tracked; 3] {
     let t = CudaBackend::float_transpose;
     let n = x.primitive.meta.shape()[0];
     let ranks = members.each_ref().map(|m| m.a.primitive.meta.shape()[0]);
+    let (dtype, factor_dtype) = (x.primitive.dtype, members[0].a.primitive.dtype);
+    // Stacked, then cast once when the factors are f32 master weights.
     let a_cat = CudaBackend::float_cat(members.iter().map(|m| m.a.primitive.clone()).collect(), 0);
+    let a_cat = in_dtype(a_cat, dtype);
     // `[r_q + r_k + r_v, n]`: each member's `h^T` is a row block, a view.
     let h_t = scaled(a_cat.clone(), t(x.primitive.clone()), 1.0);
     let group = Arc::new(Mutex::new(Group {
@@ -90,6 +96,7 @@ fn tracked(x: Tracked, members: [Member; 3]) -> [Tracked; 3] {
         n,
         x: x.primitive.clone(),
         a_cat,
+        factor_dtype,
         expected: 0,
         arrived: Vec::new(),
         x_key: None,
@@ -108,10 +115,12 @@ fn tracked(x: Tracked, members: [Member; 3]) -> [Tracked; 3] {
             }
             Frozen::Output(y) => (y.node, y.primitive, None),
         };
-        let y = accumulate(h.clone(), t(m.b.primitive.clone()), m.scaling, y);
+        let b = in_dtype(m.b.primitive, dtype);
+        let y = accumulate(h.clone(), t(b.clone()), m.scaling, y);
         let backward = MemberBackward {
             scaling: m.scaling,
             base_is_output: weight.is_none(),
+            factor_dtype,
             index,
             group: group.clone(),
         };
@@ -122,11 +131,7 @@ fn tracked(x: Tracked, members: [Member; 3]) -> [Tracked; 3] {
         {
             OpsKind::Tracked(prep) => {
                 group.lock().expect("LoRA group lock").expected += 1;
-                let state = MemberState {
-                    h,
-                    b: m.b.primitive,
-                    weight,
-                };
+                let state = MemberState { h, b, weight };
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -141,8 +146,10 @@ struct Group {
     /// Token rows of `x`.
     n: usize,
     x: Primitive,
-    /// `[A_q; A_k; A_v]`.
+    /// `[A_q; A_k; A_v]` in `x`'s dtype.
     a_cat: Primitive,
+    /// The factors' own dtype, their gradients'.
+    factor_dtype: DType,
     /// Members whose backward will run (those recorded as tracked).
     expected: usize,
     /// `(member, g^T, key of its A's node)` of each member whose backward ran.
@@ -176,7 +183,8 @@ impl Group {
             .collect();
         let g_t = CudaBackend::float_cat(blocks, 0);
         if arrived.iter().any(|(_, _, key)| key.is_some()) {
-            let da = scaled(g_t.clone(), self.x.clone(), 1.0); // [r_q + r_k + r_v, in]
+            // [r_q + r_k + r_v, in], in the factors' dtype.
+            let da = scaled_in(g_t.clone(), self.x.clone(), 1.0, self.factor_dtype);
             let d = self.x.meta.shape()[1];
             for (index, _, key) in &arrived {
                 if let Some(key) = key {
@@ -221,7 +229,7 @@ impl Drop for Group {
 }
 
 /// What a member's backward reads: its `h = x A^T` (a view of the group's product, for `dB`),
-/// `B`, and the frozen weight (for `dX`) when the op computed the base product.
+/// `B` in `x`'s dtype, and the frozen weight (for `dX`) when the op computed the base product.
 #[derive(Debug, Clone)]
 struct MemberState {
     h: Primitive,
@@ -234,6 +242,8 @@ struct MemberState {
 struct MemberBackward {
     scaling: f32,
     base_is_output: bool,
+    /// The factors' own dtype, their gradients'.
+    factor_dtype: DType,
     index: usize,
     group: Arc<Mutex<Group>>,
 }
@@ -266,7 +276,8 @@ impl Backward<CudaBackend, 4> for MemberBackward {
         // g^T = s B^T dY^T: the gradient of h, transposed, shared by dX and dA.
         let g_t = (node_x.is_some() || node_a.is_some()).then(|| scaled(t(b), t(dy.clone()), s));
         if let Some(node) = node_b {
-            grads.register::<CudaBackend>(node.id, scaled(t(dy.clone()), h, s));
+            let db = scaled_in(t(dy.clone()), h, s, self.factor_dtype);
+            grads.register::<CudaBackend>(node.id, db);
         }
         if let (Some(node), Some(w)) = (&node_x, &weight) {
             // dX = dY W, summed into another consumer's share (`kernels_cubecl::gradient_sum`).

@@ -136,10 +136,13 @@ fn cublas(call: &'static str) -> impl Fn(lt::CublasError) -> GemmError {
     }
 }
 
-/// What identifies a prepared problem: element type, shapes, layouts and operand alignments.
+/// What identifies a prepared problem: element types, shapes, layouts and operand alignments.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct PlanKey {
+    /// The operands' element type.
     dtype: u32,
+    /// The output's (and the addend's): the operands', or f32 for half operands.
+    out_dtype: u32,
     problem: Problem,
     alignments: [u32; 3],
 }
@@ -271,16 +274,25 @@ impl DeviceGemm {
         unsafe { drv::ctx::set_current(self.context) }.map_err(driver("cuCtxSetCurrent"))
     }
 
-    /// The prepared problem for `problem` in `dtype` with operands at addresses of the given
+    /// The prepared problem for `problem` on operands in `dtype` and an output in `out_dtype`
+    /// (the same, or f32 for bf16/f16 operands), with operands at addresses of the given
     /// alignments (`[first, second, d]`, see [`alignment`]), made on first use and cached.
     pub fn plan(
         &mut self,
         problem: &Problem,
         dtype: DType,
+        out_dtype: DType,
         alignments: [u32; 3],
     ) -> Result<Arc<Plan>, GemmError> {
+        if out_dtype != dtype && out_dtype != DType::F32 {
+            return Err(GemmError::DtypeMismatch {
+                lhs: dtype,
+                rhs: out_dtype,
+            });
+        }
         let key = PlanKey {
             dtype: data_type(dtype)? as u32,
+            out_dtype: data_type(out_dtype)? as u32,
             problem: *problem,
             alignments,
         };
@@ -289,8 +301,15 @@ impl DeviceGemm {
         }
         let id = self.plans.len();
         // SAFETY: the handle is live for as long as `self`.
-        let plan =
-            Arc::new(unsafe { Plan::new(self.handle, dtype, &key, self.workspace_size, id)? });
+        let plan = Arc::new(unsafe {
+            Plan::new(
+                self.handle,
+                [dtype, out_dtype],
+                &key,
+                self.workspace_size,
+                id,
+            )?
+        });
         self.plans.insert(key, plan.clone());
         Ok(plan)
     }
@@ -497,7 +516,7 @@ impl DeviceGemm {
         dtype: DType,
         ptrs: Pointers,
     ) -> Result<(), GemmError> {
-        let plan = self.plan(problem, dtype, ptrs.alignments())?;
+        let plan = self.plan(problem, dtype, dtype, ptrs.alignments())?;
         self.launch_plan(&plan, ptrs, Scaling::PRODUCT, self.stream)
     }
 
@@ -724,16 +743,19 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The plan of `key` for operands of `element` type and an output of `out_element` type.
+    ///
     /// # Safety
     /// `handle` must be a live cuBLASLt handle.
     unsafe fn new(
         handle: lts::cublasLtHandle_t,
-        element: DType,
+        [element, out_element]: [DType; 2],
         key: &PlanKey,
         workspace_size: usize,
         id: usize,
     ) -> Result<Plan, GemmError> {
         let dtype = data_type(element)?;
+        let out_dtype = data_type(out_element)?;
         let p = &key.problem;
         // Null until created; `Drop` destroys whatever was made if a later step fails.
         let mut plan = Plan {
@@ -743,7 +765,7 @@ impl Plan {
             d: std::ptr::null_mut(),
             candidates: Vec::new(),
             chosen: std::sync::OnceLock::new(),
-            d_bytes: p.out_span() as usize * element.size(),
+            d_bytes: p.out_span() as usize * out_element.size(),
             problem: *p,
             id,
             launches: AtomicU64::new(0),
@@ -779,7 +801,7 @@ impl Plan {
         plan.first = layout(dtype, &p.first, p.batch)?;
         plan.second = layout(dtype, &p.second, p.batch)?;
         plan.d = layout(
-            dtype,
+            out_dtype,
             &Operand {
                 rows: p.rows,
                 cols: p.cols,
@@ -855,6 +877,7 @@ impl Plan {
                 second: plan.second,
                 d: plan.d,
                 dtype,
+                out_dtype,
                 workspace_size,
             };
             let variants = split_k::variants(&descriptors, &plan.candidates);

@@ -20,7 +20,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -228,6 +228,23 @@ pub(crate) fn matmul_scaled(
     alpha: f32,
 ) -> Result<Primitive, GemmError> {
     let mut gemm = Prepared::new(a, b)?;
+    gemm.scaling = Scaling { alpha, beta: 0.0 };
+    run_prepared(gemm)
+}
+
+/// `alpha A B` in `out_dtype` (the operands', or f32 for half operands) through cuBLASLt ordered
+/// on cubecl's stream: a gradient of f32 master weights from half-precision products, with no
+/// cast. [`GemmError::NotWritable`] when the GEMMs are not ordered on cubecl's stream.
+pub(crate) fn matmul_scaled_in(
+    a: Primitive,
+    b: Primitive,
+    alpha: f32,
+    out_dtype: DType,
+) -> Result<Primitive, GemmError> {
+    if ordered_stream(&a.device).is_none() {
+        return Err(GemmError::NotWritable);
+    }
+    let mut gemm = Prepared::new_in(a, b, out_dtype)?;
     gemm.scaling = Scaling { alpha, beta: 0.0 };
     run_prepared(gemm)
 }
@@ -535,6 +552,31 @@ impl Prepared {
         addend: Option<Primitive>,
     ) -> Result<Prepared, GemmError> {
         let dtype = check_operands(&a, &b)?;
+        Self::build(a, b, out, addend, dtype)
+    }
+
+    /// The product of half-precision (or f32) operands written as a new tensor of `out_dtype`:
+    /// theirs, or f32 (LoRA's factor gradients, for the f32 master weights, without a cast).
+    fn new_in(a: Primitive, b: Primitive, out_dtype: DType) -> Result<Prepared, GemmError> {
+        let dtype = check_operands(&a, &b)?;
+        if out_dtype != dtype && out_dtype != DType::F32 {
+            return Err(GemmError::DtypeMismatch {
+                lhs: dtype,
+                rhs: out_dtype,
+            });
+        }
+        Self::build(a, b, None, None, out_dtype)
+    }
+
+    /// [`Self::with_buffers`] with a new output (when none is given) in `out_dtype`; a given
+    /// output and addend must be in `out_dtype`.
+    fn build(
+        a: Primitive,
+        b: Primitive,
+        out: Option<Primitive>,
+        addend: Option<Primitive>,
+        out_dtype: DType,
+    ) -> Result<Prepared, GemmError> {
         let (sa, sb) = (a.shape(), b.shape());
         let [m, k] = two_d(&sa);
         let [k2, n] = two_d(&sb);
@@ -542,7 +584,7 @@ impl Prepared {
             return Err(GemmError::Shape { m, k, k2, n });
         }
         let fits = |c: &Primitive| {
-            c.dtype == dtype
+            c.dtype == out_dtype
                 && c.device == a.device
                 && c.meta.shape().num_dims() == 2
                 && dims(c) == ([m, n], [n, 1])
@@ -556,7 +598,7 @@ impl Prepared {
                 a.client.clone(),
                 a.device.clone(),
                 Shape::new([m, n]),
-                dtype,
+                out_dtype,
             ),
         };
         let (a, va) = readable(a);
@@ -626,7 +668,7 @@ impl Prepared {
     /// Queues the GEMM on cubecl's `stream` from its device thread (module documentation, way 1)
     /// and returns the output at once.
     fn run_on_cubecl_stream(self, stream: u64) -> Result<Primitive, GemmError> {
-        let dtype = self.out.dtype;
+        let (dtype, out_dtype) = (self.a.dtype, self.out.dtype);
         let ordinal = self.out.device.index;
         let assumed = [
             offset_alignment(&self.b),
@@ -636,7 +678,9 @@ impl Prepared {
         ];
         let (problem, scaling) = (self.problem, self.scaling);
         // Planned here, where an error can still be returned.
-        let plan = lt::with_device(ordinal, |device| device.plan(&problem, dtype, assumed))?;
+        let plan = lt::with_device(ordinal, |device| {
+            device.plan(&problem, dtype, out_dtype, assumed)
+        })?;
         let sid = StreamId::current();
         // Bindings, as a queued cubecl kernel holds them: they keep the memory from reuse until
         // the closure has run, without counting as holders for `can_mut`, so an in-place op
@@ -648,7 +692,7 @@ impl Prepared {
             self.out.handle.clone().binding(),
         );
         let c = self.addend.as_ref().map(|c| c.handle.clone().binding());
-        let out_bytes = self.out.meta.shape().num_elements() * dtype.size();
+        let out_bytes = self.out.meta.shape().num_elements() * out_dtype.size();
         stream::device_handle(&self.out.device).submit(move |server: &mut stream::Server| {
             let mut d_ptr = None;
             let result = (|| -> Result<(), GemmError> {
@@ -671,7 +715,7 @@ impl Prepared {
                     let plan = if actual.iter().zip(assumed).all(|(&got, want)| got >= want) {
                         plan
                     } else {
-                        device.plan(&problem, dtype, actual)?
+                        device.plan(&problem, dtype, out_dtype, actual)?
                     };
                     // SAFETY: the bindings captured by this closure keep the three buffers alive
                     // until the launch is queued; it is queued on the stream every kernel that
@@ -682,7 +726,7 @@ impl Prepared {
             if let Err(error) = result {
                 if let Some(ptr) = d_ptr {
                     // SAFETY: the output buffer is alive (held by `d`) and written only here.
-                    unsafe { lt::fill_nan(ptr, out_bytes, dtype, stream as CUstream) };
+                    unsafe { lt::fill_nan(ptr, out_bytes, out_dtype, stream as CUstream) };
                 }
                 let mut failure = ORDERED_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
                 failure.get_or_insert(error);

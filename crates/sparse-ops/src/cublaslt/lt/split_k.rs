@@ -52,7 +52,10 @@ pub(super) struct Descriptors {
     pub first: lts::cublasLtMatrixLayout_t,
     pub second: lts::cublasLtMatrixLayout_t,
     pub d: lts::cublasLtMatrixLayout_t,
+    /// The operands' element type.
     pub dtype: lts::cudaDataType,
+    /// The output's.
+    pub out_dtype: lts::cudaDataType,
     pub workspace_size: usize,
 }
 
@@ -86,8 +89,8 @@ pub(super) unsafe fn variants(
                 lts::cudaDataType::CUDA_R_32F,
                 descriptors.dtype,
                 descriptors.dtype,
-                descriptors.dtype,
-                descriptors.dtype,
+                descriptors.out_dtype,
+                descriptors.out_dtype,
                 id,
                 &mut algo,
             );
@@ -203,8 +206,8 @@ unsafe fn algorithm_ids(descriptors: &Descriptors) -> Vec<i32> {
         lts::cudaDataType::CUDA_R_32F,
         descriptors.dtype,
         descriptors.dtype,
-        descriptors.dtype,
-        descriptors.dtype,
+        descriptors.out_dtype,
+        descriptors.out_dtype,
         ids.len() as i32,
         ids.as_mut_ptr(),
         &mut count,
