@@ -128,4 +128,50 @@ mod tests {
         y.into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
     }
+
+    /// f32 master factors with a half-precision input: the products run in the input's dtype
+    /// (the factors cast to it, as when the caller casts them), the factors' gradients are f32.
+    #[test]
+    fn f32_factors_of_a_half_input_are_cast_and_get_f32_gradients() {
+        type Ad = burn::backend::Autodiff<TestBackend>;
+        let device = Default::default();
+        let random =
+            |dims: [usize; 2]| Tensor::<Ad, 2>::random(dims, Distribution::Default, &device);
+        let half = burn::tensor::DType::F16;
+        let (x, w) = (random([5, 6]).cast(half), random([4, 6]).cast(half));
+        let (a, b) = (random([2, 6]), random([4, 2]));
+        let (a1, b1) = (a.clone().require_grad(), b.clone().require_grad());
+        let y = lora_linear(
+            FrozenBase::Weight(w.clone()),
+            x.clone(),
+            a1.clone(),
+            b1.clone(),
+            0.5,
+        );
+        assert_eq!(y.dtype(), half);
+        let grads = y.clone().cast(burn::tensor::DType::F32).sum().backward();
+        let (a2, b2) = (a.require_grad(), b.require_grad());
+        let expected = lora_linear(
+            FrozenBase::Weight(w),
+            x,
+            a2.clone().cast(half),
+            b2.clone().cast(half),
+            0.5,
+        );
+        let grads_expected = expected
+            .clone()
+            .cast(burn::tensor::DType::F32)
+            .sum()
+            .backward();
+        y.into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::default());
+        for (ours, reference) in [
+            (a1.grad(&grads).unwrap(), a2.grad(&grads_expected).unwrap()),
+            (b1.grad(&grads).unwrap(), b2.grad(&grads_expected).unwrap()),
+        ] {
+            assert_eq!(ours.dtype(), burn::tensor::DType::F32);
+            ours.into_data()
+                .assert_approx_eq::<f32>(&reference.into_data(), Tolerance::default());
+        }
+    }
 }
