@@ -594,34 +594,32 @@ const CANDIDATES: usize = 32;
 /// [`CANDIDATES`], or `SPARSELORA_GEMM_CANDIDATES` when set to a number in 1..=64.
 fn candidates() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| {
-        std::env::var("SPARSELORA_GEMM_CANDIDATES")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| (1..=64).contains(n))
-            .unwrap_or(CANDIDATES)
-    })
+    *COUNT.get_or_init(|| count_from_env("SPARSELORA_GEMM_CANDIDATES", 1..=64, CANDIDATES))
+}
+
+/// The environment variable `name` as a number in `range`, else `default`.
+fn count_from_env(name: &str, range: std::ops::RangeInclusive<usize>, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| range.contains(n))
+        .unwrap_or(default)
 }
 
 /// Launches per candidate when timing them (after one untimed launch each).
 const TUNING_LAUNCHES: usize = 3;
 
-/// Rounds of timing over all of a plan's candidates, each candidate keeping its fastest: with one
-/// round, two processes of the same step settled on different algorithms for the same shapes
-/// (the Nsight Compute tables of docs/perf.md), their step times 10% apart.
-/// `SPARSELORA_GEMM_TUNING_ROUNDS=n` changes it (1-16).
+/// Rounds of timing over all of a plan's candidates, each candidate keeping its fastest, so that
+/// one disturbed measurement does not pick the algorithm. On the H200, processes tuned with one
+/// round or three chose alike wherever the choice matters (plans above 50 us, docs/perf.md); the
+/// rounds cost the first step a few milliseconds. `SPARSELORA_GEMM_TUNING_ROUNDS=n` changes it
+/// (1-16).
 const TUNING_ROUNDS: usize = 3;
 
 /// [`TUNING_ROUNDS`], or `SPARSELORA_GEMM_TUNING_ROUNDS` when set to a number in 1..=16.
 fn tuning_rounds() -> usize {
     static ROUNDS: OnceLock<usize> = OnceLock::new();
-    *ROUNDS.get_or_init(|| {
-        std::env::var("SPARSELORA_GEMM_TUNING_ROUNDS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| (1..=16).contains(n))
-            .unwrap_or(TUNING_ROUNDS)
-    })
+    *ROUNDS.get_or_init(|| count_from_env("SPARSELORA_GEMM_TUNING_ROUNDS", 1..=16, TUNING_ROUNDS))
 }
 
 /// The index of the fastest timed candidate, if any was timed.
