@@ -405,12 +405,7 @@ impl StepBench {
     ) -> anyhow::Result<Measured> {
         let replay = training.map(|t| ReplaySelector::new(t.selector));
         let timed = replay.as_ref().map(|r| TimedSelector::new(r, device));
-        let mut optim = FusedAdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(1e-8)
-            .with_weight_decay(0.0)
-            .init::<B, LlamaForCausalLM<B>>();
+        let mut optim = peer_adamw().init::<B, LlamaForCausalLM<B>>();
         let mut stepper = Stepper {
             model: Some(model),
             optim: &mut optim,
@@ -429,13 +424,9 @@ impl StepBench {
             stepper.step(step, false)?;
         }
         sync::<B>(device)?;
-        let plans_before = crate::backend::gemm_plans(self.model.backend);
-        let (total, losses, peak_bytes) = stepper.timed(self.warmup..self.warmup + self.steps)?;
-        let gemms = StepGemms::between(
-            &plans_before,
-            &crate::backend::gemm_plans(self.model.backend),
-            self.steps,
-        );
+        let timed = self.warmup..self.warmup + self.steps;
+        let ((total, losses, peak_bytes), gemms) =
+            StepGemms::around(self.model.backend, self.steps, || stepper.timed(timed))?;
         // The same number of steps with no synchronisation at all: the host queues ahead.
         let unsynced = self.unsynced_steps.unwrap_or(self.steps);
         let t0 = Instant::now();
@@ -933,6 +924,15 @@ impl DeviceMemory {
     fn pool(&self) -> Option<(u64, u64)> {
         self.pool.and_then(|read| read())
     }
+}
+
+/// AdamW as the peer configures it: betas 0.9 / 0.999, epsilon 1e-8, no weight decay.
+fn peer_adamw() -> FusedAdamWConfig {
+    FusedAdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
 }
 
 /// Turns the CUDA profiler's collection on or off in order with the queued kernels

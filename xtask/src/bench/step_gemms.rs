@@ -63,6 +63,18 @@ impl StepGemms {
         StepGemms { shares }
     }
 
+    /// `run`'s result and the plans it launched over its `steps` steps on `backend`'s GPU.
+    pub fn around<T>(
+        backend: crate::backend::BackendKind,
+        steps: usize,
+        run: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, StepGemms)> {
+        let before = crate::backend::gemm_plans(backend);
+        let value = run()?;
+        let after = crate::backend::gemm_plans(backend);
+        Ok((value, StepGemms::between(&before, &after, steps)))
+    }
+
     /// Whether no plan was launched (off CUDA, or cuBLASLt not in use).
     pub fn is_empty(&self) -> bool {
         self.shares.is_empty()
