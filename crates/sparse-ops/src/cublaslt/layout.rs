@@ -122,6 +122,13 @@ pub(crate) struct Problem {
 }
 
 impl Problem {
+    /// cuBLASLt's transposes of `first` and `second`, `N` or `T` each (as the GEMM logs print
+    /// them).
+    pub fn transposes(&self) -> String {
+        let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
+        format!("{}{}", op(&self.first), op(&self.second))
+    }
+
     /// The cuBLASLt problem for `A B` (`a`: `[m, k]`, `b`: `[k, n]`; the caller checked `k`).
     pub fn new(a: View, b: View) -> Problem {
         Problem {

@@ -17,9 +17,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 use super::dispatch::{accumulate_into, cast, warn_once};
 use super::error::GemmError;
-use super::tensor::{
-    matmul_accumulate, matmul_scaled, matmul_scaled_in, stream_ordered, CudaBackend, Primitive,
-};
+use super::tensor::{matmul_accumulate, matmul_scaled, stream_ordered, CudaBackend, Primitive};
 use crate::frozen_base::FrozenBase;
 use kernels_cubecl::gradient_sum::register_summed;
 
@@ -276,34 +274,30 @@ impl Backward<CudaBackend, 4> for LoraBackward {
     }
 }
 
-/// `alpha a b` in `out_dtype` (the operands', or f32): written so by cuBLASLt, or [`scaled`]
-/// and a cast if it cannot run (reported once).
+/// `alpha a b` in `out_dtype` (the operands', or f32): written so by cuBLASLt, or burn's matmul,
+/// a scalar multiply and a cast as needed if it cannot run (reported once).
 pub(super) fn scaled_in(a: Primitive, b: Primitive, alpha: f32, out_dtype: DType) -> Primitive {
-    if a.dtype == out_dtype {
-        return scaled(a, b, alpha);
-    }
-    match matmul_scaled_in(a.clone(), b.clone(), alpha, out_dtype) {
-        Ok(c) => c,
-        Err(e) => {
-            warn_once(&e);
-            CudaBackend::float_cast(scaled(a, b, alpha), out_dtype.into())
-        }
-    }
-}
-
-/// `alpha a b` through cuBLASLt, or burn's matmul and a scalar multiply if it cannot run
-/// (reported once).
-pub(super) fn scaled(a: Primitive, b: Primitive, alpha: f32) -> Primitive {
-    match matmul_scaled(a.clone(), b.clone(), alpha) {
+    match matmul_scaled(a.clone(), b.clone(), alpha, out_dtype) {
         Ok(c) => c,
         Err(e) => {
             warn_once(&e);
             let c = CudaBackend::float_matmul(a, b);
-            if alpha == 1.0 {
+            let c = if alpha == 1.0 {
                 c
             } else {
                 CudaBackend::float_mul_scalar(c, alpha.into())
+            };
+            if c.dtype == out_dtype {
+                c
+            } else {
+                CudaBackend::float_cast(c, out_dtype.into())
             }
         }
     }
+}
+
+/// `alpha a b` in the operands' dtype: [`scaled_in`].
+pub(super) fn scaled(a: Primitive, b: Primitive, alpha: f32) -> Primitive {
+    let dtype = a.dtype;
+    scaled_in(a, b, alpha, dtype)
 }

@@ -103,6 +103,19 @@ pub(crate) unsafe fn fill_nan(ptr: u64, bytes: usize, dtype: DType, stream: drvs
     };
 }
 
+/// Whether a product of `dtype` operands may be written in `out_dtype`: theirs, or f32 (what
+/// cuBLASLt takes with f32 accumulation).
+pub(crate) fn check_output_dtype(dtype: DType, out_dtype: DType) -> Result<(), GemmError> {
+    if out_dtype == dtype || out_dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(GemmError::DtypeMismatch {
+            lhs: dtype,
+            rhs: out_dtype,
+        })
+    }
+}
+
 /// cuBLASLt element type of a burn dtype.
 pub(crate) fn data_type(dtype: DType) -> Result<lts::cudaDataType, GemmError> {
     match dtype {
@@ -284,12 +297,7 @@ impl DeviceGemm {
         out_dtype: DType,
         alignments: [u32; 3],
     ) -> Result<Arc<Plan>, GemmError> {
-        if out_dtype != dtype && out_dtype != DType::F32 {
-            return Err(GemmError::DtypeMismatch {
-                lhs: dtype,
-                rhs: out_dtype,
-            });
-        }
+        check_output_dtype(dtype, out_dtype)?;
         let key = PlanKey {
             dtype: data_type(dtype)? as u32,
             out_dtype: data_type(out_dtype)? as u32,
@@ -321,14 +329,13 @@ impl DeviceGemm {
             .values()
             .map(|plan| {
                 let p = &plan.problem;
-                let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
                 PlanUse {
                     id: plan.id,
                     m: p.cols,
                     n: p.rows,
                     k: p.depth,
                     batch: p.batch,
-                    transposes: format!("{}{}", op(&p.first), op(&p.second)),
+                    transposes: p.transposes(),
                     launches: plan.launches.load(Ordering::Relaxed),
                     tuned_ms: plan.tuned_ms.get().copied(),
                     split_k: plan.split_k_chosen.get().copied().unwrap_or(false),
@@ -651,20 +658,18 @@ fn choice_line(id: usize, problem: &Problem, heuristic: usize, times: &[Option<f
         .iter()
         .map(|t| t.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.4}")))
         .collect();
-    let op = |o: &Operand| if o.trans { 'T' } else { 'N' };
     let p = problem;
     let count = match times.len().saturating_sub(heuristic) {
         0 => times.len().to_string(),
         split => format!("{heuristic} + {split} split-K"),
     };
     format!(
-        "[gemm-plan] #{id} {}x{}x{} batch {} {}{}: candidate {fastest} of {count}; ms per {TUNING_LAUNCHES}: {}",
+        "[gemm-plan] #{id} {}x{}x{} batch {} {}: candidate {fastest} of {count}; ms per {TUNING_LAUNCHES}: {}",
         p.cols,
         p.rows,
         p.depth,
         p.batch,
-        op(&p.first),
-        op(&p.second),
+        p.transposes(),
         times.join(" ")
     )
 }

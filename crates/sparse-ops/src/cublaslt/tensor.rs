@@ -220,30 +220,16 @@ pub(crate) fn matmul_primitive(a: Primitive, b: Primitive) -> Result<Primitive, 
     run_prepared(Prepared::new(a, b)?)
 }
 
-/// `alpha A B` through cuBLASLt: ordered on cubecl's stream, or with host waits for `alpha = 1`
-/// only (a scaled product is [`GemmError::NotWritable`] there, as an accumulating one is).
+/// `alpha A B` in `out_dtype` through cuBLASLt: the operands' dtype, or f32 for half operands
+/// (a gradient of f32 master weights from half-precision products, with no cast). Ordered on
+/// cubecl's stream, or with host waits for a plain product in the operands' dtype only (anything
+/// else is [`GemmError::NotWritable`] there, as an accumulating product is).
 pub(crate) fn matmul_scaled(
-    a: Primitive,
-    b: Primitive,
-    alpha: f32,
-) -> Result<Primitive, GemmError> {
-    let mut gemm = Prepared::new(a, b)?;
-    gemm.scaling = Scaling { alpha, beta: 0.0 };
-    run_prepared(gemm)
-}
-
-/// `alpha A B` in `out_dtype` (the operands', or f32 for half operands) through cuBLASLt ordered
-/// on cubecl's stream: a gradient of f32 master weights from half-precision products, with no
-/// cast. [`GemmError::NotWritable`] when the GEMMs are not ordered on cubecl's stream.
-pub(crate) fn matmul_scaled_in(
     a: Primitive,
     b: Primitive,
     alpha: f32,
     out_dtype: DType,
 ) -> Result<Primitive, GemmError> {
-    if ordered_stream(&a.device).is_none() {
-        return Err(GemmError::NotWritable);
-    }
     let mut gemm = Prepared::new_in(a, b, out_dtype)?;
     gemm.scaling = Scaling { alpha, beta: 0.0 };
     run_prepared(gemm)
@@ -303,11 +289,13 @@ pub(crate) fn matmul_add(
 }
 
 /// Queues a prepared GEMM, ordered on cubecl's stream when it is known, else with host waits
-/// (plain products only).
+/// (plain products in the operands' dtype only: that launch takes one dtype for all).
 fn run_prepared(gemm: Prepared) -> Result<Primitive, GemmError> {
     let out = match ordered_stream(&gemm.out.device) {
         Some(stream) => gemm.run_on_cubecl_stream(stream)?,
-        None if gemm.scaling != Scaling::PRODUCT => return Err(GemmError::NotWritable),
+        None if gemm.scaling != Scaling::PRODUCT || gemm.out.dtype != gemm.a.dtype => {
+            return Err(GemmError::NotWritable)
+        }
         None => {
             gemm.run(|device, problem, dtype, ptrs| {
                 // SAFETY: `run` holds the buffers and has ordered them against cubecl's stream.
@@ -558,13 +546,7 @@ impl Prepared {
     /// The product of half-precision (or f32) operands written as a new tensor of `out_dtype`:
     /// theirs, or f32 (LoRA's factor gradients, for the f32 master weights, without a cast).
     fn new_in(a: Primitive, b: Primitive, out_dtype: DType) -> Result<Prepared, GemmError> {
-        let dtype = check_operands(&a, &b)?;
-        if out_dtype != dtype && out_dtype != DType::F32 {
-            return Err(GemmError::DtypeMismatch {
-                lhs: dtype,
-                rhs: out_dtype,
-            });
-        }
+        lt::check_output_dtype(check_operands(&a, &b)?, out_dtype)?;
         Self::build(a, b, None, None, out_dtype)
     }
 
