@@ -192,14 +192,23 @@ fn assert_same(
     got: &(TensorData, Vec<(TensorData, TensorData)>),
     want: &(TensorData, Vec<(TensorData, TensorData)>),
 ) {
-    // f32 sums in a different order; a wrong channel is off by O(1).
-    let tol = Tolerance::<f32>::absolute(1e-3).set_relative(1e-3);
-    got.0.assert_approx_eq::<f32>(&want.0, tol);
+    assert_close_at_scale(&got.0, &want.0);
     assert_eq!(got.1.len(), want.1.len());
     for ((ga, gb), (wa, wb)) in got.1.iter().zip(&want.1) {
-        ga.assert_approx_eq::<f32>(wa, tol);
-        gb.assert_approx_eq::<f32>(wb, tol);
+        assert_close_at_scale(ga, wa);
+        assert_close_at_scale(gb, wb);
     }
+}
+
+/// f32 sums taken in a different order differ by a few ulps of the *largest* terms, not of each
+/// result: a LoRA gradient entry is a sum over tokens whose terms reach the tensor's maximum
+/// (10^2-10^3 with these random adapters) and cancel, so the absolute tolerance follows the
+/// tensor's scale (measured: the sparse-vs-masked gap is the size of the gap a 1e-7 relative
+/// perturbation of the frozen weights makes). A wrong channel is off by O(scale).
+fn assert_close_at_scale(got: &TensorData, want: &TensorData) {
+    let scale = want.iter::<f32>().fold(1.0f32, |m, v| m.max(v.abs()));
+    let tol = Tolerance::<f32>::absolute(1e-4 * scale).set_relative(1e-3);
+    got.assert_approx_eq::<f32>(want, tol);
 }
 
 fn compare(targets: &[LlamaProjection], channels: FixedChannels, masked: bool) {
