@@ -182,29 +182,27 @@ where
         MetricsLog::open(&run.out).map_err(|e| io_error("opening metrics.jsonl", e))?;
     let started_at = state.step;
     let timed = sparse.map(|s| TimedSelector::new(s.selector, device));
+    let mut size_cache = SizeCache::default();
     while state.step < total_steps {
         let start = Instant::now();
         let sparse_now = sparse.filter(|s| s.is_sparse_at(state.step, total_steps));
         // The estimator's time is measured on one step in ten (measuring synchronises the device).
         let timed_step = (state.step + 1).is_multiple_of(ESTIMATOR_TIMING_EVERY);
-        if let Some(timed) = &timed {
-            timed.set_timing(timed_step);
-        }
-        let micro = (sparse_now, timed.as_ref());
-        let step = accumulate(&model, data, config, run, &mut state, micro, device)?;
-        let (loss_sum, tokens, flops_ratio) = (step.loss_sum, step.tokens, step.flops_ratio());
+        timed.iter().for_each(|t| t.set_timing(timed_step));
         let lr = schedule.lr(state.step);
-        let (stepped, grad_norm) =
-            apply_gradients(model, &mut optim, step.grads, lr, config.max_grad_norm);
+        let (stepped, grad_norm, (loss_sum, tokens, flops_ratio)) =
+            size_cache.step::<B, _>(sparse_now.is_some(), device, || {
+                let micro = (sparse_now, timed.as_ref());
+                let step = accumulate(&model, data, config, run, &mut state, micro, device)?;
+                let summary = (step.loss_sum, step.tokens, step.flops_ratio());
+                let (stepped, norm) =
+                    apply_gradients(model, &mut optim, step.grads, lr, config.max_grad_norm);
+                Ok::<_, TrainError>((stepped, norm, summary))
+            })?;
         model = stepped;
         state.step += 1;
         state.last_loss = loss_sum / config.grad_accum() as f64;
-
         let elapsed = start.elapsed().as_secs_f64();
-        let estimator_s = timed
-            .as_ref()
-            .filter(|_| timed_step && sparse_now.is_some())
-            .map(|t| t.take_elapsed().as_secs_f64());
         let m = StepMetrics {
             step: state.step,
             epoch: state.epoch,
@@ -215,7 +213,9 @@ where
             tokens_per_s: tokens as f64 / elapsed.max(1e-9),
             step_time_s: elapsed,
             sparse: sparse_now.is_some(),
-            estimator_s,
+            estimator_s: (timed.as_ref())
+                .filter(|_| timed_step && sparse_now.is_some())
+                .map(|t| t.take_elapsed().as_secs_f64()),
             flops_ratio: sparse.map(|_| flops_ratio),
         };
         metrics
@@ -232,6 +232,35 @@ where
         }
     }
     Ok((model, state))
+}
+
+/// Which kinds of step have run with the allocator caching their buffer sizes
+/// ([`sparse_ops::with_allocations_cached_by_size`]): the first dense and the first sparse step
+/// of the process do (their buffers differ); the rest reuse those sizes.
+#[derive(Default)]
+struct SizeCache {
+    dense_seen: bool,
+    sparse_seen: bool,
+}
+
+impl SizeCache {
+    fn step<B: Backend, R>(
+        &mut self,
+        sparse: bool,
+        device: &B::Device,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let seen = if sparse {
+            &mut self.sparse_seen
+        } else {
+            &mut self.dense_seen
+        };
+        if std::mem::replace(seen, true) {
+            f()
+        } else {
+            sparse_ops::with_allocations_cached_by_size::<B, _>(device, f)
+        }
+    }
 }
 
 /// The optimizer and the state to start from: fresh, or the newest checkpoint in `run.out` when

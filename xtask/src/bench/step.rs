@@ -420,10 +420,7 @@ impl StepBench {
             memory,
             pool: PoolPeaks::default(),
         };
-        for step in 0..self.warmup {
-            stepper.step(step, false)?;
-        }
-        sync::<B>(device)?;
+        stepper.warm_up(self.warmup)?;
         let timed = self.warmup..self.warmup + self.steps;
         let ((total, losses, peak_bytes), gemms) =
             StepGemms::around(self.model.backend, self.steps, || stepper.timed(timed))?;
@@ -705,6 +702,23 @@ impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_
             self.times.optimizer.push(t2.elapsed().as_secs_f64());
         }
         Ok(loss)
+    }
+
+    /// The untimed steps `0..steps`, the first with the allocator caching its buffer sizes for
+    /// the run as the training loop does (`sparse_ops::with_allocations_cached_by_size`); ends
+    /// synchronised.
+    fn warm_up(&mut self, steps: usize) -> anyhow::Result<()> {
+        for step in 0..steps {
+            if step == 0 {
+                let device = self.device;
+                sparse_ops::with_allocations_cached_by_size::<B, _>(device, || {
+                    self.step(step, false)
+                })?;
+            } else {
+                self.step(step, false)?;
+            }
+        }
+        sync::<B>(self.device)
     }
 
     /// `pairs` pairs of steps numbered from `first`, each timed to a synchronisation at its end:
