@@ -76,6 +76,8 @@ pub fn top_k<B: Backend>(scores: Tensor<B, 1>, k: usize) -> Tensor<B, 1, Int> {
 ///
 /// # Shapes
 /// - `scores`: `[n]`; output `[min(k, n)]`, in the device's default int dtype
+// Without a cubecl backend feature the kernel route is compiled out and only the reference runs.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(unused_variables))]
 pub fn top_k_with<B: Backend>(scores: Tensor<B, 1>, k: usize, method: Method) -> Tensor<B, 1, Int> {
     let [n] = scores.dims();
     assert!(
