@@ -244,22 +244,28 @@ struct SizeCache {
 }
 
 impl SizeCache {
+    /// Runs one step of its kind, under the size cache when it is the first of that kind.
     fn step<B: Backend, R>(
         &mut self,
         sparse: bool,
         device: &B::Device,
         f: impl FnOnce() -> R,
     ) -> R {
+        if self.first_of_its_kind(sparse) {
+            sparse_ops::with_allocations_cached_by_size::<B, _>(device, f)
+        } else {
+            f()
+        }
+    }
+
+    /// Whether a step of this kind is the first; records that one has run.
+    fn first_of_its_kind(&mut self, sparse: bool) -> bool {
         let seen = if sparse {
             &mut self.sparse_seen
         } else {
             &mut self.dense_seen
         };
-        if std::mem::replace(seen, true) {
-            f()
-        } else {
-            sparse_ops::with_allocations_cached_by_size::<B, _>(device, f)
-        }
+        !std::mem::replace(seen, true)
     }
 }
 
@@ -425,4 +431,18 @@ where
             .map_err(|e| format!("optimizer state: {e}"))
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod size_cache_tests {
+    use super::SizeCache;
+
+    #[test]
+    fn the_first_dense_and_the_first_sparse_step_are_cached_once_each() {
+        let mut cache = SizeCache::default();
+        // A SparseLoRA run: dense steps first (SPEC's dense start), then sparse ones.
+        let kinds = [false, false, true, true, false, true];
+        let firsts: Vec<bool> = kinds.iter().map(|&s| cache.first_of_its_kind(s)).collect();
+        assert_eq!(firsts, [true, false, true, false, false, false]);
+    }
 }
