@@ -71,6 +71,7 @@ mod common;
 mod dispatch;
 
 pub mod adamw;
+pub mod allocation;
 pub mod attention;
 pub mod causal_softmax;
 pub mod channel_mask;
@@ -89,6 +90,7 @@ pub mod sequence_mean;
 pub mod swiglu;
 pub mod top_k;
 
+pub use allocation::with_allocations_cached_by_size;
 pub use attention::{grouped_causal_attention, BatchedMatmul, BurnMatmul, ProductBlock};
 pub use causal_softmax::causal_softmax;
 pub use rms_norm::rms_norm;

@@ -7,7 +7,6 @@
 //! on burn-cuda tensors ([`cublaslt`]).
 #![warn(missing_docs)]
 
-mod allocation;
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
 mod frozen_base;
@@ -20,7 +19,6 @@ mod sliced;
 pub use kernels_cubecl::channel_mask::{drop_mask, keep_mask, mask_channels};
 // The token split's row moves: the dense rows gathered out, their results written back over the
 // sparse ones or added onto them (kernels on burn-wgpu/burn-cuda, burn ops elsewhere).
-pub use allocation::with_allocations_cached_by_size;
 pub use kernels_cubecl::row_merge::{add_rows, gather_rows, replace_rows};
 pub use linear::{linear, linear_onto, matmul_batched, reshaped, SeamMatmul};
 pub use lora::{lora_linear, lora_linear_group, FrozenBase, GroupMember};

@@ -235,7 +235,7 @@ where
 }
 
 /// Which kinds of step have run with the allocator caching their buffer sizes
-/// ([`sparse_ops::with_allocations_cached_by_size`]): the first dense and the first sparse step
+/// ([`kernels_cubecl::with_allocations_cached_by_size`]): the first dense and the first sparse step
 /// of the process do (their buffers differ); the rest reuse those sizes.
 #[derive(Default)]
 struct SizeCache {
@@ -252,7 +252,7 @@ impl SizeCache {
         f: impl FnOnce() -> R,
     ) -> R {
         if self.first_of_its_kind(sparse) {
-            sparse_ops::with_allocations_cached_by_size::<B, _>(device, f)
+            kernels_cubecl::with_allocations_cached_by_size::<B, _>(device, f)
         } else {
             f()
         }

@@ -190,7 +190,7 @@ mod cuda {
         let sync = || Gpu::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
         // Under SPARSELORA_ALLOCATION_CACHE=1 the output's size is cached from the first call, as
         // a training step's buffers are (docs/gpu.md).
-        sparse_ops::with_allocations_cached_by_size::<Gpu, _>(device, &ours)?;
+        kernels_cubecl::with_allocations_cached_by_size::<Gpu, _>(device, &ours)?;
         let ours = median_seconds(ours, sync, args).with_context(|| shape.name.clone())?;
         let burn = median_seconds(burn, sync, args)?;
         // The kernel alone: event-timed, so no wall-clock loop around it.

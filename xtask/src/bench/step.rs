@@ -705,13 +705,13 @@ impl<B: AutodiffBackend, O: ClippedOptimizer<LlamaForCausalLM<B>, B>> Stepper<'_
     }
 
     /// The untimed steps `0..steps`, the first with the allocator caching its buffer sizes for
-    /// the run as the training loop does (`sparse_ops::with_allocations_cached_by_size`); ends
+    /// the run as the training loop does (`kernels_cubecl::with_allocations_cached_by_size`); ends
     /// synchronised.
     fn warm_up(&mut self, steps: usize) -> anyhow::Result<()> {
         for step in 0..steps {
             if step == 0 {
                 let device = self.device;
-                sparse_ops::with_allocations_cached_by_size::<B, _>(device, || {
+                kernels_cubecl::with_allocations_cached_by_size::<B, _>(device, || {
                     self.step(step, false)
                 })?;
             } else {
