@@ -52,6 +52,29 @@ pub fn cached_by_size<B: Backend, R>(device: &B::Device, step: impl FnOnce() -> 
     step()
 }
 
+/// cubecl's accounting of `device`'s memory pools on burn-wgpu and burn-cuda: `(bytes in live
+/// tensors, bytes reserved from the driver)`, the exact-size pool included; `None` on other
+/// backends or when the runtime cannot say.
+pub fn pool_usage<B: Backend>(device: &B::Device) -> Option<(u64, u64)> {
+    let device = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = device.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        return usage::<burn::backend::wgpu::WgpuRuntime>(device);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = device.downcast_ref::<cubecl::cuda::CudaDevice>() {
+        return usage::<cubecl::cuda::CudaRuntime>(device);
+    }
+    let _ = device;
+    None
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn usage<R: cubecl::Runtime>(device: &R::Device) -> Option<(u64, u64)> {
+    let usage = R::client(device).memory_usage().ok()?;
+    Some((usage.bytes_in_use, usage.bytes_reserved))
+}
+
 /// The persistent allocation mode of the calling thread's stream on one device, back to
 /// automatic when dropped (a panicking step included).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -90,5 +113,6 @@ mod tests {
             41 + runs
         });
         assert_eq!((runs, value), (1, 42));
+        assert_eq!(pool_usage::<Flex>(&Default::default()), None);
     }
 }

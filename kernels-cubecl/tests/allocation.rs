@@ -6,12 +6,11 @@
 
 mod common;
 
-use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
+use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Wgpu};
 use burn::tensor::{Tensor, TensorData};
 use common::data;
-use cubecl::Runtime;
-use kernels_cubecl::allocation::cached_by_size;
+use kernels_cubecl::allocation::{cached_by_size, pool_usage};
 use kernels_cubecl::{rms_norm, swiglu};
 
 type AW = Autodiff<Wgpu>;
@@ -37,10 +36,12 @@ fn step(seed: u64, device: &WgpuDevice) -> Vec<Vec<f32>> {
 }
 
 fn reserved(device: &WgpuDevice) -> u64 {
-    WgpuRuntime::client(device)
-        .memory_usage()
-        .expect("memory usage")
-        .bytes_reserved
+    let (in_use, reserved) = pool_usage::<AW>(device).expect("cubecl's pool on wgpu");
+    assert!(
+        in_use <= reserved,
+        "{in_use} bytes in use of {reserved} reserved"
+    );
+    reserved
 }
 
 #[test]

@@ -885,7 +885,8 @@ type UsedReader = fn() -> Option<u64>;
 /// Reads cubecl's pool: `(bytes in live tensors, bytes reserved from the driver)`.
 type PoolReader = fn() -> Option<(u64, u64)>;
 
-/// Device memory held by this process, read after each step (CUDA only).
+/// Device memory held by this process, read after each step (the driver's reading on CUDA only;
+/// cubecl's pools on CUDA and wgpu).
 struct DeviceMemory {
     reader: Option<UsedReader>,
     pool: Option<PoolReader>,
@@ -901,8 +902,21 @@ impl DeviceMemory {
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => (
                 Some(|| sparse_ops::cublaslt::device_memory_used(0).ok()),
-                Some(|| sparse_ops::cublaslt::pool_memory(0).ok()),
+                Some(|| {
+                    let device = burn::backend::cuda::CudaDevice::new(0);
+                    kernels_cubecl::allocation::pool_usage::<burn::backend::Cuda>(&device)
+                }),
                 sparse_ops::cublaslt::device_memory_total(0).ok(),
+            ),
+            // cubecl's pool on wgpu too (no driver-level reading there).
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => (
+                None,
+                Some(|| {
+                    let device = burn::backend::wgpu::WgpuDevice::default();
+                    kernels_cubecl::allocation::pool_usage::<burn::backend::Wgpu>(&device)
+                }),
+                None,
             ),
             _ => (None, None, None),
         };

@@ -33,6 +33,5 @@ pub use lt::PlanUse;
 pub use tensor::{
     accumulating_calls, calls, device_info, device_memory_total, device_memory_used,
     kernel_seconds, linear_forward, linear_input_grad, matmul, matmul_batched, matmul_unordered,
-    plan_uses, pool_memory, profiler_collect, reads_in_place, stream_ordered, wait_own_stream,
-    CudaBackend,
+    plan_uses, profiler_collect, reads_in_place, stream_ordered, wait_own_stream, CudaBackend,
 };

@@ -51,21 +51,6 @@ pub fn device_memory_total(ordinal: usize) -> Result<u64, GemmError> {
     lt::memory_info(ordinal).map(|(_, total)| total)
 }
 
-/// cubecl's own accounting of `ordinal`'s memory pool: `(bytes in use by live tensors, bytes
-/// reserved from the driver)`. The difference is what the pool holds for reuse; comparing the
-/// first with [`device_memory_used`] tells activations from allocator overhead.
-///
-/// # Errors
-/// When cubecl's server reports an error.
-pub fn pool_memory(ordinal: usize) -> Result<(u64, u64), GemmError> {
-    use cubecl::Runtime;
-    let client = CudaRuntime::client(&cubecl::cuda::CudaDevice::new(ordinal));
-    let usage = client
-        .memory_usage()
-        .map_err(|e| GemmError::Runtime(format!("memory usage: {e:?}")))?;
-    Ok((usage.bytes_in_use, usage.bytes_reserved))
-}
-
 /// burn-cuda's backend without fusion: what `burn::backend::Cuda` is in this workspace.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
 
