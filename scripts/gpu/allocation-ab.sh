@@ -6,16 +6,21 @@
 # pool's figures in each JSON (`memory.pool_reserved_gib`: what the cache costs in memory).
 # Run from the repository root; results land in OUT/<pair>/ (bench-step.sh's archives) and
 # OUT/check-step-cache.log.
-# Usage: [GIT_COMMIT=...] scripts/gpu/allocation-ab.sh XTASK PEER_DIR OUT
+# CHECK=0 skips the check-step; PAIRS picks the pairs (default `math-1 dense math-2`, about 7-8
+# minutes with the check: split them over two calls when a call also runs other checks, a call
+# being limited to 10 minutes).
+# Usage: [GIT_COMMIT=...] [CHECK=0] [PAIRS=...] scripts/gpu/allocation-ab.sh XTASK PEER_DIR OUT
 set -uo pipefail
 XTASK=$1 PEER=$2 OUT=$3
 mkdir -p "$OUT"
 export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
 source "$(dirname "$0")/cublaslt-path.sh"
 
-SPARSELORA_ALLOCATION_CACHE=1 "$XTASK" check-step --backend cuda --model smollm2-135m \
-  --random-weights --batch 2 --seq 512 --out-len 64 >"$OUT/check-step-cache.log" 2>&1
-echo "check-step with the cache: exit $?" | tee -a "$OUT/check-step-cache.log"
+if [ "${CHECK:-1}" = 1 ]; then
+  SPARSELORA_ALLOCATION_CACHE=1 "$XTASK" check-step --backend cuda --model smollm2-135m \
+    --random-weights --batch 2 --seq 512 --out-len 64 >"$OUT/check-step-cache.log" 2>&1
+  echo "check-step with the cache: exit $?" | tee -a "$OUT/check-step-cache.log"
+fi
 
 math=sparse:math:configs/sparsity/llama3-8b-math10k.toml
 cache=env=SPARSELORA_ALLOCATION_CACHE=1
@@ -27,6 +32,10 @@ pair() {
     "$(dirname "$0")/bench-step.sh" "$XTASK" "$PEER" "$dir" "$run" "$cache,$run" 2>&1 |
     grep -E "^llama.*median|memory|estimator end|exit [^0]|clocks:"
 }
-pair math-1 "$math"
-pair dense "dense:csr"
-pair math-2 "$math"
+for p in ${PAIRS:-math-1 dense math-2}; do
+  case $p in
+    math-*) pair "$p" "$math" ;;
+    dense) pair dense "dense:csr" ;;
+    *) echo "unknown pair $p" >&2 ;;
+  esac
+done
