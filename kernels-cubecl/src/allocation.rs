@@ -76,27 +76,88 @@ fn usage<R: cubecl::Runtime>(device: &R::Device) -> Option<(u64, u64)> {
 }
 
 /// The persistent allocation mode of the calling thread's stream on one device, back to
-/// automatic when dropped (a panicking step included).
+/// automatic when dropped (a panicking step included). Nested uses on the same device and thread
+/// leave the mode to the outermost one.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-struct PersistentMode<R: cubecl::Runtime>(cubecl::client::ComputeClient<R>);
+struct PersistentMode<R: cubecl::Runtime> {
+    client: cubecl::client::ComputeClient<R>,
+    device: DeviceKey,
+}
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl<R: cubecl::Runtime> PersistentMode<R> {
     fn on(device: &R::Device) -> Self {
+        use cubecl::device::Device;
+        let id = device.to_id();
+        let key = (id.type_id, id.index_id);
         let client = R::client(device);
-        // SAFETY: cubecl's caveat is that the mode belongs to the calling thread's stream and
-        // that persistent blocks are kept; the mode is set and reset on this one thread, and
-        // keeping the step's blocks is the point.
-        unsafe { client.allocation_mode(cubecl::MemoryAllocationMode::Persistent) };
-        Self(client)
+        if nesting::enter(key) {
+            // SAFETY: cubecl's caveat is that the mode belongs to the calling thread's stream
+            // and that persistent blocks are kept; the mode is set and reset on this one
+            // thread, and keeping the step's blocks is the point.
+            unsafe { client.allocation_mode(cubecl::MemoryAllocationMode::Persistent) };
+        }
+        Self {
+            client,
+            device: key,
+        }
     }
 }
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl<R: cubecl::Runtime> Drop for PersistentMode<R> {
     fn drop(&mut self) {
-        // SAFETY: as in `on`, on the same thread.
-        unsafe { self.0.allocation_mode(cubecl::MemoryAllocationMode::Auto) };
+        if nesting::leave(self.device) {
+            // SAFETY: as in `on`, on the same thread.
+            unsafe {
+                self.client
+                    .allocation_mode(cubecl::MemoryAllocationMode::Auto)
+            };
+        }
+    }
+}
+
+/// A device as cubecl identifies it: `(type, index)`.
+#[cfg(any(feature = "wgpu", feature = "cuda", test))]
+type DeviceKey = (u16, u16);
+
+/// How deep each device's persistent mode is nested on this thread.
+#[cfg(any(feature = "wgpu", feature = "cuda", test))]
+mod nesting {
+    use super::DeviceKey;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static DEPTH: RefCell<Vec<(DeviceKey, usize)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Records one more use on `device`; true for the outermost (which sets the mode).
+    pub(super) fn enter(device: DeviceKey) -> bool {
+        DEPTH.with_borrow_mut(|depth| match depth.iter_mut().find(|(d, _)| *d == device) {
+            Some((_, n)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                depth.push((device, 1));
+                true
+            }
+        })
+    }
+
+    /// Records one use less on `device`; true for the outermost (which resets the mode).
+    pub(super) fn leave(device: DeviceKey) -> bool {
+        DEPTH.with_borrow_mut(|depth| {
+            let Some(i) = depth.iter().position(|(d, _)| *d == device) else {
+                return false;
+            };
+            depth[i].1 -= 1;
+            let outermost = depth[i].1 == 0;
+            if outermost {
+                depth.swap_remove(i);
+            }
+            outermost
+        })
     }
 }
 
@@ -114,5 +175,19 @@ mod tests {
         });
         assert_eq!((runs, value), (1, 42));
         assert_eq!(pool_usage::<Flex>(&Default::default()), None);
+    }
+
+    #[test]
+    fn only_the_outermost_use_of_a_device_sets_and_resets_the_mode() {
+        let (a, b) = ((1, 0), (1, 1));
+        assert!(nesting::enter(a));
+        assert!(!nesting::enter(a)); // nested on the same device
+        assert!(nesting::enter(b)); // another device is its own
+        assert!(!nesting::leave(a));
+        assert!(nesting::leave(b));
+        assert!(nesting::leave(a));
+        assert!(!nesting::leave(a)); // nothing held: nothing to reset
+        assert!(nesting::enter(a));
+        assert!(nesting::leave(a));
     }
 }
